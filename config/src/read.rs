@@ -1,0 +1,266 @@
+//! A schema-directed reader over the value tree: typed getters that record every error (with its
+//! origin and a fix) instead of stopping at the first, and an unknown-key check with suggestions.
+
+use std::time::Duration;
+
+use crate::duration::{parse_duration, DURATION_HELP};
+use crate::error::{ConfigError, Origin};
+use crate::suggest;
+use crate::tree::{Node, Value};
+
+/// Looks up environment variables for `${VAR}` expansion; `None` at compile time, when strings stay as written.
+pub(crate) type Expand<'a> = Option<&'a dyn Fn(&str) -> Option<String>>;
+
+pub(crate) struct Reader<'a> {
+    file: &'a str,
+    expand: Expand<'a>,
+    pub(crate) errors: Vec<ConfigError>,
+}
+
+/// A table being read: its dotted path, its entries, and where it came from.
+#[derive(Clone)]
+pub(crate) struct Table<'n> {
+    pub(crate) path: String,
+    entries: &'n [(String, Node)],
+    origin: &'n Origin,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(file: &'a str, expand: Expand<'a>) -> Self {
+        Reader { file, expand, errors: Vec::new() }
+    }
+
+    pub(crate) fn root<'n>(&mut self, node: &'n Node) -> Table<'n> {
+        match &node.value {
+            Value::Table(entries) => Table { path: String::new(), entries, origin: &node.origin },
+            _ => unreachable!("a TOML document is always a table"),
+        }
+    }
+
+    pub(crate) fn error(&mut self, origin: &Origin, key: &str, problem: impl Into<String>, help: Option<String>) {
+        self.errors.push(ConfigError {
+            file: self.file.to_owned(),
+            origin: origin.clone(),
+            key: key.to_owned(),
+            problem: problem.into(),
+            help,
+        });
+    }
+
+    /// Reports every key of `table` that is not in `allowed`, suggesting the nearest valid one.
+    pub(crate) fn deny_unknown_keys(&mut self, table: &Table<'_>, allowed: &[&str]) {
+        for (key, node) in table.entries {
+            if allowed.contains(&key.as_str()) {
+                continue;
+            }
+            let help = match suggest::nearest(key, allowed.iter().copied()) {
+                Some(near) => {
+                    format!("did you mean `{near}`? valid keys here: {}", suggest::list(allowed.iter().copied()))
+                }
+                None => format!("valid keys here: {}", suggest::list(allowed.iter().copied())),
+            };
+            self.error(&node.origin, &join(&table.path, key), "unknown key", Some(help));
+        }
+    }
+
+    /// The sub-table `key`, if present; a value of another type is an error.
+    pub(crate) fn table<'n>(&mut self, table: &Table<'n>, key: &str) -> Option<Table<'n>> {
+        let node = find(table, key)?;
+        let full_path = join(&table.path, key);
+        match &node.value {
+            Value::Table(entries) => Some(Table { path: full_path, entries, origin: &node.origin }),
+            other => {
+                let problem = format!("expected a table, found {}", other.type_name());
+                let help =
+                    Some(format!("write it as a `[{full_path}]` section or an inline table `{key} = {{ ... }}`"));
+                self.error(&node.origin, &full_path, problem, help);
+                None
+            }
+        }
+    }
+
+    /// The entries of a table whose keys are names the user chose (e.g. `[dependencies.*]`).
+    pub(crate) fn named_entries<'n>(&self, table: &Table<'n>) -> &'n [(String, Node)] {
+        table.entries
+    }
+
+    pub(crate) fn as_table<'n>(&mut self, node: &'n Node, path: String) -> Option<Table<'n>> {
+        match &node.value {
+            Value::Table(entries) => Some(Table { path, entries, origin: &node.origin }),
+            other => {
+                let problem = format!("expected a table, found {}", other.type_name());
+                self.error(&node.origin, &path, problem, None);
+                None
+            }
+        }
+    }
+
+    pub(crate) fn string(&mut self, table: &Table<'_>, key: &str) -> Option<String> {
+        let node = find(table, key)?;
+        let Value::String(text) = &node.value else {
+            self.type_error(table, key, node, "a string", "\"...\"");
+            return None;
+        };
+        match self.expand {
+            Some(lookup) => match expand_env(text, lookup) {
+                Ok(expanded) => Some(expanded),
+                Err(problem) => {
+                    let help = Some(
+                        "set the variable in the service's environment, or write the value in the file".to_owned(),
+                    );
+                    self.error(&node.origin, &join(&table.path, key), problem, help);
+                    None
+                }
+            },
+            None => Some(text.clone()),
+        }
+    }
+
+    /// A string that must be one of `choices`.
+    pub(crate) fn choice(&mut self, table: &Table<'_>, key: &str, choices: &[&str]) -> Option<String> {
+        let node = find(table, key)?;
+        let value = self.string(table, key)?;
+        if choices.contains(&value.as_str()) {
+            return Some(value);
+        }
+        let help = match suggest::nearest(&value, choices.iter().copied()) {
+            Some(near) => format!("did you mean `{near}`? valid values: {}", suggest::list(choices.iter().copied())),
+            None => format!("valid values: {}", suggest::list(choices.iter().copied())),
+        };
+        self.error(&node.origin, &join(&table.path, key), format!("unknown value `{value}`"), Some(help));
+        None
+    }
+
+    pub(crate) fn duration(&mut self, table: &Table<'_>, key: &str) -> Option<Duration> {
+        let node = find(table, key)?;
+        let Value::String(text) = &node.value else {
+            self.type_error(table, key, node, "a duration string", "\"10s\"");
+            return None;
+        };
+        match parse_duration(text) {
+            Ok(duration) => Some(duration),
+            Err(error) => {
+                self.error(&node.origin, &join(&table.path, key), error.problem, Some(DURATION_HELP.to_owned()));
+                None
+            }
+        }
+    }
+
+    /// A whole number in `min..=max`.
+    pub(crate) fn integer(&mut self, table: &Table<'_>, key: &str, min: i64, max: i64) -> Option<i64> {
+        let node = find(table, key)?;
+        let Value::Integer(value) = node.value else {
+            self.type_error(table, key, node, "a whole number", &min.max(1).to_string());
+            return None;
+        };
+        if !(min..=max).contains(&value) {
+            let problem = format!("{value} is out of range: it must be between {min} and {max}");
+            self.error(&node.origin, &join(&table.path, key), problem, None);
+            return None;
+        }
+        Some(value)
+    }
+
+    /// A share between 0 and 1; `allow_zero` says whether 0 itself makes sense.
+    pub(crate) fn rate(&mut self, table: &Table<'_>, key: &str, allow_zero: bool) -> Option<f64> {
+        let node = find(table, key)?;
+        let value = match node.value {
+            Value::Float(value) => value,
+            Value::Integer(value @ (0 | 1)) => value as f64,
+            _ => {
+                self.type_error(table, key, node, "a number between 0 and 1", "0.5");
+                return None;
+            }
+        };
+        let in_range = if allow_zero { (0.0..=1.0).contains(&value) } else { value > 0.0 && value <= 1.0 };
+        if !in_range {
+            let lower = if allow_zero { "0" } else { "above 0" };
+            let problem =
+                format!("{value} is out of range: it must be {lower} and at most 1 (a share, e.g. 0.5 for 50%)");
+            self.error(&node.origin, &join(&table.path, key), problem, None);
+            return None;
+        }
+        Some(value)
+    }
+
+    pub(crate) fn boolean(&mut self, table: &Table<'_>, key: &str) -> Option<bool> {
+        let node = find(table, key)?;
+        match node.value {
+            Value::Bool(value) => Some(value),
+            _ => {
+                self.type_error(table, key, node, "`true` or `false`", "true");
+                None
+            }
+        }
+    }
+
+    pub(crate) fn has(&self, table: &Table<'_>, key: &str) -> bool {
+        find(table, key).is_some()
+    }
+
+    /// The origin of `key` in `table`, or of the table itself when the key is absent.
+    pub(crate) fn origin_of<'n>(&self, table: &Table<'n>, key: &str) -> &'n Origin {
+        find(table, key).map_or(table.origin, |node| &node.origin)
+    }
+
+    fn type_error(&mut self, table: &Table<'_>, key: &str, node: &Node, expected: &str, example: &str) {
+        let problem = format!("expected {expected}, found {}", node.value.type_name());
+        let help = Some(format!("write it as `{key} = {example}`"));
+        self.error(&node.origin, &join(&table.path, key), problem, help);
+    }
+}
+
+fn find<'n>(table: &Table<'n>, key: &str) -> Option<&'n Node> {
+    table.entries.iter().find(|(k, _)| k == key).map(|(_, node)| node)
+}
+
+/// `parent.key`, or `key` at the root.
+pub(crate) fn join(parent: &str, key: &str) -> String {
+    if parent.is_empty() {
+        key.to_owned()
+    } else {
+        format!("{parent}.{key}")
+    }
+}
+
+/// Replaces each `${NAME}` with the variable's value; `$$` writes a literal `$`.
+fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(dollar) = rest.find('$') {
+        out.push_str(&rest[..dollar]);
+        rest = &rest[dollar..];
+        if let Some(after) = rest.strip_prefix("$$") {
+            out.push('$');
+            rest = after;
+        } else if let Some(after) = rest.strip_prefix("${") {
+            let end = after.find('}').ok_or_else(|| format!("unterminated `${{` in `{text}`"))?;
+            let name = &after[..end];
+            let value = lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+            out.push_str(&value);
+            rest = &after[end + 1..];
+        } else {
+            out.push('$');
+            rest = &rest[1..];
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::expand_env;
+
+    #[test]
+    fn expands_variables_and_escapes() {
+        let lookup = |name: &str| (name == "PASSWORD").then(|| "s3cret".to_owned());
+        assert_eq!(
+            expand_env("postgres://app:${PASSWORD}@db/orders", &lookup).unwrap(),
+            "postgres://app:s3cret@db/orders"
+        );
+        assert_eq!(expand_env("cost: $$5", &lookup).unwrap(), "cost: $5");
+        assert_eq!(expand_env("${MISSING}", &lookup).unwrap_err(), "environment variable `MISSING` is not set");
+        assert!(expand_env("${OPEN", &lookup).is_err());
+    }
+}

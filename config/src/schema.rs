@@ -1,0 +1,531 @@
+//! The `marty.toml` schema: typed sections with their defaults, and the rules that tie keys together.
+//! Reading goes through [`Reader`], so every mistake is reported with its origin and a fix.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::read::{join, Reader, Table};
+use crate::suggest;
+
+/// A validated `marty.toml`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct Config {
+    /// The file the configuration was read from, as errors name it.
+    pub file: String,
+    /// `[service]`.
+    pub service: ServiceConfig,
+    /// `[http]`, when the service serves HTTP.
+    pub http: Option<ListenerConfig>,
+    /// `[grpc]`, when the service serves gRPC.
+    pub grpc: Option<ListenerConfig>,
+    /// `[telemetry]`.
+    pub telemetry: TelemetryConfig,
+    /// `[dependencies.<name>]`, by name.
+    pub dependencies: BTreeMap<String, DependencyConfig>,
+    /// `[events]`, when the service publishes or consumes events.
+    pub events: Option<EventsConfig>,
+    /// `[outbox]`, when the service uses the transactional outbox.
+    pub outbox: Option<OutboxConfig>,
+}
+
+/// `[service]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct ServiceConfig {
+    /// The service's name in telemetry; defaults to the crate name where the macros know it.
+    pub name: Option<String>,
+}
+
+/// `[http]` or `[grpc]`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ListenerConfig {
+    /// The socket address to listen on.
+    pub addr: SocketAddr,
+}
+
+/// `[telemetry]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct TelemetryConfig {
+    /// How logs are written.
+    pub log_format: LogFormat,
+    /// Where OTLP traces go; `OTEL_EXPORTER_OTLP_ENDPOINT` also turns export on.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// `telemetry.log_format`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// One JSON object per line, for log collectors.
+    #[default]
+    Json,
+    /// Human-readable, for a terminal.
+    Pretty,
+}
+
+/// What a dependency is; it picks the defaults and which attribute may call it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum DependencyKind {
+    /// Called through `#[database_call]`; default timeout 10s, bulkhead 10.
+    Database,
+    /// Called through `#[api_call]`; default timeout 15s, bulkhead 100.
+    Api,
+    /// Called through `#[cache_call]`; default timeout 2s, bulkhead 100.
+    Cache,
+}
+
+impl DependencyKind {
+    /// Every kind, in the order documentation lists them.
+    pub const ALL: [DependencyKind; 3] = [DependencyKind::Database, DependencyKind::Api, DependencyKind::Cache];
+
+    /// The name written in `marty.toml`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DependencyKind::Database => "database",
+            DependencyKind::Api => "api",
+            DependencyKind::Cache => "cache",
+        }
+    }
+
+    /// The attribute that calls a dependency of this kind.
+    pub const fn attribute(self) -> &'static str {
+        match self {
+            DependencyKind::Database => "database_call",
+            DependencyKind::Api => "api_call",
+            DependencyKind::Cache => "cache_call",
+        }
+    }
+
+    /// Parses the name written in `marty.toml`.
+    pub fn from_name(name: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == name)
+    }
+
+    /// The timeout a dependency of this kind gets unless it sets one.
+    pub const fn default_timeout(self) -> Duration {
+        match self {
+            DependencyKind::Database => Duration::from_secs(10),
+            DependencyKind::Api => Duration::from_secs(15),
+            DependencyKind::Cache => Duration::from_secs(2),
+        }
+    }
+
+    /// The bulkhead size a dependency of this kind gets unless it sets one.
+    pub const fn default_max_concurrent(self) -> usize {
+        match self {
+            DependencyKind::Database => 10,
+            DependencyKind::Api | DependencyKind::Cache => 100,
+        }
+    }
+}
+
+impl fmt::Display for DependencyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// `[dependencies.<name>]`: the policies every call to one dependency shares.
+#[derive(Clone, PartialEq)]
+#[non_exhaustive]
+pub struct DependencyConfig {
+    /// The key under `[dependencies]`.
+    pub name: String,
+    /// What the dependency is.
+    pub kind: DependencyKind,
+    /// Where it is, after `${VAR}` expansion; never printed by `Debug`, since it may carry a password.
+    pub url: Option<String>,
+    /// Bulkhead: how many calls may run at once.
+    pub max_concurrent: usize,
+    /// Bulkhead: how long a call may wait for a permit before it is rejected (counts against `timeout`).
+    pub max_wait: Duration,
+    /// How long one attempt may take, bulkhead wait included.
+    pub timeout: Duration,
+    /// `circuit_breaker = { ... }`.
+    pub circuit_breaker: CircuitBreakerConfig,
+    /// `retry = { ... }`.
+    pub retry: RetryConfig,
+}
+
+impl fmt::Debug for DependencyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DependencyConfig")
+            .field("name", &self.name)
+            .field("kind", &self.kind)
+            .field("url", &self.url.as_ref().map(|_| "<redacted>"))
+            .field("max_concurrent", &self.max_concurrent)
+            .field("max_wait", &self.max_wait)
+            .field("timeout", &self.timeout)
+            .field("circuit_breaker", &self.circuit_breaker)
+            .field("retry", &self.retry)
+            .finish()
+    }
+}
+
+impl DependencyConfig {
+    /// A dependency with every default of its kind, as if declared with only `kind = ..`.
+    pub fn with_defaults(name: impl Into<String>, kind: DependencyKind) -> Self {
+        let timeout = kind.default_timeout();
+        DependencyConfig {
+            name: name.into(),
+            kind,
+            url: None,
+            max_concurrent: kind.default_max_concurrent(),
+            max_wait: Duration::ZERO,
+            timeout,
+            circuit_breaker: CircuitBreakerConfig::defaults_for(timeout),
+            retry: RetryConfig::default(),
+        }
+    }
+}
+
+/// `circuit_breaker = { ... }`: a count-based window over the last `window` calls.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CircuitBreakerConfig {
+    /// `false` turns the breaker off for this dependency.
+    pub enabled: bool,
+    /// Opens when this share of recorded calls failed (0 < rate <= 1).
+    pub failure_rate: f64,
+    /// Opens when this share of recorded calls was slow (0 < rate <= 1).
+    pub slow_call_rate: f64,
+    /// A call at least this long is slow.
+    pub slow_call_duration: Duration,
+    /// How many of the latest calls the rates are computed over.
+    pub window: u32,
+    /// How many calls must be recorded before the rates are trusted.
+    pub min_calls: u32,
+    /// How long the breaker stays open before letting trial calls through.
+    pub open_for: Duration,
+    /// How many trial calls, while half-open, decide between closing and opening again.
+    pub half_open_calls: u32,
+}
+
+impl CircuitBreakerConfig {
+    /// The defaults, with slow calls measured against the dependency's timeout.
+    pub fn defaults_for(timeout: Duration) -> Self {
+        CircuitBreakerConfig {
+            enabled: true,
+            failure_rate: 0.5,
+            slow_call_rate: 1.0,
+            slow_call_duration: timeout,
+            window: 100,
+            min_calls: 20,
+            open_for: Duration::from_secs(30),
+            half_open_calls: 3,
+        }
+    }
+}
+
+/// How the wait between attempts grows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backoff {
+    /// `initial * 2^(attempt - 1)`, capped at `max`.
+    Exponential,
+    /// Always `initial`.
+    Fixed,
+}
+
+/// `retry = { ... }`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct RetryConfig {
+    /// Attempts in all, the first included; 1 turns retry off.
+    pub max_attempts: u32,
+    /// How the wait grows.
+    pub backoff: Backoff,
+    /// The first wait.
+    pub initial: Duration,
+    /// The longest wait.
+    pub max: Duration,
+    /// Full jitter: wait a uniformly random time up to the computed backoff.
+    pub jitter: bool,
+    /// Retries may be at most this share of first attempts (plus a small reserve), so a failing
+    /// dependency does not receive `max_attempts` times its normal traffic.
+    pub budget: f64,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        RetryConfig {
+            max_attempts: 3,
+            backoff: Backoff::Exponential,
+            initial: Duration::from_millis(50),
+            max: Duration::from_secs(2),
+            jitter: true,
+            budget: 0.2,
+        }
+    }
+}
+
+/// The brokers `[events]` may name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Broker {
+    /// In-process, for tests and the quick start.
+    Memory,
+    /// NATS JetStream.
+    Nats,
+    /// RabbitMQ.
+    RabbitMq,
+    /// Kafka.
+    Kafka,
+}
+
+/// `[events]`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct EventsConfig {
+    /// Which broker carries events.
+    pub broker: Broker,
+    /// Where it is (not needed for `memory`).
+    pub url: Option<String>,
+}
+
+/// `[outbox]`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct OutboxConfig {
+    /// The database dependency whose transactions hold the outbox table.
+    pub store: String,
+    /// How many events the relay publishes per round.
+    pub batch_size: u32,
+}
+
+const ROOT_KEYS: &[&str] = &["service", "http", "grpc", "telemetry", "dependencies", "events", "outbox"];
+const DEPENDENCY_KEYS: &[&str] = &["kind", "url", "max_concurrent", "max_wait", "timeout", "circuit_breaker", "retry"];
+const BREAKER_KEYS: &[&str] = &[
+    "enabled",
+    "failure_rate",
+    "slow_call_rate",
+    "slow_call_duration",
+    "window",
+    "min_calls",
+    "open_for",
+    "half_open_calls",
+];
+const RETRY_KEYS: &[&str] = &["max_attempts", "backoff", "initial", "max", "jitter", "budget"];
+const KIND_NAMES: &[&str] = &["database", "api", "cache"];
+
+pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str) -> Config {
+    reader.deny_unknown_keys(root, ROOT_KEYS);
+    let service = match reader.table(root, "service") {
+        Some(table) => {
+            reader.deny_unknown_keys(&table, &["name"]);
+            ServiceConfig { name: reader.string(&table, "name") }
+        }
+        None => ServiceConfig::default(),
+    };
+    let http = read_listener(reader, root, "http");
+    let grpc = read_listener(reader, root, "grpc");
+    let telemetry = match reader.table(root, "telemetry") {
+        Some(table) => {
+            reader.deny_unknown_keys(&table, &["log_format", "otlp_endpoint"]);
+            let log_format = match reader.choice(&table, "log_format", &["json", "pretty"]).as_deref() {
+                Some("pretty") => LogFormat::Pretty,
+                _ => LogFormat::Json,
+            };
+            TelemetryConfig { log_format, otlp_endpoint: reader.string(&table, "otlp_endpoint") }
+        }
+        None => TelemetryConfig::default(),
+    };
+    let mut dependencies = BTreeMap::new();
+    if let Some(table) = reader.table(root, "dependencies") {
+        for (name, node) in reader.named_entries(&table) {
+            let Some(dependency) = reader.as_table(node, join("dependencies", name)) else {
+                continue;
+            };
+            if let Some(config) = read_dependency(reader, &dependency, name) {
+                dependencies.insert(name.clone(), config);
+            }
+        }
+    }
+    let events = reader.table(root, "events").and_then(|table| {
+        reader.deny_unknown_keys(&table, &["broker", "url"]);
+        let broker = match reader.choice(&table, "broker", &["memory", "nats", "rabbitmq", "kafka"])?.as_str() {
+            "nats" => Broker::Nats,
+            "rabbitmq" => Broker::RabbitMq,
+            "kafka" => Broker::Kafka,
+            _ => Broker::Memory,
+        };
+        Some(EventsConfig { broker, url: reader.string(&table, "url") })
+    });
+    let outbox = reader.table(root, "outbox").and_then(|table| {
+        reader.deny_unknown_keys(&table, &["store", "batch_size"]);
+        let batch_size = reader.integer(&table, "batch_size", 1, 10_000).unwrap_or(100) as u32;
+        let Some(store) = reader.string(&table, "store") else {
+            let origin = reader.origin_of(&table, "store").clone();
+            let help = Some(
+                "name the database dependency that holds the outbox table, e.g. `store = \"orders_db\"`".to_owned(),
+            );
+            reader.error(&origin, "outbox.store", "missing key", help);
+            return None;
+        };
+        check_outbox_store(reader, &table, &store, &dependencies);
+        Some(OutboxConfig { store, batch_size })
+    });
+    Config { file: file.to_owned(), service, http, grpc, telemetry, dependencies, events, outbox }
+}
+
+fn read_listener(reader: &mut Reader<'_>, root: &Table<'_>, section: &str) -> Option<ListenerConfig> {
+    let table = reader.table(root, section)?;
+    reader.deny_unknown_keys(&table, &["addr"]);
+    let text = reader.string(&table, "addr")?;
+    match text.parse() {
+        Ok(addr) => Some(ListenerConfig { addr }),
+        Err(_) => {
+            let origin = reader.origin_of(&table, "addr").clone();
+            let help = Some("write an IP address and port, e.g. `addr = \"127.0.0.1:8080\"`".to_owned());
+            reader.error(&origin, &join(section, "addr"), format!("invalid socket address `{text}`"), help);
+            None
+        }
+    }
+}
+
+fn read_dependency(reader: &mut Reader<'_>, table: &Table<'_>, name: &str) -> Option<DependencyConfig> {
+    reader.deny_unknown_keys(table, DEPENDENCY_KEYS);
+    let Some(kind_name) = reader.choice(table, "kind", KIND_NAMES) else {
+        if !reader.has(table, "kind") {
+            let origin = reader.origin_of(table, "kind").clone();
+            let help =
+                Some(format!("add `kind = \"database\"` (or `\"api\"`, `\"cache\"`) under `[dependencies.{name}]`"));
+            reader.error(&origin, &join(&table.path, "kind"), "missing key", help);
+        }
+        return None;
+    };
+    let kind = DependencyKind::from_name(&kind_name).expect("choice() only returns listed kinds");
+    let mut config = DependencyConfig::with_defaults(name, kind);
+    config.url = reader.string(table, "url");
+    if let Some(n) = reader.integer(table, "max_concurrent", 1, 1_000_000) {
+        config.max_concurrent = n as usize;
+    }
+    if let Some(wait) = reader.duration(table, "max_wait") {
+        config.max_wait = wait;
+    }
+    if let Some(timeout) = positive_duration(reader, table, "timeout") {
+        config.timeout = timeout;
+        config.circuit_breaker.slow_call_duration = timeout;
+    }
+    if let Some(breaker) = reader.table(table, "circuit_breaker") {
+        read_breaker(reader, &breaker, &mut config.circuit_breaker);
+    }
+    if let Some(retry) = reader.table(table, "retry") {
+        read_retry(reader, &retry, &mut config.retry);
+    }
+    Some(config)
+}
+
+fn read_breaker(reader: &mut Reader<'_>, table: &Table<'_>, breaker: &mut CircuitBreakerConfig) {
+    reader.deny_unknown_keys(table, BREAKER_KEYS);
+    if let Some(enabled) = reader.boolean(table, "enabled") {
+        breaker.enabled = enabled;
+    }
+    if let Some(rate) = reader.rate(table, "failure_rate", false) {
+        breaker.failure_rate = rate;
+    }
+    if let Some(rate) = reader.rate(table, "slow_call_rate", false) {
+        breaker.slow_call_rate = rate;
+    }
+    if let Some(duration) = positive_duration(reader, table, "slow_call_duration") {
+        breaker.slow_call_duration = duration;
+    }
+    if let Some(window) = reader.integer(table, "window", 1, 100_000) {
+        breaker.window = window as u32;
+    }
+    if let Some(min_calls) = reader.integer(table, "min_calls", 1, 100_000) {
+        breaker.min_calls = min_calls as u32;
+    }
+    if let Some(open_for) = positive_duration(reader, table, "open_for") {
+        breaker.open_for = open_for;
+    }
+    if let Some(calls) = reader.integer(table, "half_open_calls", 1, 10_000) {
+        breaker.half_open_calls = calls as u32;
+    }
+    // A breaker that needs more calls than its window holds can never open: say so rather than
+    // ship a breaker that is "enabled" and inert.
+    if breaker.min_calls > breaker.window {
+        let origin = reader.origin_of(table, "min_calls").clone();
+        let problem = format!(
+            "`min_calls` ({}) is larger than `window` ({}), so the breaker could never open",
+            breaker.min_calls, breaker.window
+        );
+        let help = Some(format!("lower `min_calls` to at most {} or raise `window`", breaker.window));
+        reader.error(&origin, &join(&table.path, "min_calls"), problem, help);
+    }
+}
+
+fn read_retry(reader: &mut Reader<'_>, table: &Table<'_>, retry: &mut RetryConfig) {
+    reader.deny_unknown_keys(table, RETRY_KEYS);
+    if let Some(attempts) = reader.integer(table, "max_attempts", 1, 100) {
+        retry.max_attempts = attempts as u32;
+    }
+    if let Some(backoff) = reader.choice(table, "backoff", &["exponential", "fixed"]) {
+        retry.backoff = if backoff == "fixed" { Backoff::Fixed } else { Backoff::Exponential };
+    }
+    if let Some(initial) = reader.duration(table, "initial") {
+        retry.initial = initial;
+    }
+    if let Some(max) = reader.duration(table, "max") {
+        retry.max = max;
+    }
+    if let Some(jitter) = reader.boolean(table, "jitter") {
+        retry.jitter = jitter;
+    }
+    if let Some(budget) = reader.rate(table, "budget", true) {
+        retry.budget = budget;
+    }
+    if retry.initial > retry.max {
+        let origin = reader.origin_of(table, "initial").clone();
+        let problem = "`initial` backoff is longer than `max`, the cap".to_owned();
+        let help = Some("make `initial` at most `max`, e.g. `initial = \"50ms\", max = \"2s\"`".to_owned());
+        reader.error(&origin, &join(&table.path, "initial"), problem, help);
+    }
+}
+
+fn positive_duration(reader: &mut Reader<'_>, table: &Table<'_>, key: &str) -> Option<Duration> {
+    let duration = reader.duration(table, key)?;
+    if duration.is_zero() {
+        let origin = reader.origin_of(table, key).clone();
+        let help = Some(format!("give `{key}` a positive duration, e.g. `\"10s\"`"));
+        reader.error(&origin, &join(&table.path, key), "the duration must be greater than zero", help);
+        return None;
+    }
+    Some(duration)
+}
+
+fn check_outbox_store(
+    reader: &mut Reader<'_>,
+    table: &Table<'_>,
+    store: &str,
+    dependencies: &BTreeMap<String, DependencyConfig>,
+) {
+    let origin = reader.origin_of(table, "store").clone();
+    match dependencies.get(store) {
+        Some(dependency) if dependency.kind == DependencyKind::Database => {}
+        Some(dependency) => {
+            let problem = format!("`{store}` is a `{}` dependency; the outbox lives in a database", dependency.kind);
+            let databases = databases(dependencies);
+            let help =
+                Some(format!("name a dependency with `kind = \"database\"`; declared: {}", suggest::list(databases)));
+            reader.error(&origin, "outbox.store", problem, help);
+        }
+        None => {
+            let databases: Vec<&str> = databases(dependencies).collect();
+            let help = match suggest::nearest(store, databases.iter().copied()) {
+                Some(near) => format!(
+                    "did you mean `{near}`? database dependencies: {}",
+                    suggest::list(databases.iter().copied())
+                ),
+                None => format!("declare `[dependencies.{store}]` with `kind = \"database\"`"),
+            };
+            reader.error(&origin, "outbox.store", format!("unknown dependency `{store}`"), Some(help));
+        }
+    }
+}
+
+fn databases(dependencies: &BTreeMap<String, DependencyConfig>) -> impl Iterator<Item = &str> {
+    dependencies.values().filter(|d| d.kind == DependencyKind::Database).map(|d| d.name.as_str())
+}

@@ -1,0 +1,206 @@
+//! The `marty.toml` contract as users meet it: defaults, overrides, expansion, and errors that name
+//! file, line and key with a fix.
+
+use std::time::Duration;
+
+use marty_config::{Backoff, Config, DependencyKind, Environment, Origin};
+
+const DESIGN_EXAMPLE: &str = r#"
+[service]
+name = "orders"
+
+[http]
+addr = "127.0.0.1:8080"
+
+[telemetry]
+log_format = "json"
+
+[dependencies.orders_db]
+kind = "database"
+url = "sqlite://orders.db?mode=rwc"
+max_concurrent = 10
+max_wait = "0ms"
+timeout = "10s"
+circuit_breaker = { failure_rate = 0.5, slow_call_rate = 1.0, slow_call_duration = "5s", window = 100, min_calls = 20, open_for = "30s", half_open_calls = 3 }
+retry = { max_attempts = 3, backoff = "exponential", initial = "50ms", max = "2s", jitter = true }
+
+[dependencies.payments_api]
+kind = "api"
+
+[dependencies.sessions]
+kind = "cache"
+timeout = "250ms"
+
+[events]
+broker = "memory"
+
+[outbox]
+store = "orders_db"
+batch_size = 100
+"#;
+
+fn errors_of(text: &str) -> Vec<String> {
+    Config::parse(text, "marty.toml").unwrap_err().iter().map(ToString::to_string).collect()
+}
+
+#[test]
+fn the_documented_example_parses_with_kind_defaults() {
+    let config = Config::parse(DESIGN_EXAMPLE, "marty.toml").unwrap();
+    let db = config.dependency("orders_db").unwrap();
+    assert_eq!(db.kind, DependencyKind::Database);
+    assert_eq!(db.circuit_breaker.slow_call_duration, Duration::from_secs(5));
+    assert_eq!(db.retry.backoff, Backoff::Exponential);
+    let api = config.dependency("payments_api").unwrap();
+    assert_eq!((api.timeout, api.max_concurrent), (Duration::from_secs(15), 100));
+    let cache = config.dependency("sessions").unwrap();
+    assert_eq!(cache.timeout, Duration::from_millis(250));
+    assert_eq!(
+        cache.circuit_breaker.slow_call_duration,
+        Duration::from_millis(250),
+        "slow calls default to the timeout"
+    );
+    assert_eq!(config.outbox.unwrap().store, "orders_db");
+    assert_eq!(config.http.unwrap().addr.port(), 8080);
+}
+
+#[test]
+fn an_unknown_key_names_file_line_key_and_the_nearest_valid_key() {
+    let errors = errors_of("[dependencies.orders_db]\nkind = \"database\"\nmax_concurent = 5\n");
+    assert_eq!(
+        errors,
+        ["marty.toml:3: key `dependencies.orders_db.max_concurent`: unknown key\n  help: did you mean `max_concurrent`? valid keys here: `kind`, `url`, `max_concurrent`, `max_wait`, `timeout`, `circuit_breaker`, `retry`"]
+    );
+}
+
+#[test]
+fn unknown_keys_inside_inline_tables_and_sections_are_caught() {
+    let errors =
+        errors_of("[servce]\nname = \"x\"\n[dependencies.db]\nkind = \"database\"\nretry = { max_atempts = 2 }\n");
+    assert_eq!(errors.len(), 2, "{errors:#?}");
+    assert!(
+        errors[0].starts_with("marty.toml:1: key `servce`: unknown key\n  help: did you mean `service`?"),
+        "{}",
+        errors[0]
+    );
+    assert!(
+        errors[1].starts_with(
+            "marty.toml:5: key `dependencies.db.retry.max_atempts`: unknown key\n  help: did you mean `max_attempts`?"
+        ),
+        "{}",
+        errors[1]
+    );
+}
+
+#[test]
+fn every_error_is_reported_in_one_pass() {
+    let text = "[dependencies.db]\nkind = \"database\"\ntimeout = \"10x\"\nmax_concurrent = 0\ncircuit_breaker = { failure_rate = 1.5, window = 5, min_calls = 10 }\n[dependencies.other]\nkind = \"queue\"\n";
+    let errors = errors_of(text);
+    assert_eq!(errors.len(), 5, "{errors:#?}");
+    assert_eq!(errors[0], "marty.toml:3: key `dependencies.db.timeout`: invalid duration `10x`: unknown unit `x`\n  help: write a whole number followed by a unit (`ns`, `us`, `ms`, `s`, `m` or `h`), e.g. `\"250ms\"` or `\"10s\"`");
+    assert_eq!(
+        errors[1],
+        "marty.toml:4: key `dependencies.db.max_concurrent`: 0 is out of range: it must be between 1 and 1000000"
+    );
+    assert!(
+        errors[2].starts_with("marty.toml:5: key `dependencies.db.circuit_breaker.failure_rate`: 1.5 is out of range"),
+        "{}",
+        errors[2]
+    );
+    assert!(errors[3].contains("`min_calls` (10) is larger than `window` (5)"), "{}", errors[3]);
+    assert_eq!(errors[4], "marty.toml:7: key `dependencies.other.kind`: unknown value `queue`\n  help: valid values: `database`, `api`, `cache`");
+}
+
+#[test]
+fn a_missing_kind_and_a_wrong_type_say_what_to_write() {
+    let errors = errors_of(
+        "[dependencies.db]\nurl = \"sqlite::memory:\"\n[dependencies.cache]\nkind = \"cache\"\ntimeout = 5\n",
+    );
+    assert_eq!(errors[0], "marty.toml:1: key `dependencies.db.kind`: missing key\n  help: add `kind = \"database\"` (or `\"api\"`, `\"cache\"`) under `[dependencies.db]`");
+    assert_eq!(errors[1], "marty.toml:5: key `dependencies.cache.timeout`: expected a duration string, found an integer\n  help: write it as `timeout = \"10s\"`");
+}
+
+#[test]
+fn a_toml_syntax_error_names_its_line() {
+    let errors = errors_of("[dependencies.db]\nkind = \"database\"\ntimeout = \"10s\n");
+    assert!(errors[0].starts_with("marty.toml:3: invalid TOML"), "{}", errors[0]);
+}
+
+#[test]
+fn the_outbox_store_must_be_a_declared_database() {
+    let errors = errors_of("[dependencies.orders_db]\nkind = \"database\"\n[outbox]\nstore = \"orders_dbb\"\n");
+    assert_eq!(errors, ["marty.toml:4: key `outbox.store`: unknown dependency `orders_dbb`\n  help: did you mean `orders_db`? database dependencies: `orders_db`"]);
+}
+
+#[test]
+fn environment_overrides_win_and_are_typed_like_the_file() {
+    let env = Environment::from_pairs([
+        ("MARTY__DEPENDENCIES__ORDERS_DB__MAX_CONCURRENT", "20"),
+        ("MARTY__DEPENDENCIES__ORDERS_DB__CIRCUIT_BREAKER__OPEN_FOR", "5s"),
+        ("MARTY__DEPENDENCIES__ORDERS_DB__RETRY__JITTER", "false"),
+        ("UNRELATED", "x"),
+    ]);
+    let config = Config::parse_at_startup(DESIGN_EXAMPLE, "marty.toml", &env).unwrap();
+    let db = config.dependency("orders_db").unwrap();
+    assert_eq!(db.max_concurrent, 20);
+    assert_eq!(db.circuit_breaker.open_for, Duration::from_secs(5));
+    assert!(!db.retry.jitter);
+    // The file as written is untouched by the environment when compiling.
+    assert_eq!(
+        Config::parse(DESIGN_EXAMPLE, "marty.toml").unwrap().dependency("orders_db").unwrap().max_concurrent,
+        10
+    );
+}
+
+#[test]
+fn a_bad_override_names_the_variable() {
+    let env = Environment::from_pairs([
+        ("MARTY__DEPENDENCIES__ORDERS_DB__TIMEOUT", "soon"),
+        ("MARTY__DEPENDENCIES__ORDERS_DB__MAX_CONCURENT", "3"),
+    ]);
+    let errors = Config::parse_at_startup(DESIGN_EXAMPLE, "marty.toml", &env).unwrap_err();
+    let errors: Vec<_> = errors.iter().collect();
+    assert_eq!(errors.len(), 2);
+    assert_eq!(errors[1].origin, Origin::EnvVar("MARTY__DEPENDENCIES__ORDERS_DB__TIMEOUT".into()));
+    assert_eq!(errors[1].problem, "invalid duration `soon`: it must start with a whole number");
+    assert_eq!(
+        errors[0].to_string(),
+        "environment variable `MARTY__DEPENDENCIES__ORDERS_DB__MAX_CONCURENT` (overriding marty.toml): key `dependencies.orders_db.max_concurent`: unknown key\n  help: did you mean `max_concurrent`? valid keys here: `kind`, `url`, `max_concurrent`, `max_wait`, `timeout`, `circuit_breaker`, `retry`"
+    );
+}
+
+#[test]
+fn variables_expand_at_startup_only_and_a_missing_one_is_an_error() {
+    let text = "[dependencies.db]\nkind = \"database\"\nurl = \"postgres://app:${DB_PASSWORD}@127.0.0.1/orders\"\n";
+    let compiled = Config::parse(text, "marty.toml").unwrap();
+    assert_eq!(
+        compiled.dependency("db").unwrap().url.as_deref(),
+        Some("postgres://app:${DB_PASSWORD}@127.0.0.1/orders")
+    );
+    let env = Environment::from_pairs([("DB_PASSWORD", "hunter2")]);
+    let started = Config::parse_at_startup(text, "marty.toml", &env).unwrap();
+    assert_eq!(started.dependency("db").unwrap().url.as_deref(), Some("postgres://app:hunter2@127.0.0.1/orders"));
+    assert!(!format!("{started:?}").contains("hunter2"), "Debug must not print secrets");
+    let errors = Config::parse_at_startup(text, "marty.toml", &Environment::default()).unwrap_err().to_string();
+    assert!(
+        errors.starts_with("marty.toml:3: key `dependencies.db.url`: environment variable `DB_PASSWORD` is not set"),
+        "{errors}"
+    );
+}
+
+#[test]
+fn load_reads_a_file_and_names_it_in_errors() {
+    let dir = std::env::temp_dir().join(format!("marty-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("marty.toml");
+    std::fs::write(&path, "[dependencies.db]\nkind = \"database\"\ntimeout = \"0s\"\n").unwrap();
+    let error = Config::load(&path).unwrap_err().to_string();
+    assert!(
+        error.starts_with(&format!(
+            "{}:3: key `dependencies.db.timeout`: the duration must be greater than zero",
+            path.display()
+        )),
+        "{error}"
+    );
+    let missing = Config::load(&dir.join("absent.toml")).unwrap_err().to_string();
+    assert!(missing.contains("cannot read the configuration file"), "{missing}");
+}
