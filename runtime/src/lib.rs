@@ -1,1 +1,55 @@
+//! # Marty
+//!
+//! Annotate ordinary async Rust and get a production microservice. This crate is the one users depend
+//! on: it re-exports the attribute macros and holds the runtime they expand into, every part of which
+//! is also usable directly (tower layers, builders).
+//!
+//! ```ignore
+//! #[marty::database_call(dependency = "orders_db")]
+//! async fn load_order(pool: &SqlitePool, id: i64) -> Result<Order, OrderError> {
+//!     Ok(sqlx::query_as("select * from orders where id = ?").bind(id).fetch_one(pool).await?)
+//! }
+//! ```
+//!
+//! ## Order of policies
+//! Outermost first: retry -> circuit breaker -> timeout -> bulkhead -> the call. Each retry attempt
+//! passes through the breaker; bulkhead wait counts against the timeout. See [`policy`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+pub mod bulkhead;
+pub mod circuit_breaker;
+mod classify;
+mod error;
+pub mod metrics;
+pub mod policy;
+mod registry;
+pub mod retry;
+pub mod timeout;
+
+#[doc(hidden)]
+#[path = "private.rs"]
+pub mod __private;
+
+use std::future::Future;
+use std::pin::Pin;
+
+pub use classify::{Classify, ErrorClass};
+pub use error::{CallError, Error, HoldsMartyErrors};
+pub use registry::DependencyRegistry;
+
+/// `marty.toml`: the configuration schema, shared with the macros.
+pub use marty_config as config;
+
+#[doc(inline)]
+pub use marty_macros::{api_call, cache_call, database_call};
+
+/// Version-matched ecosystem crates, so users never fight version skew.
+pub use {prometheus_client, tracing};
+#[cfg(feature = "sqlx")]
+pub use sqlx;
+#[cfg(feature = "tonic")]
+pub use tonic;
+
+/// The boxed future the policy layers return.
+pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

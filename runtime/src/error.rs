@@ -1,0 +1,133 @@
+//! The errors the framework itself produces, and how they reach the user's error type.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use marty_config::ConfigErrors;
+
+/// An error produced by Marty rather than by the wrapped call: the call was not made, or was cut short.
+///
+/// A function under `#[database_call]` returns its own error type `E`; these errors reach it through
+/// `E: From<marty::Error>`. Each variant says what happened and when trying again makes sense.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Error {
+    /// The dependency's bulkhead was full for longer than `max_wait`: the call was not made.
+    Rejected {
+        /// The dependency's name in `marty.toml`.
+        dependency: Arc<str>,
+        /// Its bulkhead size.
+        max_concurrent: usize,
+    },
+    /// The attempt (bulkhead wait included) took longer than the timeout and was cancelled.
+    Timeout {
+        /// The dependency's name in `marty.toml`.
+        dependency: Arc<str>,
+        /// The timeout that elapsed.
+        timeout: Duration,
+    },
+    /// The dependency's circuit breaker is open: the call was not made.
+    CircuitOpen {
+        /// The dependency's name in `marty.toml`.
+        dependency: Arc<str>,
+        /// How long until the breaker lets trial calls through.
+        retry_after: Duration,
+    },
+    /// The configuration could not be loaded or does not declare the dependency.
+    Config(Arc<ConfigErrors>),
+}
+
+impl Error {
+    /// The dependency the error is about, if any.
+    pub fn dependency(&self) -> Option<&str> {
+        match self {
+            Error::Rejected { dependency, .. }
+            | Error::Timeout { dependency, .. }
+            | Error::CircuitOpen { dependency, .. } => Some(dependency),
+            Error::Config(_) => None,
+        }
+    }
+
+    /// When a client may try again (a `Retry-After` header, a gRPC retry hint), if the error knows.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            Error::CircuitOpen { retry_after, .. } => Some(*retry_after),
+            Error::Rejected { .. } => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// The HTTP status this error maps to: 503 for shed load, 504 for a timeout, 500 for configuration.
+    pub fn http_status(&self) -> u16 {
+        match self {
+            Error::Rejected { .. } | Error::CircuitOpen { .. } => 503,
+            Error::Timeout { .. } => 504,
+            Error::Config(_) => 500,
+        }
+    }
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Error::Rejected { dependency, max_concurrent } => {
+                write!(f, "call to `{dependency}` rejected: all {max_concurrent} bulkhead permits are in use")
+            }
+            Error::Timeout { dependency, timeout } => {
+                write!(f, "call to `{dependency}` timed out after {}", marty_config::format_duration(*timeout))
+            }
+            Error::CircuitOpen { dependency, retry_after } => {
+                write!(f, "call to `{dependency}` short-circuited: the circuit breaker is open (retry in {retry_after:?})")
+            }
+            Error::Config(errors) => write!(f, "invalid Marty configuration:\n{errors}"),
+        }
+    }
+}
+
+impl std::error::Error for Error {}
+
+/// A wrapped call's error when the inner error type cannot hold Marty's own (an `io::Error`, a
+/// `sqlx::Error`): either the framework stopped the call, or the call itself failed.
+#[derive(Debug)]
+pub enum CallError<E> {
+    /// The framework stopped or cut short the call.
+    Resilience(Error),
+    /// The call ran and failed.
+    Inner(E),
+}
+
+impl<E> From<Error> for CallError<E> {
+    fn from(error: Error) -> Self {
+        CallError::Resilience(error)
+    }
+}
+
+impl<E: fmt::Display> fmt::Display for CallError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CallError::Resilience(error) => error.fmt(f),
+            CallError::Inner(error) => error.fmt(f),
+        }
+    }
+}
+
+impl<E: std::error::Error + 'static> std::error::Error for CallError<E> {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            CallError::Resilience(error) => Some(error),
+            CallError::Inner(error) => Some(error),
+        }
+    }
+}
+
+/// Implemented by every error type that can carry Marty's errors, i.e. every `E: From<marty::Error>`.
+/// The macros assert it on the user's error type so a missing conversion is reported at the return type.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot hold the errors Marty produces (bulkhead full, timeout, circuit open)",
+    label = "this error type needs `impl From<marty::Error> for {Self}`",
+    note = "add a variant such as `Resilience(#[from] marty::Error)` to `{Self}`, or return `marty::CallError<{Self}>`"
+)]
+pub trait HoldsMartyErrors: From<Error> {}
+
+impl<E: From<Error>> HoldsMartyErrors for E {}

@@ -1,0 +1,267 @@
+//! Prometheus metrics of wrapped calls. Handles are resolved once per call site, so recording a call
+//! is a few relaxed atomic adds: no lock, no label hashing, no allocation.
+//!
+//! - `marty_calls_total{dependency,operation,outcome}`: every attempt, by outcome
+//!   (`success`, `error`, `timeout`, `rejected`, `short_circuited`).
+//! - `marty_call_duration_seconds{dependency,operation}`: attempts that reached the dependency.
+//! - `marty_retries_total{dependency,operation}`.
+//! - `marty_circuit_state{dependency}` (0 closed, 1 open, 2 half-open) and
+//!   `marty_bulkhead_available{dependency}`: read from the live policies at scrape time.
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Registry;
+
+use crate::bulkhead::Bulkhead;
+use crate::circuit_breaker::CircuitBreaker;
+
+/// How one attempt ended, as the `outcome` label says it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Outcome {
+    /// The call returned `Ok`.
+    Success,
+    /// The call returned an error.
+    Error,
+    /// The attempt ran out of time.
+    Timeout,
+    /// The bulkhead was full.
+    Rejected,
+    /// The circuit breaker was open.
+    ShortCircuited,
+}
+
+impl Outcome {
+    const ALL: [Outcome; 5] = [Outcome::Success, Outcome::Error, Outcome::Timeout, Outcome::Rejected, Outcome::ShortCircuited];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Success => "success",
+            Outcome::Error => "error",
+            Outcome::Timeout => "timeout",
+            Outcome::Rejected => "rejected",
+            Outcome::ShortCircuited => "short_circuited",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CallLabels {
+    dependency: Arc<str>,
+    operation: Arc<str>,
+    outcome: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    dependency: Arc<str>,
+    operation: Arc<str>,
+}
+
+/// One registry of Marty's metrics; a [`crate::DependencyRegistry`] records into its own.
+pub struct Metrics {
+    registry: Registry,
+    calls: Family<CallLabels, Counter>,
+    durations: Family<OperationLabels, LatencyHistogram>,
+    retries: Family<OperationLabels, Counter>,
+    policies: Arc<PolicyGauges>,
+}
+
+impl fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// An empty registry with Marty's metric families.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let calls = Family::default();
+        let durations = Family::default();
+        let retries = Family::default();
+        let policies = Arc::new(PolicyGauges::default());
+        registry.register("marty_calls", "Attempts to call a dependency, by outcome", calls.clone());
+        registry.register("marty_call_duration_seconds", "Duration of attempts that reached the dependency", durations.clone());
+        registry.register("marty_retries", "Retries of calls to a dependency", retries.clone());
+        registry.register_collector(Box::new(policies.clone()));
+        Metrics { registry, calls, durations, retries, policies }
+    }
+
+    /// The handles one call site records into.
+    pub fn call_metrics(&self, dependency: &Arc<str>, operation: &Arc<str>) -> CallMetrics {
+        let counter = |outcome: Outcome| {
+            self.calls
+                .get_or_create(&CallLabels { dependency: dependency.clone(), operation: operation.clone(), outcome: outcome.as_str() })
+                .clone()
+        };
+        let labels = OperationLabels { dependency: dependency.clone(), operation: operation.clone() };
+        CallMetrics {
+            outcomes: Outcome::ALL.map(counter),
+            duration: self.durations.get_or_create(&labels).clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
+        }
+    }
+
+    /// Reports a dependency's breaker state and free bulkhead permits at every scrape, while they live.
+    pub fn watch_policies(&self, dependency: Arc<str>, breaker: &Arc<CircuitBreaker>, bulkhead: &Arc<Bulkhead>) {
+        self.policies.lock().push((dependency, Arc::downgrade(breaker), Arc::downgrade(bulkhead)));
+    }
+
+    /// The Prometheus / OpenMetrics text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+
+    /// The underlying registry, to register the service's own metrics beside Marty's.
+    pub fn registry(&self) -> &Registry {
+        &self.registry
+    }
+}
+
+/// A call site's metric handles.
+#[derive(Debug, Clone)]
+pub struct CallMetrics {
+    outcomes: [Counter; 5],
+    duration: LatencyHistogram,
+    retries: Counter,
+}
+
+impl CallMetrics {
+    /// Records an attempt's outcome and, when it reached the dependency, its duration.
+    #[inline]
+    pub fn record(&self, outcome: Outcome, elapsed: Option<Duration>) {
+        self.outcomes[outcome as usize].inc();
+        if let Some(elapsed) = elapsed {
+            self.duration.observe(elapsed);
+        }
+    }
+
+    /// Records a retry.
+    pub fn record_retry(&self) {
+        self.retries.inc();
+    }
+
+    /// Attempts recorded with `outcome` so far (for tests and dashboards built in code).
+    pub fn count(&self, outcome: Outcome) -> u64 {
+        self.outcomes[outcome as usize].get()
+    }
+}
+
+/// Upper bounds in seconds: 0.5 ms to 10 s, the range that separates a cache hit from a stuck query.
+const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+/// The same bounds in nanoseconds, so recording compares integers.
+const BUCKETS_NANOS: [u64; 14] = {
+    let mut nanos = [0u64; 14];
+    let micros = [500u64, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000];
+    let mut i = 0;
+    while i < 14 {
+        nanos[i] = micros[i] * 1_000;
+        i += 1;
+    }
+    nanos
+};
+
+/// A lock-free latency histogram: prometheus-client's own takes a mutex per observation, which
+/// serialises every worker thread calling the same dependency.
+#[derive(Debug, Clone, Default)]
+pub struct LatencyHistogram {
+    inner: Arc<HistogramCells>,
+}
+
+#[derive(Debug, Default)]
+struct HistogramCells {
+    /// Per-bucket (not cumulative) counts; the last is `+Inf`.
+    buckets: [AtomicU64; 15],
+    sum_nanos: AtomicU64,
+}
+
+impl LatencyHistogram {
+    /// Records one duration.
+    #[inline]
+    pub fn observe(&self, elapsed: Duration) {
+        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
+        let bucket = BUCKETS_NANOS.iter().position(|&bound| nanos <= bound).unwrap_or(BUCKETS_NANOS.len());
+        self.inner.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+    }
+}
+
+impl TypedMetric for LatencyHistogram {
+    const TYPE: MetricType = MetricType::Histogram;
+}
+
+impl EncodeMetric for LatencyHistogram {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
+        let counts: Vec<u64> = self.inner.buckets.iter().map(|cell| cell.load(Ordering::Relaxed)).collect();
+        let buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().chain([f64::INFINITY]).zip(counts.iter().copied()).collect();
+        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Histogram
+    }
+}
+
+type WatchedPolicy = (Arc<str>, Weak<CircuitBreaker>, Weak<Bulkhead>);
+
+/// Gauges read from live policies when scraped, so the call path never updates them.
+#[derive(Debug, Default)]
+struct PolicyGauges {
+    watched: Mutex<Vec<WatchedPolicy>>,
+}
+
+impl PolicyGauges {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<WatchedPolicy>> {
+        self.watched.lock().unwrap_or_else(|poison| poison.into_inner())
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabels {
+    dependency: Arc<str>,
+}
+
+impl Collector for PolicyGauges {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
+        let mut live: Vec<(Arc<str>, Arc<CircuitBreaker>, Arc<Bulkhead>)> = Vec::new();
+        self.lock().retain(|(name, breaker, bulkhead)| match (breaker.upgrade(), bulkhead.upgrade()) {
+            (Some(breaker), Some(bulkhead)) => {
+                live.push((name.clone(), breaker, bulkhead));
+                true
+            }
+            _ => false,
+        });
+        let help = "Circuit breaker state: 0 closed, 1 open, 2 half-open";
+        let mut family = encoder.encode_descriptor("marty_circuit_state", help, None, MetricType::Gauge)?;
+        for (name, breaker, _) in &live {
+            let labels = DependencyLabels { dependency: name.clone() };
+            ConstGauge::new(breaker.state().as_gauge()).encode(family.encode_family(&labels)?)?;
+        }
+        let help = "Free bulkhead permits";
+        let mut family = encoder.encode_descriptor("marty_bulkhead_available", help, None, MetricType::Gauge)?;
+        for (name, _, bulkhead) in &live {
+            let labels = DependencyLabels { dependency: name.clone() };
+            ConstGauge::new(bulkhead.available() as i64).encode(family.encode_family(&labels)?)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,258 @@
+//! The policies of one dependency composed into one call path, outermost first:
+//! retry -> circuit breaker -> timeout -> bulkhead -> the call.
+//!
+//! - Each retry attempt asks the breaker again, so an opening breaker stops a retry loop.
+//! - The timeout starts before the bulkhead: waiting for a permit counts against it.
+//! - Calls the breaker or bulkhead turned away are not recorded by the breaker (the dependency was
+//!   not called) and are not retried (that would only add load).
+//!
+//! [`Dependency`] is what every call to one dependency shares; [`CallPolicy`] is one call site's view
+//! of it (its own timeout, retry and metric labels). The macros and [`DependencyLayer`] both run
+//! [`Call::attempt`]: there is one implementation of the semantics.
+
+mod layer;
+
+use std::future::Future;
+use std::ops::ControlFlow;
+use std::sync::Arc;
+use std::time::Duration;
+
+use marty_config::DependencyConfig;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::bulkhead::Bulkhead;
+use crate::circuit_breaker::{CallOutcome, CircuitBreaker};
+use crate::classify::{Classify, ErrorClass};
+use crate::error::Error;
+use crate::metrics::{CallMetrics, Metrics, Outcome};
+use crate::retry::{RetryBudget, RetryPolicy};
+use crate::timeout::{Deadline, Elapsed, WithDeadline};
+
+pub use layer::{DependencyLayer, DependencyService};
+
+/// What every call to one dependency shares: its bulkhead, circuit breaker and retry budget.
+#[derive(Debug)]
+pub struct Dependency {
+    name: Arc<str>,
+    config: DependencyConfig,
+    bulkhead: Arc<Bulkhead>,
+    breaker: Arc<CircuitBreaker>,
+    budget: RetryBudget,
+}
+
+impl Dependency {
+    /// The shared state `[dependencies.<name>]` describes.
+    pub fn new(config: DependencyConfig) -> Self {
+        let name: Arc<str> = config.name.as_str().into();
+        Dependency {
+            bulkhead: Arc::new(Bulkhead::new(name.clone(), config.max_concurrent, config.max_wait)),
+            breaker: Arc::new(CircuitBreaker::new(name.clone(), config.circuit_breaker.clone())),
+            budget: RetryBudget::new(config.retry.budget),
+            name,
+            config,
+        }
+    }
+
+    /// The name under `[dependencies]`.
+    pub fn name(&self) -> &Arc<str> {
+        &self.name
+    }
+
+    /// The configuration it was built from.
+    pub fn config(&self) -> &DependencyConfig {
+        &self.config
+    }
+
+    /// Its bulkhead.
+    pub fn bulkhead(&self) -> &Arc<Bulkhead> {
+        &self.bulkhead
+    }
+
+    /// Its circuit breaker (e.g. to watch transitions with [`CircuitBreaker::on_transition`]).
+    pub fn circuit_breaker(&self) -> &Arc<CircuitBreaker> {
+        &self.breaker
+    }
+
+    /// Its retry budget.
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.budget
+    }
+}
+
+/// One call site's policy: the dependency's shared state plus the call's own timeout, retry and labels.
+#[derive(Debug)]
+pub struct CallPolicy {
+    dependency: Arc<Dependency>,
+    operation: Arc<str>,
+    timeout: Duration,
+    retry: RetryPolicy,
+    metrics: CallMetrics,
+}
+
+impl CallPolicy {
+    /// The policy for `operation` on `dependency`, with the dependency's timeout and retry, recording into `metrics`.
+    pub fn new(dependency: Arc<Dependency>, operation: impl Into<Arc<str>>, metrics: &Metrics) -> Self {
+        let operation = operation.into();
+        CallPolicy {
+            metrics: metrics.call_metrics(&dependency.name, &operation),
+            timeout: dependency.config.timeout,
+            retry: RetryPolicy::from_config(&dependency.config.retry),
+            dependency,
+            operation,
+        }
+    }
+
+    /// Overrides the timeout for this call site.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// Overrides retry for this call site.
+    pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
+        self.retry = retry;
+        self
+    }
+
+    /// The dependency this call site calls.
+    pub fn dependency(&self) -> &Arc<Dependency> {
+        &self.dependency
+    }
+
+    /// The operation label.
+    pub fn operation(&self) -> &str {
+        &self.operation
+    }
+
+    /// The timeout of one attempt.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// The retry policy.
+    pub fn retry(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// This call site's metric handles.
+    pub fn metrics(&self) -> &CallMetrics {
+        &self.metrics
+    }
+
+    /// Starts one logical call (which may take several attempts).
+    #[inline]
+    pub fn begin(&self) -> Call<'_> {
+        self.dependency.budget.deposit();
+        let span = tracing::info_span!(
+            "marty.call",
+            dependency = %self.dependency.name,
+            operation = %self.operation,
+            attempt = tracing::field::Empty,
+            outcome = tracing::field::Empty,
+        );
+        Call { policy: self, attempt: 0, span }
+    }
+
+    /// Runs `operation` under the policy: the plain-Rust form of `#[database_call]`. `operation` is called
+    /// once per attempt.
+    pub async fn call<T, E, F, Fut>(&self, mut operation: F) -> Result<T, E>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, E>>,
+        E: From<Error> + Classify,
+    {
+        let mut call = self.begin();
+        let span = call.span().clone();
+        async move {
+            loop {
+                if let ControlFlow::Break(result) = call.attempt(operation(), E::classify).await {
+                    return result;
+                }
+            }
+        }
+        .instrument(span)
+        .await
+    }
+}
+
+/// One logical call in progress.
+#[derive(Debug)]
+pub struct Call<'p> {
+    policy: &'p CallPolicy,
+    attempt: u32,
+    span: tracing::Span,
+}
+
+impl Call<'_> {
+    /// The call's `marty.call` span (fields: dependency, operation, attempt, outcome).
+    pub fn span(&self) -> &tracing::Span {
+        &self.span
+    }
+
+    /// Attempts made so far.
+    pub fn attempts(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Makes one attempt with `future`: `Break` with the call's result, or `Continue` after the retry
+    /// backoff has been slept, when the caller should attempt again with a fresh future.
+    pub async fn attempt<T, E, F, C>(&mut self, future: F, classify: C) -> ControlFlow<Result<T, E>>
+    where
+        F: Future<Output = Result<T, E>>,
+        E: From<Error>,
+        C: FnOnce(&E) -> ErrorClass,
+    {
+        let policy = self.policy;
+        let dependency = &*policy.dependency;
+        self.attempt += 1;
+        let permit = match dependency.breaker.try_acquire() {
+            Ok(permit) => permit,
+            Err(error) => return self.turned_away(Outcome::ShortCircuited, error),
+        };
+        let start = Instant::now();
+        let deadline = Deadline::after(start, policy.timeout);
+        let bulkhead_permit = match dependency.bulkhead.acquire(Some(deadline)).await {
+            Ok(bulkhead_permit) => bulkhead_permit,
+            Err(error) => {
+                drop(permit);
+                let outcome = if matches!(error, Error::Timeout { .. }) { Outcome::Timeout } else { Outcome::Rejected };
+                return self.turned_away(outcome, error);
+            }
+        };
+        let result = WithDeadline::new(future, deadline.at).await;
+        drop(bulkhead_permit);
+        let elapsed = start.elapsed();
+        let (outcome, class, result) = match result {
+            Ok(Ok(value)) => (Outcome::Success, None, Ok(value)),
+            Ok(Err(error)) => (Outcome::Error, Some(classify(&error)), Err(error)),
+            Err(Elapsed) => (Outcome::Timeout, Some(ErrorClass::Transient), Err(deadline.elapsed_error(&dependency.name).into())),
+        };
+        let slow_call_duration = dependency.config.circuit_breaker.slow_call_duration;
+        permit.record(CallOutcome::new(class, elapsed, slow_call_duration));
+        policy.metrics.record(outcome, Some(elapsed));
+        if class.is_some_and(ErrorClass::is_transient) && self.attempt < policy.retry.max_attempts && dependency.budget.try_withdraw() {
+            policy.metrics.record_retry();
+            let wait = policy.retry.backoff(self.attempt);
+            tracing::debug!(parent: &self.span, attempt = self.attempt, outcome = outcome.as_str(), ?wait, "retrying after a transient error");
+            tokio::time::sleep(wait).await;
+            return ControlFlow::Continue(());
+        }
+        self.finish(outcome);
+        ControlFlow::Break(result)
+    }
+
+    fn turned_away<T, E: From<Error>>(&mut self, outcome: Outcome, error: Error) -> ControlFlow<Result<T, E>> {
+        self.policy.metrics.record(outcome, None);
+        self.finish(outcome);
+        ControlFlow::Break(Err(error.into()))
+    }
+
+    fn finish(&self, outcome: Outcome) {
+        self.span.record("attempt", self.attempt);
+        self.span.record("outcome", outcome.as_str());
+    }
+}
+
+#[cfg(test)]
+mod tests;

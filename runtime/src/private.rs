@@ -1,0 +1,158 @@
+//! The macro -> runtime contract. Everything an expansion of `#[database_call]` (and friends) touches
+//! is here, so the macros never name runtime internals elsewhere.
+//!
+//! Not public API: no semver guarantee; only the macros of the same version may use it.
+
+use std::future::Future;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+pub use core;
+pub use marty_config::{Backoff, DependencyKind};
+pub use tracing::Instrument;
+
+use crate::classify::{Classify, ErrorClass};
+use crate::error::{Error, HoldsMartyErrors};
+use crate::policy::CallPolicy;
+use crate::registry::DependencyRegistry;
+use crate::retry::RetryPolicy;
+
+/// A call site's retry override from its attribute.
+#[derive(Debug, Clone, Copy)]
+pub enum RetryOverride {
+    /// Use the dependency's `retry`.
+    Inherit,
+    /// `retry = false`: one attempt.
+    Off,
+    /// `retry(...)`: these fields replace the dependency's.
+    Set {
+        /// `max_attempts`.
+        max_attempts: Option<u32>,
+        /// `backoff`.
+        backoff: Option<Backoff>,
+        /// `initial`.
+        initial: Option<Duration>,
+        /// `max`.
+        max: Option<Duration>,
+        /// `jitter`.
+        jitter: Option<bool>,
+    },
+}
+
+/// One annotated fn: what its attribute said, and its policy once resolved.
+#[derive(Debug)]
+pub struct CallSite {
+    dependency: &'static str,
+    kind: DependencyKind,
+    operation: &'static str,
+    timeout: Option<Duration>,
+    retry: RetryOverride,
+    config_path: &'static str,
+    config_text: &'static str,
+    policy: OnceLock<Result<CallPolicy, Error>>,
+}
+
+impl CallSite {
+    /// What the attribute said. `config_text` is the file as it compiled, used when the file is not
+    /// found at run time.
+    #[allow(clippy::too_many_arguments)]
+    pub const fn new(
+        dependency: &'static str,
+        kind: DependencyKind,
+        operation: &'static str,
+        timeout: Option<Duration>,
+        retry: RetryOverride,
+        config_path: &'static str,
+        config_text: &'static str,
+    ) -> Self {
+        CallSite { dependency, kind, operation, timeout, retry, config_path, config_text, policy: OnceLock::new() }
+    }
+
+    /// The call site's policy, resolved from the global registry on first use and kept.
+    #[inline]
+    pub fn policy(&'static self) -> Result<&'static CallPolicy, Error> {
+        match self.policy.get_or_init(|| self.resolve()) {
+            Ok(policy) => Ok(policy),
+            Err(error) => Err(error.clone()),
+        }
+    }
+
+    fn resolve(&self) -> Result<CallPolicy, Error> {
+        let registry = DependencyRegistry::global_or_load(self.config_path, self.config_text)?;
+        let mut policy = registry.call_policy_of_kind(self.dependency, self.kind, self.operation)?;
+        if let Some(timeout) = self.timeout {
+            policy = policy.with_timeout(timeout);
+        }
+        let retry = match self.retry {
+            RetryOverride::Inherit => None,
+            RetryOverride::Off => Some(RetryPolicy::disabled()),
+            RetryOverride::Set { max_attempts, backoff, initial, max, jitter } => {
+                let base = policy.retry();
+                Some(RetryPolicy {
+                    max_attempts: max_attempts.unwrap_or(base.max_attempts),
+                    backoff: backoff.unwrap_or(base.backoff),
+                    initial: initial.unwrap_or(base.initial),
+                    max: max.unwrap_or(base.max),
+                    jitter: jitter.unwrap_or(base.jitter),
+                })
+            }
+        };
+        Ok(match retry {
+            Some(retry) => policy.with_retry(retry),
+            None => policy,
+        })
+    }
+}
+
+/// Names the `Ok` and `Err` types of a wrapped fn's return type, whatever alias spells it.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a `Result`",
+    label = "Marty-wrapped calls must return `Result<T, E>`",
+    note = "return `Result<T, E>` where `E: From<marty::Error>`, so bulkhead, timeout and circuit-breaker errors can be returned"
+)]
+pub trait CallResult {
+    /// The success type.
+    type Ok;
+    /// The error type.
+    type Err;
+}
+
+impl<T, E> CallResult for Result<T, E> {
+    type Ok = T;
+    type Err = E;
+}
+
+/// Asserts at the user's return type that its error can hold Marty's errors.
+pub const fn assert_error_holds_marty_errors<R>()
+where
+    R: CallResult,
+    R::Err: HoldsMartyErrors,
+{
+}
+
+/// Asserts at the user's return type that its error is classified (when no `classify = ..` override is given).
+pub const fn assert_error_is_classified<R>()
+where
+    R: CallResult,
+    R::Err: Classify,
+{
+}
+
+/// The default classification: the error type's own [`Classify`] impl.
+pub fn classify_by_type<E: Classify>(error: &E) -> ErrorClass {
+    error.classify()
+}
+
+/// Pins an attempt's future to the fn's declared return type, so `?` in the body converts into it.
+#[inline(always)]
+pub fn attempt_future<R: CallResult<Ok = T, Err = E>, T, E>(
+    future: impl Future<Output = Result<T, E>>,
+) -> impl Future<Output = Result<T, E>> {
+    future
+}
+
+/// Turns a framework error into the fn's error type.
+#[inline]
+pub fn into_error<T, E: From<Error>>(error: Error) -> Result<T, E> {
+    Err(E::from(error))
+}
