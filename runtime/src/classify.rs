@@ -76,10 +76,9 @@ impl Classify for std::io::Error {
 fn classify_io_kind(kind: std::io::ErrorKind) -> ErrorClass {
     use std::io::ErrorKind::*;
     match kind {
-        ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe | TimedOut | Interrupted
-        | WouldBlock | UnexpectedEof | HostUnreachable | NetworkUnreachable | NetworkDown | AddrNotAvailable => {
-            ErrorClass::Transient
-        }
+        ConnectionRefused | ConnectionReset | ConnectionAborted | NotConnected | BrokenPipe | TimedOut
+        | Interrupted | WouldBlock | UnexpectedEof | HostUnreachable | NetworkUnreachable | NetworkDown
+        | AddrNotAvailable => ErrorClass::Transient,
         NotFound | AlreadyExists | InvalidInput | PermissionDenied => ErrorClass::Expected,
         _ => ErrorClass::Failure,
     }
@@ -113,9 +112,12 @@ impl Classify for sqlx::Error {
         match self {
             Io(error) => error.classify(),
             PoolTimedOut | PoolClosed | WorkerCrashed | Tls(_) | Protocol(_) => ErrorClass::Transient,
-            RowNotFound | TypeNotFound { .. } | ColumnNotFound(_) | ColumnIndexOutOfBounds { .. } | Encode(_) | InvalidArgument(_) => {
-                ErrorClass::Expected
-            }
+            RowNotFound
+            | TypeNotFound { .. }
+            | ColumnNotFound(_)
+            | ColumnIndexOutOfBounds { .. }
+            | Encode(_)
+            | InvalidArgument(_) => ErrorClass::Expected,
             Database(error) => classify_database_code(error.code().as_deref()),
             _ => ErrorClass::Failure,
         }
@@ -129,7 +131,9 @@ fn classify_database_code(code: Option<&str>) -> ErrorClass {
         // PostgreSQL / SQL standard: serialization failure, deadlock, connection exceptions (08xxx),
         // insufficient resources (53xxx), operator intervention such as admin shutdown (57Pxx).
         Some("40001" | "40P01") => ErrorClass::Transient,
-        Some(code) if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => ErrorClass::Transient,
+        Some(code) if code.starts_with("08") || code.starts_with("53") || code.starts_with("57P") => {
+            ErrorClass::Transient
+        }
         // Constraint violations and bad input (SQLSTATE classes 22 and 23).
         Some(code) if code.len() == 5 && (code.starts_with("22") || code.starts_with("23")) => ErrorClass::Expected,
         // SQLite result codes are short numbers; the low byte is the primary code: BUSY (5), LOCKED (6)

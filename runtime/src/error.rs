@@ -78,7 +78,10 @@ impl fmt::Display for Error {
                 write!(f, "call to `{dependency}` timed out after {}", marty_config::format_duration(*timeout))
             }
             Error::CircuitOpen { dependency, retry_after } => {
-                write!(f, "call to `{dependency}` short-circuited: the circuit breaker is open (retry in {retry_after:?})")
+                write!(
+                    f,
+                    "call to `{dependency}` short-circuited: the circuit breaker is open (retry in {retry_after:?})"
+                )
             }
             Error::Config(errors) => write!(f, "invalid Marty configuration:\n{errors}"),
         }

@@ -44,12 +44,12 @@ pub use marty_config as config;
 #[doc(inline)]
 pub use marty_macros::{api_call, cache_call, database_call};
 
-/// Version-matched ecosystem crates, so users never fight version skew.
-pub use {prometheus_client, tracing};
 #[cfg(feature = "sqlx")]
 pub use sqlx;
 #[cfg(feature = "tonic")]
 pub use tonic;
+/// Version-matched ecosystem crates, so users never fight version skew.
+pub use {prometheus_client, tracing};
 
 /// The boxed future the policy layers return.
 pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;

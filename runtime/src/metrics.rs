@@ -40,7 +40,8 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    const ALL: [Outcome; 5] = [Outcome::Success, Outcome::Error, Outcome::Timeout, Outcome::Rejected, Outcome::ShortCircuited];
+    const ALL: [Outcome; 5] =
+        [Outcome::Success, Outcome::Error, Outcome::Timeout, Outcome::Rejected, Outcome::ShortCircuited];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
@@ -97,7 +98,11 @@ impl Metrics {
         let retries = Family::default();
         let policies = Arc::new(PolicyGauges::default());
         registry.register("marty_calls", "Attempts to call a dependency, by outcome", calls.clone());
-        registry.register("marty_call_duration_seconds", "Duration of attempts that reached the dependency", durations.clone());
+        registry.register(
+            "marty_call_duration_seconds",
+            "Duration of attempts that reached the dependency",
+            durations.clone(),
+        );
         registry.register("marty_retries", "Retries of calls to a dependency", retries.clone());
         registry.register_collector(Box::new(policies.clone()));
         Metrics { registry, calls, durations, retries, policies }
@@ -107,7 +112,11 @@ impl Metrics {
     pub fn call_metrics(&self, dependency: &Arc<str>, operation: &Arc<str>) -> CallMetrics {
         let counter = |outcome: Outcome| {
             self.calls
-                .get_or_create(&CallLabels { dependency: dependency.clone(), operation: operation.clone(), outcome: outcome.as_str() })
+                .get_or_create(&CallLabels {
+                    dependency: dependency.clone(),
+                    operation: operation.clone(),
+                    outcome: outcome.as_str(),
+                })
                 .clone()
         };
         let labels = OperationLabels { dependency: dependency.clone(), operation: operation.clone() };
@@ -170,7 +179,10 @@ const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1
 /// The same bounds in nanoseconds, so recording compares integers.
 const BUCKETS_NANOS: [u64; 14] = {
     let mut nanos = [0u64; 14];
-    let micros = [500u64, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000, 5_000_000, 10_000_000];
+    let micros = [
+        500u64, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
+        5_000_000, 10_000_000,
+    ];
     let mut i = 0;
     while i < 14 {
         nanos[i] = micros[i] * 1_000;
@@ -211,7 +223,8 @@ impl TypedMetric for LatencyHistogram {
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
         let counts: Vec<u64> = self.inner.buckets.iter().map(|cell| cell.load(Ordering::Relaxed)).collect();
-        let buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().chain([f64::INFINITY]).zip(counts.iter().copied()).collect();
+        let buckets: Vec<(f64, u64)> =
+            BUCKETS.iter().copied().chain([f64::INFINITY]).zip(counts.iter().copied()).collect();
         let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
         encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
     }

@@ -64,7 +64,12 @@ impl DependencyRegistry {
     }
 
     /// Like [`Self::call_policy`], and checks the dependency is of `kind` (the attribute's).
-    pub fn call_policy_of_kind(&self, dependency: &str, kind: DependencyKind, operation: &str) -> Result<CallPolicy, Error> {
+    pub fn call_policy_of_kind(
+        &self,
+        dependency: &str,
+        kind: DependencyKind,
+        operation: &str,
+    ) -> Result<CallPolicy, Error> {
         let policy = self.call_policy(dependency, operation)?;
         let declared = policy.dependency().config().kind;
         if declared != kind {
@@ -118,7 +123,9 @@ impl DependencyRegistry {
     fn unknown_dependency(&self, name: &str) -> Error {
         let declared: Vec<&str> = self.dependencies.keys().map(String::as_str).collect();
         let help = match marty_config::suggest::nearest(name, declared.iter().copied()) {
-            Some(near) => format!("did you mean `{near}`? declared: {}", marty_config::suggest::list(declared.iter().copied())),
+            Some(near) => {
+                format!("did you mean `{near}`? declared: {}", marty_config::suggest::list(declared.iter().copied()))
+            }
             None => format!("declare `[dependencies.{name}]` in {}", self.config.file),
         };
         self.config_error(format!("dependencies.{name}"), format!("unknown dependency `{name}`"), help)

@@ -108,7 +108,10 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_millis(100));
         let start = Instant::now();
         let deadline = Deadline::after(start, Duration::from_millis(30));
-        assert!(matches!(bulkhead.acquire(Some(deadline)).await, Err(Error::Timeout { .. })), "bulkhead wait counts against the timeout");
+        assert!(
+            matches!(bulkhead.acquire(Some(deadline)).await, Err(Error::Timeout { .. })),
+            "bulkhead wait counts against the timeout"
+        );
         assert_eq!(start.elapsed(), Duration::from_millis(30));
     }
 }

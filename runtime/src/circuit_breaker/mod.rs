@@ -154,7 +154,13 @@ impl CircuitBreaker {
         CircuitBreaker {
             dependency: dependency.into(),
             state: AtomicU8::new(0),
-            inner: Mutex::new(Inner { state: CircuitState::Closed, window, opened_at: Instant::now(), trials_started: 0, trials: (0, 0, 0) }),
+            inner: Mutex::new(Inner {
+                state: CircuitState::Closed,
+                window,
+                opened_at: Instant::now(),
+                trials_started: 0,
+                trials: (0, 0, 0),
+            }),
             listeners: RwLock::new(Vec::new()),
             config,
         }
@@ -275,7 +281,9 @@ impl CircuitBreaker {
                 dependency = %transition.dependency, from = %transition.from, failure_rate = transition.failure_rate,
                 slow_call_rate = transition.slow_call_rate, "circuit breaker opened"
             ),
-            _ => tracing::info!(dependency = %transition.dependency, from = %transition.from, to = %transition.to, "circuit breaker changed state"),
+            _ => {
+                tracing::info!(dependency = %transition.dependency, from = %transition.from, to = %transition.to, "circuit breaker changed state")
+            }
         }
         let listeners = self.listeners.read().unwrap_or_else(|poison| poison.into_inner()).clone();
         for listener in listeners {
@@ -301,7 +309,13 @@ struct Window {
 
 impl Window {
     fn new(capacity: usize) -> Self {
-        Window { outcomes: vec![CallOutcome { failed: false, slow: false }; capacity.max(1)], next: 0, len: 0, failures: 0, slow: 0 }
+        Window {
+            outcomes: vec![CallOutcome { failed: false, slow: false }; capacity.max(1)],
+            next: 0,
+            len: 0,
+            failures: 0,
+            slow: 0,
+        }
     }
 
     fn push(&mut self, outcome: CallOutcome) {

@@ -111,7 +111,11 @@ async fn half_open_admits_only_half_open_calls_and_closes_when_they_succeed() {
     assert_eq!(breaker.state(), CircuitState::Closed);
     assert_eq!(
         *log.lock().unwrap(),
-        [(CircuitState::Closed, CircuitState::Open), (CircuitState::Open, CircuitState::HalfOpen), (CircuitState::HalfOpen, CircuitState::Closed)]
+        [
+            (CircuitState::Closed, CircuitState::Open),
+            (CircuitState::Open, CircuitState::HalfOpen),
+            (CircuitState::HalfOpen, CircuitState::Closed)
+        ]
     );
     for _ in 0..3 {
         call(&breaker, FAILED);

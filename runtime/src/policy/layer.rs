@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use tower_layer::Layer;
-use tracing::Instrument;
 use tower_service::Service;
+use tracing::Instrument;
 
 use super::CallPolicy;
 use crate::classify::Classify;

@@ -226,12 +226,17 @@ impl Call<'_> {
         let (outcome, class, result) = match result {
             Ok(Ok(value)) => (Outcome::Success, None, Ok(value)),
             Ok(Err(error)) => (Outcome::Error, Some(classify(&error)), Err(error)),
-            Err(Elapsed) => (Outcome::Timeout, Some(ErrorClass::Transient), Err(deadline.elapsed_error(&dependency.name).into())),
+            Err(Elapsed) => {
+                (Outcome::Timeout, Some(ErrorClass::Transient), Err(deadline.elapsed_error(&dependency.name).into()))
+            }
         };
         let slow_call_duration = dependency.config.circuit_breaker.slow_call_duration;
         permit.record(CallOutcome::new(class, elapsed, slow_call_duration));
         policy.metrics.record(outcome, Some(elapsed));
-        if class.is_some_and(ErrorClass::is_transient) && self.attempt < policy.retry.max_attempts && dependency.budget.try_withdraw() {
+        if class.is_some_and(ErrorClass::is_transient)
+            && self.attempt < policy.retry.max_attempts
+            && dependency.budget.try_withdraw()
+        {
             policy.metrics.record_retry();
             let wait = policy.retry.backoff(self.attempt);
             tracing::debug!(parent: &self.span, attempt = self.attempt, outcome = outcome.as_str(), ?wait, "retrying after a transient error");

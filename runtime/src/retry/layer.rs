@@ -67,7 +67,9 @@ where
                 let result = inner.call(request.clone()).await;
                 match result {
                     Err(error)
-                        if error.classify().is_transient() && attempt < policy.max_attempts && budget.try_withdraw() =>
+                        if error.classify().is_transient()
+                            && attempt < policy.max_attempts
+                            && budget.try_withdraw() =>
                     {
                         tokio::time::sleep(policy.backoff(attempt)).await;
                         attempt += 1;

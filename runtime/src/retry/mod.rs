@@ -39,7 +39,13 @@ impl RetryPolicy {
 
     /// One attempt, no retry.
     pub fn disabled() -> Self {
-        RetryPolicy { max_attempts: 1, backoff: Backoff::Fixed, initial: Duration::ZERO, max: Duration::ZERO, jitter: false }
+        RetryPolicy {
+            max_attempts: 1,
+            backoff: Backoff::Fixed,
+            initial: Duration::ZERO,
+            max: Duration::ZERO,
+            jitter: false,
+        }
     }
 
     /// The wait before retry number `retry` (1 for the wait after the first attempt).
@@ -103,7 +109,9 @@ impl RetryBudget {
     /// Takes one retry from the budget; `false` when it is spent.
     pub fn try_withdraw(&self) -> bool {
         self.balance
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |balance| (balance >= ONE_RETRY).then(|| balance - ONE_RETRY))
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |balance| {
+                (balance >= ONE_RETRY).then(|| balance - ONE_RETRY)
+            })
             .is_ok()
     }
 
