@@ -1,0 +1,185 @@
+//! Stage 3: the expansion. Never validates and never fails: everything it needs is in the model.
+//!
+//! ```ignore
+//! async fn load(&self, id: i64) -> Result<Order, AppError> {
+//!     static __MARTY_CALL_SITE: CallSite = CallSite::new("orders_db", Database, "load", None, Inherit, PATH, include_str!(PATH));
+//!     // trait assertions at the return type's span
+//!     let __marty_policy = match __MARTY_CALL_SITE.policy() { Ok(p) => p, Err(e) => return into_error(e) };
+//!     let mut __marty_call = __marty_policy.begin();
+//!     instrument(async {
+//!         loop {
+//!             match __marty_call.attempt(attempt_future::<Ret, _, _>(async { <body> }), classify).await {
+//!                 Break(result) => break result,
+//!                 Continue(()) => {}
+//!             }
+//!         }
+//!     }, span).await
+//! }
+//! ```
+//! The body runs inside `async { }` once per attempt, so `?` and `return` keep their meaning. The
+//! policy is resolved once per call site and kept in the static: no lookup by name per call.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote, quote_spanned};
+use syn::spanned::Spanned;
+
+use super::{CallModel, RetryModel};
+use crate::paths::Paths;
+
+pub(super) fn emit(model: &CallModel) -> TokenStream {
+    let paths = Paths::new(model.krate.as_ref());
+    let core = paths.core();
+    let func = &model.func;
+    let (attrs, vis, sig, body) = (&func.attrs, &func.vis, &func.sig, &func.block);
+    let return_type = match &sig.output {
+        syn::ReturnType::Type(_, ty) => ty,
+        syn::ReturnType::Default => unreachable!("checked: wrapped fns return a Result"),
+    };
+    let mixed = Span::mixed_site();
+    let call_site = format_ident!("__MARTY_CALL_SITE", span = mixed);
+    let policy = format_ident!("__marty_policy", span = mixed);
+    let call = format_ident!("__marty_call", span = mixed);
+    let result = format_ident!("__marty_result", span = mixed);
+    let span = format_ident!("__marty_span", span = mixed);
+
+    let call_site_static = emit_call_site(model, &paths, &call_site);
+    let assertions = emit_assertions(model, &paths, return_type);
+    let classify = match &model.classify {
+        Some(path) => quote_spanned!(path.span()=> #path),
+        None => paths.private_item("classify_by_type"),
+    };
+    let attempt_future = paths.private_item("attempt_future");
+    let attempt = quote! {
+        #call.attempt(#attempt_future::<#return_type, _, _>(async #body), #classify).await
+    };
+    // With `retry = false` there is exactly one attempt, so the body may consume its arguments.
+    let attempts = match model.retry {
+        RetryModel::Off => quote! {
+            match #attempt {
+                #core::ops::ControlFlow::Break(#result) => #result,
+                #core::ops::ControlFlow::Continue(()) => #core::unreachable!("`retry = false` makes one attempt"),
+            }
+        },
+        _ => quote! {
+            loop {
+                if let #core::ops::ControlFlow::Break(#result) = #attempt {
+                    break #result;
+                }
+            }
+        },
+    };
+    let instrument = paths.private_item("Instrument");
+    let into_error = paths.private_item("into_error");
+    let finish = emit_fallback(model, &result);
+    quote! {
+        #(#attrs)*
+        #vis #sig {
+            #call_site_static
+            #assertions
+            let #policy = match #call_site.policy() {
+                #core::result::Result::Ok(policy) => policy,
+                #core::result::Result::Err(error) => return #into_error(error),
+            };
+            let mut #call = #policy.begin();
+            let #span = #core::clone::Clone::clone(#call.span());
+            let #result: #return_type = #instrument::instrument(async { #attempts }, #span).await;
+            #finish
+        }
+    }
+}
+
+fn emit_call_site(model: &CallModel, paths: &Paths, name: &syn::Ident) -> TokenStream {
+    let core = paths.core();
+    let call_site = paths.private_item("CallSite");
+    let kind = paths.private_item("DependencyKind");
+    let kind_variant = format_ident!("{}", format!("{:?}", model.kind));
+    let dependency = &model.dependency;
+    let operation = &model.operation;
+    let timeout = option_duration(&core, model.timeout);
+    let retry_override = paths.private_item("RetryOverride");
+    let retry = match &model.retry {
+        RetryModel::Inherit => quote!(#retry_override::Inherit),
+        RetryModel::Off => quote!(#retry_override::Off),
+        RetryModel::Set { max_attempts, backoff, initial, max, jitter } => {
+            let backoff_type = paths.private_item("Backoff");
+            let max_attempts = option(&core, max_attempts.map(|n| quote!(#n)));
+            let backoff = option(
+                &core,
+                backoff.map(|b| {
+                    let variant = format_ident!("{}", format!("{b:?}"));
+                    quote!(#backoff_type::#variant)
+                }),
+            );
+            let initial = option_duration(&core, *initial);
+            let max = option_duration(&core, *max);
+            let jitter = option(&core, jitter.map(|j| quote!(#j)));
+            quote!(#retry_override::Set { max_attempts: #max_attempts, backoff: #backoff, initial: #initial, max: #max, jitter: #jitter })
+        }
+    };
+    let path = model.config_path.display().to_string();
+    quote! {
+        #[doc(hidden)]
+        static #name: #call_site = #call_site::new(
+            #dependency,
+            #kind::#kind_variant,
+            #operation,
+            #timeout,
+            #retry,
+            #path,
+            // Embeds the file as it compiled (the runtime falls back to it) and makes cargo rebuild
+            // this crate when the file changes.
+            #core::include_str!(#path),
+        );
+    }
+}
+
+/// Trait assertions spanned at the user's return type, so a wrong error type is reported there with
+/// the runtime traits' `#[diagnostic::on_unimplemented]` text.
+fn emit_assertions(model: &CallModel, paths: &Paths, return_type: &syn::Type) -> TokenStream {
+    let holds = paths.private_item("assert_error_holds_marty_errors");
+    let mut assertions = quote_spanned! {return_type.span()=>
+        #holds::<#return_type>();
+    };
+    if model.classify.is_none() {
+        let classified = paths.private_item("assert_error_is_classified");
+        assertions.extend(quote_spanned! {return_type.span()=>
+            #classified::<#return_type>();
+        });
+    }
+    assertions
+}
+
+/// `fallback = path` gets the final error: `path(self, error)` for methods, `path(error)` otherwise.
+fn emit_fallback(model: &CallModel, result: &syn::Ident) -> TokenStream {
+    let Some(fallback) = &model.fallback else { return quote!(#result) };
+    let error = format_ident!("__marty_error", span = Span::mixed_site());
+    let has_receiver = matches!(model.func.sig.inputs.first(), Some(syn::FnArg::Receiver(_)));
+    let invoke = if has_receiver {
+        quote_spanned!(fallback.span()=> #fallback(self, #error).await)
+    } else {
+        quote_spanned!(fallback.span()=> #fallback(#error).await)
+    };
+    quote! {
+        match #result {
+            ::core::result::Result::Err(#error) => #invoke,
+            #result => #result,
+        }
+    }
+}
+
+fn option(core: &TokenStream, value: Option<TokenStream>) -> TokenStream {
+    match value {
+        Some(value) => quote!(#core::option::Option::Some(#value)),
+        None => quote!(#core::option::Option::None),
+    }
+}
+
+fn option_duration(core: &TokenStream, duration: Option<std::time::Duration>) -> TokenStream {
+    option(
+        core,
+        duration.map(|d| {
+            let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+            quote!(#core::time::Duration::from_nanos(#nanos))
+        }),
+    )
+}

@@ -1,0 +1,65 @@
+//! `marty.toml` at compile time: found relative to `CARGO_MANIFEST_DIR`, parsed by `marty-config` (the
+//! same code the runtime uses at startup), cached per path for the rest of the compilation.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use marty_config::{Config, ConfigErrors, CONFIG_PATH_VAR, DEFAULT_FILE};
+
+/// The configuration one attribute checks against.
+pub(crate) struct ConfigFile {
+    /// Absolute path, for `include_str!` (so cargo rebuilds when the file changes) and the runtime.
+    pub(crate) path: PathBuf,
+    /// How messages name the file: relative to the crate when it is inside it.
+    pub(crate) display: String,
+    pub(crate) state: Rc<FileState>,
+}
+
+pub(crate) enum FileState {
+    Missing,
+    Invalid(ConfigErrors),
+    Valid(Config),
+}
+
+thread_local! {
+    /// Parsed files by path, with the text they were parsed from (a changed file is parsed again).
+    static CACHE: RefCell<HashMap<PathBuf, (String, Rc<FileState>)>> = RefCell::new(HashMap::new());
+}
+
+/// Where the configuration is: `config = ".."` if given, else `MARTY_CONFIG`, else `marty.toml`, each
+/// relative to the crate's `Cargo.toml`.
+pub(crate) fn locate(explicit: Option<&str>) -> (PathBuf, PathBuf) {
+    let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into()));
+    let from_env = std::env::var(CONFIG_PATH_VAR).ok();
+    let relative = explicit.map(str::to_owned).or(from_env).unwrap_or_else(|| DEFAULT_FILE.to_owned());
+    (manifest_dir.join(relative), manifest_dir)
+}
+
+pub(crate) fn load(explicit: Option<&str>) -> ConfigFile {
+    let (path, manifest_dir) = locate(explicit);
+    let display = path.strip_prefix(&manifest_dir).unwrap_or(&path).display().to_string();
+    let state = match std::fs::read_to_string(&path) {
+        Err(_) => Rc::new(FileState::Missing),
+        Ok(text) => CACHE.with(|cache| {
+            let mut cache = cache.borrow_mut();
+            if let Some((cached_text, state)) = cache.get(&path) {
+                if *cached_text == text {
+                    return state.clone();
+                }
+            }
+            let state = Rc::new(match Config::parse(&text, &display) {
+                Ok(config) => FileState::Valid(config),
+                Err(errors) => FileState::Invalid(errors),
+            });
+            cache.insert(path.clone(), (text, state.clone()));
+            state
+        }),
+    };
+    ConfigFile { path: absolute(&path), display, state }
+}
+
+fn absolute(path: &Path) -> PathBuf {
+    std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}

@@ -1,0 +1,18 @@
+//! Error messages in the house style: the problem (lowercase, no trailing period, code in backticks),
+//! then a `help:` line with the concrete edit, on the smallest offending token.
+
+use proc_macro2::Span;
+
+/// An error at `span` saying `problem`, with `help` aligned under it as rustc prints notes.
+pub(crate) fn error(span: Span, problem: impl std::fmt::Display, help: impl std::fmt::Display) -> darling::Error {
+    darling::Error::custom(format!("{problem}\n       help: {help}")).with_span(&span)
+}
+
+/// "did you mean `x`? {context} `a`, `b`" or just the list.
+pub(crate) fn did_you_mean<'a>(name: &str, candidates: &[&'a str], context: &str) -> String {
+    let list = marty_config::suggest::list(candidates.iter().copied());
+    match marty_config::suggest::nearest(name, candidates.iter().copied()) {
+        Some(near) => format!("did you mean `{near}`? {context} {list}"),
+        None => format!("{context} {list}"),
+    }
+}

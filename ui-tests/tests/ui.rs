@@ -1,0 +1,12 @@
+//! Every attribute's misuse and its exact error text, and pass cases covering every argument.
+//! `.stderr` files are generated with the machine's toolchain (`TRYBUILD=overwrite`), then read as a user would.
+
+#[test]
+fn ui() {
+    // The macros find `marty.toml` beside Cargo.toml; trybuild compiles each case in a generated crate
+    // elsewhere, so point the macros (and, for pass cases, the runtime) at this crate's file.
+    std::env::set_var("MARTY_CONFIG", concat!(env!("CARGO_MANIFEST_DIR"), "/marty.toml"));
+    let cases = trybuild::TestCases::new();
+    cases.pass("tests/database_call/pass/*.rs");
+    cases.compile_fail("tests/database_call/fail/*.rs");
+}
