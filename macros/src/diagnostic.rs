@@ -3,9 +3,9 @@
 
 use proc_macro2::Span;
 
-/// An error at `span` saying `problem`, with `help` aligned under it as rustc prints notes.
+/// An error at `span` saying `problem`, then `help` on its own line (rustc indents it under the message).
 pub(crate) fn error(span: Span, problem: impl std::fmt::Display, help: impl std::fmt::Display) -> darling::Error {
-    darling::Error::custom(format!("{problem}\n       help: {help}")).with_span(&span)
+    darling::Error::custom(format!("{problem}\nhelp: {help}")).with_span(&span)
 }
 
 /// "did you mean `x`? {context} `a`, `b`" or just the list.

@@ -122,25 +122,26 @@ impl<T, E> CallResult for Result<T, E> {
     type Err = E;
 }
 
-/// Asserts at the user's return type that its error can hold Marty's errors.
-pub const fn assert_error_holds_marty_errors<R>()
+/// How a wrapped fn turns Marty's errors into its own. Called once per call, at the span of the user's
+/// return type, so a missing `From<marty::Error>` is reported there once, with `HoldsMartyErrors`'s text.
+#[inline(always)]
+pub fn error_converter<R>() -> fn(Error) -> R::Err
 where
     R: CallResult,
     R::Err: HoldsMartyErrors,
 {
+    <R::Err as From<Error>>::from
 }
 
-/// Asserts at the user's return type that its error is classified (when no `classify = ..` override is given).
-pub const fn assert_error_is_classified<R>()
+/// The error type's own classification (when no `classify = ..` override is given); like
+/// [`error_converter`], named at the return type's span.
+#[inline(always)]
+pub fn classifier<R>() -> fn(&R::Err) -> ErrorClass
 where
     R: CallResult,
     R::Err: Classify,
 {
-}
-
-/// The default classification: the error type's own [`Classify`] impl.
-pub fn classify_by_type<E: Classify>(error: &E) -> ErrorClass {
-    error.classify()
+    <R::Err as Classify>::classify
 }
 
 /// Pins an attempt's future to the fn's declared return type, so `?` in the body converts into it.
@@ -149,10 +150,4 @@ pub fn attempt_future<R: CallResult<Ok = T, Err = E>, T, E>(
     future: impl Future<Output = Result<T, E>>,
 ) -> impl Future<Output = Result<T, E>> {
     future
-}
-
-/// Turns a framework error into the fn's error type.
-#[inline]
-pub fn into_error<T, E: From<Error>>(error: Error) -> Result<T, E> {
-    Err(E::from(error))
 }

@@ -163,7 +163,10 @@ fn check_dependency(
         FileState::Missing => {
             // `config = ".."` already reported its own missing file.
             if !named_by_arg {
-                let help = format!("create `{}` beside Cargo.toml with:\n             [dependencies.{name}]\n             kind = \"{kind}\"", file.display);
+                let help = format!(
+                    "create `{}` beside Cargo.toml with:\n[dependencies.{name}]\nkind = \"{kind}\"",
+                    file.display
+                );
                 errors.push(error(arg.span, format!("`{name}` cannot be checked: `{}` not found", file.display), help));
             }
             return None;
@@ -182,10 +185,7 @@ fn check_dependency(
     let Some(declared) = config.dependency(name) else {
         let all: Vec<&str> = config.dependencies.keys().map(String::as_str).collect();
         let help = if all.is_empty() {
-            format!(
-                "declare it in `{}`:\n             [dependencies.{name}]\n             kind = \"{kind}\"",
-                file.display
-            )
+            format!("declare it in `{}`:\n[dependencies.{name}]\nkind = \"{kind}\"", file.display)
         } else {
             did_you_mean(name, &all, &format!("`{}` declares", file.display))
         };

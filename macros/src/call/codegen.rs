@@ -3,12 +3,13 @@
 //! ```ignore
 //! async fn load(&self, id: i64) -> Result<Order, AppError> {
 //!     static __MARTY_CALL_SITE: CallSite = CallSite::new("orders_db", Database, "load", None, Inherit, PATH, include_str!(PATH));
-//!     // trait assertions at the return type's span
-//!     let __marty_policy = match __MARTY_CALL_SITE.policy() { Ok(p) => p, Err(e) => return into_error(e) };
+//!     let __marty_convert = error_converter::<Ret>();   // at the return type's span: E: From<marty::Error>
+//!     let __marty_classify = classifier::<Ret>();       // or the `classify = ..` path
+//!     let __marty_policy = match __MARTY_CALL_SITE.policy() { Ok(p) => p, Err(e) => return Err(__marty_convert(e)) };
 //!     let mut __marty_call = __marty_policy.begin();
 //!     instrument(async {
 //!         loop {
-//!             match __marty_call.attempt(attempt_future::<Ret, _, _>(async { <body> }), classify).await {
+//!             match __marty_call.attempt(attempt_future::<Ret, _, _>(async { <body> }), __marty_classify, __marty_convert).await {
 //!                 Break(result) => break result,
 //!                 Continue(()) => {}
 //!             }
@@ -43,14 +44,22 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
     let span = format_ident!("__marty_span", span = mixed);
 
     let call_site_static = emit_call_site(model, &paths, &call_site);
-    let assertions = emit_assertions(model, &paths, return_type);
-    let classify = match &model.classify {
+    // Both named once, at the return type's span: a missing impl is one error there, with the runtime
+    // trait's `on_unimplemented` text, not a cascade at the attribute.
+    let ret_span = return_type.span();
+    let convert = format_ident!("__marty_convert", span = mixed);
+    let classify = format_ident!("__marty_classify", span = mixed);
+    let error_converter = paths.private_item_at("error_converter", ret_span);
+    let classifier = match &model.classify {
         Some(path) => quote_spanned!(path.span()=> #path),
-        None => paths.private_item("classify_by_type"),
+        None => {
+            let classifier = paths.private_item_at("classifier", ret_span);
+            quote_spanned!(ret_span=> #classifier::<#return_type>())
+        }
     };
     let attempt_future = paths.private_item("attempt_future");
     let attempt = quote! {
-        #call.attempt(#attempt_future::<#return_type, _, _>(async #body), #classify).await
+        #call.attempt(#attempt_future::<#return_type, _, _>(async #body), #classify, #convert).await
     };
     // With `retry = false` there is exactly one attempt, so the body may consume its arguments.
     let attempts = match model.retry {
@@ -69,16 +78,16 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
         },
     };
     let instrument = paths.private_item("Instrument");
-    let into_error = paths.private_item("into_error");
     let finish = emit_fallback(model, &result);
     quote! {
         #(#attrs)*
         #vis #sig {
             #call_site_static
-            #assertions
+            let #convert = #error_converter::<#return_type>();
+            let #classify: fn(&_) -> _ = #classifier;
             let #policy = match #call_site.policy() {
                 #core::result::Result::Ok(policy) => policy,
-                #core::result::Result::Err(error) => return #into_error(error),
+                #core::result::Result::Err(error) => return #core::result::Result::Err(#convert(error)),
             };
             let mut #call = #policy.begin();
             let #span = #core::clone::Clone::clone(#call.span());
@@ -131,22 +140,6 @@ fn emit_call_site(model: &CallModel, paths: &Paths, name: &syn::Ident) -> TokenS
             #core::include_str!(#path),
         );
     }
-}
-
-/// Trait assertions spanned at the user's return type, so a wrong error type is reported there with
-/// the runtime traits' `#[diagnostic::on_unimplemented]` text.
-fn emit_assertions(model: &CallModel, paths: &Paths, return_type: &syn::Type) -> TokenStream {
-    let holds = paths.private_item("assert_error_holds_marty_errors");
-    let mut assertions = quote_spanned! {return_type.span()=>
-        #holds::<#return_type>();
-    };
-    if model.classify.is_none() {
-        let classified = paths.private_item("assert_error_is_classified");
-        assertions.extend(quote_spanned! {return_type.span()=>
-            #classified::<#return_type>();
-        });
-    }
-    assertions
 }
 
 /// `fallback = path` gets the final error: `path(self, error)` for methods, `path(error)` otherwise.

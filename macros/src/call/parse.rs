@@ -68,7 +68,27 @@ pub(crate) fn parse_args(attribute: &str, tokens: TokenStream, errors: &mut darl
         }
     };
     let items = check_names(attribute, &items, CALL_ARGS, errors);
-    errors.handle(CallArgs::from_list(&items)).unwrap_or_default()
+    // One argument at a time, so a bad value elsewhere does not hide `dependency` from the checks.
+    let mut args = CallArgs::default();
+    for item in items {
+        if let Some(one) = errors.handle(CallArgs::from_list(std::slice::from_ref(&item))) {
+            args.merge(one);
+        }
+    }
+    args
+}
+
+impl CallArgs {
+    fn merge(&mut self, other: CallArgs) {
+        self.dependency = self.dependency.take().or(other.dependency);
+        self.operation = self.operation.take().or(other.operation);
+        self.timeout = self.timeout.take().or(other.timeout);
+        self.retry = self.retry.take().or(other.retry);
+        self.fallback = self.fallback.take().or(other.fallback);
+        self.classify = self.classify.take().or(other.classify);
+        self.config = self.config.take().or(other.config);
+        self.krate = self.krate.take().or(other.krate);
+    }
 }
 
 /// Reports unknown, repeated and positional arguments and arguments of the wrong shape, and returns

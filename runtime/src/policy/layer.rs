@@ -76,7 +76,8 @@ where
                         std::future::poll_fn(|cx| attempt_service.poll_ready(cx)).await?;
                         attempt_service.call(attempt_request).await
                     };
-                    if let ControlFlow::Break(result) = call.attempt(attempt, S::Error::classify).await {
+                    if let ControlFlow::Break(result) = call.attempt(attempt, S::Error::classify, S::Error::from).await
+                    {
                         return result;
                     }
                 }

@@ -166,7 +166,7 @@ impl CallPolicy {
         let span = call.span().clone();
         async move {
             loop {
-                if let ControlFlow::Break(result) = call.attempt(operation(), E::classify).await {
+                if let ControlFlow::Break(result) = call.attempt(operation(), E::classify, E::from).await {
                     return result;
                 }
             }
@@ -196,19 +196,23 @@ impl Call<'_> {
     }
 
     /// Makes one attempt with `future`: `Break` with the call's result, or `Continue` after the retry
-    /// backoff has been slept, when the caller should attempt again with a fresh future.
-    pub async fn attempt<T, E, F, C>(&mut self, future: F, classify: C) -> ControlFlow<Result<T, E>>
+    /// backoff has been slept, when the caller should attempt again with a fresh future. `classify`
+    /// judges the call's errors; `convert` turns Marty's own errors into the call's error type.
+    pub async fn attempt<T, E, F>(
+        &mut self,
+        future: F,
+        classify: fn(&E) -> ErrorClass,
+        convert: fn(Error) -> E,
+    ) -> ControlFlow<Result<T, E>>
     where
         F: Future<Output = Result<T, E>>,
-        E: From<Error>,
-        C: FnOnce(&E) -> ErrorClass,
     {
         let policy = self.policy;
         let dependency = &*policy.dependency;
         self.attempt += 1;
         let permit = match dependency.breaker.try_acquire() {
             Ok(permit) => permit,
-            Err(error) => return self.turned_away(Outcome::ShortCircuited, error),
+            Err(error) => return self.turned_away(Outcome::ShortCircuited, convert(error)),
         };
         let start = Instant::now();
         let deadline = Deadline::after(start, policy.timeout);
@@ -217,7 +221,7 @@ impl Call<'_> {
             Err(error) => {
                 drop(permit);
                 let outcome = if matches!(error, Error::Timeout { .. }) { Outcome::Timeout } else { Outcome::Rejected };
-                return self.turned_away(outcome, error);
+                return self.turned_away(outcome, convert(error));
             }
         };
         let result = WithDeadline::new(future, deadline.at).await;
@@ -227,7 +231,7 @@ impl Call<'_> {
             Ok(Ok(value)) => (Outcome::Success, None, Ok(value)),
             Ok(Err(error)) => (Outcome::Error, Some(classify(&error)), Err(error)),
             Err(Elapsed) => {
-                (Outcome::Timeout, Some(ErrorClass::Transient), Err(deadline.elapsed_error(&dependency.name).into()))
+                (Outcome::Timeout, Some(ErrorClass::Transient), Err(convert(deadline.elapsed_error(&dependency.name))))
             }
         };
         let slow_call_duration = dependency.config.circuit_breaker.slow_call_duration;
@@ -247,10 +251,10 @@ impl Call<'_> {
         ControlFlow::Break(result)
     }
 
-    fn turned_away<T, E: From<Error>>(&mut self, outcome: Outcome, error: Error) -> ControlFlow<Result<T, E>> {
+    fn turned_away<T, E>(&mut self, outcome: Outcome, error: E) -> ControlFlow<Result<T, E>> {
         self.policy.metrics.record(outcome, None);
         self.finish(outcome);
-        ControlFlow::Break(Err(error.into()))
+        ControlFlow::Break(Err(error))
     }
 
     fn finish(&self, outcome: Outcome) {

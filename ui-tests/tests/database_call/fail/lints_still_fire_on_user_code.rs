@@ -1,0 +1,25 @@
+#![deny(unused_variables)]
+//! The expansion allows nothing on the user's code: their lints still fire inside the body.
+
+#[derive(Debug)]
+struct AppError(marty::Error);
+
+impl From<marty::Error> for AppError {
+    fn from(error: marty::Error) -> Self {
+        AppError(error)
+    }
+}
+
+impl marty::Classify for AppError {
+    fn classify(&self) -> marty::ErrorClass {
+        self.0.classify()
+    }
+}
+
+#[marty::database_call(dependency = "orders_db")]
+async fn load() -> Result<u32, AppError> {
+    let unused = 5;
+    Ok(1)
+}
+
+fn main() {}

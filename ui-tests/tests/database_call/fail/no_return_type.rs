@@ -1,0 +1,19 @@
+#[derive(Debug)]
+struct AppError(marty::Error);
+
+impl From<marty::Error> for AppError {
+    fn from(error: marty::Error) -> Self {
+        AppError(error)
+    }
+}
+
+impl marty::Classify for AppError {
+    fn classify(&self) -> marty::ErrorClass {
+        self.0.classify()
+    }
+}
+
+#[marty::database_call(dependency = "orders_db")]
+async fn save(_id: u32) {}
+
+fn main() {}
