@@ -42,6 +42,7 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
     let call = format_ident!("__marty_call", span = mixed);
     let result = format_ident!("__marty_result", span = mixed);
     let span = format_ident!("__marty_span", span = mixed);
+    let config_error = format_ident!("__marty_config_error", span = mixed);
 
     let call_site_static = emit_call_site(model, &paths, &call_site);
     // Both named once, at the return type's span: a missing impl is one error there, with the runtime
@@ -78,7 +79,7 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
         },
     };
     let instrument = paths.private_item("Instrument");
-    let finish = emit_fallback(model, &result);
+    let finish = emit_fallback(model, &core, &result);
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -87,7 +88,7 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
             let #classify: fn(&_) -> _ = #classifier;
             let #policy = match #call_site.policy() {
                 #core::result::Result::Ok(policy) => policy,
-                #core::result::Result::Err(error) => return #core::result::Result::Err(#convert(error)),
+                #core::result::Result::Err(#config_error) => return #core::result::Result::Err(#convert(#config_error)),
             };
             let mut #call = #policy.begin();
             let #span = #core::clone::Clone::clone(#call.span());
@@ -143,7 +144,7 @@ fn emit_call_site(model: &CallModel, paths: &Paths, name: &syn::Ident) -> TokenS
 }
 
 /// `fallback = path` gets the final error: `path(self, error)` for methods, `path(error)` otherwise.
-fn emit_fallback(model: &CallModel, result: &syn::Ident) -> TokenStream {
+fn emit_fallback(model: &CallModel, core: &TokenStream, result: &syn::Ident) -> TokenStream {
     let Some(fallback) = &model.fallback else { return quote!(#result) };
     let error = format_ident!("__marty_error", span = Span::mixed_site());
     let has_receiver = matches!(model.func.sig.inputs.first(), Some(syn::FnArg::Receiver(_)));
@@ -154,7 +155,7 @@ fn emit_fallback(model: &CallModel, result: &syn::Ident) -> TokenStream {
     };
     quote! {
         match #result {
-            ::core::result::Result::Err(#error) => #invoke,
+            #core::result::Result::Err(#error) => #invoke,
             #result => #result,
         }
     }
