@@ -12,20 +12,84 @@ mod paths;
 use marty_config::DependencyKind;
 use proc_macro::TokenStream;
 
-/// Wraps an async fn that calls a `kind = "database"` dependency in its bulkhead, timeout, circuit
-/// breaker, retry, span and metrics. Documented on `marty::database_call`.
+/// Runs an async fn through the resilience policy of a `kind = "database"` dependency declared in
+/// `marty.toml`: retry -> circuit breaker -> timeout -> bulkhead -> the call, with a `marty.call`
+/// tracing span and Prometheus metrics. `#[api_call]` and `#[cache_call]` are the same for `kind = "api"`
+/// and `kind = "cache"` dependencies.
+///
+/// # Arguments
+///
+/// | argument | required | meaning |
+/// |---|---|---|
+/// | `dependency = "orders_db"` | yes | a `[dependencies.orders_db]` of this attribute's kind |
+/// | `operation = "load_order"` | no | the `operation` label of spans and metrics; default: the fn name |
+/// | `timeout = "2s"` | no | this call's timeout, replacing the dependency's (bulkhead wait counts against it) |
+/// | `retry = false` | no | one attempt; the body may then consume its arguments |
+/// | `retry(max_attempts = 5, backoff = "fixed", initial = "10ms", max = "1s", jitter = false)` | no | replaces the named fields of the dependency's `retry` |
+/// | `fallback = path` | no | called with the final error: `path(self, error).await` for methods, `path(error).await` otherwise; returns the fn's `Result` |
+/// | `classify = path` | no | `fn(&E) -> marty::ErrorClass`, replacing `E`'s `marty::Classify` impl for this call |
+/// | `config = "path/marty.toml"` | no | the configuration to check against, relative to `Cargo.toml` (default: `$MARTY_CONFIG`, else `marty.toml`) |
+/// | `crate = "my_marty"` | no | the path of the `marty` crate when it is renamed in `Cargo.toml` |
+///
+/// The fn must be `async` and return `Result<T, E>` (any alias of it) where `E: From<marty::Error>`
+/// and, unless `classify` is given, `E: marty::Classify`. With retry on, the body runs once per
+/// attempt, so it must not move its arguments out (take them by reference, or set `retry = false`).
+///
+/// # Examples
+///
+/// ```ignore
+/// impl OrderRepository {
+///     #[marty::database_call(dependency = "orders_db", timeout = "2s", fallback = Self::cached)]
+///     async fn load(&self, id: i64) -> Result<Order, AppError> {
+///         Ok(sqlx::query_as("select * from orders where id = ?").bind(id).fetch_one(&self.pool).await?)
+///     }
+///
+///     async fn cached(&self, error: AppError) -> Result<Order, AppError> { /* .. */ }
+/// }
+/// ```
+///
+/// # Expands to
+///
+/// The hand-written equivalent, with the policy resolved once per call site and kept:
+///
+/// ```ignore
+/// async fn load(&self, id: i64) -> Result<Order, AppError> {
+///     static POLICY: OnceLock<CallPolicy> = OnceLock::new();
+///     let policy = POLICY.get_or_init(|| registry.call_policy("orders_db", "load").unwrap().with_timeout(Duration::from_secs(2)));
+///     let result = policy.call(|| async { /* the body */ }).await;
+///     match result { Err(error) => self.cached(error).await, ok => ok }
+/// }
+/// ```
+///
+/// The registry is the one installed with `marty::DependencyRegistry::install_global`, or else the
+/// one loaded on first use from `$MARTY_CONFIG`, the checked `marty.toml`, or the text it had when
+/// compiled, with `MARTY__...` overrides and `${VAR}` expansion applied.
+///
+/// # Errors
+///
+/// At compile time, with the fix in the message: an unknown or repeated argument, a dependency that
+/// `marty.toml` does not declare (the nearest name is suggested) or declares with another kind, a
+/// malformed duration, a non-async fn, a return type that is not a `Result`, an error type that cannot
+/// hold Marty's errors or is not classified, and every error in `marty.toml` itself (file, line, key).
+/// Cargo rebuilds the crate when `marty.toml` changes.
+///
+/// At run time the fn returns, converted into `E`: `marty::Error::Rejected` (bulkhead full past
+/// `max_wait`), `Timeout`, `CircuitOpen` (no call made), or `Config` if the configuration found at
+/// startup does not load.
 #[proc_macro_attribute]
 pub fn database_call(args: TokenStream, item: TokenStream) -> TokenStream {
     call::expand(DependencyKind::Database, args.into(), item.into()).into()
 }
 
-/// The same as `database_call`, for a `kind = "api"` dependency. Documented on `marty::api_call`.
+/// `#[database_call]` for a `kind = "api"` dependency (default timeout 15s, bulkhead 100). See
+/// `database_call` for arguments, expansion and errors.
 #[proc_macro_attribute]
 pub fn api_call(args: TokenStream, item: TokenStream) -> TokenStream {
     call::expand(DependencyKind::Api, args.into(), item.into()).into()
 }
 
-/// The same as `database_call`, for a `kind = "cache"` dependency. Documented on `marty::cache_call`.
+/// `#[database_call]` for a `kind = "cache"` dependency (default timeout 2s, bulkhead 100). See
+/// `database_call` for arguments, expansion and errors.
 #[proc_macro_attribute]
 pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
     call::expand(DependencyKind::Cache, args.into(), item.into()).into()

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod policy;
 mod registry;
 pub mod retry;
+mod stripe;
 pub mod timeout;
 
 #[doc(hidden)]

@@ -23,6 +23,7 @@ use prometheus_client::registry::Registry;
 
 use crate::bulkhead::Bulkhead;
 use crate::circuit_breaker::CircuitBreaker;
+use crate::stripe::{self, Padded, STRIPES};
 
 /// How one attempt ended, as the `outcome` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -71,7 +72,7 @@ struct OperationLabels {
 /// One registry of Marty's metrics; a [`crate::DependencyRegistry`] records into its own.
 pub struct Metrics {
     registry: Registry,
-    calls: Family<CallLabels, Counter>,
+    calls: Family<CallLabels, StripedCounter>,
     durations: Family<OperationLabels, LatencyHistogram>,
     retries: Family<OperationLabels, Counter>,
     policies: Arc<PolicyGauges>,
@@ -148,7 +149,7 @@ impl Metrics {
 /// A call site's metric handles.
 #[derive(Debug, Clone)]
 pub struct CallMetrics {
-    outcomes: [Counter; 5],
+    outcomes: [StripedCounter; 5],
     duration: LatencyHistogram,
     retries: Counter,
 }
@@ -174,6 +175,39 @@ impl CallMetrics {
     }
 }
 
+/// A counter spread over [`STRIPES`] cache lines.
+#[derive(Debug, Clone, Default)]
+pub struct StripedCounter {
+    stripes: Arc<[Padded<AtomicU64>; STRIPES]>,
+}
+
+impl StripedCounter {
+    /// Adds one.
+    #[inline]
+    pub fn inc(&self) {
+        self.stripes[stripe::current()].0.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The total.
+    pub fn get(&self) -> u64 {
+        self.stripes.iter().map(|cell| cell.0.load(Ordering::Relaxed)).sum()
+    }
+}
+
+impl TypedMetric for StripedCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for StripedCounter {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
 /// Upper bounds in seconds: 0.5 ms to 10 s, the range that separates a cache hit from a stuck query.
 const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 /// The same bounds in nanoseconds, so recording compares integers.
@@ -191,11 +225,11 @@ const BUCKETS_NANOS: [u64; 14] = {
     nanos
 };
 
-/// A lock-free latency histogram: prometheus-client's own takes a mutex per observation, which
-/// serialises every worker thread calling the same dependency.
+/// A lock-free latency histogram, striped like [`StripedCounter`]: prometheus-client's own takes a
+/// mutex per observation, which serialises every worker thread calling the same dependency.
 #[derive(Debug, Clone, Default)]
 pub struct LatencyHistogram {
-    inner: Arc<HistogramCells>,
+    stripes: Arc<[Padded<HistogramCells>; STRIPES]>,
 }
 
 #[derive(Debug, Default)]
@@ -211,8 +245,9 @@ impl LatencyHistogram {
     pub fn observe(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
         let bucket = BUCKETS_NANOS.iter().position(|&bound| nanos <= bound).unwrap_or(BUCKETS_NANOS.len());
-        self.inner.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        self.inner.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
+        let cells = &self.stripes[stripe::current()].0;
+        cells.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
 }
 
@@ -222,10 +257,16 @@ impl TypedMetric for LatencyHistogram {
 
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
-        let counts: Vec<u64> = self.inner.buckets.iter().map(|cell| cell.load(Ordering::Relaxed)).collect();
-        let buckets: Vec<(f64, u64)> =
-            BUCKETS.iter().copied().chain([f64::INFINITY]).zip(counts.iter().copied()).collect();
-        let sum = self.inner.sum_nanos.load(Ordering::Relaxed) as f64 / 1e9;
+        let mut counts = [0u64; 15];
+        let mut sum_nanos = 0u64;
+        for stripe in self.stripes.iter() {
+            for (count, cell) in counts.iter_mut().zip(&stripe.0.buckets) {
+                *count += cell.load(Ordering::Relaxed);
+            }
+            sum_nanos = sum_nanos.wrapping_add(stripe.0.sum_nanos.load(Ordering::Relaxed));
+        }
+        let buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().chain([f64::INFINITY]).zip(counts).collect();
+        let sum = sum_nanos as f64 / 1e9;
         encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
     }
 

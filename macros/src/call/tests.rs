@@ -6,7 +6,8 @@ use quote::quote;
 
 fn expand(kind: DependencyKind, args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> String {
     let output = super::expand(kind, args, item);
-    let file = syn::parse2::<syn::File>(output.clone()).unwrap_or_else(|error| panic!("expansion is not a file ({error}): {output}"));
+    let file = syn::parse2::<syn::File>(output.clone())
+        .unwrap_or_else(|error| panic!("expansion is not a file ({error}): {output}"));
     let manifest_dir = env!("CARGO_MANIFEST_DIR");
     prettyplease::unparse(&file).replace(manifest_dir, "$MANIFEST_DIR")
 }

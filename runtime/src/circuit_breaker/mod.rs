@@ -11,7 +11,7 @@
 mod layer;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -127,6 +127,11 @@ pub struct CircuitBreaker {
     config: CircuitBreakerConfig,
     /// Mirrors `inner.state` so the closed fast path needs no lock.
     state: AtomicU8,
+    /// Set while the window is full of plain successes: another success would change no rate, so it
+    /// is not written (a read of this flag instead of a lock, which is what lets a healthy dependency's
+    /// calls scale across threads). A success skipped during a race only delays, by one call, when an
+    /// older outcome leaves the window.
+    window_full_and_clean: AtomicBool,
     inner: Mutex<Inner>,
     listeners: RwLock<Vec<Listener>>,
 }
@@ -154,6 +159,7 @@ impl CircuitBreaker {
         CircuitBreaker {
             dependency: dependency.into(),
             state: AtomicU8::new(0),
+            window_full_and_clean: AtomicBool::new(false),
             inner: Mutex::new(Inner {
                 state: CircuitState::Closed,
                 window,
@@ -217,15 +223,25 @@ impl CircuitBreaker {
         result
     }
 
+    #[inline]
     fn record(&self, trial: bool, outcome: CallOutcome) {
         if !self.config.enabled {
             return;
         }
+        let plain_success = !outcome.failed && !outcome.slow;
+        if plain_success && !trial && self.window_full_and_clean.load(Ordering::Acquire) {
+            return;
+        }
+        self.record_locked(trial, outcome);
+    }
+
+    fn record_locked(&self, trial: bool, outcome: CallOutcome) {
         let transition = {
             let mut inner = self.lock();
             match (inner.state, trial) {
                 (CircuitState::Closed, false) => {
                     inner.window.push(outcome);
+                    self.window_full_and_clean.store(inner.window.is_full_and_clean(), Ordering::Release);
                     let (failure_rate, slow_rate) = inner.window.rates();
                     let tripped = inner.window.len() >= self.config.min_calls as usize
                         && (failure_rate >= self.config.failure_rate || slow_rate >= self.config.slow_call_rate);
@@ -265,6 +281,7 @@ impl CircuitBreaker {
         let from = inner.state;
         inner.state = to;
         inner.window.clear();
+        self.window_full_and_clean.store(false, Ordering::Release);
         inner.trials_started = 0;
         inner.trials = (0, 0, 0);
         if to == CircuitState::Open {
@@ -334,6 +351,10 @@ impl Window {
 
     fn len(&self) -> usize {
         self.len
+    }
+
+    fn is_full_and_clean(&self) -> bool {
+        self.len == self.outcomes.len() && self.failures == 0 && self.slow == 0
     }
 
     fn rates(&self) -> (f64, f64) {
