@@ -56,8 +56,12 @@ pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
 /// Writes a duration back in the largest unit that represents it exactly (`1500ms`, `2s`).
 pub fn format_duration(duration: Duration) -> String {
     let nanos = duration.as_nanos();
-    let (name, per_unit) =
-        UNITS.iter().rev().find(|(_, per_unit)| nanos % u128::from(*per_unit) == 0).copied().unwrap_or(("ns", 1));
+    let (name, per_unit) = UNITS
+        .iter()
+        .rev()
+        .find(|(_, per_unit)| nanos.is_multiple_of(u128::from(*per_unit)))
+        .copied()
+        .unwrap_or(("ns", 1));
     format!("{}{name}", nanos / u128::from(per_unit))
 }
 

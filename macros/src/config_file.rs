@@ -20,7 +20,7 @@ pub(crate) struct ConfigFile {
 pub(crate) enum FileState {
     Missing,
     Invalid(ConfigErrors),
-    Valid(Config),
+    Valid(Box<Config>),
 }
 
 thread_local! {
@@ -50,7 +50,7 @@ pub(crate) fn load(explicit: Option<&str>) -> ConfigFile {
                 }
             }
             let state = Rc::new(match Config::parse(&text, &display) {
-                Ok(config) => FileState::Valid(config),
+                Ok(config) => FileState::Valid(Box::new(config)),
                 Err(errors) => FileState::Invalid(errors),
             });
             cache.insert(path.clone(), (text, state.clone()));

@@ -9,7 +9,7 @@ pub(crate) fn error(span: Span, problem: impl std::fmt::Display, help: impl std:
 }
 
 /// "did you mean `x`? {context} `a`, `b`" or just the list.
-pub(crate) fn did_you_mean<'a>(name: &str, candidates: &[&'a str], context: &str) -> String {
+pub(crate) fn did_you_mean(name: &str, candidates: &[&str], context: &str) -> String {
     let list = marty_config::suggest::list(candidates.iter().copied());
     match marty_config::suggest::nearest(name, candidates.iter().copied()) {
         Some(near) => format!("did you mean `{near}`? {context} {list}"),

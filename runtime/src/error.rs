@@ -80,7 +80,7 @@ impl fmt::Display for Error {
             Error::CircuitOpen { dependency, retry_after } => {
                 write!(
                     f,
-                    "call to `{dependency}` short-circuited: the circuit breaker is open (retry in {retry_after:?})"
+                    "call to `{dependency}` short-circuited: the circuit breaker is open (trial calls in {retry_after:.1?})"
                 )
             }
             Error::Config(errors) => write!(f, "invalid Marty configuration:\n{errors}"),

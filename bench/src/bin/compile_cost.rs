@@ -72,7 +72,11 @@ fn write_workspace(root: &Path, workspace: &Path) {
     );
     let mut instrument_lib = String::from("#[derive(Debug)]\npub struct E;\n\nimpl std::fmt::Display for E {\n    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {\n        f.write_str(\"e\")\n    }\n}\n");
     for i in 0..FNS {
-        write!(instrument_lib, "\n#[tracing::instrument(err)]\npub async fn f{i}(x: u64) -> Result<u64, E> {{\n    Ok(x + {i})\n}}\n").unwrap();
+        write!(
+            instrument_lib,
+            "\n#[tracing::instrument(err)]\npub async fn f{i}(x: u64) -> Result<u64, E> {{\n    Ok(x + {i})\n}}\n"
+        )
+        .unwrap();
     }
     instrument_lib.push_str(&call_all());
     write(&root.join("instrument_200/src/lib.rs"), &instrument_lib);

@@ -22,8 +22,10 @@ fn config() -> CircuitBreakerConfig {
     config
 }
 
+type TransitionLog = Arc<Mutex<Vec<(CircuitState, CircuitState)>>>;
+
 /// A breaker that logs its transitions as (from, to).
-fn watched(config: CircuitBreakerConfig) -> (CircuitBreaker, Arc<Mutex<Vec<(CircuitState, CircuitState)>>>) {
+fn watched(config: CircuitBreakerConfig) -> (CircuitBreaker, TransitionLog) {
     let breaker = CircuitBreaker::new("db", config);
     let log = Arc::new(Mutex::new(Vec::new()));
     let sink = log.clone();
