@@ -21,6 +21,7 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 mod classify;
 mod error;
+pub mod fallback;
 pub mod metrics;
 pub mod policy;
 mod registry;
