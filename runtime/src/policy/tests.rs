@@ -241,10 +241,13 @@ impl CallPolicy {
     }
 }
 
+/// A span's name and its fields as (name, value), in the order they were recorded.
+type RecordedSpan = (&'static str, Vec<(String, String)>);
+
 /// Records every span's name and fields, as a tracing backend would see them.
 #[derive(Default)]
 struct SpanRecorder {
-    spans: std::sync::Mutex<Vec<(&'static str, Vec<(String, String)>)>>,
+    spans: std::sync::Mutex<Vec<RecordedSpan>>,
 }
 
 struct Fields<'a>(&'a mut Vec<(String, String)>);
