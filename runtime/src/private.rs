@@ -9,7 +9,6 @@ use std::time::Duration;
 
 pub use core;
 pub use marty_config::{Backoff, DependencyKind};
-pub use tracing::Instrument;
 
 use crate::classify::{Classify, ErrorClass};
 use crate::error::{Error, HoldsMartyErrors};

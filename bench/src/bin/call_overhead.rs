@@ -14,6 +14,7 @@ use marty::timeout::{Deadline, WithDeadline};
 use marty::{Classify, DependencyRegistry, ErrorClass};
 use marty_bench::{allocations, json, median, CountingAllocator, Value};
 use tower::{Service, ServiceExt};
+use tracing::Instrument;
 
 #[global_allocator]
 static ALLOCATOR: CountingAllocator = CountingAllocator;
@@ -64,14 +65,20 @@ impl HandWritten {
     async fn call(&self, x: u64) -> Result<u64, BenchError> {
         let dependency = &self.dependency;
         dependency.retry_budget().deposit();
+        let span = tracing::info_span!("hand.call", attempt = tracing::field::Empty);
         let mut attempt = 0;
         loop {
             attempt += 1;
             let permit = dependency.circuit_breaker().try_acquire()?;
             let start = tokio::time::Instant::now();
             let deadline = Deadline::after(start, dependency.config().timeout);
-            let bulkhead_permit = dependency.bulkhead().acquire(Some(deadline)).await?;
-            let result = WithDeadline::new(async { Ok::<_, BenchError>(black_box(x)) }, deadline.at).await;
+            let bulkhead_permit = match dependency.bulkhead().try_acquire() {
+                Some(permit) => permit,
+                None => dependency.bulkhead().wait_for_permit(Some(deadline)).await?,
+            };
+            let result =
+                WithDeadline::new(async { Ok::<_, BenchError>(black_box(x)) }.instrument(span.clone()), deadline.at)
+                    .await;
             drop(bulkhead_permit);
             let elapsed = start.elapsed();
             let (outcome, class, result) = match result {

@@ -7,14 +7,14 @@
 //!     let __marty_classify = classifier::<Ret>();       // or the `classify = ..` path
 //!     let __marty_policy = match __MARTY_CALL_SITE.policy() { Ok(p) => p, Err(e) => return Err(__marty_convert(e)) };
 //!     let mut __marty_call = __marty_policy.begin();
-//!     instrument(async {
-//!         loop {
-//!             match __marty_call.attempt(attempt_future::<Ret, _, _>(async { <body> }), __marty_classify, __marty_convert).await {
-//!                 Break(result) => break result,
-//!                 Continue(()) => {}
-//!             }
+//!     let __marty_result: Ret = loop {
+//!         // `attempt` runs the body inside the call's `marty.call` span.
+//!         match __marty_call.attempt(attempt_future::<Ret, _, _>(async { <body> }), __marty_classify, __marty_convert).await {
+//!             Break(result) => break result,
+//!             Continue(()) => {}
 //!         }
-//!     }, span).await
+//!     };
+//!     <fallback, if any>
 //! }
 //! ```
 //! The body runs inside `async { }` once per attempt, so `?` and `return` keep their meaning. The
@@ -41,7 +41,6 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
     let policy = format_ident!("__marty_policy", span = mixed);
     let call = format_ident!("__marty_call", span = mixed);
     let result = format_ident!("__marty_result", span = mixed);
-    let span = format_ident!("__marty_span", span = mixed);
     let config_error = format_ident!("__marty_config_error", span = mixed);
 
     let call_site_static = emit_call_site(model, &paths, &call_site);
@@ -78,7 +77,6 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
             }
         },
     };
-    let instrument = paths.private_item("Instrument");
     let finish = emit_fallback(model, &core, &result);
     quote! {
         #(#attrs)*
@@ -91,8 +89,7 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
                 #core::result::Result::Err(#config_error) => return #core::result::Result::Err(#convert(#config_error)),
             };
             let mut #call = #policy.begin();
-            let #span = #core::clone::Clone::clone(#call.span());
-            let #result: #return_type = #instrument::instrument(async { #attempts }, #span).await;
+            let #result: #return_type = #attempts;
             #finish
         }
     }

@@ -3,6 +3,8 @@
 
 mod layer;
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,6 +17,9 @@ use crate::stripe::{self, Padded, STRIPES};
 use crate::timeout::{Deadline, WithDeadline};
 
 pub use layer::{BulkheadLayer, BulkheadService};
+
+/// A boxed future borrowing the bulkhead.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// Takes one permit from a counter of free permits, if it holds any.
 #[inline]
@@ -147,7 +152,14 @@ impl Bulkhead {
         }
     }
 
-    async fn wait_for_permit(&self, deadline: Option<Deadline>) -> Result<BulkheadPermit<'_>, Error> {
+    /// Waits for a permit after [`Self::try_acquire`] found none. Boxed: the wait's timer and waiter
+    /// would otherwise make every caller's future larger, and every call pays to move it, while only
+    /// a call that actually waits (with `max_wait` > 0) pays for the box.
+    pub fn wait_for_permit(&self, deadline: Option<Deadline>) -> BoxFuture<'_, Result<BulkheadPermit<'_>, Error>> {
+        Box::pin(self.wait_for_permit_inner(deadline))
+    }
+
+    async fn wait_for_permit_inner(&self, deadline: Option<Deadline>) -> Result<BulkheadPermit<'_>, Error> {
         let rejected = || Error::Rejected { dependency: self.dependency.clone(), max_concurrent: self.max_concurrent };
         if self.max_wait.is_zero() {
             return Err(rejected());

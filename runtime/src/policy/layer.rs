@@ -7,7 +7,6 @@ use std::task::{Context, Poll};
 
 use tower_layer::Layer;
 use tower_service::Service;
-use tracing::Instrument;
 
 use super::CallPolicy;
 use crate::classify::Classify;
@@ -67,23 +66,17 @@ where
             // The loop of `CallPolicy::call`, written out so the future owns `inner` and `request`
             // instead of lending them to a closure (which would demand `S: Sync`).
             let mut call = policy.begin();
-            let span = call.span().clone();
-            async move {
-                loop {
-                    let mut attempt_service = inner.clone();
-                    let attempt_request = request.clone();
-                    let attempt = async move {
-                        std::future::poll_fn(|cx| attempt_service.poll_ready(cx)).await?;
-                        attempt_service.call(attempt_request).await
-                    };
-                    if let ControlFlow::Break(result) = call.attempt(attempt, S::Error::classify, S::Error::from).await
-                    {
-                        return result;
-                    }
+            loop {
+                let mut attempt_service = inner.clone();
+                let attempt_request = request.clone();
+                let attempt = async move {
+                    std::future::poll_fn(|cx| attempt_service.poll_ready(cx)).await?;
+                    attempt_service.call(attempt_request).await
+                };
+                if let ControlFlow::Break(result) = call.attempt(attempt, S::Error::classify, S::Error::from).await {
+                    return result;
                 }
             }
-            .instrument(span)
-            .await
         })
     }
 }

@@ -163,16 +163,11 @@ impl CallPolicy {
         E: From<Error> + Classify,
     {
         let mut call = self.begin();
-        let span = call.span().clone();
-        async move {
-            loop {
-                if let ControlFlow::Break(result) = call.attempt(operation(), E::classify, E::from).await {
-                    return result;
-                }
+        loop {
+            if let ControlFlow::Break(result) = call.attempt(operation(), E::classify, E::from).await {
+                return result;
             }
         }
-        .instrument(span)
-        .await
     }
 }
 
@@ -195,8 +190,9 @@ impl Call<'_> {
         self.attempt
     }
 
-    /// Makes one attempt with `future`: `Break` with the call's result, or `Continue` after the retry
-    /// backoff has been slept, when the caller should attempt again with a fresh future. `classify`
+    /// Makes one attempt with `future` (run inside the call's span): `Break` with the call's result, or
+    /// `Continue` after the retry backoff has been slept, when the caller should attempt again with a
+    /// fresh future. `classify`
     /// judges the call's errors; `convert` turns Marty's own errors into the call's error type.
     pub async fn attempt<T, E, F>(
         &mut self,
@@ -216,7 +212,11 @@ impl Call<'_> {
         };
         let start = Instant::now();
         let deadline = Deadline::after(start, policy.timeout);
-        let bulkhead_permit = match dependency.bulkhead.acquire(Some(deadline)).await {
+        let acquired = match dependency.bulkhead.try_acquire() {
+            Some(bulkhead_permit) => Ok(bulkhead_permit),
+            None => dependency.bulkhead.wait_for_permit(Some(deadline)).await,
+        };
+        let bulkhead_permit = match acquired {
             Ok(bulkhead_permit) => bulkhead_permit,
             Err(error) => {
                 drop(permit);
@@ -224,7 +224,7 @@ impl Call<'_> {
                 return self.turned_away(outcome, convert(error));
             }
         };
-        let result = WithDeadline::new(future, deadline.at).await;
+        let result = WithDeadline::new(future.instrument(self.span.clone()), deadline.at).await;
         drop(bulkhead_permit);
         let elapsed = start.elapsed();
         let (outcome, class, result) = match result {
