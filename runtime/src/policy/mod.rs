@@ -258,6 +258,10 @@ impl Call<'_> {
     }
 
     fn finish(&self, outcome: Outcome) {
+        // A disabled span still looks fields up by name when recorded; skip that work.
+        if self.span.is_disabled() {
+            return;
+        }
         self.span.record("attempt", self.attempt);
         self.span.record("outcome", outcome.as_str());
     }
