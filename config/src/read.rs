@@ -102,17 +102,28 @@ impl<'a> Reader<'a> {
             return None;
         };
         match self.expand {
-            Some(lookup) => match expand_env(text, lookup) {
-                Ok(expanded) => Some(expanded),
-                Err(problem) => {
-                    let help = Some(
-                        "set the variable in the service's environment, or write the value in the file".to_owned(),
-                    );
-                    self.error(&node.origin, &join(&table.path, key), problem, help);
-                    None
-                }
-            },
+            Some(lookup) => self.expanded(table, key, node, text, lookup),
             None => Some(text.clone()),
+        }
+    }
+
+    /// `text` with `${VAR}`s expanded, or `None` after reporting an unset variable.
+    fn expanded(
+        &mut self,
+        table: &Table<'_>,
+        key: &str,
+        node: &Node,
+        text: &str,
+        lookup: &dyn Fn(&str) -> Option<String>,
+    ) -> Option<String> {
+        match expand_env(text, lookup) {
+            Ok(expanded) => Some(expanded),
+            Err(problem) => {
+                let help =
+                    Some("set the variable in the service's environment, or write the value in the file".to_owned());
+                self.error(&node.origin, &join(&table.path, key), problem, help);
+                None
+            }
         }
     }
 
@@ -137,7 +148,13 @@ impl<'a> Reader<'a> {
             self.type_error(table, key, node, "a duration string", "\"10s\"");
             return None;
         };
-        match parse_duration(text) {
+        // `${VAR}` works in durations too; when compiling, such a value is only known at startup.
+        let text = match self.expand {
+            Some(lookup) => self.expanded(table, key, node, text, lookup)?,
+            None if text.contains("${") => return None,
+            None => text.clone(),
+        };
+        match parse_duration(&text) {
             Ok(duration) => Some(duration),
             Err(error) => {
                 self.error(&node.origin, &join(&table.path, key), error.problem, Some(DURATION_HELP.to_owned()));

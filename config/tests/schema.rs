@@ -204,3 +204,16 @@ fn load_reads_a_file_and_names_it_in_errors() {
     let missing = Config::load(&dir.join("absent.toml")).unwrap_err().to_string();
     assert!(missing.contains("cannot read the configuration file"), "{missing}");
 }
+
+#[test]
+fn durations_expand_variables_at_startup_and_are_left_unchecked_when_compiling() {
+    let text = "[dependencies.db]\nkind = \"database\"\ntimeout = \"${DB_TIMEOUT}\"\n";
+    let compiled = Config::parse(text, "marty.toml").expect("a variable cannot be checked before startup");
+    assert_eq!(compiled.dependency("db").unwrap().timeout, Duration::from_secs(10), "the kind's default stands in");
+    let env = Environment::from_pairs([("DB_TIMEOUT", "750ms")]);
+    let started = Config::parse_at_startup(text, "marty.toml", &env).unwrap();
+    assert_eq!(started.dependency("db").unwrap().timeout, Duration::from_millis(750));
+    let env = Environment::from_pairs([("DB_TIMEOUT", "soon")]);
+    let error = Config::parse_at_startup(text, "marty.toml", &env).unwrap_err().to_string();
+    assert!(error.starts_with("marty.toml:3: key `dependencies.db.timeout`: invalid duration `soon`"), "{error}");
+}
