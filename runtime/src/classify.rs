@@ -184,4 +184,14 @@ mod tests {
         assert_eq!(classify_database_code(Some("42P01")), ErrorClass::Failure);
         assert_eq!(sqlx::Error::RowNotFound.classify(), ErrorClass::Expected);
     }
+
+    #[cfg(feature = "tonic")]
+    #[test]
+    fn grpc_statuses_follow_their_retry_semantics() {
+        assert_eq!(tonic::Status::unavailable("down").classify(), ErrorClass::Transient);
+        assert_eq!(tonic::Status::deadline_exceeded("slow").classify(), ErrorClass::Transient);
+        assert_eq!(tonic::Status::internal("bug").classify(), ErrorClass::Failure);
+        assert_eq!(tonic::Status::not_found("no such order").classify(), ErrorClass::Expected);
+        assert_eq!(tonic::Status::invalid_argument("bad id").classify(), ErrorClass::Expected);
+    }
 }
