@@ -32,11 +32,22 @@ pub struct Config {
 }
 
 /// `[service]`.
-#[derive(Debug, Clone, PartialEq, Default)]
+#[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ServiceConfig {
     /// The service's name in telemetry; defaults to the crate name where the macros know it.
     pub name: Option<String>,
+    /// After SIGTERM, how long readiness reports 503 while requests are still served, so load
+    /// balancers stop routing here before the listener closes (default `0s`).
+    pub drain_delay: Duration,
+    /// How long in-flight requests get to finish once the listener closes (default `30s`).
+    pub shutdown_timeout: Duration,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig { name: None, drain_delay: Duration::ZERO, shutdown_timeout: Duration::from_secs(30) }
+    }
 }
 
 /// `[http]` or `[grpc]`.
@@ -314,8 +325,13 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
     reader.deny_unknown_keys(root, ROOT_KEYS);
     let service = match reader.table(root, "service") {
         Some(table) => {
-            reader.deny_unknown_keys(&table, &["name"]);
-            ServiceConfig { name: reader.string(&table, "name") }
+            reader.deny_unknown_keys(&table, &["name", "drain_delay", "shutdown_timeout"]);
+            let defaults = ServiceConfig::default();
+            ServiceConfig {
+                name: reader.string(&table, "name"),
+                drain_delay: reader.duration(&table, "drain_delay").unwrap_or(defaults.drain_delay),
+                shutdown_timeout: reader.duration(&table, "shutdown_timeout").unwrap_or(defaults.shutdown_timeout),
+            }
         }
         None => ServiceConfig::default(),
     };

@@ -8,6 +8,7 @@ mod call;
 mod config_file;
 mod diagnostic;
 mod paths;
+mod service;
 
 use marty_config::DependencyKind;
 use proc_macro::TokenStream;
@@ -94,3 +95,65 @@ pub fn api_call(args: TokenStream, item: TokenStream) -> TokenStream {
 pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
     call::expand(DependencyKind::Cache, args.into(), item.into()).into()
 }
+
+/// Serves an `impl` block's routed methods over HTTP, with `/healthz`, `/readyz`, `/metrics`, request
+/// ids, HTTP metrics, problem+json errors and graceful shutdown.
+///
+/// # Arguments
+///
+/// | argument | meaning |
+/// |---|---|
+/// | `name = "orders"` | the service's name in telemetry; default `[service] name`, else the crate name |
+/// | `config = "path/marty.toml"` | the configuration, relative to `Cargo.toml` (default `$MARTY_CONFIG`, else `marty.toml`) |
+/// | `crate = "my_marty"` | the path of `marty` when renamed |
+///
+/// Methods marked `#[get("/path")]`, `#[post(..)]`, `#[put(..)]`, `#[patch(..)]` or `#[delete(..)]` are
+/// routes: `async fn`s taking `&self` and then axum extractors, returning anything axum can turn into
+/// a response (`marty::Error` becomes problem+json). Paths are axum templates (`/orders/{id}`).
+/// `#[database_call]` and other attributes on the methods keep working.
+///
+/// # Examples
+///
+/// ```ignore
+/// #[marty::service]
+/// impl Orders {
+///     #[get("/orders/{id}")]
+///     async fn get_order(&self, Path(id): Path<u64>) -> Result<Json<Order>, AppError> { .. }
+/// }
+///
+/// #[tokio::main]
+/// async fn main() -> Result<(), marty::service::ServeError> {
+///     marty::service::serve(Orders::new()).await
+/// }
+/// ```
+///
+/// # Expands to
+///
+/// The impl block without the route attributes, and `impl marty::service::Routes for Orders`, whose
+/// `routes(self: Arc<Self>)` builds an axum `Router` with one closure per route calling the method.
+///
+/// # Errors
+///
+/// At compile time: a route path that does not start with `/`, has a malformed or repeated parameter
+/// or uses the old `:param` syntax; the same method and path twice; a handler that is not async or
+/// does not take `&self`; a reference argument; a generic or trait impl; a missing or invalid
+/// `marty.toml`.
+#[proc_macro_attribute]
+pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
+    service::expand(args.into(), item.into()).into()
+}
+
+macro_rules! route_attribute {
+    ($($name:ident),*) => {$(
+        #[doc = concat!("Marks a method of a `#[service]` impl block as the handler of `", stringify!($name), "` requests to a path; see `service`.")]
+        #[proc_macro_attribute]
+        pub fn $name(_args: TokenStream, item: TokenStream) -> TokenStream {
+            // Reached only when the method is not inside `#[service]`, which removes these attributes.
+            let message = concat!("`#[", stringify!($name), "]` only works on a method inside a `#[marty::service]` impl block\nhelp: add `#[marty::service]` to the impl block");
+            let item = proc_macro2::TokenStream::from(item);
+            quote::quote!(::core::compile_error!(#message); #item).into()
+        }
+    )*};
+}
+
+route_attribute!(get, post, put, patch, delete);

@@ -26,6 +26,8 @@ pub mod metrics;
 pub mod policy;
 mod registry;
 pub mod retry;
+#[cfg(feature = "http")]
+pub mod service;
 mod stripe;
 pub mod timeout;
 
@@ -44,8 +46,10 @@ pub use registry::DependencyRegistry;
 pub use marty_config as config;
 
 #[doc(inline)]
-pub use marty_macros::{api_call, cache_call, database_call};
+pub use marty_macros::{api_call, cache_call, database_call, delete, get, patch, post, put, service};
 
+#[cfg(feature = "http")]
+pub use axum;
 #[cfg(feature = "sqlx")]
 pub use sqlx;
 #[cfg(feature = "tonic")]

@@ -75,7 +75,17 @@ pub struct Metrics {
     calls: Family<CallLabels, StripedCounter>,
     durations: Family<OperationLabels, LatencyHistogram>,
     retries: Family<OperationLabels, Counter>,
+    http_requests: Family<HttpLabels, LatencyHistogram>,
     policies: Arc<PolicyGauges>,
+}
+
+/// Labels of `http_server_request_duration_seconds`, named after the OpenTelemetry semantic
+/// conventions' `http.server.request.duration` attributes.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct HttpLabels {
+    http_request_method: String,
+    http_route: String,
+    http_response_status_code: u16,
 }
 
 impl fmt::Debug for Metrics {
@@ -97,6 +107,7 @@ impl Metrics {
         let calls = Family::default();
         let durations = Family::default();
         let retries = Family::default();
+        let http_requests = Family::default();
         let policies = Arc::new(PolicyGauges::default());
         registry.register("marty_calls", "Attempts to call a dependency, by outcome", calls.clone());
         registry.register(
@@ -105,8 +116,13 @@ impl Metrics {
             durations.clone(),
         );
         registry.register("marty_retries", "Retries of calls to a dependency", retries.clone());
+        registry.register(
+            "http_server_request_duration_seconds",
+            "Duration of HTTP server requests (OpenTelemetry http.server.request.duration)",
+            http_requests.clone(),
+        );
         registry.register_collector(Box::new(policies.clone()));
-        Metrics { registry, calls, durations, retries, policies }
+        Metrics { registry, calls, durations, retries, http_requests, policies }
     }
 
     /// The handles one call site records into.
@@ -126,6 +142,17 @@ impl Metrics {
             duration: self.durations.get_or_create(&labels).clone(),
             retries: self.retries.get_or_create(&labels).clone(),
         }
+    }
+
+    /// Records one HTTP request served. `route` is the matched route template (`/orders/{id}`), never
+    /// the raw path, so label cardinality stays bounded.
+    pub fn record_http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
+        let labels = HttpLabels {
+            http_request_method: method.to_owned(),
+            http_route: route.to_owned(),
+            http_response_status_code: status,
+        };
+        self.http_requests.get_or_create(&labels).observe(elapsed);
     }
 
     /// Reports a dependency's breaker state and free bulkhead permits at every scrape, while they live.

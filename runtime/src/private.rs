@@ -150,3 +150,13 @@ pub fn attempt_future<R: CallResult<Ok = T, Err = E>, T, E>(
 ) -> impl Future<Output = Result<T, E>> {
     future
 }
+
+/// What `#[service]` expansions name.
+#[cfg(feature = "http")]
+pub mod service_support {
+    pub use std::sync::Arc;
+
+    pub use axum::{routing, Router};
+
+    pub use crate::service::Routes;
+}

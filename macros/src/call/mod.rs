@@ -5,6 +5,8 @@
 mod check;
 mod codegen;
 mod parse;
+
+pub(crate) use parse::{PathArg, StrArg};
 #[cfg(test)]
 mod tests;
 

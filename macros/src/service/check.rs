@@ -1,0 +1,231 @@
+//! Stage 2: the rules a service's routes and configuration must follow, one fn each.
+
+use std::collections::HashMap;
+
+use darling::error::Accumulator;
+use proc_macro2::Span;
+use syn::spanned::Spanned;
+
+use super::parse::{RoutedMethod, ServiceArgs};
+use super::{Route, ServiceModel};
+use crate::config_file::{self, FileState};
+use crate::diagnostic::error;
+
+pub(super) fn validate(
+    args: ServiceArgs,
+    item: syn::ItemImpl,
+    routed: Vec<RoutedMethod>,
+    errors: &mut Accumulator,
+) -> Option<ServiceModel> {
+    check_not_generic(&item, errors);
+    let config = config_file::load(args.config.as_ref().map(|arg| arg.value.as_str()));
+    let config_ok = check_config(&config, args.config.as_ref().map_or(Span::call_site(), |arg| arg.span), errors);
+    let mut routes = Vec::new();
+    let mut seen: HashMap<(super::HttpMethod, String), Span> = HashMap::new();
+    let mut spellings: HashMap<String, String> = HashMap::new();
+    for method in routed {
+        let handler_ok = check_handler(&method, errors);
+        for route in &method.routes {
+            let path_ok = check_path(&route.path.value, route.path.span, errors);
+            let normalized = normalize(&route.path.value);
+            // axum keys routes by their text: one shape spelled with two parameter names is a conflict.
+            let spelling = spellings.entry(normalized.clone()).or_insert_with(|| route.path.value.clone());
+            if *spelling != route.path.value {
+                let problem = format!(
+                    "`{}` and `{}` are the same route with different parameter names",
+                    route.path.value, spelling
+                );
+                errors.push(error(route.path.span, problem, format!("spell it `{spelling}` here too")));
+                continue;
+            }
+            if seen.insert((route.method, normalized), route.path.span).is_some() {
+                let name = route.method.as_str();
+                let problem = format!("`{} {}` is routed twice", name.to_uppercase(), route.path.value);
+                errors.push(error(
+                    route.path.span,
+                    problem,
+                    "each method and path may have one handler; remove or change one of them",
+                ));
+                continue;
+            }
+            if handler_ok && path_ok {
+                routes.push(Route {
+                    method: route.method,
+                    path: route.path.value.clone(),
+                    handler: method.sig.ident.clone(),
+                    extractors: extractor_types(&method.sig),
+                    cfgs: method.cfgs.clone(),
+                });
+            }
+        }
+    }
+    let name = args.name.map(|arg| arg.value).or_else(|| match &*config.state {
+        FileState::Valid(config) => config.service.name.clone(),
+        _ => None,
+    });
+    let name = name.unwrap_or_else(|| std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "service".to_owned()));
+    config_ok.then_some(ServiceModel {
+        name,
+        config_path: config.path,
+        krate: args.krate.map(|arg| arg.path),
+        item,
+        routes,
+    })
+}
+
+/// The expansion implements a trait for the self type; generic services would need bounds it cannot guess.
+fn check_not_generic(item: &syn::ItemImpl, errors: &mut Accumulator) {
+    if let Some(param) = item.generics.params.first() {
+        errors.push(error(
+            param.span(),
+            "`#[service]` does not support generic impl blocks",
+            "serve a concrete type: `impl Orders { .. }`",
+        ));
+    }
+    if let Some((path, _)) = &item.trait_ {
+        errors.push(error(
+            path.span(),
+            "`#[service]` goes on an inherent impl, not a trait impl",
+            "move the routed methods to `impl Orders { .. }`",
+        ));
+    }
+}
+
+/// A service starts from `marty.toml`: it must exist and be valid.
+fn check_config(config: &config_file::ConfigFile, span: Span, errors: &mut Accumulator) -> bool {
+    match &*config.state {
+        FileState::Valid(_) => true,
+        FileState::Missing => {
+            let help = format!("create `{}` beside Cargo.toml, e.g. `[service]` with `name = \"orders\"` and `[http]` with `addr = \"127.0.0.1:8080\"`", config.display);
+            errors.push(error(span, format!("`{}` not found", config.display), help));
+            false
+        }
+        FileState::Invalid(config_errors) => {
+            for config_error in config_errors.iter() {
+                let mut problem = config_error.clone();
+                let help = problem.help.take().unwrap_or_else(|| format!("fix `{}`", config.display));
+                errors.push(error(span, format!("invalid configuration: {problem}"), help));
+            }
+            false
+        }
+    }
+}
+
+/// A route's handler is an async method taking `&self`, then axum extractors.
+fn check_handler(method: &RoutedMethod, errors: &mut Accumulator) -> bool {
+    let sig = &method.sig;
+    let name = &sig.ident;
+    let mut ok = true;
+    if sig.asyncness.is_none() {
+        errors.push(error(
+            sig.fn_token.span(),
+            format!("route handler `{name}` must be an `async fn`"),
+            format!("add `async`: `async fn {name}(&self, ..)`"),
+        ));
+        ok = false;
+    }
+    match sig.inputs.first() {
+        Some(syn::FnArg::Receiver(receiver)) if matches!(receiver.kind, syn::ReceiverKind::Reference(_, _, None)) => {}
+        Some(syn::FnArg::Receiver(receiver)) => {
+            let help = "take `&self`: requests are served concurrently, so handlers share the service; keep mutable state behind a lock or in a database";
+            errors.push(error(receiver.span(), format!("route handler `{name}` must take `&self`"), help));
+            ok = false;
+        }
+        _ => {
+            errors.push(error(
+                name.span(),
+                format!("route handler `{name}` must take `&self`"),
+                format!(
+                    "add the receiver: `async fn {name}(&self, ..)`; handlers reach the service's state through it"
+                ),
+            ));
+            ok = false;
+        }
+    }
+    for input in sig.inputs.iter().skip(1) {
+        if let syn::FnArg::Typed(typed) = input {
+            if let syn::Type::Reference(reference) = &*typed.ty {
+                errors.push(error(
+                    reference.span(),
+                    "route handler arguments are axum extractors and cannot be references",
+                    "take an owned extractor, e.g. `Path(id): Path<u64>` or `Json(body): Json<NewOrder>`",
+                ));
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+/// Paths are axum 0.8 templates: `/orders/{id}`, `/files/{*rest}`.
+fn check_path(path: &str, span: Span, errors: &mut Accumulator) -> bool {
+    let fail = |errors: &mut Accumulator, problem: String, help: &str| {
+        errors.push(error(span, problem, help));
+        false
+    };
+    if !path.starts_with('/') {
+        return fail(
+            errors,
+            format!("route path `{path}` must start with `/`"),
+            "write it from the root, e.g. `\"/orders/{id}\"`",
+        );
+    }
+    let mut names = Vec::new();
+    for segment in path.split('/').skip(1) {
+        if let Some(name) = segment.strip_prefix(':') {
+            return fail(
+                errors,
+                format!("`:{name}` is the old parameter syntax"),
+                "write parameters in braces: `{id}`",
+            );
+        }
+        let opens = segment.matches('{').count();
+        let closes = segment.matches('}').count();
+        if opens == 0 && closes == 0 {
+            continue;
+        }
+        let whole = segment.starts_with('{') && segment.ends_with('}') && opens == 1 && closes == 1;
+        if !whole {
+            return fail(
+                errors,
+                format!("malformed parameter in `{path}`: `{segment}`"),
+                "a parameter is a whole segment in braces, e.g. `/orders/{id}`",
+            );
+        }
+        let name = segment[1..segment.len() - 1].trim_start_matches('*');
+        let valid = name.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid {
+            return fail(
+                errors,
+                format!("`{{{name}}}` is not a valid parameter name"),
+                "name parameters like identifiers, e.g. `{order_id}`",
+            );
+        }
+        if names.contains(&name.to_owned()) {
+            return fail(
+                errors,
+                format!("parameter `{{{name}}}` appears twice in `{path}`"),
+                "give each parameter its own name",
+            );
+        }
+        names.push(name.to_owned());
+    }
+    true
+}
+
+/// `/orders/{id}` and `/orders/{order_id}` are the same route to axum.
+fn normalize(path: &str) -> String {
+    path.split('/').map(|segment| if segment.starts_with('{') { "{}" } else { segment }).collect::<Vec<_>>().join("/")
+}
+
+fn extractor_types(sig: &syn::Signature) -> Vec<syn::Type> {
+    sig.inputs
+        .iter()
+        .skip(1)
+        .filter_map(|input| match input {
+            syn::FnArg::Typed(typed) => Some((*typed.ty).clone()),
+            syn::FnArg::Receiver(_) => None,
+        })
+        .collect()
+}

@@ -1,0 +1,68 @@
+//! Stage 3: the `Routes` impl. Each handler is a closure holding an `Arc` of the service, so axum
+//! needs no state type and the methods keep their `&self` signatures.
+
+use proc_macro2::{Span, TokenStream};
+use quote::{format_ident, quote};
+
+use super::{HttpMethod, Route, ServiceModel};
+use crate::paths::Paths;
+
+pub(super) fn emit(model: &ServiceModel) -> TokenStream {
+    let paths = Paths::new(model.krate.as_ref());
+    let private = paths.private_item("service_support");
+    let item = &model.item;
+    let self_ty = &item.self_ty;
+    let name = &model.name;
+    let config_path = model.config_path.display().to_string();
+    let core = paths.core();
+
+    let service = format_ident!("__marty_service", span = Span::mixed_site());
+    let router = format_ident!("__marty_router", span = Span::mixed_site());
+    // axum merges the method routers of one path, so each route is added on its own.
+    let routes = model.routes.iter().map(|route| {
+        let path = &route.path;
+        let cfgs = &route.cfgs;
+        let method_router = emit_handler(route, &private, &service);
+        quote! {
+            #(#cfgs)*
+            let #router = #router.route(#path, #method_router);
+        }
+    });
+    quote! {
+        #item
+
+        const _: () = {
+            #[automatically_derived]
+            impl #private::Routes for #self_ty {
+                const NAME: &'static str = #name;
+                const CONFIG: (&'static str, &'static str) = (#config_path, #core::include_str!(#config_path));
+
+                fn routes(self: #private::Arc<Self>) -> #private::Router {
+                    let #router = #private::Router::new();
+                    #(#routes)*
+                    #router
+                }
+            }
+        };
+    }
+}
+
+fn emit_handler(route: &Route, private: &TokenStream, service: &syn::Ident) -> TokenStream {
+    let method = match route.method {
+        HttpMethod::Get => quote!(get),
+        HttpMethod::Post => quote!(post),
+        HttpMethod::Put => quote!(put),
+        HttpMethod::Patch => quote!(patch),
+        HttpMethod::Delete => quote!(delete),
+    };
+    let handler = &route.handler;
+    let args: Vec<syn::Ident> =
+        (0..route.extractors.len()).map(|i| format_ident!("__marty_arg{}", i, span = Span::mixed_site())).collect();
+    let types = &route.extractors;
+    quote! {
+        #private::routing::#method({
+            let #service = #private::Arc::clone(&self);
+            move |#(#args: #types),*| async move { #service.#handler(#(#args),*).await }
+        })
+    }
+}

@@ -1,0 +1,129 @@
+//! Stage 1: `#[service(..)]`'s arguments (darling) and the route attributes on its methods, matched
+//! by their last path segment (`get` or `marty::get`) and removed from the methods.
+
+use darling::ast::NestedMeta;
+use darling::FromMeta;
+use proc_macro2::TokenStream;
+use quote::ToTokens;
+use syn::spanned::Spanned;
+
+use super::HttpMethod;
+use crate::call::{PathArg, StrArg};
+use crate::diagnostic::{did_you_mean, error};
+
+#[derive(FromMeta, Default)]
+pub(crate) struct ServiceArgs {
+    pub(crate) name: Option<StrArg>,
+    pub(crate) config: Option<StrArg>,
+    #[darling(rename = "crate")]
+    pub(crate) krate: Option<PathArg>,
+}
+
+const SERVICE_ARGS: &[&str] = &["name", "config", "crate"];
+
+pub(crate) fn parse_args(tokens: TokenStream, errors: &mut darling::error::Accumulator) -> ServiceArgs {
+    let items = match NestedMeta::parse_meta_list(tokens) {
+        Ok(items) => items,
+        Err(syn_error) => {
+            errors.push(error(
+                syn_error.span(),
+                format!("cannot parse the arguments of `#[service]`: {syn_error}"),
+                "write `#[service(name = \"orders\")]`",
+            ));
+            return ServiceArgs::default();
+        }
+    };
+    let mut kept = Vec::new();
+    for item in items {
+        let NestedMeta::Meta(meta) = &item else {
+            errors.push(error(
+                item.span(),
+                "unexpected positional argument in `#[service]`",
+                "write `name = \"orders\"`",
+            ));
+            continue;
+        };
+        let name = meta.path().segments.iter().map(|s| s.ident.to_string()).collect::<Vec<_>>().join("::");
+        if !SERVICE_ARGS.contains(&name.as_str()) {
+            errors.push(error(
+                meta.path().span(),
+                format!("unknown argument `{name}` in `#[service]`"),
+                did_you_mean(&name, SERVICE_ARGS, "valid arguments:"),
+            ));
+            continue;
+        }
+        kept.push(item);
+    }
+    errors.handle(ServiceArgs::from_list(&kept)).unwrap_or_default()
+}
+
+/// A route attribute as written on a method.
+pub(crate) struct RouteAttr {
+    pub(crate) method: HttpMethod,
+    pub(crate) path: StrArg,
+}
+
+/// A method that carried route attributes, with them removed.
+pub(crate) struct RoutedMethod {
+    pub(crate) routes: Vec<RouteAttr>,
+    pub(crate) sig: syn::Signature,
+    pub(crate) cfgs: Vec<syn::Attribute>,
+}
+
+fn route_method(attr: &syn::Attribute) -> Option<HttpMethod> {
+    let last = attr.path().segments.last()?.ident.to_string();
+    HttpMethod::ALL.iter().find(|(name, _)| *name == last).map(|(_, method)| *method)
+}
+
+/// Removes every route attribute from the impl's methods and returns them, parsed.
+pub(crate) fn take_routes(
+    mut item: syn::ItemImpl,
+    errors: &mut darling::error::Accumulator,
+) -> (syn::ItemImpl, Vec<RoutedMethod>) {
+    let mut routed = Vec::new();
+    for impl_item in &mut item.items {
+        let syn::ImplItem::Fn(method) = impl_item else { continue };
+        let mut routes = Vec::new();
+        method.attrs.retain(|attr| {
+            let Some(http_method) = route_method(attr) else { return true };
+            match parse_route_path(attr, http_method) {
+                Ok(path) => routes.push(RouteAttr { method: http_method, path }),
+                Err(found) => errors.push(found),
+            }
+            false
+        });
+        if !routes.is_empty() {
+            let cfgs = method.attrs.iter().filter(|attr| attr.path().is_ident("cfg")).cloned().collect();
+            routed.push(RoutedMethod { routes, sig: method.sig.clone(), cfgs });
+        }
+    }
+    (item, routed)
+}
+
+fn parse_route_path(attr: &syn::Attribute, method: HttpMethod) -> darling::Result<StrArg> {
+    let name = method.as_str();
+    let help = format!("write the path as a string: `#[{name}(\"/orders/{{id}}\")]`");
+    let syn::Meta::List(list) = &attr.meta else {
+        return Err(error(attr.span(), format!("`#[{name}]` needs a path"), help));
+    };
+    match syn::parse2::<syn::LitStr>(list.tokens.clone()) {
+        Ok(lit) => Ok(StrArg { value: lit.value(), span: lit.span() }),
+        Err(_) => Err(error(list.tokens.span(), format!("`#[{name}(..)]` takes one string literal, the path"), help)),
+    }
+}
+
+/// The item with route attributes removed, for the error path (so rustc does not also complain that
+/// `get` is not an attribute).
+pub(crate) fn strip_route_attributes(item: TokenStream) -> TokenStream {
+    match syn::parse2::<syn::ItemImpl>(item.clone()) {
+        Ok(mut item_impl) => {
+            for impl_item in &mut item_impl.items {
+                if let syn::ImplItem::Fn(method) = impl_item {
+                    method.attrs.retain(|attr| route_method(attr).is_none());
+                }
+            }
+            item_impl.into_token_stream()
+        }
+        Err(_) => item,
+    }
+}

@@ -1,0 +1,291 @@
+//! The HTTP side of a service: the user's routes plus `/healthz`, `/readyz` and `/metrics`, request
+//! ids and `http_server_request_duration_seconds`, problem+json for every error the HTTP layer answers
+//! itself, panics contained to their request, and graceful shutdown on SIGTERM / SIGINT.
+//!
+//! `#[service]` generates the [`Routes`] impl; everything here is usable without it: build a [`Server`]
+//! from any axum `Router`.
+//!
+//! Shutdown order: readiness turns 503 ("draining"), the service keeps serving for `drain_delay` so
+//! load balancers notice, the listener closes, in-flight requests get up to `shutdown_timeout` to
+//! finish, then `serve` returns.
+
+mod errors;
+mod health;
+mod problem;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::{oneshot, Notify};
+use tokio::time::Instant;
+use tower_http::catch_panic::CatchPanicLayer;
+use tracing::Instrument;
+
+pub use health::Readiness;
+pub use problem::{Problem, PROBLEM_JSON};
+
+use crate::metrics::Metrics;
+use crate::registry::DependencyRegistry;
+
+/// A service's own routes; `#[service]` implements it from the methods marked `#[get(..)]`, `#[post(..)]`, ...
+pub trait Routes: Send + Sync + 'static {
+    /// The service's name in telemetry.
+    const NAME: &'static str;
+    /// The configuration file the macros checked (absolute path) and its text when compiled; the
+    /// runtime reads the file again at startup (see [`crate::DependencyRegistry`]).
+    #[doc(hidden)]
+    const CONFIG: (&'static str, &'static str);
+
+    /// The routes, with handlers that call the service's methods.
+    fn routes(self: Arc<Self>) -> Router;
+}
+
+/// Why a service could not start or stopped with an error.
+#[derive(Debug)]
+pub enum ServeError {
+    /// The configuration did not load: every problem, with file, line and key.
+    Config(crate::Error),
+    /// Building the service's state failed (e.g. its database pool did not connect).
+    Startup(Box<dyn std::error::Error + Send + Sync>),
+    /// Binding or serving failed.
+    Io(std::io::Error),
+}
+
+impl std::fmt::Display for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ServeError::Config(error) => error.fmt(f),
+            ServeError::Startup(error) => write!(f, "cannot build the service: {error}"),
+            ServeError::Io(error) => write!(f, "cannot serve: {error}"),
+        }
+    }
+}
+
+impl std::error::Error for ServeError {}
+
+/// The server for `service`, with the configuration loaded (or the installed registry).
+pub fn server<S: Routes>(service: S) -> Result<Server, ServeError> {
+    let (path, text) = S::CONFIG;
+    let registry = DependencyRegistry::global_or_load(path, text).map_err(ServeError::Config)?;
+    Ok(Server::new(Arc::new(service).routes(), registry))
+}
+
+/// Loads the configuration, then builds the service's state with it (connect pools, read settings),
+/// and returns its server.
+pub async fn server_with<S, F, Fut, E>(build: F) -> Result<Server, ServeError>
+where
+    S: Routes,
+    F: FnOnce(&'static DependencyRegistry) -> Fut,
+    Fut: Future<Output = Result<S, E>>,
+    E: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let (path, text) = S::CONFIG;
+    let registry = DependencyRegistry::global_or_load(path, text).map_err(ServeError::Config)?;
+    let service = build(registry).await.map_err(|error| ServeError::Startup(error.into()))?;
+    Ok(Server::new(Arc::new(service).routes(), registry))
+}
+
+/// Loads the configuration, binds `[http] addr` and serves `service` until SIGTERM or SIGINT, then
+/// shuts down gracefully. A configuration error returns before anything is bound.
+pub async fn serve<S: Routes>(service: S) -> Result<(), ServeError> {
+    tracing::info!(service = S::NAME, "starting");
+    server(service)?.serve().await.map_err(ServeError::Io)
+}
+
+/// The header carrying a request's id, taken from the client when present, generated otherwise.
+pub const REQUEST_ID: &str = "x-request-id";
+
+/// An HTTP server for one service.
+#[derive(Debug)]
+pub struct Server {
+    routes: Router,
+    registry: &'static DependencyRegistry,
+    readiness: Arc<Readiness>,
+}
+
+impl Server {
+    /// A server for `routes`, with the dependencies (and their metrics) of `registry`.
+    pub fn new(routes: Router, registry: &'static DependencyRegistry) -> Self {
+        Server { routes, registry, readiness: Arc::new(Readiness::default()) }
+    }
+
+    /// Adds the routes of an existing axum `Router` (its state already provided).
+    pub fn merge(mut self, router: Router) -> Self {
+        self.routes = self.routes.merge(router);
+        self
+    }
+
+    /// The readiness flag `/readyz` reports, e.g. to start draining from your own signal.
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
+    }
+
+    /// The address `[http] addr` configures (default `127.0.0.1:8080`).
+    pub fn configured_addr(&self) -> SocketAddr {
+        self.registry.config().http.as_ref().map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)), |http| http.addr)
+    }
+
+    /// The complete application: user routes, built-in endpoints, and the layers every request passes.
+    pub fn app(&self) -> Router {
+        let health = health::HealthState { registry: self.registry, readiness: self.readiness.clone() };
+        let metrics = self.registry.metrics().clone();
+        let builtin = Router::new()
+            .route("/healthz", get(health::healthz))
+            .route("/readyz", get(health::readyz))
+            .with_state(health)
+            .route("/metrics", get(render_metrics).with_state(metrics.clone()));
+        self.routes
+            .clone()
+            .merge(builtin)
+            .fallback(errors::not_found)
+            .layer(axum::middleware::from_fn(errors::rejections_as_problems))
+            .layer(CatchPanicLayer::custom(errors::panic_response))
+            .layer(axum::middleware::from_fn_with_state(metrics, observe_request))
+    }
+
+    /// Binds `[http] addr` and serves until SIGTERM or SIGINT, then shuts down gracefully.
+    pub async fn serve(self) -> std::io::Result<()> {
+        let listener = TcpListener::bind(self.configured_addr()).await?;
+        tracing::info!(addr = %listener.local_addr()?, "serving HTTP");
+        self.serve_with_shutdown(listener, shutdown_signal()).await
+    }
+
+    /// Serves on `listener` until `signal` completes, then shuts down gracefully.
+    pub async fn serve_with_shutdown(
+        self,
+        listener: TcpListener,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
+        let service = &self.registry.config().service;
+        let (drain_delay, shutdown_timeout) = (service.drain_delay, service.shutdown_timeout);
+        let readiness = self.readiness.clone();
+        let closing = Arc::new(Notify::new());
+        let closed_listener = closing.clone();
+        let graceful = async move {
+            signal.await;
+            readiness.start_draining();
+            tracing::info!(?drain_delay, "shutdown requested: readiness is now 503");
+            tokio::time::sleep(drain_delay).await;
+            tracing::info!(?shutdown_timeout, "no longer accepting connections; waiting for in-flight requests");
+            closed_listener.notify_one();
+        };
+        let server = axum::serve(listener, self.app()).with_graceful_shutdown(graceful);
+        tokio::select! {
+            result = server => result,
+            () = async { closing.notified().await; tokio::time::sleep(shutdown_timeout).await } => {
+                tracing::warn!(?shutdown_timeout, "in-flight requests did not finish in time; stopping anyway");
+                Ok(())
+            }
+        }
+    }
+
+    /// Starts serving on `listener` in the background: for tests and embedding.
+    pub fn start(self, listener: TcpListener) -> std::io::Result<RunningServer> {
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = oneshot::channel::<()>();
+        let readiness = self.readiness.clone();
+        let task = tokio::spawn(self.serve_with_shutdown(listener, async move {
+            let _ = stopped.await;
+        }));
+        Ok(RunningServer { addr, stop: Some(stop), task, readiness })
+    }
+}
+
+/// A server started with [`Server::start`].
+#[derive(Debug)]
+pub struct RunningServer {
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    readiness: Arc<Readiness>,
+}
+
+impl RunningServer {
+    /// Where it listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Its readiness flag.
+    pub fn readiness(&self) -> &Arc<Readiness> {
+        &self.readiness
+    }
+
+    /// Begins graceful shutdown, as SIGTERM would, and waits for it to finish.
+    pub async fn shutdown(mut self) -> std::io::Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.map_err(std::io::Error::other)?
+    }
+}
+
+/// Completes on SIGTERM (how orchestrators stop a process) or SIGINT (Ctrl-C).
+pub async fn shutdown_signal() {
+    let interrupt = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let terminate = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut terminate) => {
+                terminate.recv().await;
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot listen for SIGTERM; only SIGINT stops the service");
+                std::future::pending::<()>().await;
+            }
+        }
+    };
+    #[cfg(not(unix))]
+    let terminate = std::future::pending::<()>();
+    tokio::select! {
+        () = interrupt => {}
+        () = terminate => {}
+    }
+}
+
+async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    ([(axum::http::header::CONTENT_TYPE, content_type)], metrics.render()).into_response()
+}
+
+/// Request id, an `http.request` span, and `http_server_request_duration_seconds` for every request.
+async fn observe_request(State(metrics): State<Arc<Metrics>>, mut request: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = request.method().as_str().to_owned();
+    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
+    let request_id = match request.headers().get(REQUEST_ID).filter(|id| id.len() <= 128) {
+        Some(id) => id.clone(),
+        None => {
+            let generated =
+                HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..))).expect("hex is a valid header value");
+            request.headers_mut().insert(REQUEST_ID, generated.clone());
+            generated
+        }
+    };
+    let span = tracing::info_span!(
+        "http.request",
+        http.request.method = %method,
+        http.route = %route,
+        request_id = %String::from_utf8_lossy(request_id.as_bytes()),
+        http.response.status_code = tracing::field::Empty,
+    );
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    span.record("http.response.status_code", status.as_u16());
+    response.headers_mut().insert(REQUEST_ID, request_id);
+    metrics.record_http_request(&method, &route, status.as_u16(), start.elapsed());
+    if status == StatusCode::INTERNAL_SERVER_ERROR {
+        tracing::warn!(parent: &span, "request failed with 500");
+    }
+    response
+}
