@@ -16,19 +16,29 @@ pub fn list<'a>(names: impl IntoIterator<Item = &'a str>) -> String {
     names.into_iter().map(|name| format!("`{name}`")).collect::<Vec<_>>().join(", ")
 }
 
-/// Levenshtein distance over chars; inputs are short identifiers, so the quadratic table is fine.
+/// Edit distance over chars where swapping two neighbours counts as one edit (optimal string
+/// alignment), since `nmae` for `name` is the typo people make. Inputs are short identifiers, so the
+/// quadratic table is fine.
 fn edit_distance(a: &str, b: &str) -> usize {
-    let b: Vec<char> = b.chars().collect();
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
-    for (i, ca) in a.chars().enumerate() {
-        let mut current = vec![i + 1; b.len() + 1];
-        for (j, cb) in b.iter().enumerate() {
-            let substitution = previous[j] + usize::from(ca != *cb);
-            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
-        }
-        previous = current;
+    let (a, b): (Vec<char>, Vec<char>) = (a.chars().collect(), b.chars().collect());
+    let mut table = vec![vec![0usize; b.len() + 1]; a.len() + 1];
+    for (i, row) in table.iter_mut().enumerate() {
+        row[0] = i;
     }
-    previous[b.len()]
+    for j in 0..=b.len() {
+        table[0][j] = j;
+    }
+    for i in 1..=a.len() {
+        for j in 1..=b.len() {
+            let substitution = table[i - 1][j - 1] + usize::from(a[i - 1] != b[j - 1]);
+            let mut best = substitution.min(table[i - 1][j] + 1).min(table[i][j - 1] + 1);
+            if i > 1 && j > 1 && a[i - 1] == b[j - 2] && a[i - 2] == b[j - 1] {
+                best = best.min(table[i - 2][j - 2] + 1);
+            }
+            table[i][j] = best;
+        }
+    }
+    table[a.len()][b.len()]
 }
 
 #[cfg(test)]
@@ -41,6 +51,7 @@ mod tests {
         assert_eq!(nearest("max_concurent", keys), Some("max_concurrent"));
         assert_eq!(nearest("timout", keys), Some("timeout"));
         assert_eq!(nearest("colour", keys), None);
+        assert_eq!(nearest("nmae", ["name", "config", "crate"]), Some("name"), "a swap is one edit");
         assert_eq!(list(["a", "b"]), "`a`, `b`");
     }
 }

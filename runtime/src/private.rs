@@ -159,4 +159,17 @@ pub mod service_support {
     pub use axum::{routing, Router};
 
     pub use crate::service::Routes;
+
+    /// Implemented by everything a route handler may return: every axum `IntoResponse`.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` cannot be turned into an HTTP response",
+        label = "a route handler must return something axum can answer with",
+        note = "return a `String`, `Json<T>`, `(StatusCode, T)`, `marty::service::Problem`, or `Result<T, E>` where both implement `axum::response::IntoResponse`"
+    )]
+    pub trait HandlerOutput {}
+
+    impl<T: axum::response::IntoResponse> HandlerOutput for T {}
+
+    /// Asserts at the handler's return type that axum can answer with it.
+    pub const fn assert_handler_output<T: HandlerOutput>() {}
 }

@@ -9,4 +9,6 @@ fn ui() {
     let cases = trybuild::TestCases::new();
     cases.pass("tests/database_call/pass/*.rs");
     cases.compile_fail("tests/database_call/fail/*.rs");
+    cases.pass("tests/service/pass/*.rs");
+    cases.compile_fail("tests/service/fail/*.rs");
 }

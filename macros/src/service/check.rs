@@ -54,6 +54,10 @@ pub(super) fn validate(
                     path: route.path.value.clone(),
                     handler: method.sig.ident.clone(),
                     extractors: extractor_types(&method.sig),
+                    output: match &method.sig.output {
+                        syn::ReturnType::Type(_, ty) => Some((**ty).clone()),
+                        syn::ReturnType::Default => None,
+                    },
                     cfgs: method.cfgs.clone(),
                 });
             }

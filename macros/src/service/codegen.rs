@@ -3,6 +3,7 @@
 
 use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote};
+use syn::spanned::Spanned;
 
 use super::{HttpMethod, Route, ServiceModel};
 use crate::paths::Paths;
@@ -56,11 +57,17 @@ fn emit_handler(route: &Route, private: &TokenStream, service: &syn::Ident) -> T
         HttpMethod::Delete => quote!(delete),
     };
     let handler = &route.handler;
+    // Named at the return type's span so a type axum cannot answer with is reported there, in words.
+    let output_check = route.output.as_ref().map(|output| {
+        let check = quote::quote_spanned!(output.span()=> #private::assert_handler_output::<#output>());
+        quote!(#check;)
+    });
     let args: Vec<syn::Ident> =
         (0..route.extractors.len()).map(|i| format_ident!("__marty_arg{}", i, span = Span::mixed_site())).collect();
     let types = &route.extractors;
     quote! {
         #private::routing::#method({
+            #output_check
             let #service = #private::Arc::clone(&self);
             move |#(#args: #types),*| async move { #service.#handler(#(#args),*).await }
         })

@@ -33,6 +33,8 @@ pub(crate) struct Route {
     pub(crate) handler: syn::Ident,
     /// The types of the arguments after `&self`: axum extractors.
     pub(crate) extractors: Vec<syn::Type>,
+    /// The declared return type, if any.
+    pub(crate) output: Option<syn::Type>,
     /// The method's `#[cfg(..)]`s, copied onto the route.
     pub(crate) cfgs: Vec<syn::Attribute>,
 }

@@ -1,0 +1,11 @@
+struct Orders;
+
+#[marty::service]
+impl Orders {
+    #[get("/orders")]
+    fn list(&self) -> &'static str {
+        "[]"
+    }
+}
+
+fn main() {}

@@ -1,0 +1,4 @@
+#[marty::service]
+struct Orders;
+
+fn main() {}

@@ -1,0 +1,11 @@
+struct Orders;
+
+#[marty::service]
+impl Orders {
+    #[get("orders")]
+    async fn list(&self) -> &'static str {
+        "[]"
+    }
+}
+
+fn main() {}
