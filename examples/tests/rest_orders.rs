@@ -14,6 +14,10 @@ struct Service {
 
 impl Service {
     fn start(name: &str) -> Service {
+        Self::start_logging_to(name, Stdio::null())
+    }
+
+    fn start_logging_to(name: &str, stdout: Stdio) -> Service {
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let dir = std::env::temp_dir().join(format!("marty-rest-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -21,8 +25,10 @@ impl Service {
         let child = Command::new(env!("CARGO_BIN_EXE_rest_orders"))
             .env("MARTY__HTTP__ADDR", addr.to_string())
             .env("MARTY__DEPENDENCIES__ORDERS_DB__URL", format!("sqlite://{}/orders.db?mode=rwc", dir.display()))
+            .env("MARTY__TELEMETRY__LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
             .env_remove("MARTY_CONFIG")
-            .stdout(Stdio::null())
+            .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()
             .expect("start the example");
@@ -182,4 +188,26 @@ fn sigterm_lets_the_in_flight_request_finish_then_refuses_new_ones_and_exits_zer
     };
     assert!(status.success(), "graceful shutdown exits 0, got {status}");
     assert!(TcpStream::connect(addr).is_err(), "after shutdown new connections are refused");
+}
+
+#[test]
+fn logs_are_json_lines_and_a_failed_request_names_its_request_id() {
+    let log_path = std::env::temp_dir().join(format!("marty-rest-logs-{}.jsonl", std::process::id()));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let mut service = Service::start_logging_to("logs", Stdio::from(log));
+    let failed = service.request("GET", "/reports/broken", None);
+    let request_id = failed.header("x-request-id").expect("a request id").to_owned();
+    service.terminate();
+    service.child.wait().unwrap();
+
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    assert!(
+        logs.lines().all(|line| line.starts_with('{') && line.ends_with('}')),
+        "every line is a JSON object:\n{logs}"
+    );
+    let panic_line =
+        logs.lines().find(|line| line.contains("a request handler panicked")).expect("the panic is logged");
+    assert!(panic_line.contains(&format!(r#""request_id":"{request_id}""#)), "{panic_line}");
+    assert!(panic_line.contains(r#""http.route":"/reports/broken""#), "{panic_line}");
+    assert!(logs.contains("shutdown requested: readiness is now 503"), "{logs}");
 }

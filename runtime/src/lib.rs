@@ -29,6 +29,8 @@ pub mod retry;
 #[cfg(feature = "http")]
 pub mod service;
 mod stripe;
+#[cfg(feature = "http")]
+pub mod telemetry;
 pub mod timeout;
 
 #[doc(hidden)]

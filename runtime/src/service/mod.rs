@@ -89,15 +89,18 @@ where
 {
     let (path, text) = S::CONFIG;
     let registry = DependencyRegistry::global_or_load(path, text).map_err(ServeError::Config)?;
+    crate::telemetry::init(S::NAME, &registry.config().telemetry);
     let service = build(registry).await.map_err(|error| ServeError::Startup(error.into()))?;
     Ok(Server::new(Arc::new(service).routes(), registry))
 }
 
-/// Loads the configuration, binds `[http] addr` and serves `service` until SIGTERM or SIGINT, then
-/// shuts down gracefully. A configuration error returns before anything is bound.
+/// Loads the configuration, starts logging ([`crate::telemetry`]), binds `[http] addr` and serves
+/// `service` until SIGTERM or SIGINT, then shuts down gracefully. A configuration error returns before
+/// anything is bound.
 pub async fn serve<S: Routes>(service: S) -> Result<(), ServeError> {
-    tracing::info!(service = S::NAME, "starting");
-    server(service)?.serve().await.map_err(ServeError::Io)
+    let server = server(service)?;
+    crate::telemetry::init(S::NAME, &server.registry.config().telemetry);
+    server.serve().await.map_err(ServeError::Io)
 }
 
 /// The header carrying a request's id, taken from the client when present, generated otherwise.
