@@ -161,6 +161,9 @@ fn check_handler(method: &RoutedMethod, errors: &mut Accumulator) -> bool {
     ok
 }
 
+/// The endpoints every service serves.
+const RESERVED: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
 /// Paths are axum 0.8 templates: `/orders/{id}`, `/files/{*rest}`.
 fn check_path(path: &str, span: Span, errors: &mut Accumulator) -> bool {
     let fail = |errors: &mut Accumulator, problem: String, help: &str| {
@@ -173,6 +176,10 @@ fn check_path(path: &str, span: Span, errors: &mut Accumulator) -> bool {
             format!("route path `{path}` must start with `/`"),
             "write it from the root, e.g. `\"/orders/{id}\"`",
         );
+    }
+    if RESERVED.contains(&path) {
+        let help = "pick another path; `/healthz`, `/readyz` and `/metrics` are built in";
+        return fail(errors, format!("`{path}` is served by Marty itself"), help);
     }
     let mut names = Vec::new();
     for segment in path.split('/').skip(1) {
