@@ -83,8 +83,8 @@ pub struct Metrics {
 /// conventions' `http.server.request.duration` attributes.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
-    http_request_method: String,
-    http_route: String,
+    http_request_method: &'static str,
+    http_route: Arc<str>,
     http_response_status_code: u16,
 }
 
@@ -145,13 +145,10 @@ impl Metrics {
     }
 
     /// Records one HTTP request served. `route` is the matched route template (`/orders/{id}`), never
-    /// the raw path, so label cardinality stays bounded.
-    pub fn record_http_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
-        let labels = HttpLabels {
-            http_request_method: method.to_owned(),
-            http_route: route.to_owned(),
-            http_response_status_code: status,
-        };
+    /// the raw path, so label cardinality stays bounded; `method` is a standard method or `_OTHER`, as
+    /// the OpenTelemetry conventions say. Allocates nothing once a label set has been seen.
+    pub fn record_http_request(&self, method: &'static str, route: Arc<str>, status: u16, elapsed: Duration) {
+        let labels = HttpLabels { http_request_method: method, http_route: route, http_response_status_code: status };
         self.http_requests.get_or_create(&labels).observe(elapsed);
     }
 

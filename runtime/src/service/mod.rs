@@ -11,25 +11,22 @@
 
 mod errors;
 mod health;
+mod layer;
 mod problem;
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{MatchedPath, Request, State};
-use axum::http::{HeaderValue, StatusCode};
-use axum::middleware::Next;
+use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
-use tokio::time::Instant;
-use tower_http::catch_panic::CatchPanicLayer;
-use tracing::Instrument;
 
 pub use health::Readiness;
+pub use layer::{HttpLayer, HttpService};
 pub use problem::{Problem, PROBLEM_JSON};
 
 use crate::metrics::Metrics;
@@ -145,13 +142,7 @@ impl Server {
             .route("/readyz", get(health::readyz))
             .with_state(health)
             .route("/metrics", get(render_metrics).with_state(metrics.clone()));
-        self.routes
-            .clone()
-            .merge(builtin)
-            .fallback(errors::not_found)
-            .layer(axum::middleware::from_fn(errors::rejections_as_problems))
-            .layer(CatchPanicLayer::custom(errors::panic_response))
-            .layer(axum::middleware::from_fn_with_state(metrics, observe_request))
+        self.routes.clone().merge(builtin).fallback(errors::not_found).layer(HttpLayer::new(metrics))
     }
 
     /// Binds `[http] addr` and serves until SIGTERM or SIGINT, then shuts down gracefully.
@@ -259,36 +250,4 @@ pub async fn shutdown_signal() {
 async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(axum::http::header::CONTENT_TYPE, content_type)], metrics.render()).into_response()
-}
-
-/// Request id, an `http.request` span, and `http_server_request_duration_seconds` for every request.
-async fn observe_request(State(metrics): State<Arc<Metrics>>, mut request: Request, next: Next) -> Response {
-    let start = Instant::now();
-    let method = request.method().as_str().to_owned();
-    let route = request.extensions().get::<MatchedPath>().map_or("unmatched", MatchedPath::as_str).to_owned();
-    let request_id = match request.headers().get(REQUEST_ID).filter(|id| id.len() <= 128) {
-        Some(id) => id.clone(),
-        None => {
-            let generated =
-                HeaderValue::from_str(&format!("{:016x}", fastrand::u64(..))).expect("hex is a valid header value");
-            request.headers_mut().insert(REQUEST_ID, generated.clone());
-            generated
-        }
-    };
-    let span = tracing::info_span!(
-        "http.request",
-        http.request.method = %method,
-        http.route = %route,
-        request_id = %String::from_utf8_lossy(request_id.as_bytes()),
-        http.response.status_code = tracing::field::Empty,
-    );
-    let mut response = next.run(request).instrument(span.clone()).await;
-    let status = response.status();
-    span.record("http.response.status_code", status.as_u16());
-    response.headers_mut().insert(REQUEST_ID, request_id);
-    metrics.record_http_request(&method, &route, status.as_u16(), start.elapsed());
-    if status == StatusCode::INTERNAL_SERVER_ERROR {
-        tracing::warn!(parent: &span, "request failed with 500");
-    }
-    response
 }
