@@ -18,6 +18,10 @@ impl Service {
     }
 
     fn start_logging_to(name: &str, stdout: Stdio) -> Service {
+        Self::start_with(name, stdout, None)
+    }
+
+    fn start_with(name: &str, stdout: Stdio, config: Option<&std::path::Path>) -> Service {
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let dir = std::env::temp_dir().join(format!("marty-rest-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -28,6 +32,7 @@ impl Service {
             .env("MARTY__TELEMETRY__LOG_FORMAT", "json")
             .env("RUST_LOG", "info")
             .env_remove("MARTY_CONFIG")
+            .envs(config.map(|path| ("MARTY_CONFIG", path)))
             .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()
@@ -46,7 +51,11 @@ impl Service {
     }
 
     fn terminate(&self) {
-        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().unwrap();
+        self.signal("-TERM");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
         assert!(status.success());
     }
 }
@@ -210,4 +219,42 @@ fn logs_are_json_lines_and_a_failed_request_names_its_request_id() {
     assert!(panic_line.contains(&format!(r#""request_id":"{request_id}""#)), "{panic_line}");
     assert!(panic_line.contains(r#""http.route":"/reports/broken""#), "{panic_line}");
     assert!(logs.contains("shutdown requested: readiness is now 503"), "{logs}");
+}
+
+#[test]
+fn sighup_reloads_limits_from_the_file_and_a_broken_file_changes_nothing() {
+    let config = std::env::temp_dir().join(format!("marty-reload-{}.toml", std::process::id()));
+    let original = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/marty.toml")).unwrap();
+    std::fs::write(&config, &original).unwrap();
+    let service = Service::start_with("reload", Stdio::null(), Some(&config));
+    let limit = |service: &Service| {
+        let ready = service.request("GET", "/readyz", None).body;
+        let at = ready.find(r#""orders_db":{"bulkhead_available":"#).expect("orders_db in /readyz");
+        ready[at..]
+            .split("\"max_concurrent\":")
+            .nth(1)
+            .unwrap()
+            .split(|c: char| !c.is_ascii_digit())
+            .next()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    assert_eq!(limit(&service), 10);
+
+    let resized = original.replace("timeout = \"2s\"", "timeout = \"2s\"\nmax_concurrent = 3");
+    assert_ne!(resized, original, "the example config still has the line this test edits");
+    std::fs::write(&config, &resized).unwrap();
+    service.signal("-HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while limit(&service) != 3 {
+        assert!(Instant::now() < deadline, "SIGHUP did not apply max_concurrent = 3");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    std::fs::write(&config, resized.replace("max_concurrent = 3", "max_concurrent = 0")).unwrap();
+    service.signal("-HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(limit(&service), 3, "an invalid file is rejected and the configuration in force stays");
+    assert_eq!(service.request("GET", "/healthz", None).status, 200);
 }

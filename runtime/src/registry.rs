@@ -2,8 +2,8 @@
 //! they record into. The macros resolve a call site's policy from it once, then keep it.
 
 use std::collections::HashMap;
-use std::path::Path;
-use std::sync::{Arc, OnceLock};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock, RwLock};
 
 use marty_config::{Config, ConfigError, ConfigErrors, DependencyKind, Origin};
 
@@ -14,7 +14,9 @@ use crate::policy::{CallPolicy, Dependency};
 /// The dependencies of one service, built from its configuration.
 #[derive(Debug)]
 pub struct DependencyRegistry {
-    config: Arc<Config>,
+    config: RwLock<Arc<Config>>,
+    /// The file the configuration came from, re-read by [`Self::reload_from_source`].
+    source: Option<PathBuf>,
     dependencies: HashMap<String, Arc<Dependency>>,
     metrics: Arc<Metrics>,
 }
@@ -34,17 +36,76 @@ impl DependencyRegistry {
                 (dependency_config.name.clone(), dependency)
             })
             .collect();
-        DependencyRegistry { config: Arc::new(config), dependencies, metrics }
+        DependencyRegistry { config: RwLock::new(Arc::new(config)), source: None, dependencies, metrics }
     }
 
-    /// Loads a configuration file as at startup (with `MARTY__` overrides and `${VAR}` expansion).
+    /// Loads a configuration file as at startup (with `MARTY__` overrides and `${VAR}` expansion); the
+    /// registry can re-read it later with [`Self::reload_from_source`].
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
-        Config::load(path).map(Self::from_config)
+        let mut registry = Config::load(path).map(Self::from_config)?;
+        registry.source = Some(path.to_owned());
+        Ok(registry)
     }
 
-    /// The configuration the registry was built from.
-    pub fn config(&self) -> &Config {
-        &self.config
+    /// The configuration in force (the latest one reloaded).
+    pub fn config(&self) -> Arc<Config> {
+        self.config.read().unwrap_or_else(|poison| poison.into_inner()).clone()
+    }
+
+    /// The file the configuration was loaded from, if it came from one.
+    pub fn source(&self) -> Option<&Path> {
+        self.source.as_deref()
+    }
+
+    /// Applies a new configuration to the running dependencies: bulkhead sizes, timeouts, breaker
+    /// thresholds and retry take effect for the next call, and calls in flight finish undisturbed.
+    /// Returns what could not be applied without a restart (new or removed dependencies, a changed
+    /// kind, `[service]`, `[http]` and other settings read once at startup).
+    pub fn reload(&self, config: Config) -> Vec<String> {
+        let mut needs_restart = Vec::new();
+        for (name, dependency_config) in &config.dependencies {
+            match self.dependencies.get(name) {
+                Some(dependency) => {
+                    if let Err(why) = dependency.reconfigure(dependency_config.clone()) {
+                        needs_restart.push(why);
+                    }
+                }
+                None => needs_restart.push(format!("new dependency `{name}` is used after a restart")),
+            }
+        }
+        for name in self.dependencies.keys().filter(|name| !config.dependencies.contains_key(*name)) {
+            needs_restart.push(format!("dependency `{name}` was removed; it keeps its old settings until a restart"));
+        }
+        let previous = self.config();
+        if previous.service != config.service || previous.http != config.http || previous.telemetry != config.telemetry
+        {
+            needs_restart.push("[service], [http] and [telemetry] changes apply after a restart".to_owned());
+        }
+        *self.config.write().unwrap_or_else(|poison| poison.into_inner()) = Arc::new(config);
+        for warning in &needs_restart {
+            tracing::warn!(%warning, "configuration reload");
+        }
+        tracing::info!("configuration reloaded");
+        needs_restart
+    }
+
+    /// Re-reads the file the configuration came from (with the process environment) and applies it.
+    /// An invalid file changes nothing and says why.
+    pub fn reload_from_source(&self) -> Result<Vec<String>, ConfigErrors> {
+        let Some(path) = &self.source else {
+            return Err(ConfigErrors(vec![ConfigError {
+                file: self.config().file.clone(),
+                origin: Origin::Missing,
+                key: String::new(),
+                problem: "the configuration was compiled in, so there is no file to reload".to_owned(),
+                help: Some(format!(
+                    "point `{}` at a file to make the configuration reloadable",
+                    marty_config::CONFIG_PATH_VAR
+                )),
+            }]));
+        };
+        let config = Config::load(path)?;
+        Ok(self.reload(config))
     }
 
     /// The metrics every policy of this registry records into.
@@ -71,7 +132,7 @@ impl DependencyRegistry {
         operation: &str,
     ) -> Result<CallPolicy, Error> {
         let policy = self.call_policy(dependency, operation)?;
-        let declared = policy.dependency().config().kind;
+        let declared = policy.dependency().kind();
         if declared != kind {
             return Err(self.config_error(
                 format!("dependencies.{dependency}.kind"),
@@ -107,11 +168,11 @@ impl DependencyRegistry {
             .get_or_init(|| {
                 let env = marty_config::Environment::from_process();
                 let loaded = match env.get(marty_config::CONFIG_PATH_VAR) {
-                    Some(path) => Config::load(Path::new(path)),
-                    None if Path::new(compiled_path).exists() => Config::load(Path::new(compiled_path)),
-                    None => Config::parse_at_startup(embedded, compiled_path, &env),
+                    Some(path) => Self::load(Path::new(path)),
+                    None if Path::new(compiled_path).exists() => Self::load(Path::new(compiled_path)),
+                    None => Config::parse_at_startup(embedded, compiled_path, &env).map(Self::from_config),
                 };
-                loaded.map(Self::from_config).map_err(|errors| {
+                loaded.map_err(|errors| {
                     tracing::error!(%errors, "invalid Marty configuration; wrapped calls will fail until it is fixed");
                     Error::Config(Arc::new(errors))
                 })
@@ -126,14 +187,14 @@ impl DependencyRegistry {
             Some(near) => {
                 format!("did you mean `{near}`? declared: {}", marty_config::suggest::list(declared.iter().copied()))
             }
-            None => format!("declare `[dependencies.{name}]` in {}", self.config.file),
+            None => format!("declare `[dependencies.{name}]` in {}", self.config().file),
         };
         self.config_error(format!("dependencies.{name}"), format!("unknown dependency `{name}`"), help)
     }
 
     fn config_error(&self, key: String, problem: String, help: String) -> Error {
         Error::Config(Arc::new(ConfigErrors(vec![ConfigError {
-            file: self.config.file.clone(),
+            file: self.config().file.clone(),
             origin: Origin::Missing,
             key,
             problem,

@@ -5,7 +5,7 @@ mod layer;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -53,8 +53,11 @@ pub struct Bulkhead {
     stripes: Box<[Padded<AtomicUsize>; STRIPES]>,
     /// Permits a stripe takes from the pool at once, and keeps at most twice of.
     batch: usize,
-    max_concurrent: usize,
-    max_wait: Duration,
+    max_concurrent: AtomicUsize,
+    /// `max_wait` in nanoseconds.
+    max_wait_nanos: AtomicU64,
+    /// Permits to destroy on release, left when the bulkhead shrank below what was in use.
+    debt: AtomicUsize,
     /// Calls parked waiting for a permit; releases only notify when there are some.
     waiting: AtomicUsize,
     released: Notify,
@@ -81,8 +84,9 @@ impl Bulkhead {
             pool: AtomicUsize::new(max_concurrent),
             stripes: Box::default(),
             batch: (max_concurrent / (2 * STRIPES)).max(1),
-            max_concurrent,
-            max_wait,
+            max_concurrent: AtomicUsize::new(max_concurrent),
+            max_wait_nanos: AtomicU64::new(u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX)),
+            debt: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             released: Notify::new(),
         }
@@ -96,7 +100,35 @@ impl Bulkhead {
 
     /// The bulkhead's size.
     pub fn max_concurrent(&self) -> usize {
-        self.max_concurrent
+        self.max_concurrent.load(Ordering::Relaxed)
+    }
+
+    /// How long a call may wait for a permit.
+    pub fn max_wait(&self) -> Duration {
+        Duration::from_nanos(self.max_wait_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Resizes the bulkhead while calls run. Growing frees new permits at once; shrinking takes free
+    /// permits away and, when more are in use than the new size allows, retires permits as their
+    /// calls finish: no call in flight is cut short.
+    pub fn reconfigure(&self, max_concurrent: usize, max_wait: Duration) {
+        self.max_wait_nanos.store(u64::try_from(max_wait.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
+        let old = self.max_concurrent.swap(max_concurrent, Ordering::AcqRel);
+        if max_concurrent > old {
+            let mut grow = max_concurrent - old;
+            // Cancel outstanding debt first, then add what is left.
+            while grow > 0 && take_one(&self.debt) {
+                grow -= 1;
+            }
+            self.pool.fetch_add(grow, Ordering::AcqRel);
+            self.released.notify_waiters();
+        } else {
+            let mut shrink = old - max_concurrent;
+            while shrink > 0 && (take_one(&self.pool) || self.stripes.iter().any(|stripe| take_one(&stripe.0))) {
+                shrink -= 1;
+            }
+            self.debt.fetch_add(shrink, Ordering::AcqRel);
+        }
     }
 
     /// Takes a permit if one is free, without waiting.
@@ -129,6 +161,10 @@ impl Bulkhead {
     }
 
     fn release(&self) {
+        // A bulkhead that shrank retires this permit instead of handing it on.
+        if self.debt.load(Ordering::Relaxed) > 0 && take_one(&self.debt) {
+            return;
+        }
         let stripe = &self.stripes[stripe::current()].0;
         let held = stripe.fetch_add(1, Ordering::AcqRel) + 1;
         if held > 2 * self.batch {
@@ -160,11 +196,13 @@ impl Bulkhead {
     }
 
     async fn wait_for_permit_inner(&self, deadline: Option<Deadline>) -> Result<BulkheadPermit<'_>, Error> {
-        let rejected = || Error::Rejected { dependency: self.dependency.clone(), max_concurrent: self.max_concurrent };
-        if self.max_wait.is_zero() {
+        let rejected =
+            || Error::Rejected { dependency: self.dependency.clone(), max_concurrent: self.max_concurrent() };
+        let max_wait = self.max_wait();
+        if max_wait.is_zero() {
             return Err(rejected());
         }
-        let wait_until = Instant::now() + self.max_wait;
+        let wait_until = Instant::now() + max_wait;
         let (until, cut_by_deadline) = match deadline {
             Some(deadline) if deadline.at <= wait_until => (deadline.at, Some(deadline)),
             _ => (wait_until, None),
@@ -255,6 +293,34 @@ mod tests {
         let held: Vec<_> = (0..5).map(|_| bulkhead.try_acquire().expect("all 5 are free again")).collect();
         assert!(bulkhead.try_acquire().is_none(), "and there is no sixth");
         drop(held);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn resizing_applies_to_new_calls_and_lets_calls_in_flight_finish() {
+        let bulkhead = Arc::new(Bulkhead::new("db", 2, Duration::from_secs(1)));
+        let first = bulkhead.try_acquire().unwrap();
+        let second = bulkhead.try_acquire().unwrap();
+        bulkhead.reconfigure(1, Duration::ZERO);
+        assert!(bulkhead.try_acquire().is_none());
+        drop(first);
+        assert!(bulkhead.try_acquire().is_none(), "2 in flight against a limit of 1: the first release is retired");
+        drop(second);
+        let only = bulkhead.try_acquire().expect("one permit once the calls in flight finished");
+        assert!(bulkhead.try_acquire().is_none());
+        assert!(
+            matches!(bulkhead.acquire(None).await, Err(Error::Rejected { max_concurrent: 1, .. })),
+            "max_wait 0 now"
+        );
+
+        let waiter = {
+            let bulkhead = bulkhead.clone();
+            tokio::spawn(async move { bulkhead.reconfigure(3, Duration::from_secs(1)) })
+        };
+        waiter.await.unwrap();
+        let more: Vec<_> = (0..2).map(|_| bulkhead.try_acquire().expect("grown to 3")).collect();
+        assert!(bulkhead.try_acquire().is_none());
+        drop((only, more));
+        assert_eq!(bulkhead.available(), 3);
     }
 
     #[tokio::test(start_paused = true)]

@@ -70,7 +70,7 @@ where
             let start = Instant::now();
             let result = future.await;
             let class = result.as_ref().err().map(Classify::classify);
-            permit.record(CallOutcome::new(class, start.elapsed(), breaker.config().slow_call_duration));
+            permit.record(CallOutcome::new(class, start.elapsed(), breaker.slow_call_duration()));
             result
         })
     }

@@ -11,7 +11,7 @@
 mod layer;
 
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
@@ -124,7 +124,10 @@ type Listener = Arc<dyn Fn(&Transition) + Send + Sync>;
 /// One dependency's circuit breaker, shared by every call to it.
 pub struct CircuitBreaker {
     dependency: Arc<str>,
-    config: CircuitBreakerConfig,
+    /// Mirrors `inner.config.enabled` for the lock-free fast path.
+    enabled: AtomicBool,
+    /// Mirrors `inner.config.slow_call_duration`, in nanoseconds, for callers classifying outcomes.
+    slow_call_nanos: AtomicU64,
     /// Mirrors `inner.state` so the closed fast path needs no lock.
     state: AtomicU8,
     /// Set while the window is full of plain successes: another success would change no rate, so it
@@ -143,6 +146,8 @@ impl fmt::Debug for CircuitBreaker {
 }
 
 struct Inner {
+    /// Replaced whole by [`CircuitBreaker::reconfigure`].
+    config: CircuitBreakerConfig,
     state: CircuitState,
     window: Window,
     opened_at: Instant,
@@ -158,9 +163,12 @@ impl CircuitBreaker {
         let window = Window::new(config.window as usize);
         CircuitBreaker {
             dependency: dependency.into(),
+            enabled: AtomicBool::new(config.enabled),
+            slow_call_nanos: AtomicU64::new(nanos(config.slow_call_duration)),
             state: AtomicU8::new(0),
             window_full_and_clean: AtomicBool::new(false),
             inner: Mutex::new(Inner {
+                config,
                 state: CircuitState::Closed,
                 window,
                 opened_at: Instant::now(),
@@ -168,7 +176,6 @@ impl CircuitBreaker {
                 trials: (0, 0, 0),
             }),
             listeners: RwLock::new(Vec::new()),
-            config,
         }
     }
 
@@ -177,9 +184,28 @@ impl CircuitBreaker {
         CircuitState::from_u8(self.state.load(Ordering::Acquire))
     }
 
-    /// The configuration it runs with.
-    pub fn config(&self) -> &CircuitBreakerConfig {
-        &self.config
+    /// The configuration it runs with now.
+    pub fn config(&self) -> CircuitBreakerConfig {
+        self.lock().config.clone()
+    }
+
+    /// Calls at least this long count as slow.
+    #[inline]
+    pub fn slow_call_duration(&self) -> Duration {
+        Duration::from_nanos(self.slow_call_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Applies new thresholds without losing the state: an open breaker stays open (for the new
+    /// `open_for`), and the window keeps its outcomes unless its size changed.
+    pub fn reconfigure(&self, config: CircuitBreakerConfig) {
+        let mut inner = self.lock();
+        if config.window != inner.config.window {
+            inner.window = Window::new(config.window as usize);
+            self.window_full_and_clean.store(false, Ordering::Release);
+        }
+        self.enabled.store(config.enabled, Ordering::Release);
+        self.slow_call_nanos.store(nanos(config.slow_call_duration), Ordering::Relaxed);
+        inner.config = config;
     }
 
     /// Calls `listener` on every state change (after the change, outside the breaker's lock).
@@ -190,7 +216,7 @@ impl CircuitBreaker {
     /// Asks to make a call: a permit, or [`Error::CircuitOpen`] with the time until trial calls.
     #[inline]
     pub fn try_acquire(&self) -> Result<Permit<'_>, Error> {
-        if !self.config.enabled || self.state.load(Ordering::Acquire) == 0 {
+        if !self.enabled.load(Ordering::Relaxed) || self.state.load(Ordering::Acquire) == 0 {
             return Ok(Permit { breaker: self, trial: false });
         }
         self.try_acquire_slow()
@@ -203,15 +229,15 @@ impl CircuitBreaker {
             let mut inner = self.lock();
             if inner.state == CircuitState::Open {
                 let elapsed = inner.opened_at.elapsed();
-                if elapsed < self.config.open_for {
-                    let retry_after = self.config.open_for - elapsed;
+                if elapsed < inner.config.open_for {
+                    let retry_after = inner.config.open_for - elapsed;
                     return Err(Error::CircuitOpen { dependency: self.dependency.clone(), retry_after });
                 }
                 transition = Some(self.set_state(&mut inner, CircuitState::HalfOpen, (0.0, 0.0)));
             }
             match inner.state {
                 CircuitState::Closed => Ok(Permit { breaker: self, trial: false }),
-                _ if inner.trials_started < self.config.half_open_calls => {
+                _ if inner.trials_started < inner.config.half_open_calls => {
                     inner.trials_started += 1;
                     Ok(Permit { breaker: self, trial: true })
                 }
@@ -225,7 +251,7 @@ impl CircuitBreaker {
 
     #[inline]
     fn record(&self, trial: bool, outcome: CallOutcome) {
-        if !self.config.enabled {
+        if !self.enabled.load(Ordering::Relaxed) {
             return;
         }
         let plain_success = !outcome.failed && !outcome.slow;
@@ -243,8 +269,9 @@ impl CircuitBreaker {
                     inner.window.push(outcome);
                     self.window_full_and_clean.store(inner.window.is_full_and_clean(), Ordering::Release);
                     let (failure_rate, slow_rate) = inner.window.rates();
-                    let tripped = inner.window.len() >= self.config.min_calls as usize
-                        && (failure_rate >= self.config.failure_rate || slow_rate >= self.config.slow_call_rate);
+                    let config = &inner.config;
+                    let tripped = inner.window.len() >= config.min_calls as usize
+                        && (failure_rate >= config.failure_rate || slow_rate >= config.slow_call_rate);
                     tripped.then(|| self.set_state(&mut inner, CircuitState::Open, (failure_rate, slow_rate)))
                 }
                 (CircuitState::HalfOpen, true) => {
@@ -253,11 +280,11 @@ impl CircuitBreaker {
                     *failed += u32::from(outcome.failed);
                     *slow += u32::from(outcome.slow);
                     let (recorded, failed, slow) = inner.trials;
-                    if recorded < self.config.half_open_calls {
+                    if recorded < inner.config.half_open_calls {
                         None
                     } else {
                         let rates = (f64::from(failed) / f64::from(recorded), f64::from(slow) / f64::from(recorded));
-                        let reopen = rates.0 >= self.config.failure_rate || rates.1 >= self.config.slow_call_rate;
+                        let reopen = rates.0 >= inner.config.failure_rate || rates.1 >= inner.config.slow_call_rate;
                         let next = if reopen { CircuitState::Open } else { CircuitState::Closed };
                         Some(self.set_state(&mut inner, next, rates))
                     }
@@ -313,6 +340,10 @@ impl CircuitBreaker {
         // holding the lock cannot leave it half-written, so poisoning is ignored rather than spread.
         self.inner.lock().unwrap_or_else(|poison| poison.into_inner())
     }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 /// The last `capacity` outcomes, with running counts.

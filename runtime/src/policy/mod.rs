@@ -14,10 +14,11 @@ mod layer;
 
 use std::future::Future;
 use std::ops::ControlFlow;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use marty_config::DependencyConfig;
+use marty_config::{DependencyConfig, DependencyKind};
 use tokio::time::Instant;
 use tracing::Instrument;
 
@@ -31,11 +32,18 @@ use crate::timeout::{Deadline, Elapsed, WithDeadline};
 
 pub use layer::{DependencyLayer, DependencyService};
 
-/// What every call to one dependency shares: its bulkhead, circuit breaker and retry budget.
+/// What every call to one dependency shares: its bulkhead, circuit breaker and retry budget, and
+/// the timeout and retry policy of call sites that do not override them. All of it can be
+/// reconfigured while calls run ([`Dependency::reconfigure`]).
 #[derive(Debug)]
 pub struct Dependency {
     name: Arc<str>,
-    config: DependencyConfig,
+    kind: DependencyKind,
+    config: RwLock<DependencyConfig>,
+    /// The current `timeout`, read by every attempt without a lock.
+    timeout_nanos: AtomicU64,
+    /// The current `retry`, read only when an attempt failed.
+    retry: RwLock<RetryPolicy>,
     bulkhead: Arc<Bulkhead>,
     breaker: Arc<CircuitBreaker>,
     budget: RetryBudget,
@@ -46,12 +54,35 @@ impl Dependency {
     pub fn new(config: DependencyConfig) -> Self {
         let name: Arc<str> = config.name.as_str().into();
         Dependency {
+            kind: config.kind,
+            timeout_nanos: AtomicU64::new(nanos(config.timeout)),
+            retry: RwLock::new(RetryPolicy::from_config(&config.retry)),
             bulkhead: Arc::new(Bulkhead::new(name.clone(), config.max_concurrent, config.max_wait)),
             breaker: Arc::new(CircuitBreaker::new(name.clone(), config.circuit_breaker.clone())),
             budget: RetryBudget::new(config.retry.budget),
             name,
-            config,
+            config: RwLock::new(config),
         }
+    }
+
+    /// Applies a new configuration of this dependency to every call, in flight ones included: the
+    /// bulkhead resizes (calls beyond a smaller limit finish; new ones wait for room), the breaker
+    /// keeps its state under new thresholds, new attempts use the new timeout and retry. The kind
+    /// cannot change (call sites were checked against it).
+    pub fn reconfigure(&self, config: DependencyConfig) -> Result<(), String> {
+        if config.kind != self.kind {
+            return Err(format!(
+                "`{}` cannot change kind from `{}` to `{}` without a restart",
+                self.name, self.kind, config.kind
+            ));
+        }
+        self.bulkhead.reconfigure(config.max_concurrent, config.max_wait);
+        self.breaker.reconfigure(config.circuit_breaker.clone());
+        self.budget.set_ratio(config.retry.budget);
+        self.timeout_nanos.store(nanos(config.timeout), Ordering::Relaxed);
+        *self.retry.write().unwrap_or_else(|poison| poison.into_inner()) = RetryPolicy::from_config(&config.retry);
+        *self.config.write().unwrap_or_else(|poison| poison.into_inner()) = config;
+        Ok(())
     }
 
     /// The name under `[dependencies]`.
@@ -59,9 +90,25 @@ impl Dependency {
         &self.name
     }
 
-    /// The configuration it was built from.
-    pub fn config(&self) -> &DependencyConfig {
-        &self.config
+    /// What it is.
+    pub fn kind(&self) -> DependencyKind {
+        self.kind
+    }
+
+    /// The configuration it runs with now.
+    pub fn config(&self) -> DependencyConfig {
+        self.config.read().unwrap_or_else(|poison| poison.into_inner()).clone()
+    }
+
+    /// The timeout of an attempt, unless a call site overrides it.
+    #[inline]
+    pub fn timeout(&self) -> Duration {
+        Duration::from_nanos(self.timeout_nanos.load(Ordering::Relaxed))
+    }
+
+    /// The retry policy, unless a call site overrides it.
+    pub fn retry_policy(&self) -> RetryPolicy {
+        self.retry.read().unwrap_or_else(|poison| poison.into_inner()).clone()
     }
 
     /// Its bulkhead.
@@ -85,8 +132,10 @@ impl Dependency {
 pub struct CallPolicy {
     dependency: Arc<Dependency>,
     operation: Arc<str>,
-    timeout: Duration,
-    retry: RetryPolicy,
+    /// The call site's own timeout; `None` follows the dependency's, reloads included.
+    timeout: Option<Duration>,
+    /// The call site's own retry; `None` follows the dependency's, reloads included.
+    retry: Option<RetryPolicy>,
     metrics: CallMetrics,
 }
 
@@ -96,8 +145,8 @@ impl CallPolicy {
         let operation = operation.into();
         CallPolicy {
             metrics: metrics.call_metrics(&dependency.name, &operation),
-            timeout: dependency.config.timeout,
-            retry: RetryPolicy::from_config(&dependency.config.retry),
+            timeout: None,
+            retry: None,
             dependency,
             operation,
         }
@@ -105,13 +154,13 @@ impl CallPolicy {
 
     /// Overrides the timeout for this call site.
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
-        self.timeout = timeout;
+        self.timeout = Some(timeout);
         self
     }
 
     /// Overrides retry for this call site.
     pub fn with_retry(mut self, retry: RetryPolicy) -> Self {
-        self.retry = retry;
+        self.retry = Some(retry);
         self
     }
 
@@ -125,14 +174,15 @@ impl CallPolicy {
         &self.operation
     }
 
-    /// The timeout of one attempt.
+    /// The timeout of one attempt now.
+    #[inline]
     pub fn timeout(&self) -> Duration {
-        self.timeout
+        self.timeout.unwrap_or_else(|| self.dependency.timeout())
     }
 
-    /// The retry policy.
-    pub fn retry(&self) -> &RetryPolicy {
-        &self.retry
+    /// The retry policy now.
+    pub fn retry(&self) -> RetryPolicy {
+        self.retry.clone().unwrap_or_else(|| self.dependency.retry_policy())
     }
 
     /// This call site's metric handles.
@@ -211,7 +261,7 @@ impl Call<'_> {
             Err(error) => return self.turned_away(Outcome::ShortCircuited, convert(error)),
         };
         let start = Instant::now();
-        let deadline = Deadline::after(start, policy.timeout);
+        let deadline = Deadline::after(start, policy.timeout());
         let acquired = match dependency.bulkhead.try_acquire() {
             Some(bulkhead_permit) => Ok(bulkhead_permit),
             None => dependency.bulkhead.wait_for_permit(Some(deadline)).await,
@@ -234,18 +284,17 @@ impl Call<'_> {
                 (Outcome::Timeout, Some(ErrorClass::Transient), Err(convert(deadline.elapsed_error(&dependency.name))))
             }
         };
-        let slow_call_duration = dependency.config.circuit_breaker.slow_call_duration;
-        permit.record(CallOutcome::new(class, elapsed, slow_call_duration));
+        permit.record(CallOutcome::new(class, elapsed, dependency.breaker.slow_call_duration()));
         policy.metrics.record(outcome, Some(elapsed));
-        if class.is_some_and(ErrorClass::is_transient)
-            && self.attempt < policy.retry.max_attempts
-            && dependency.budget.try_withdraw()
-        {
-            policy.metrics.record_retry();
-            let wait = policy.retry.backoff(self.attempt);
-            tracing::debug!(parent: &self.span, attempt = self.attempt, outcome = outcome.as_str(), ?wait, "retrying after a transient error");
-            tokio::time::sleep(wait).await;
-            return ControlFlow::Continue(());
+        if class.is_some_and(ErrorClass::is_transient) {
+            // Read only on this path: a success never looks at the retry policy.
+            let wait = policy.retry().backoff_before_attempt(self.attempt + 1);
+            if let Some(wait) = wait.filter(|_| dependency.budget.try_withdraw()) {
+                policy.metrics.record_retry();
+                tracing::debug!(parent: &self.span, attempt = self.attempt, outcome = outcome.as_str(), ?wait, "retrying after a transient error");
+                tokio::time::sleep(wait).await;
+                return ControlFlow::Continue(());
+            }
         }
         self.finish(outcome);
         ControlFlow::Break(result)
@@ -265,6 +314,10 @@ impl Call<'_> {
         self.span.record("attempt", self.attempt);
         self.span.record("outcome", outcome.as_str());
     }
+}
+
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]

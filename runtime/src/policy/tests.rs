@@ -234,9 +234,51 @@ impl CallPolicy {
         CallPolicy {
             dependency: self.dependency.clone(),
             operation: self.operation.clone(),
-            timeout,
+            timeout: Some(timeout),
             retry: self.retry.clone(),
             metrics: self.metrics.clone(),
         }
     }
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_reload_changes_limits_for_new_calls_and_lets_calls_in_flight_finish() {
+    let registry = registry("[dependencies.db]\nkind = \"database\"\nmax_concurrent = 1\ntimeout = \"10s\"\n");
+    let policy = Arc::new(registry.call_policy("db", "op").unwrap());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let in_flight = {
+        let (policy, release) = (policy.clone(), release.clone());
+        tokio::spawn(async move {
+            policy
+                .call(|| async {
+                    release.notified().await;
+                    Ok::<_, CallError<std::io::Error>>("finished")
+                })
+                .await
+        })
+    };
+    tokio::task::yield_now().await;
+    let second: Result<u32> = policy.call(|| async { Ok(2) }).await;
+    assert!(matches!(second, Err(CallError::Resilience(Error::Rejected { max_concurrent: 1, .. }))));
+
+    let reloaded = "[dependencies.db]\nkind = \"database\"\nmax_concurrent = 2\ntimeout = \"20ms\"\nretry = { max_attempts = 1 }\n";
+    let reloaded = Config::parse(reloaded, "marty.toml").unwrap();
+    assert!(registry.reload(reloaded).is_empty(), "every change applies live");
+    assert_eq!(
+        policy.call(|| async { Ok::<_, CallError<std::io::Error>>(2) }).await.unwrap(),
+        2,
+        "the bulkhead grew to 2"
+    );
+    let start = Instant::now();
+    let slow: Result<u32> = policy
+        .call(|| async {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Ok(3)
+        })
+        .await;
+    assert!(matches!(slow, Err(CallError::Resilience(Error::Timeout { .. }))));
+    assert_eq!(start.elapsed(), Duration::from_millis(20), "the new timeout, one attempt as the new retry says");
+
+    release.notify_waiters();
+    assert_eq!(in_flight.await.unwrap().unwrap(), "finished", "the call in flight during the reload completed");
 }

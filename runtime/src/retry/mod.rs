@@ -48,6 +48,12 @@ impl RetryPolicy {
         }
     }
 
+    /// The wait before attempt number `attempt` (2 for the first retry), or `None` when the policy
+    /// allows no such attempt.
+    pub fn backoff_before_attempt(&self, attempt: u32) -> Option<Duration> {
+        (attempt >= 2 && attempt <= self.max_attempts).then(|| self.backoff(attempt - 1))
+    }
+
     /// The wait before retry number `retry` (1 for the wait after the first attempt).
     ///
     /// Exponential: `min(max, initial * 2^(retry-1))`; with jitter, uniformly random in `[0, that]`
@@ -76,7 +82,8 @@ impl RetryPolicy {
 pub struct RetryBudget {
     /// In thousandths of a retry.
     balance: AtomicI64,
-    deposit: i64,
+    /// What a first attempt adds, in thousandths of a retry (the ratio; reconfigurable).
+    deposit: AtomicI64,
     cap: i64,
 }
 
@@ -92,7 +99,7 @@ impl RetryBudget {
     pub fn new(ratio: f64) -> Self {
         RetryBudget {
             balance: AtomicI64::new(Self::RESERVE * ONE_RETRY),
-            deposit: (ratio * ONE_RETRY as f64).round() as i64,
+            deposit: AtomicI64::new(deposit_for(ratio)),
             cap: Self::CAP * ONE_RETRY,
         }
     }
@@ -101,9 +108,15 @@ impl RetryBudget {
     /// not write a shared cache line.
     #[inline]
     pub fn deposit(&self) {
-        if self.deposit > 0 && self.balance.load(Ordering::Relaxed) < self.cap {
-            self.balance.fetch_add(self.deposit, Ordering::Relaxed);
+        let deposit = self.deposit.load(Ordering::Relaxed);
+        if deposit > 0 && self.balance.load(Ordering::Relaxed) < self.cap {
+            self.balance.fetch_add(deposit, Ordering::Relaxed);
         }
+    }
+
+    /// Changes the share of first attempts retries may be; the balance stays.
+    pub fn set_ratio(&self, ratio: f64) {
+        self.deposit.store(deposit_for(ratio), Ordering::Relaxed);
     }
 
     /// Takes one retry from the budget; `false` when it is spent.
@@ -119,6 +132,10 @@ impl RetryBudget {
     pub fn available(&self) -> i64 {
         self.balance.load(Ordering::Relaxed) / ONE_RETRY
     }
+}
+
+fn deposit_for(ratio: f64) -> i64 {
+    (ratio * ONE_RETRY as f64).round() as i64
 }
 
 #[cfg(test)]

@@ -44,7 +44,8 @@ pub(crate) async fn healthz() -> Response {
 pub(crate) async fn readyz(State(state): State<HealthState>) -> Response {
     let mut dependencies = serde_json::Map::new();
     let mut down = Vec::new();
-    let mut names: Vec<&str> = state.registry.config().dependencies.keys().map(String::as_str).collect();
+    let config = state.registry.config();
+    let mut names: Vec<&str> = config.dependencies.keys().map(String::as_str).collect();
     names.sort_unstable();
     for name in names {
         let Some(dependency) = state.registry.dependency(name) else { continue };
@@ -55,7 +56,7 @@ pub(crate) async fn readyz(State(state): State<HealthState>) -> Response {
         dependencies.insert(
             name.to_owned(),
             serde_json::json!({
-                "kind": dependency.config().kind.as_str(),
+                "kind": dependency.kind().as_str(),
                 "circuit": circuit.to_string(),
                 "bulkhead_available": dependency.bulkhead().available(),
                 "max_concurrent": dependency.bulkhead().max_concurrent(),

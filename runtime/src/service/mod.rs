@@ -158,8 +158,8 @@ impl Server {
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
-        let service = &self.registry.config().service;
-        let (drain_delay, shutdown_timeout) = (service.drain_delay, service.shutdown_timeout);
+        let config = self.registry.config();
+        let (drain_delay, shutdown_timeout) = (config.service.drain_delay, config.service.shutdown_timeout);
         let readiness = self.readiness.clone();
         let closing = Arc::new(Notify::new());
         let closed_listener = closing.clone();
@@ -172,13 +172,21 @@ impl Server {
             closed_listener.notify_one();
         };
         let server = axum::serve(listener, self.app()).with_graceful_shutdown(graceful);
-        tokio::select! {
+        // Registered before serving, so a SIGHUP can never meet the default action (terminate).
+        #[cfg(unix)]
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
+        #[cfg(not(unix))]
+        let hangups = None;
+        let reloads = tokio::spawn(reload_on_change(self.registry, hangups));
+        let result = tokio::select! {
             result = server => result,
             () = async { closing.notified().await; tokio::time::sleep(shutdown_timeout).await } => {
                 tracing::warn!(?shutdown_timeout, "in-flight requests did not finish in time; stopping anyway");
                 Ok(())
             }
-        }
+        };
+        reloads.abort();
+        result
     }
 
     /// Starts serving on `listener` in the background: for tests and embedding.
@@ -244,6 +252,52 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = interrupt => {}
         () = terminate => {}
+    }
+}
+
+#[cfg(unix)]
+type Hangups = tokio::signal::unix::Signal;
+#[cfg(not(unix))]
+type Hangups = std::convert::Infallible;
+
+/// How often the configuration file's modification time is checked.
+const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(2);
+
+/// Re-reads the configuration on SIGHUP or when its file changes, and applies it to the running
+/// dependencies (see [`DependencyRegistry::reload`]). An invalid file is rejected with its errors
+/// logged, and the configuration in force stays.
+async fn reload_on_change(registry: &'static DependencyRegistry, mut hangups: Option<Hangups>) {
+    let Some(path) = registry.source().map(std::path::Path::to_owned) else { return };
+    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|meta| meta.modified()).ok();
+    let mut last_modified = modified(&path);
+    let mut poll = tokio::time::interval(RELOAD_POLL);
+    loop {
+        let hangup = async {
+            match hangups.as_mut() {
+                #[cfg(unix)]
+                Some(hangups) => {
+                    hangups.recv().await;
+                }
+                _ => std::future::pending().await,
+            }
+        };
+        let trigger = tokio::select! {
+            () = hangup => "SIGHUP",
+            _ = poll.tick() => {
+                let now = modified(&path);
+                if now == last_modified {
+                    continue;
+                }
+                last_modified = now;
+                "file changed"
+            }
+        };
+        match registry.reload_from_source() {
+            Ok(_) => tracing::info!(trigger, path = %path.display(), "configuration reloaded"),
+            Err(errors) => {
+                tracing::error!(trigger, %errors, "configuration reload rejected; the configuration in force stays")
+            }
+        }
     }
 }
 
