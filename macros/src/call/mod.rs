@@ -8,7 +8,7 @@ mod parse;
 
 pub(crate) use parse::{PathArg, StrArg};
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
 
 use std::path::PathBuf;
 use std::time::Duration;

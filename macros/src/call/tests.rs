@@ -1,15 +1,21 @@
 //! Expansion snapshots: what each argument turns into, pretty-printed. Paths under the crate are
-//! written as `$MANIFEST_DIR` so the snapshots do not depend on where the repository is checked out.
+//! written as `$MANIFEST_DIR` (before formatting) so the snapshots do not depend on where the
+//! repository is checked out.
 
 use marty_config::DependencyKind;
 use quote::quote;
 
 fn expand(kind: DependencyKind, args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> String {
-    let output = super::expand(kind, args, item);
-    let file = syn::parse2::<syn::File>(output.clone())
-        .unwrap_or_else(|error| panic!("expansion is not a file ({error}): {output}"));
-    let manifest_dir = env!("CARGO_MANIFEST_DIR");
-    prettyplease::unparse(&file).replace(manifest_dir, "$MANIFEST_DIR")
+    pretty(super::expand(kind, args, item))
+}
+
+/// Pretty-prints an expansion with the checkout's path replaced before formatting, so line wrapping
+/// (and so the snapshot) does not depend on how long the path is.
+pub(crate) fn pretty(output: proc_macro2::TokenStream) -> String {
+    let text = output.to_string().replace(env!("CARGO_MANIFEST_DIR"), "$MANIFEST_DIR");
+    let file =
+        syn::parse_str::<syn::File>(&text).unwrap_or_else(|error| panic!("expansion is not a file ({error}): {text}"));
+    prettyplease::unparse(&file)
 }
 
 #[test]

@@ -23,7 +23,5 @@ fn routes_become_closures_over_the_shared_service() {
             }
         },
     );
-    let file =
-        syn::parse2::<syn::File>(output.clone()).unwrap_or_else(|error| panic!("not a file ({error}): {output}"));
-    insta::assert_snapshot!(prettyplease::unparse(&file).replace(env!("CARGO_MANIFEST_DIR"), "$MANIFEST_DIR"));
+    insta::assert_snapshot!(crate::call::tests::pretty(output));
 }
