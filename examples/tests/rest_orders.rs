@@ -258,3 +258,20 @@ fn sighup_reloads_limits_from_the_file_and_a_broken_file_changes_nothing() {
     assert_eq!(limit(&service), 3, "an invalid file is rejected and the configuration in force stays");
     assert_eq!(service.request("GET", "/healthz", None).status, 200);
 }
+
+#[test]
+fn a_bad_configuration_stops_startup_with_file_line_and_key_and_a_nonzero_exit() {
+    let output = Command::new(env!("CARGO_BIN_EXE_rest_orders"))
+        .env("MARTY__DEPENDENCIES__ORDERS_DB__TIMEOUT", "soon")
+        .env("MARTY__HTTP__ADDR", "127.0.0.1:0")
+        .env_remove("MARTY_CONFIG")
+        .output()
+        .expect("run the example");
+    assert!(!output.status.success(), "a service with an invalid configuration must not start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("environment variable `MARTY__DEPENDENCIES__ORDERS_DB__TIMEOUT`")
+            && stderr.contains("key `dependencies.orders_db.timeout`: invalid duration `soon`"),
+        "{stderr}"
+    );
+}

@@ -23,7 +23,7 @@ fn editing_marty_toml_rebuilds_the_crate_and_rechecks_it() {
     std::fs::write(
         dir.join("Cargo.toml"),
         format!(
-            "[package]\nname = \"rebuild_check\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[dependencies]\nmarty = {{ path = {:?} }}\n\n[workspace]\n",
+            "[package]\nname = \"rebuild_check\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[dependencies]\nmarty = {{ path = {:?}, default-features = false }}\n\n[workspace]\n",
             workspace.join("runtime").display().to_string()
         ),
     )
