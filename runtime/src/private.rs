@@ -158,6 +158,8 @@ pub mod service_support {
 
     pub use axum::{routing, Router};
 
+    #[cfg(feature = "grpc")]
+    pub use crate::service::GrpcServices;
     pub use crate::service::Routes;
 
     /// Implemented by everything a route handler may return: every axum `IntoResponse`.

@@ -41,18 +41,26 @@ pub(crate) async fn healthz() -> Response {
     json(StatusCode::OK, serde_json::json!({ "status": "ok" }))
 }
 
+/// The dependencies whose circuit breaker is open.
+pub(crate) fn open_breakers(registry: &DependencyRegistry) -> Vec<String> {
+    let config = registry.config();
+    config
+        .dependencies
+        .keys()
+        .filter(|name| registry.dependency(name).is_some_and(|d| d.circuit_breaker().state() == CircuitState::Open))
+        .cloned()
+        .collect()
+}
+
 pub(crate) async fn readyz(State(state): State<HealthState>) -> Response {
     let mut dependencies = serde_json::Map::new();
-    let mut down = Vec::new();
+    let down = open_breakers(state.registry);
     let config = state.registry.config();
     let mut names: Vec<&str> = config.dependencies.keys().map(String::as_str).collect();
     names.sort_unstable();
     for name in names {
         let Some(dependency) = state.registry.dependency(name) else { continue };
         let circuit = dependency.circuit_breaker().state();
-        if circuit == CircuitState::Open {
-            down.push(name);
-        }
         dependencies.insert(
             name.to_owned(),
             serde_json::json!({

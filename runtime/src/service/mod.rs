@@ -10,6 +10,8 @@
 //! finish, then `serve` returns.
 
 mod errors;
+#[cfg(feature = "grpc")]
+mod grpc;
 mod health;
 mod layer;
 mod problem;
@@ -25,6 +27,8 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::{oneshot, Notify};
 
+#[cfg(feature = "grpc")]
+pub use grpc::GrpcServices;
 pub use health::Readiness;
 pub use layer::{HttpLayer, HttpService};
 pub use problem::{Problem, PROBLEM_JSON};
@@ -109,12 +113,20 @@ pub struct Server {
     routes: Router,
     registry: &'static DependencyRegistry,
     readiness: Arc<Readiness>,
+    #[cfg(feature = "grpc")]
+    grpc: Option<grpc::GrpcServices>,
 }
 
 impl Server {
     /// A server for `routes`, with the dependencies (and their metrics) of `registry`.
     pub fn new(routes: Router, registry: &'static DependencyRegistry) -> Self {
-        Server { routes, registry, readiness: Arc::new(Readiness::default()) }
+        Server {
+            routes,
+            registry,
+            readiness: Arc::new(Readiness::default()),
+            #[cfg(feature = "grpc")]
+            grpc: None,
+        }
     }
 
     /// Adds the routes of an existing axum `Router` (its state already provided).
@@ -135,14 +147,41 @@ impl Server {
 
     /// The complete application: user routes, built-in endpoints, and the layers every request passes.
     pub fn app(&self) -> Router {
+        self.http_routes().layer(HttpLayer::new(self.registry.metrics().clone()))
+    }
+
+    /// User routes and built-in endpoints, before the layer every request passes.
+    fn http_routes(&self) -> Router {
         let health = health::HealthState { registry: self.registry, readiness: self.readiness.clone() };
-        let metrics = self.registry.metrics().clone();
         let builtin = Router::new()
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .with_state(health)
-            .route("/metrics", get(render_metrics).with_state(metrics.clone()));
-        self.routes.clone().merge(builtin).fallback(errors::not_found).layer(HttpLayer::new(metrics))
+            .route("/metrics", get(render_metrics).with_state(self.registry.metrics().clone()));
+        self.routes.clone().merge(builtin).fallback(errors::not_found)
+    }
+
+    /// Serves these gRPC services on the same port (requests with an `application/grpc` content type).
+    #[cfg(feature = "grpc")]
+    pub fn with_grpc(mut self, services: grpc::GrpcServices) -> Self {
+        self.grpc = Some(services);
+        self
+    }
+
+    /// The service every connection is served by: HTTP routes, and gRPC services when there are
+    /// some, each behind [`HttpLayer`] (inside the router, so it sees the matched route); plus the
+    /// task that keeps gRPC health in step.
+    fn connection_service(self) -> (grpc_dispatch::Dispatch, Option<tokio::task::JoinHandle<()>>) {
+        let observe = HttpLayer::new(self.registry.metrics().clone());
+        let http = self.http_routes().layer(observe.clone());
+        #[cfg(feature = "grpc")]
+        if let Some(services) = self.grpc {
+            let names = services.names().to_vec();
+            let (grpc, reporter) = services.into_router();
+            let health = tokio::spawn(grpc::follow_readiness(reporter, names, self.registry, self.readiness.clone()));
+            return (grpc_dispatch::Dispatch::Hybrid { http, grpc: grpc.layer(observe) }, Some(health));
+        }
+        (grpc_dispatch::Dispatch::Http(http), None)
     }
 
     /// Binds `[http] addr` and serves until SIGTERM or SIGINT, then shuts down gracefully.
@@ -171,13 +210,16 @@ impl Server {
             tracing::info!(?shutdown_timeout, "no longer accepting connections; waiting for in-flight requests");
             closed_listener.notify_one();
         };
-        let server = axum::serve(listener, self.app()).with_graceful_shutdown(graceful);
+        let registry = self.registry;
+        let (service, grpc_health) = self.connection_service();
+        let server = axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service))
+            .with_graceful_shutdown(graceful);
         // Registered before serving, so a SIGHUP can never meet the default action (terminate).
         #[cfg(unix)]
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         #[cfg(not(unix))]
         let hangups = None;
-        let reloads = tokio::spawn(reload_on_change(self.registry, hangups));
+        let reloads = tokio::spawn(reload_on_change(registry, hangups));
         let result = tokio::select! {
             result = server => result,
             () = async { closing.notified().await; tokio::time::sleep(shutdown_timeout).await } => {
@@ -186,6 +228,9 @@ impl Server {
             }
         };
         reloads.abort();
+        if let Some(grpc_health) = grpc_health {
+            grpc_health.abort();
+        }
         result
     }
 
@@ -304,4 +349,46 @@ async fn reload_on_change(registry: &'static DependencyRegistry, mut hangups: Op
 async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(axum::http::header::CONTENT_TYPE, content_type)], metrics.render()).into_response()
+}
+
+/// What connections are served by: the HTTP router alone, or HTTP and gRPC by content type.
+mod grpc_dispatch {
+    use std::convert::Infallible;
+    use std::task::{Context, Poll};
+
+    use axum::extract::Request;
+    use axum::response::Response;
+    use axum::Router;
+    use tower_service::Service;
+
+    #[derive(Debug, Clone)]
+    pub(super) enum Dispatch {
+        Http(Router),
+        #[cfg(feature = "grpc")]
+        Hybrid {
+            http: Router,
+            grpc: Router,
+        },
+    }
+
+    impl Service<Request> for Dispatch {
+        type Response = Response;
+        type Error = Infallible;
+        type Future = axum::routing::future::RouteFuture<Infallible>;
+
+        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            // Routers are always ready.
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, request: Request) -> Self::Future {
+            match self {
+                Dispatch::Http(router) => router.call(request),
+                #[cfg(feature = "grpc")]
+                Dispatch::Hybrid { grpc, .. } if super::grpc::is_grpc(&request) => grpc.call(request),
+                #[cfg(feature = "grpc")]
+                Dispatch::Hybrid { http, .. } => http.call(request),
+            }
+        }
+    }
 }
