@@ -31,7 +31,7 @@ impl GrpcServices {
     }
 
     /// Adds a tonic-generated server (e.g. `OrdersServer::from_arc(state)`).
-    pub fn add<S>(mut self, service: S) -> Self
+    pub fn add_service<S>(mut self, service: S) -> Self
     where
         S: Service<http::Request<tonic::body::Body>, Error = Infallible> + NamedService + Clone + Send + Sync + 'static,
         S::Response: axum::response::IntoResponse,
