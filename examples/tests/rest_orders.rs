@@ -1,103 +1,15 @@
 //! The REST example over real sockets: routes, problem+json for every kind of bad request, health,
 //! readiness, metrics after traffic, a contained panic, and graceful shutdown on SIGTERM.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod support;
+
+use std::net::TcpStream;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-/// The example binary on a free loopback port, with its database in a temp dir.
-struct Service {
-    child: Child,
-    addr: SocketAddr,
-}
+use support::{request, Response, Service};
 
-impl Service {
-    fn start(name: &str) -> Service {
-        Self::start_logging_to(name, Stdio::null())
-    }
-
-    fn start_logging_to(name: &str, stdout: Stdio) -> Service {
-        Self::start_with(name, stdout, None)
-    }
-
-    fn start_with(name: &str, stdout: Stdio, config: Option<&std::path::Path>) -> Service {
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let dir = std::env::temp_dir().join(format!("marty-rest-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_rest_orders"))
-            .env("MARTY__HTTP__ADDR", addr.to_string())
-            .env("MARTY__DEPENDENCIES__ORDERS_DB__URL", format!("sqlite://{}/orders.db?mode=rwc", dir.display()))
-            .env("MARTY__TELEMETRY__LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .env_remove("MARTY_CONFIG")
-            .envs(config.map(|path| ("MARTY_CONFIG", path)))
-            .stdout(stdout)
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the example");
-        let service = Service { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "the service did not start listening on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        service
-    }
-
-    fn request(&self, method: &str, path: &str, body: Option<&str>) -> Response {
-        request(self.addr, method, path, body).expect("the request completes")
-    }
-
-    fn terminate(&self) {
-        self.signal("-TERM");
-    }
-
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill").args([signal, &self.child.id().to_string()]).status().unwrap();
-        assert!(status.success());
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug)]
-struct Response {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: String,
-}
-
-impl Response {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(key, _)| key.eq_ignore_ascii_case(name)).map(|(_, value)| value.as_str())
-    }
-}
-
-/// One HTTP/1.1 request on its own connection (`Connection: close`), read to the end.
-fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> std::io::Result<Response> {
-    let mut stream = TcpStream::connect(addr)?;
-    stream.set_read_timeout(Some(Duration::from_secs(20)))?;
-    let body = body.unwrap_or("");
-    write!(
-        stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
-        body.len()
-    )?;
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw)?;
-    let (head, body) = raw.split_once("\r\n\r\n").unwrap_or((&raw, ""));
-    let mut lines = head.lines();
-    let status = lines.next().and_then(|line| line.split(' ').nth(1)).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let headers = lines.filter_map(|line| line.split_once(": ").map(|(k, v)| (k.to_owned(), v.to_owned()))).collect();
-    Ok(Response { status, headers, body: body.to_owned() })
-}
+const BINARY: &str = env!("CARGO_BIN_EXE_rest_orders");
 
 fn assert_problem(response: &Response, status: u16, detail_contains: &str) {
     assert_eq!(response.status, status, "{response:?}");
@@ -108,7 +20,7 @@ fn assert_problem(response: &Response, status: u16, detail_contains: &str) {
 
 #[test]
 fn routes_health_metrics_and_every_error_as_problem_json() {
-    let service = Service::start("routes");
+    let service = Service::start(BINARY, "routes");
 
     let health = service.request("GET", "/healthz", None);
     assert_eq!((health.status, health.body.as_str()), (200, r#"{"status":"ok"}"#));
@@ -178,7 +90,7 @@ fn routes_health_metrics_and_every_error_as_problem_json() {
 
 #[test]
 fn sigterm_lets_the_in_flight_request_finish_then_refuses_new_ones_and_exits_zero() {
-    let mut service = Service::start("drain");
+    let mut service = Service::start(BINARY, "drain");
     let addr = service.addr;
     let slow = std::thread::spawn(move || request(addr, "GET", "/reports/slow", None));
     std::thread::sleep(Duration::from_millis(200)); // the slow request is in its handler
@@ -203,7 +115,7 @@ fn sigterm_lets_the_in_flight_request_finish_then_refuses_new_ones_and_exits_zer
 fn logs_are_json_lines_and_a_failed_request_names_its_request_id() {
     let log_path = std::env::temp_dir().join(format!("marty-rest-logs-{}.jsonl", std::process::id()));
     let log = std::fs::File::create(&log_path).unwrap();
-    let mut service = Service::start_logging_to("logs", Stdio::from(log));
+    let mut service = Service::start_with(BINARY, "logs", Stdio::from(log), None);
     let failed = service.request("GET", "/reports/broken", None);
     let request_id = failed.header("x-request-id").expect("a request id").to_owned();
     service.terminate();
@@ -226,7 +138,7 @@ fn sighup_reloads_limits_from_the_file_and_a_broken_file_changes_nothing() {
     let config = std::env::temp_dir().join(format!("marty-reload-{}.toml", std::process::id()));
     let original = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/marty.toml")).unwrap();
     std::fs::write(&config, &original).unwrap();
-    let service = Service::start_with("reload", Stdio::null(), Some(&config));
+    let service = Service::start_with(BINARY, "reload", Stdio::null(), Some(&config));
     let limit = |service: &Service| {
         let ready = service.request("GET", "/readyz", None).body;
         let at = ready.find(r#""orders_db":{"bulkhead_available":"#).expect("orders_db in /readyz");
@@ -261,7 +173,7 @@ fn sighup_reloads_limits_from_the_file_and_a_broken_file_changes_nothing() {
 
 #[test]
 fn a_bad_configuration_stops_startup_with_file_line_and_key_and_a_nonzero_exit() {
-    let output = Command::new(env!("CARGO_BIN_EXE_rest_orders"))
+    let output = Command::new(BINARY)
         .env("MARTY__DEPENDENCIES__ORDERS_DB__TIMEOUT", "soon")
         .env("MARTY__HTTP__ADDR", "127.0.0.1:0")
         .env_remove("MARTY_CONFIG")

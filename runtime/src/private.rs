@@ -154,6 +154,7 @@ pub fn attempt_future<R: CallResult<Ok = T, Err = E>, T, E>(
 /// What `#[service]` expansions name.
 #[cfg(feature = "http")]
 pub mod service_support {
+    pub use std::option::Option;
     pub use std::sync::Arc;
 
     pub use axum::{routing, Router};

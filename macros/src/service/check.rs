@@ -68,12 +68,20 @@ pub(super) fn validate(
         _ => None,
     });
     let name = name.unwrap_or_else(|| std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "service".to_owned()));
+    let grpc: Vec<syn::Path> = args.grpc.map(|paths| paths.iter().cloned().collect()).unwrap_or_default();
+    let reflection = args.reflection.map(|arg| arg.path);
+    if let (Some(path), true) = (&reflection, grpc.is_empty()) {
+        let help = "name the gRPC servers it describes: `grpc(OrdersServer), reflection = FILE_DESCRIPTOR_SET`";
+        errors.push(error(path.span(), "`reflection` without `grpc(..)` has nothing to describe", help));
+    }
     config_ok.then_some(ServiceModel {
         name,
         config_path: config.path,
         krate: args.krate.map(|arg| arg.path),
         item,
         routes,
+        grpc,
+        reflection,
     })
 }
 

@@ -19,6 +19,7 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
 
     let service = format_ident!("__marty_service", span = Span::mixed_site());
     let router = format_ident!("__marty_router", span = Span::mixed_site());
+    let grpc = emit_grpc(model, &private);
     // axum merges the method routers of one path, so each route is added on its own.
     let routes = model.routes.iter().map(|route| {
         let path = &route.path;
@@ -43,6 +44,8 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
                     #(#routes)*
                     #router
                 }
+
+                #grpc
             }
         };
     }
@@ -71,5 +74,27 @@ fn emit_handler(route: &Route, private: &TokenStream, service: &syn::Ident) -> T
             let #service = #private::Arc::clone(&self);
             move |#(#args: #types),*| async move { #service.#handler(#(#args),*).await }
         })
+    }
+}
+
+/// `fn grpc(..)`: each named tonic server over the shared state, and reflection's descriptors.
+fn emit_grpc(model: &ServiceModel, private: &TokenStream) -> TokenStream {
+    if model.grpc.is_empty() {
+        return TokenStream::new();
+    }
+    let services = format_ident!("__marty_grpc", span = Span::mixed_site());
+    let servers = model.grpc.iter().map(|server| {
+        // At the path's span: a state that does not implement the server's trait is reported there.
+        quote::quote_spanned!(server.span()=> let #services = #services.add_service(#server::from_arc(#private::Arc::clone(&self)));)
+    });
+    let reflection =
+        model.reflection.as_ref().map(|descriptors| quote!(let #services = #services.reflection(#descriptors);));
+    quote! {
+        fn grpc(self: #private::Arc<Self>) -> #private::Option<#private::GrpcServices> {
+            let #services = #private::GrpcServices::new();
+            #(#servers)*
+            #reflection
+            #private::Option::Some(#services)
+        }
     }
 }

@@ -24,6 +24,10 @@ pub(crate) struct ServiceModel {
     /// The impl block with route attributes removed.
     pub(crate) item: syn::ItemImpl,
     pub(crate) routes: Vec<Route>,
+    /// Tonic-generated server types to serve the state with.
+    pub(crate) grpc: Vec<syn::Path>,
+    /// The encoded file descriptor set for reflection.
+    pub(crate) reflection: Option<syn::Path>,
 }
 
 /// One method served over HTTP.

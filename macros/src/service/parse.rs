@@ -17,9 +17,13 @@ pub(crate) struct ServiceArgs {
     pub(crate) config: Option<StrArg>,
     #[darling(rename = "crate")]
     pub(crate) krate: Option<PathArg>,
+    /// `grpc(OrdersServer, ..)`: tonic-generated servers the state implements.
+    pub(crate) grpc: Option<darling::util::PathList>,
+    /// `reflection = FILE_DESCRIPTOR_SET`: the encoded descriptors reflection serves.
+    pub(crate) reflection: Option<PathArg>,
 }
 
-const SERVICE_ARGS: &[&str] = &["name", "config", "crate"];
+const SERVICE_ARGS: &[&str] = &["name", "config", "crate", "grpc", "reflection"];
 
 pub(crate) fn parse_args(tokens: TokenStream, errors: &mut darling::error::Accumulator) -> ServiceArgs {
     let items = match NestedMeta::parse_meta_list(tokens) {

@@ -47,6 +47,12 @@ pub trait Routes: Send + Sync + 'static {
 
     /// The routes, with handlers that call the service's methods.
     fn routes(self: Arc<Self>) -> Router;
+
+    /// The gRPC services, when `#[service(grpc(..))]` names some.
+    #[cfg(feature = "grpc")]
+    fn grpc(self: Arc<Self>) -> Option<GrpcServices> {
+        None
+    }
 }
 
 /// Why a service could not start or stopped with an error.
@@ -76,7 +82,16 @@ impl std::error::Error for ServeError {}
 pub fn server<S: Routes>(service: S) -> Result<Server, ServeError> {
     let (path, text) = S::CONFIG;
     let registry = DependencyRegistry::global_or_load(path, text).map_err(ServeError::Config)?;
-    Ok(Server::new(Arc::new(service).routes(), registry))
+    Ok(server_for(Arc::new(service), registry))
+}
+
+fn server_for<S: Routes>(service: Arc<S>, registry: &'static DependencyRegistry) -> Server {
+    let server = Server::new(service.clone().routes(), registry);
+    #[cfg(feature = "grpc")]
+    if let Some(grpc) = service.grpc() {
+        return server.with_grpc(grpc);
+    }
+    server
 }
 
 /// Loads the configuration, then builds the service's state with it (connect pools, read settings),
@@ -92,7 +107,7 @@ where
     let registry = DependencyRegistry::global_or_load(path, text).map_err(ServeError::Config)?;
     crate::telemetry::init(S::NAME, &registry.config().telemetry);
     let service = build(registry).await.map_err(|error| ServeError::Startup(error.into()))?;
-    Ok(Server::new(Arc::new(service).routes(), registry))
+    Ok(server_for(Arc::new(service), registry))
 }
 
 /// Loads the configuration, starts logging ([`crate::telemetry`]), binds `[http] addr` and serves

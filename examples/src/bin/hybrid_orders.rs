@@ -1,0 +1,72 @@
+//! A hybrid service: the same orders over gRPC (with health and reflection) and REST, on one port.
+//!
+//! Run it with `cargo run -p marty-examples --bin hybrid_orders`, then:
+//!
+//! ```sh
+//! curl -s localhost:8080/orders/1 ; curl -s localhost:8080/readyz
+//! grpcurl -plaintext -d '{"item":"book","quantity":2}' localhost:8080 orders.v1.Orders/CreateOrder
+//! grpcurl -plaintext localhost:8080 grpc.health.v1.Health/Check
+//! ```
+
+use std::process::ExitCode;
+
+use marty::axum::extract::{Json, Path};
+use marty::service;
+use marty_examples::proto::orders_server::{self, OrdersServer};
+use marty_examples::{proto, AppError, NewOrder, Order, OrderStore};
+use tonic::{Request, Response, Status};
+
+struct Orders {
+    store: OrderStore,
+}
+
+#[service(grpc(OrdersServer), reflection = proto::FILE_DESCRIPTOR_SET)]
+impl Orders {
+    #[get("/orders/{id}")]
+    async fn get_order(&self, Path(id): Path<i64>) -> Result<Json<Order>, AppError> {
+        Ok(Json(self.store.get(id).await?))
+    }
+}
+
+#[tonic::async_trait]
+impl orders_server::Orders for Orders {
+    async fn create_order(
+        &self,
+        request: Request<proto::CreateOrderRequest>,
+    ) -> Result<Response<proto::Order>, Status> {
+        let request = request.into_inner();
+        let order = self.store.create(&NewOrder { item: request.item, quantity: request.quantity }).await?;
+        Ok(Response::new(to_proto(order)))
+    }
+
+    async fn get_order(&self, request: Request<proto::GetOrderRequest>) -> Result<Response<proto::Order>, Status> {
+        Ok(Response::new(to_proto(self.store.get(request.into_inner().id).await?)))
+    }
+}
+
+fn to_proto(order: Order) -> proto::Order {
+    proto::Order { id: order.id, item: order.item, quantity: order.quantity }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let server = match marty::service::server_with(|registry| async move {
+        Ok::<_, sqlx::Error>(Orders { store: OrderStore::open(registry).await? })
+    })
+    .await
+    {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("orders: cannot start: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("orders: serving HTTP and gRPC on {}", server.configured_addr());
+    match server.serve().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("orders: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}

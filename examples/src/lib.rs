@@ -1,0 +1,148 @@
+//! What the example services share: the orders store (SQLite behind `#[database_call]`), its errors,
+//! and the gRPC types generated from `proto/orders.proto`.
+
+use marty::axum::http::StatusCode;
+use marty::axum::response::{IntoResponse, Response};
+use marty::service::Problem;
+use marty::{database_call, Classify, DependencyRegistry, ErrorClass};
+use serde::{Deserialize, Serialize};
+use sqlx::SqlitePool;
+
+/// The gRPC API, generated at build time.
+pub mod proto {
+    tonic::include_proto!("orders.v1");
+
+    /// The encoded descriptors of the API, for gRPC reflection.
+    pub const FILE_DESCRIPTOR_SET: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/orders_descriptor.bin"));
+}
+
+/// An order.
+#[derive(Debug, Clone, Serialize)]
+pub struct Order {
+    pub id: i64,
+    pub item: String,
+    pub quantity: i64,
+}
+
+/// What a client sends to create an order.
+#[derive(Debug, Deserialize)]
+pub struct NewOrder {
+    pub item: String,
+    pub quantity: i64,
+}
+
+/// Everything that can go wrong with an order.
+#[derive(Debug)]
+pub enum AppError {
+    NotFound(i64),
+    Invalid(&'static str),
+    Database(sqlx::Error),
+    Resilience(marty::Error),
+}
+
+impl From<sqlx::Error> for AppError {
+    fn from(error: sqlx::Error) -> Self {
+        AppError::Database(error)
+    }
+}
+
+impl From<marty::Error> for AppError {
+    fn from(error: marty::Error) -> Self {
+        AppError::Resilience(error)
+    }
+}
+
+impl Classify for AppError {
+    fn classify(&self) -> ErrorClass {
+        match self {
+            AppError::NotFound(_) | AppError::Invalid(_) => ErrorClass::Expected,
+            AppError::Database(error) => error.classify(),
+            AppError::Resilience(error) => error.classify(),
+        }
+    }
+}
+
+impl IntoResponse for AppError {
+    fn into_response(self) -> Response {
+        match self {
+            AppError::NotFound(id) => Problem::new(StatusCode::NOT_FOUND, format!("no order {id}")).into_response(),
+            AppError::Invalid(why) => Problem::new(StatusCode::UNPROCESSABLE_ENTITY, why).into_response(),
+            AppError::Database(error) => {
+                marty::tracing::error!(%error, "database error");
+                Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the order store failed").into_response()
+            }
+            AppError::Resilience(error) => error.into_response(),
+        }
+    }
+}
+
+impl From<AppError> for tonic::Status {
+    fn from(error: AppError) -> Self {
+        match error {
+            AppError::NotFound(id) => tonic::Status::not_found(format!("no order {id}")),
+            AppError::Invalid(why) => tonic::Status::invalid_argument(why),
+            AppError::Database(error) => {
+                marty::tracing::error!(%error, "database error");
+                tonic::Status::internal("the order store failed")
+            }
+            AppError::Resilience(error) => match error.http_status() {
+                504 => tonic::Status::deadline_exceeded(error.to_string()),
+                503 => tonic::Status::unavailable(error.to_string()),
+                _ => tonic::Status::internal(error.to_string()),
+            },
+        }
+    }
+}
+
+/// Orders in SQLite; every query goes through the `orders_db` dependency's policies.
+#[derive(Debug, Clone)]
+pub struct OrderStore {
+    pool: SqlitePool,
+}
+
+impl OrderStore {
+    /// Connects to `[dependencies.orders_db] url` and creates the table if needed.
+    pub async fn open(registry: &DependencyRegistry) -> Result<Self, sqlx::Error> {
+        let url = registry.dependency("orders_db").and_then(|db| db.config().url).unwrap_or_default();
+        let pool = SqlitePool::connect(&url).await?;
+        sqlx::query(
+            "create table if not exists orders (id integer primary key, item text not null, quantity integer not null)",
+        )
+        .execute(&pool)
+        .await?;
+        Ok(OrderStore { pool })
+    }
+
+    /// Stores a new order.
+    pub async fn create(&self, new: &NewOrder) -> Result<Order, AppError> {
+        if new.quantity <= 0 {
+            return Err(AppError::Invalid("quantity must be positive"));
+        }
+        self.insert(new).await
+    }
+
+    /// The order with this id, or `NotFound`.
+    pub async fn get(&self, id: i64) -> Result<Order, AppError> {
+        self.find(id).await?.ok_or(AppError::NotFound(id))
+    }
+
+    #[database_call(dependency = "orders_db")]
+    async fn insert(&self, new: &NewOrder) -> Result<Order, AppError> {
+        let (id, item, quantity) =
+            sqlx::query_as("insert into orders (item, quantity) values (?, ?) returning id, item, quantity")
+                .bind(&new.item)
+                .bind(new.quantity)
+                .fetch_one(&self.pool)
+                .await?;
+        Ok(Order { id, item, quantity })
+    }
+
+    #[database_call(dependency = "orders_db", operation = "find_order")]
+    async fn find(&self, id: i64) -> Result<Option<Order>, AppError> {
+        let row: Option<(i64, String, i64)> = sqlx::query_as("select id, item, quantity from orders where id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|(id, item, quantity)| Order { id, item, quantity }))
+    }
+}

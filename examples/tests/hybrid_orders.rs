@@ -1,0 +1,69 @@
+//! The hybrid example over real sockets: gRPC and REST on one port, the standard gRPC health service
+//! following readiness, reflection listing the services, and gRPC errors as gRPC statuses.
+
+mod support;
+
+use marty_examples::proto::orders_client::OrdersClient;
+use marty_examples::proto::{CreateOrderRequest, GetOrderRequest};
+use support::Service;
+use tonic::transport::Channel;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+use tonic_reflection::pb::v1::ServerReflectionRequest;
+
+const BINARY: &str = env!("CARGO_BIN_EXE_hybrid_orders");
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_rest_share_one_port_with_health_and_reflection() {
+    let service = tokio::task::spawn_blocking(|| Service::start(BINARY, "hybrid")).await.unwrap();
+    let channel =
+        Channel::from_shared(format!("http://{}", service.addr)).unwrap().connect().await.expect("gRPC connects");
+
+    let mut orders = OrdersClient::new(channel.clone());
+    let created =
+        orders.create_order(CreateOrderRequest { item: "book".into(), quantity: 2 }).await.unwrap().into_inner();
+    assert_eq!((created.id, created.item.as_str(), created.quantity), (1, "book", 2));
+    let fetched = orders.get_order(GetOrderRequest { id: 1 }).await.unwrap().into_inner();
+    assert_eq!(fetched, created);
+
+    let missing = orders.get_order(GetOrderRequest { id: 99 }).await.unwrap_err();
+    assert_eq!(missing.code(), tonic::Code::NotFound, "{missing:?}");
+    let invalid = orders.create_order(CreateOrderRequest { item: "pen".into(), quantity: 0 }).await.unwrap_err();
+    assert_eq!(invalid.code(), tonic::Code::InvalidArgument, "{invalid:?}");
+
+    // The same order over REST, on the same port.
+    let addr = service.addr;
+    let rest =
+        tokio::task::spawn_blocking(move || support::request(addr, "GET", "/orders/1", None).unwrap()).await.unwrap();
+    assert_eq!((rest.status, rest.body.as_str()), (200, r#"{"id":1,"item":"book","quantity":2}"#));
+
+    let mut health = HealthClient::new(channel.clone());
+    for name in ["", "orders.v1.Orders"] {
+        let status = health.check(HealthCheckRequest { service: name.into() }).await.unwrap().into_inner().status;
+        assert_eq!(status, ServingStatus::Serving as i32, "health of {name:?}");
+    }
+
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
+    let response = responses.message().await.unwrap().expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("{response:?}") };
+    let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
+    assert!(
+        names.contains(&"orders.v1.Orders".to_owned()) && names.contains(&"grpc.health.v1.Health".to_owned()),
+        "{names:?}"
+    );
+
+    let metrics = tokio::task::spawn_blocking(move || support::request(addr, "GET", "/metrics", None).unwrap())
+        .await
+        .unwrap()
+        .body;
+    assert!(metrics.contains(r#"http_route="/orders.v1.Orders/{*rest}""#), "gRPC calls are measured too: {metrics}");
+}
