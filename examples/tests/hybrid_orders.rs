@@ -67,3 +67,29 @@ async fn grpc_and_rest_share_one_port_with_health_and_reflection() {
         .body;
     assert!(metrics.contains(r#"http_route="/orders.v1.Orders/{*rest}""#), "gRPC calls are measured too: {metrics}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_is_also_served_on_the_grpc_port_the_configuration_names() {
+    let grpc_addr = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let env = [("MARTY__GRPC__ADDR", grpc_addr.to_string())];
+    let _service = tokio::task::spawn_blocking(move || {
+        Service::start_with_env(BINARY, "grpc-port", std::process::Stdio::null(), None, &env)
+    })
+    .await
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let channel = loop {
+        match Channel::from_shared(format!("http://{grpc_addr}")).unwrap().connect().await {
+            Ok(channel) => break channel,
+            Err(error) => assert!(std::time::Instant::now() < deadline, "nothing serves [grpc] addr: {error}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let status = HealthClient::new(channel)
+        .check(HealthCheckRequest { service: String::new() })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+}

@@ -20,6 +20,16 @@ impl Service {
     }
 
     pub fn start_with(binary: &str, name: &str, stdout: Stdio, config: Option<&std::path::Path>) -> Service {
+        Self::start_with_env(binary, name, stdout, config, &[])
+    }
+
+    pub fn start_with_env(
+        binary: &str,
+        name: &str,
+        stdout: Stdio,
+        config: Option<&std::path::Path>,
+        env: &[(&str, String)],
+    ) -> Service {
         let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let dir = std::env::temp_dir().join(format!("marty-rest-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -31,6 +41,7 @@ impl Service {
             .env("RUST_LOG", "info")
             .env_remove("MARTY_CONFIG")
             .envs(config.map(|path| ("MARTY_CONFIG", path)))
+            .envs(env.iter().map(|(key, value)| (*key, value)))
             .stdout(stdout)
             .stderr(Stdio::null())
             .spawn()

@@ -16,7 +16,7 @@ mod health;
 mod layer;
 mod problem;
 
-use std::future::Future;
+use std::future::{Future, IntoFuture};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -202,8 +202,16 @@ impl Server {
     /// Binds `[http] addr` and serves until SIGTERM or SIGINT, then shuts down gracefully.
     pub async fn serve(self) -> std::io::Result<()> {
         let listener = TcpListener::bind(self.configured_addr()).await?;
-        tracing::info!(addr = %listener.local_addr()?, "serving HTTP");
-        self.serve_with_shutdown(listener, shutdown_signal()).await
+        tracing::info!(addr = %listener.local_addr()?, "serving HTTP (and gRPC, when the service has some)");
+        let second = match self.registry.config().grpc.as_ref().map(|grpc| grpc.addr) {
+            Some(addr) if addr != self.configured_addr() => {
+                let listener = TcpListener::bind(addr).await?;
+                tracing::info!(addr = %listener.local_addr()?, "serving gRPC on [grpc] addr as well");
+                Some(listener)
+            }
+            _ => None,
+        };
+        self.serve_listeners(listener, second, shutdown_signal()).await
     }
 
     /// Serves on `listener` until `signal` completes, then shuts down gracefully.
@@ -212,23 +220,51 @@ impl Server {
         listener: TcpListener,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        self.serve_listeners(listener, None, signal).await
+    }
+
+    /// Serves every request on `listener`, and on `second` too when given (`[grpc] addr`).
+    async fn serve_listeners(
+        self,
+        listener: TcpListener,
+        second: Option<TcpListener>,
+        signal: impl Future<Output = ()> + Send + 'static,
+    ) -> std::io::Result<()> {
         let config = self.registry.config();
         let (drain_delay, shutdown_timeout) = (config.service.drain_delay, config.service.shutdown_timeout);
         let readiness = self.readiness.clone();
         let closing = Arc::new(Notify::new());
         let closed_listener = closing.clone();
-        let graceful = async move {
+        let (stop_accepting, accepting) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
             signal.await;
             readiness.start_draining();
             tracing::info!(?drain_delay, "shutdown requested: readiness is now 503");
             tokio::time::sleep(drain_delay).await;
             tracing::info!(?shutdown_timeout, "no longer accepting connections; waiting for in-flight requests");
+            let _ = stop_accepting.send(true);
             closed_listener.notify_one();
+        });
+        let graceful = move || {
+            let mut accepting = accepting.clone();
+            async move {
+                let _ = accepting.wait_for(|stopped| *stopped).await;
+            }
         };
         let registry = self.registry;
         let (service, grpc_health) = self.connection_service();
-        let server = axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service))
-            .with_graceful_shutdown(graceful);
+        let serve = |listener: TcpListener, graceful| {
+            axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service.clone()))
+                .with_graceful_shutdown(graceful)
+                .into_future()
+        };
+        let first = serve(listener, graceful());
+        let server = async move {
+            match second {
+                Some(second) => tokio::try_join!(first, serve(second, graceful())).map(|_| ()),
+                None => first.await,
+            }
+        };
         // Registered before serving, so a SIGHUP can never meet the default action (terminate).
         #[cfg(unix)]
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
