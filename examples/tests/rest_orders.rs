@@ -116,7 +116,11 @@ fn logs_are_json_lines_and_a_failed_request_names_its_request_id() {
     let log_path = std::env::temp_dir().join(format!("marty-rest-logs-{}.jsonl", std::process::id()));
     let log = std::fs::File::create(&log_path).unwrap();
     let mut service = Service::start_with(BINARY, "logs", Stdio::from(log), None);
-    let failed = service.request("GET", "/reports/broken", None);
+    let failed = service.request_with_headers(
+        "GET",
+        "/reports/broken",
+        &[("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")],
+    );
     let request_id = failed.header("x-request-id").expect("a request id").to_owned();
     service.terminate();
     service.child.wait().unwrap();
@@ -130,6 +134,10 @@ fn logs_are_json_lines_and_a_failed_request_names_its_request_id() {
         logs.lines().find(|line| line.contains("a request handler panicked")).expect("the panic is logged");
     assert!(panic_line.contains(&format!(r#""request_id":"{request_id}""#)), "{panic_line}");
     assert!(panic_line.contains(r#""http.route":"/reports/broken""#), "{panic_line}");
+    assert!(
+        panic_line.contains(r#""trace_id":"4bf92f3577b34da6a3ce929d0e0e4736""#),
+        "the caller's trace id: {panic_line}"
+    );
     assert!(logs.contains("shutdown requested: readiness is now 503"), "{logs}");
 }
 

@@ -59,6 +59,10 @@ impl Service {
         request(self.addr, method, path, body).expect("the request completes")
     }
 
+    pub fn request_with_headers(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+        request_with(self.addr, method, path, None, headers).expect("the request completes")
+    }
+
     pub fn terminate(&self) {
         self.signal("-TERM");
     }
@@ -91,12 +95,23 @@ impl Response {
 
 /// One HTTP/1.1 request on its own connection (`Connection: close`), read to the end.
 pub fn request(addr: SocketAddr, method: &str, path: &str, body: Option<&str>) -> std::io::Result<Response> {
+    request_with(addr, method, path, body, &[])
+}
+
+pub fn request_with(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    headers: &[(&str, &str)],
+) -> std::io::Result<Response> {
     let mut stream = TcpStream::connect(addr)?;
     stream.set_read_timeout(Some(Duration::from_secs(20)))?;
     let body = body.unwrap_or("");
+    let extra: String = headers.iter().map(|(name, value)| format!("{name}: {value}\r\n")).collect();
     write!(
         stream,
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\n\r\n{body}",
         body.len()
     )?;
     let mut raw = String::new();

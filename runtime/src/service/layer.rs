@@ -85,8 +85,15 @@ where
             http.request.method = method,
             http.route = &*route,
             request_id = %String::from_utf8_lossy(request_id.as_bytes()),
+            trace_id = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
         );
+        if !span.is_disabled() {
+            // The caller's W3C trace id, so this request's log lines join the caller's trace.
+            if let Some(trace_id) = request.headers().get(TRACEPARENT).and_then(trace_id_of) {
+                span.record("trace_id", trace_id);
+            }
+        }
         let inner = {
             let _entered = span.enter();
             self.inner.call(request)
@@ -207,6 +214,27 @@ fn panic_response(span: &tracing::Span, panic: Box<dyn Any + Send>) -> Response 
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the request failed unexpectedly").into_response()
 }
 
+/// The W3C Trace Context header (<https://www.w3.org/TR/trace-context/#traceparent-header>).
+const TRACEPARENT: &str = "traceparent";
+
+/// The trace id of a `traceparent` header (`00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`),
+/// or `None` when it is malformed or all zeros, as the specification requires.
+fn trace_id_of(header: &HeaderValue) -> Option<&str> {
+    let value = header.to_str().ok()?;
+    let mut parts = value.split('-');
+    let (version, trace_id, parent_id, flags) = (parts.next()?, parts.next()?, parts.next()?, parts.next()?);
+    let hex = |part: &str, len: usize| {
+        part.len() == len && part.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    };
+    let valid = hex(version, 2)
+        && version != "ff"
+        && hex(trace_id, 32)
+        && trace_id.bytes().any(|b| b != b'0')
+        && hex(parent_id, 16)
+        && hex(flags, 2);
+    valid.then_some(trace_id)
+}
+
 /// 16 hex digits from a fast random source; unique enough to find a request's lines in the logs.
 fn generate_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
@@ -255,4 +283,25 @@ fn route_label(template: &str) -> Arc<str> {
 /// The route label of requests no route matched.
 fn unmatched() -> Arc<str> {
     route_label("unmatched")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_ids_come_only_from_well_formed_traceparents() {
+        let header = |value: &str| HeaderValue::from_str(value).unwrap();
+        let good = header("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
+        assert_eq!(trace_id_of(&good), Some("4bf92f3577b34da6a3ce929d0e0e4736"));
+        for bad in [
+            "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
+            "00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01",
+            "ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+            "00-4bf92f3577b34da6a3ce929d0e0e47-00f067aa0ba902b7-01",
+            "garbage",
+        ] {
+            assert_eq!(trace_id_of(&header(bad)), None, "{bad}");
+        }
+    }
 }
