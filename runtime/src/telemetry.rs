@@ -1,34 +1,120 @@
-//! Logs for a service: `tracing` events as JSON lines (for collectors) or pretty text (for a
-//! terminal), filtered by `RUST_LOG` (default `info`), each line carrying its spans' fields, so a
-//! request's lines share its `request_id`.
+//! Logs and traces for a service.
 //!
-//! OpenTelemetry export is not wired yet; `OTEL_EXPORTER_OTLP_ENDPOINT` and `otlp_endpoint` are
-//! reported as ignored rather than silently dropped.
+//! - Logs: `tracing` events as JSON lines (for collectors) or pretty text (for a terminal), filtered
+//!   by `RUST_LOG` (default `info`), each line carrying its spans' fields, so a request's lines share
+//!   its `request_id` and, when the caller sent one, its W3C `trace_id`.
+//! - Traces (feature `otel`): when `OTEL_EXPORTER_OTLP_ENDPOINT` (the standard variable) or
+//!   `[telemetry] otlp_endpoint` is set, spans are exported over OTLP/gRPC, an incoming
+//!   `traceparent` becomes their parent, and [`shutdown`] flushes what is buffered. Without the
+//!   feature, a configured endpoint is reported in the log rather than ignored silently.
 
 use marty_config::{LogFormat, TelemetryConfig};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
 /// Installs the global subscriber for `service`. Returns `false` (and changes nothing) when the
 /// application installed its own first.
 pub fn init(service: &str, config: &TelemetryConfig) -> bool {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
+        .ok()
+        .filter(|e| !e.is_empty())
+        .or_else(|| config.otlp_endpoint.clone());
+    let traces = otel::layer(service, endpoint.as_deref());
+    let registry = tracing_subscriber::registry().with(filter).with(traces);
     let installed = match config.log_format {
-        LogFormat::Json => tracing_subscriber::fmt()
-            .json()
-            .with_env_filter(filter)
-            .with_current_span(true)
-            .with_span_list(true)
-            .with_target(true)
+        LogFormat::Json => registry
+            .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(true))
             .try_init()
             .is_ok(),
-        LogFormat::Pretty => tracing_subscriber::fmt().with_env_filter(filter).try_init().is_ok(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init().is_ok(),
     };
     if installed {
-        tracing::info!(service, log_format = ?config.log_format, "telemetry initialised");
-        let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT").ok().or_else(|| config.otlp_endpoint.clone());
-        if let Some(endpoint) = endpoint {
-            tracing::warn!(%endpoint, "OTLP export is not available in this version of Marty; traces stay in the logs");
+        tracing::info!(service, log_format = ?config.log_format, otlp_endpoint = endpoint.as_deref(), "telemetry initialised");
+        if endpoint.is_some() && !cfg!(feature = "otel") {
+            tracing::warn!("OTLP export needs marty's `otel` feature; traces stay in the logs");
         }
     }
     installed
+}
+
+/// Flushes and stops trace export; call before the process exits (the service does on shutdown).
+pub fn shutdown() {
+    otel::shutdown();
+}
+
+#[cfg(feature = "otel")]
+pub(crate) mod otel {
+    use std::sync::OnceLock;
+
+    use opentelemetry::propagation::{Extractor, TextMapPropagator};
+    use opentelemetry::trace::TracerProvider as _;
+    use opentelemetry_otlp::WithExportConfig;
+    use opentelemetry_sdk::propagation::TraceContextPropagator;
+    use opentelemetry_sdk::trace::SdkTracerProvider;
+    use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+
+    /// The OpenTelemetry layer exporting to `endpoint`, or nothing when there is none (or it fails
+    /// to build, which is logged once the subscriber is up).
+    pub(crate) fn layer<S>(service: &str, endpoint: Option<&str>) -> Option<impl tracing_subscriber::Layer<S>>
+    where
+        S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
+    {
+        let endpoint = endpoint?;
+        let exporter = match opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build() {
+            Ok(exporter) => exporter,
+            Err(error) => {
+                eprintln!("marty: OTLP export to {endpoint} disabled: {error}");
+                return None;
+            }
+        };
+        let resource = opentelemetry_sdk::Resource::builder_empty().with_service_name(service.to_owned()).build();
+        let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+        let tracer = provider.tracer("marty");
+        let _ = PROVIDER.set(provider);
+        Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    }
+
+    pub(crate) fn shutdown() {
+        if let Some(provider) = PROVIDER.get() {
+            if let Err(error) = provider.shutdown() {
+                tracing::warn!(%error, "flushing traces at shutdown failed");
+            }
+        }
+    }
+
+    /// Makes the caller's W3C trace context (`traceparent`, `tracestate`) the parent of `span`.
+    pub(crate) fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
+        if PROVIDER.get().is_none() {
+            return;
+        }
+        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        let _ = span.set_parent(parent);
+    }
+
+    struct Headers<'a>(&'a http::HeaderMap);
+
+    impl Extractor for Headers<'_> {
+        fn get(&self, key: &str) -> Option<&str> {
+            self.0.get(key).and_then(|value| value.to_str().ok())
+        }
+
+        fn keys(&self) -> Vec<&str> {
+            self.0.keys().map(http::HeaderName::as_str).collect()
+        }
+    }
+}
+
+#[cfg(not(feature = "otel"))]
+pub(crate) mod otel {
+    pub(crate) fn layer(_service: &str, _endpoint: Option<&str>) -> Option<tracing_subscriber::layer::Identity> {
+        None
+    }
+
+    pub(crate) fn shutdown() {}
+
+    pub(crate) fn continue_trace(_span: &tracing::Span, _headers: &http::HeaderMap) {}
 }

@@ -93,6 +93,7 @@ where
             if let Some(trace_id) = request.headers().get(TRACEPARENT).and_then(trace_id_of) {
                 span.record("trace_id", trace_id);
             }
+            crate::telemetry::otel::continue_trace(&span, request.headers());
         }
         let inner = {
             let _entered = span.enter();

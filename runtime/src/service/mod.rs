@@ -282,6 +282,7 @@ impl Server {
         if let Some(grpc_health) = grpc_health {
             grpc_health.abort();
         }
+        crate::telemetry::shutdown();
         result
     }
 

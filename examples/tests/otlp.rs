@@ -1,0 +1,97 @@
+//! Traces leave the service over OTLP: an OTLP/gRPC collector inside the test receives the spans of a
+//! request, and they continue the trace the caller started (W3C `traceparent`).
+
+mod support;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
+use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
+use opentelemetry_proto::tonic::trace::v1::Span;
+use support::Service;
+use tonic::{Request, Response, Status};
+
+const BINARY: &str = env!("CARGO_BIN_EXE_rest_orders");
+const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
+const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
+
+/// Keeps every span it is sent.
+#[derive(Clone, Default)]
+struct Collector {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Collector {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let spans = request.into_inner().resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans);
+        self.spans.lock().unwrap().extend(spans);
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let collector_addr = listener.local_addr().unwrap();
+    let collector = Collector::default();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector.clone()))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+
+    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))];
+    let mut service = tokio::task::spawn_blocking(move || {
+        Service::start_with_env(BINARY, "otlp", std::process::Stdio::null(), None, &env)
+    })
+    .await
+    .unwrap();
+    let addr = service.addr;
+    let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01");
+    let created = tokio::task::spawn_blocking(move || {
+        support::request_with(
+            addr,
+            "POST",
+            "/orders",
+            Some(r#"{"item":"book","quantity":1}"#),
+            &[("traceparent", &traceparent)],
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(created.status, 201, "{created:?}");
+
+    // SIGTERM: the service flushes its spans before it exits.
+    service.terminate();
+    let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap()).await.unwrap();
+    assert!(exit.success());
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        let request = spans.iter().find(|span| span.name == "http.request");
+        let call = spans.iter().find(|span| span.name == "marty.call");
+        if let (Some(request), Some(call)) = (request, call) {
+            assert_eq!(hex(&request.trace_id), TRACE_ID, "the request continues the caller's trace");
+            assert_eq!(hex(&request.parent_span_id), PARENT_SPAN_ID, "and is a child of the caller's span");
+            assert_eq!(hex(&call.trace_id), TRACE_ID, "the database call is in the same trace");
+            assert_eq!(call.parent_span_id, request.span_id, "and is a child of the request");
+            let attribute =
+                |key: &str| call.attributes.iter().find(|kv| kv.key == key).map(|kv| format!("{:?}", kv.value));
+            assert!(attribute("dependency").is_some_and(|v| v.contains("orders_db")), "{:?}", call.attributes);
+            return;
+        }
+        assert!(Instant::now() < deadline, "the collector did not receive both spans: {spans:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
