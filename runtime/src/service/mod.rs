@@ -25,7 +25,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 
 #[cfg(feature = "grpc")]
 pub use grpc::GrpcServices;
@@ -233,22 +233,21 @@ impl Server {
         let config = self.registry.config();
         let (drain_delay, shutdown_timeout) = (config.service.drain_delay, config.service.shutdown_timeout);
         let readiness = self.readiness.clone();
-        let closing = Arc::new(Notify::new());
-        let closed_listener = closing.clone();
-        let (stop_accepting, accepting) = tokio::sync::watch::channel(false);
-        tokio::spawn(async move {
+        // Flips to true when the listeners must stop accepting; every listener and the in-flight
+        // deadline wait on it.
+        let (stop_accepting, stopped) = tokio::sync::watch::channel(false);
+        let shutdown = tokio::spawn(async move {
             signal.await;
             readiness.start_draining();
             tracing::info!(?drain_delay, "shutdown requested: readiness is now 503");
             tokio::time::sleep(drain_delay).await;
             tracing::info!(?shutdown_timeout, "no longer accepting connections; waiting for in-flight requests");
             let _ = stop_accepting.send(true);
-            closed_listener.notify_one();
         });
         let graceful = move || {
-            let mut accepting = accepting.clone();
+            let mut stopped = stopped.clone();
             async move {
-                let _ = accepting.wait_for(|stopped| *stopped).await;
+                let _ = stopped.wait_for(|stopped| *stopped).await;
             }
         };
         let registry = self.registry;
@@ -259,9 +258,11 @@ impl Server {
                 .into_future()
         };
         let first = serve(listener, graceful());
+        let second = second.map(|second| serve(second, graceful()));
+        let deadline = graceful();
         let server = async move {
             match second {
-                Some(second) => tokio::try_join!(first, serve(second, graceful())).map(|_| ()),
+                Some(second) => tokio::try_join!(first, second).map(|_| ()),
                 None => first.await,
             }
         };
@@ -273,12 +274,13 @@ impl Server {
         let reloads = tokio::spawn(reload_on_change(registry, hangups));
         let result = tokio::select! {
             result = server => result,
-            () = async { closing.notified().await; tokio::time::sleep(shutdown_timeout).await } => {
+            () = async { deadline.await; tokio::time::sleep(shutdown_timeout).await } => {
                 tracing::warn!(?shutdown_timeout, "in-flight requests did not finish in time; stopping anyway");
                 Ok(())
             }
         };
         reloads.abort();
+        shutdown.abort();
         if let Some(grpc_health) = grpc_health {
             grpc_health.abort();
         }
