@@ -71,7 +71,7 @@ impl HandWritten {
             attempt += 1;
             let permit = dependency.circuit_breaker().try_acquire()?;
             let start = tokio::time::Instant::now();
-            let deadline = Deadline::after(start, dependency.config().timeout);
+            let deadline = Deadline::after(start, dependency.timeout());
             let bulkhead_permit = match dependency.bulkhead().try_acquire() {
                 Some(permit) => permit,
                 None => dependency.bulkhead().wait_for_permit(Some(deadline)).await?,
@@ -90,7 +90,7 @@ impl HandWritten {
                     Err(deadline.elapsed_error(dependency.name()).into()),
                 ),
             };
-            permit.record(CallOutcome::new(class, elapsed, dependency.config().circuit_breaker.slow_call_duration));
+            permit.record(CallOutcome::new(class, elapsed, dependency.circuit_breaker().slow_call_duration()));
             self.metrics.record(outcome, Some(elapsed));
             let retry = class.is_some_and(ErrorClass::is_transient)
                 && attempt < self.max_attempts
