@@ -1,10 +1,11 @@
-//! The CPU a request costs on a `#[service]` next to bare axum serving the same handler.
+//! The CPU a request costs on a `#[service]` next to the same handler hand-wired: bare axum for
+//! HTTP, a bare tonic server for gRPC.
 //!
 //! Each server runs in its own process on one worker thread; this process is the client, loading
-//! both over loopback in interleaved rounds with keep-alive connections. Requests per second swing
+//! them over loopback in interleaved rounds on keep-alive connections. Requests per second swing
 //! between rounds on shared machines, so the figure that counts is the server's own CPU time per
-//! request (`CLOCK_PROCESS_CPUTIME_ID`, read through `/cpu`). Last stdout line: one JSON object.
-//! gRPC figures come with gRPC support.
+//! request, read from `/proc/<pid>/schedstat` (nanoseconds on CPU of the server's only worker
+//! thread). Last stdout line: one JSON object.
 
 use std::io::BufRead;
 use std::net::SocketAddr;
@@ -15,6 +16,9 @@ use marty::axum::routing::get;
 use marty::axum::Router;
 use marty::service::Routes;
 use marty_bench::{json, median, Value};
+use marty_examples::proto::orders_client::OrdersClient;
+use marty_examples::proto::orders_server::{self, OrdersServer};
+use marty_examples::proto::{CreateOrderRequest, GetOrderRequest, Order};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -24,62 +28,74 @@ const ROUNDS: usize = 5;
 
 struct Hello;
 
-#[marty::service(name = "http_overhead")]
+#[marty::service(name = "http_overhead", grpc(OrdersServer))]
 impl Hello {
     #[get("/hello")]
     async fn hello(&self) -> &'static str {
         "hello"
     }
-
-    #[get("/cpu")]
-    async fn cpu(&self) -> String {
-        process_cpu_ns().to_string()
-    }
 }
 
-/// CPU time this process has used, all threads, in nanoseconds.
-fn process_cpu_ns() -> u64 {
-    let mut time = libc::timespec { tv_sec: 0, tv_nsec: 0 };
-    // SAFETY: `time` is a valid, writable timespec; the call only writes to it.
-    let result = unsafe { libc::clock_gettime(libc::CLOCK_PROCESS_CPUTIME_ID, &mut time) };
-    assert_eq!(result, 0, "clock_gettime(CLOCK_PROCESS_CPUTIME_ID) failed");
-    time.tv_sec as u64 * 1_000_000_000 + time.tv_nsec as u64
+/// The gRPC handler both gRPC servers run: a fixed order, so only the framework differs.
+#[tonic::async_trait]
+impl orders_server::Orders for Hello {
+    async fn create_order(
+        &self,
+        _: tonic::Request<CreateOrderRequest>,
+    ) -> Result<tonic::Response<Order>, tonic::Status> {
+        Err(tonic::Status::unimplemented("not measured"))
+    }
+
+    async fn get_order(
+        &self,
+        request: tonic::Request<GetOrderRequest>,
+    ) -> Result<tonic::Response<Order>, tonic::Status> {
+        Ok(tonic::Response::new(Order { id: request.into_inner().id, item: "book".into(), quantity: 1 }))
+    }
 }
 
 fn main() {
     match std::env::args().nth(1).as_deref() {
-        Some("serve-axum") => serve(bare_axum()),
-        Some("serve-marty") => {
+        Some("serve-axum") => serve(|listener| async move { marty::axum::serve(listener, bare_axum()).await.unwrap() }),
+        Some("serve-tonic") => serve(|listener| async move {
+            tonic::transport::Server::builder()
+                .add_service(OrdersServer::new(Hello))
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener))
+                .await
+                .unwrap()
+        }),
+        Some("serve-marty") => serve(|listener| async move {
             let server = marty::service::server(Hello).expect("bench/marty.toml loads");
             marty::telemetry::init(
                 <Hello as Routes>::NAME,
                 &marty::DependencyRegistry::global().unwrap().config().telemetry,
             );
-            serve(server.app())
-        }
+            server.serve_with_shutdown(listener, std::future::pending()).await.unwrap()
+        }),
         _ => run_client(),
     }
 }
 
-/// The same handler, as a team would hand-wire it with axum alone.
+/// The HTTP handler as a team would hand-wire it with axum alone.
 fn bare_axum() -> Router {
-    Router::new()
-        .route("/hello", get(|| async { "hello" }))
-        .route("/cpu", get(|| async { process_cpu_ns().to_string() }))
+    Router::new().route("/hello", get(|| async { "hello" }))
 }
 
-/// Serves `app` on one worker thread on an ephemeral port, printing the port on stdout.
-fn serve(app: Router) {
+/// Runs `server` on one worker thread on an ephemeral port, printing the port on stdout.
+fn serve<F, Fut>(server: F)
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     runtime.block_on(async {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         println!("{}", listener.local_addr().unwrap().port());
-        marty::axum::serve(listener, app).await.unwrap();
+        server(listener).await;
     });
 }
 
 struct Server {
-    name: &'static str,
     child: Child,
     addr: SocketAddr,
 }
@@ -91,23 +107,32 @@ impl Drop for Server {
     }
 }
 
-fn start(name: &'static str, mode: &str) -> Server {
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .arg(mode)
-        .env("RUST_LOG", "warn")
-        .env_remove("MARTY_CONFIG")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start a server process");
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-    let port: u16 = line.trim().parse().expect("the server prints its port");
-    Server { name, child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+impl Server {
+    fn start(mode: &str) -> Server {
+        let mut child = Command::new(std::env::current_exe().unwrap())
+            .arg(mode)
+            .env("RUST_LOG", "warn")
+            .env_remove("MARTY_CONFIG")
+            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("start a server process");
+        let mut line = String::new();
+        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port: u16 = line.trim().parse().expect("the server prints its port");
+        Server { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
+    }
+
+    /// Nanoseconds the server's worker thread has spent on a CPU.
+    fn cpu_ns(&self) -> u64 {
+        let stats = std::fs::read_to_string(format!("/proc/{}/schedstat", self.child.id())).expect("read schedstat");
+        stats.split_whitespace().next().and_then(|ns| ns.parse().ok()).expect("schedstat starts with ns on CPU")
+    }
 }
 
-/// One keep-alive connection sending `count` requests in sequence; returns each latency.
-async fn load(addr: SocketAddr, count: usize) -> Vec<Duration> {
+/// One keep-alive HTTP/1.1 connection sending `count` requests in sequence; returns each latency.
+async fn load_http(addr: SocketAddr, count: usize) -> Vec<Duration> {
     let stream = TcpStream::connect(addr).await.unwrap();
     stream.set_nodelay(true).unwrap();
     let (reader, mut writer) = stream.into_split();
@@ -135,12 +160,23 @@ async fn load(addr: SocketAddr, count: usize) -> Vec<Duration> {
     latencies
 }
 
-async fn cpu_ns(addr: SocketAddr) -> u64 {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream.write_all(b"GET /cpu HTTP/1.1\r\nHost: bench\r\nConnection: close\r\n\r\n").await.unwrap();
-    let mut raw = String::new();
-    stream.read_to_string(&mut raw).await.unwrap();
-    raw.split("\r\n\r\n").nth(1).unwrap().trim().parse().unwrap()
+/// One gRPC connection sending `count` unary calls in sequence; returns each latency.
+async fn load_grpc(addr: SocketAddr, count: usize) -> Vec<Duration> {
+    let channel = tonic::transport::Channel::from_shared(format!("http://{addr}")).unwrap().connect().await.unwrap();
+    let mut client = OrdersClient::new(channel);
+    let mut latencies = Vec::with_capacity(count);
+    for id in 0..count {
+        let start = Instant::now();
+        client.get_order(GetOrderRequest { id: id as i64 }).await.unwrap();
+        latencies.push(start.elapsed());
+    }
+    latencies
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Protocol {
+    Http,
+    Grpc,
 }
 
 struct Round {
@@ -149,16 +185,24 @@ struct Round {
     p99_ms: f64,
 }
 
-async fn round(addr: SocketAddr) -> Round {
-    let cpu_before = cpu_ns(addr).await;
+async fn round(server: &Server, protocol: Protocol) -> Round {
+    let cpu_before = server.cpu_ns();
     let start = Instant::now();
-    let tasks: Vec<_> = (0..CONNECTIONS).map(|_| tokio::spawn(load(addr, REQUESTS_PER_ROUND / CONNECTIONS))).collect();
+    let per_connection = REQUESTS_PER_ROUND / CONNECTIONS;
+    let addr = server.addr;
+    let tasks: Vec<_> = (0..CONNECTIONS)
+        .map(|_| match protocol {
+            Protocol::Http => tokio::spawn(load_http(addr, per_connection)),
+            Protocol::Grpc => tokio::spawn(load_grpc(addr, per_connection)),
+        })
+        .collect();
     let mut latencies = Vec::with_capacity(REQUESTS_PER_ROUND);
     for task in tasks {
         latencies.extend(task.await.unwrap());
     }
     let elapsed = start.elapsed();
-    let cpu_after = cpu_ns(addr).await;
+    tokio::time::sleep(Duration::from_millis(20)).await; // the server goes idle, so its stats are current
+    let cpu_after = server.cpu_ns();
     latencies.sort_unstable();
     let requests = latencies.len() as f64;
     Round {
@@ -168,42 +212,53 @@ async fn round(addr: SocketAddr) -> Round {
     }
 }
 
+/// Medians of (CPU µs per request, requests per second, p99 ms) for each server, measured interleaved.
+async fn compare(servers: [(&Server, Protocol); 2]) -> [(f64, f64, f64); 2] {
+    for (server, protocol) in servers {
+        round(server, protocol).await; // warm-up: connections, allocator, caches
+    }
+    let mut samples: [(Vec<f64>, Vec<f64>, Vec<f64>); 2] = Default::default();
+    for _ in 0..ROUNDS {
+        for ((server, protocol), (cpu, rps, p99)) in servers.iter().zip(samples.iter_mut()) {
+            let result = round(server, *protocol).await;
+            cpu.push(result.cpu_us_per_request);
+            rps.push(result.requests_per_second);
+            p99.push(result.p99_ms);
+        }
+    }
+    samples.map(|(mut cpu, mut rps, mut p99)| (median(&mut cpu), median(&mut rps), median(&mut p99)))
+}
+
 fn run_client() {
-    let servers = [start("axum", "serve-axum"), start("marty", "serve-marty")];
+    let (axum, tonic, marty) =
+        (Server::start("serve-axum"), Server::start("serve-tonic"), Server::start("serve-marty"));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-    let mut figures: Vec<(Vec<f64>, Vec<f64>, Vec<f64>)> = vec![Default::default(), Default::default()];
-    runtime.block_on(async {
-        for server in &servers {
-            round(server.addr).await; // warm-up: connections, allocator, caches
-        }
-        for _ in 0..ROUNDS {
-            for (server, (cpu, rps, p99)) in servers.iter().zip(figures.iter_mut()) {
-                let result = round(server.addr).await;
-                cpu.push(result.cpu_us_per_request);
-                rps.push(result.requests_per_second);
-                p99.push(result.p99_ms);
-            }
-        }
-    });
-    let [axum, marty] = [0, 1].map(|i| {
-        let (cpu, rps, p99) = &mut figures[i];
-        (median(cpu), median(rps), median(p99))
+    let ([axum_http, marty_http], [tonic_grpc, marty_grpc]) = runtime.block_on(async {
+        let http = compare([(&axum, Protocol::Http), (&marty, Protocol::Http)]).await;
+        let grpc = compare([(&tonic, Protocol::Grpc), (&marty, Protocol::Grpc)]).await;
+        (http, grpc)
     });
     println!(
-        "{ROUNDS} interleaved rounds of {REQUESTS_PER_ROUND} requests over {CONNECTIONS} keep-alive connections; medians; servers: {} and {}",
-        servers[0].name, servers[1].name
+        "{ROUNDS} interleaved rounds of {REQUESTS_PER_ROUND} requests over {CONNECTIONS} connections per protocol; medians"
     );
     println!(
         "{}",
         json(&[
             ("bench", Value::Text("http_overhead".into())),
-            ("axum_cpu_us_per_req", Value::Number(axum.0)),
-            ("marty_cpu_us_per_req", Value::Number(marty.0)),
-            ("cpu_ratio", Value::Number(marty.0 / axum.0)),
-            ("axum_rps", Value::Number(axum.1)),
-            ("marty_rps", Value::Number(marty.1)),
-            ("axum_p99_ms", Value::Number(axum.2)),
-            ("marty_p99_ms", Value::Number(marty.2)),
+            ("axum_cpu_us_per_req", Value::Number(axum_http.0)),
+            ("marty_cpu_us_per_req", Value::Number(marty_http.0)),
+            ("cpu_ratio", Value::Number(marty_http.0 / axum_http.0)),
+            ("axum_rps", Value::Number(axum_http.1)),
+            ("marty_rps", Value::Number(marty_http.1)),
+            ("axum_p99_ms", Value::Number(axum_http.2)),
+            ("marty_p99_ms", Value::Number(marty_http.2)),
+            ("tonic_cpu_us_per_rpc", Value::Number(tonic_grpc.0)),
+            ("marty_cpu_us_per_rpc", Value::Number(marty_grpc.0)),
+            ("grpc_cpu_ratio", Value::Number(marty_grpc.0 / tonic_grpc.0)),
+            ("tonic_rps", Value::Number(tonic_grpc.1)),
+            ("marty_grpc_rps", Value::Number(marty_grpc.1)),
+            ("tonic_p99_ms", Value::Number(tonic_grpc.2)),
+            ("marty_grpc_p99_ms", Value::Number(marty_grpc.2)),
         ])
     );
 }
