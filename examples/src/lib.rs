@@ -94,6 +94,12 @@ impl From<AppError> for tonic::Status {
     }
 }
 
+impl From<Order> for proto::Order {
+    fn from(order: Order) -> Self {
+        proto::Order { id: order.id, item: order.item, quantity: order.quantity }
+    }
+}
+
 /// Orders in SQLite; every query goes through the `orders_db` dependency's policies.
 #[derive(Debug, Clone)]
 pub struct OrderStore {
@@ -124,6 +130,24 @@ impl OrderStore {
     /// The order with this id, or `NotFound`.
     pub async fn get(&self, id: i64) -> Result<Order, AppError> {
         self.find(id).await?.ok_or(AppError::NotFound(id))
+    }
+
+    /// `CreateOrder` for the gRPC services.
+    pub async fn create_rpc(
+        &self,
+        request: tonic::Request<proto::CreateOrderRequest>,
+    ) -> Result<tonic::Response<proto::Order>, tonic::Status> {
+        let request = request.into_inner();
+        let order = self.create(&NewOrder { item: request.item, quantity: request.quantity }).await?;
+        Ok(tonic::Response::new(order.into()))
+    }
+
+    /// `GetOrder` for the gRPC services.
+    pub async fn get_rpc(
+        &self,
+        request: tonic::Request<proto::GetOrderRequest>,
+    ) -> Result<tonic::Response<proto::Order>, tonic::Status> {
+        Ok(tonic::Response::new(self.get(request.into_inner().id).await?.into()))
     }
 
     #[database_call(dependency = "orders_db")]

@@ -93,3 +93,22 @@ async fn grpc_is_also_served_on_the_grpc_port_the_configuration_names() {
         .status;
     assert_eq!(status, ServingStatus::Serving as i32);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grpc_example_serves_orders_health_and_the_builtin_http_endpoints() {
+    let service =
+        tokio::task::spawn_blocking(|| Service::start(env!("CARGO_BIN_EXE_grpc_orders"), "grpc-only")).await.unwrap();
+    let channel =
+        Channel::from_shared(format!("http://{}", service.addr)).unwrap().connect().await.expect("gRPC connects");
+    let mut orders = OrdersClient::new(channel.clone());
+    let created =
+        orders.create_order(CreateOrderRequest { item: "pen".into(), quantity: 3 }).await.unwrap().into_inner();
+    assert_eq!(orders.get_order(GetOrderRequest { id: created.id }).await.unwrap().into_inner(), created);
+    let status =
+        HealthClient::new(channel).check(HealthCheckRequest { service: "orders.v1.Orders".into() }).await.unwrap();
+    assert_eq!(status.into_inner().status, ServingStatus::Serving as i32);
+    let addr = service.addr;
+    let ready =
+        tokio::task::spawn_blocking(move || support::request(addr, "GET", "/readyz", None).unwrap()).await.unwrap();
+    assert_eq!(ready.status, 200, "{ready:?}");
+}

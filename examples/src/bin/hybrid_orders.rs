@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use marty::axum::extract::{Json, Path};
 use marty::service;
 use marty_examples::proto::orders_server::{self, OrdersServer};
-use marty_examples::{proto, AppError, NewOrder, Order, OrderStore};
+use marty_examples::{proto, AppError, Order, OrderStore};
 use tonic::{Request, Response, Status};
 
 struct Orders {
@@ -34,18 +34,12 @@ impl orders_server::Orders for Orders {
         &self,
         request: Request<proto::CreateOrderRequest>,
     ) -> Result<Response<proto::Order>, Status> {
-        let request = request.into_inner();
-        let order = self.store.create(&NewOrder { item: request.item, quantity: request.quantity }).await?;
-        Ok(Response::new(to_proto(order)))
+        self.store.create_rpc(request).await
     }
 
     async fn get_order(&self, request: Request<proto::GetOrderRequest>) -> Result<Response<proto::Order>, Status> {
-        Ok(Response::new(to_proto(self.store.get(request.into_inner().id).await?)))
+        self.store.get_rpc(request).await
     }
-}
-
-fn to_proto(order: Order) -> proto::Order {
-    proto::Order { id: order.id, item: order.item, quantity: order.quantity }
 }
 
 #[tokio::main]
