@@ -4,6 +4,10 @@
 use marty::axum::http::StatusCode;
 use marty::axum::response::{IntoResponse, Response};
 use marty::service::Problem;
+use std::future::Future;
+use std::process::ExitCode;
+
+use marty::service::Routes;
 use marty::{database_call, Classify, DependencyRegistry, ErrorClass};
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
@@ -168,5 +172,31 @@ impl OrderStore {
             .fetch_optional(&self.pool)
             .await?;
         Ok(row.map(|(id, item, quantity)| Order { id, item, quantity }))
+    }
+}
+
+/// Each example's `main`: builds the service's state from its configuration, serves it until
+/// SIGTERM or SIGINT, and exits non-zero with the reason when the configuration is invalid or the
+/// store cannot be opened.
+pub async fn run<S, F, Fut>(build: F) -> ExitCode
+where
+    S: Routes,
+    F: FnOnce(&'static DependencyRegistry) -> Fut,
+    Fut: Future<Output = Result<S, sqlx::Error>>,
+{
+    let server = match marty::service::server_with(build).await {
+        Ok(server) => server,
+        Err(error) => {
+            eprintln!("{}: cannot start: {error}", S::NAME);
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!("{}: serving on {}", S::NAME, server.configured_addr());
+    match server.serve().await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("{}: {error}", S::NAME);
+            ExitCode::FAILURE
+        }
     }
 }

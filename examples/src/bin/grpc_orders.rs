@@ -38,23 +38,5 @@ impl orders_server::Orders for Orders {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let server = match marty::service::server_with(|registry| async move {
-        Ok::<_, sqlx::Error>(Orders { store: OrderStore::open(registry).await? })
-    })
-    .await
-    {
-        Ok(server) => server,
-        Err(error) => {
-            eprintln!("orders: cannot start: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    eprintln!("orders: serving gRPC on {}", server.configured_addr());
-    match server.serve().await {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("orders: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    marty_examples::run(|registry| async move { Ok(Orders { store: OrderStore::open(registry).await? }) }).await
 }
