@@ -107,6 +107,9 @@ pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
 /// | `config = "path/marty.toml"` | the configuration, relative to `Cargo.toml` (default `$MARTY_CONFIG`, else `marty.toml`) |
 /// | `crate = "my_marty"` | the path of `marty` when renamed |
 ///
+/// Methods marked `#[health_check]` (`async fn ..(&self) -> Result<T, E>`) are readiness probes:
+/// `/readyz` runs them on every request (2s each at most) and reports 503 while one fails.
+///
 /// Methods marked `#[get("/path")]`, `#[post(..)]`, `#[put(..)]`, `#[patch(..)]` or `#[delete(..)]` are
 /// routes: `async fn`s taking `&self` and then axum extractors, returning anything axum can turn into
 /// a response (`marty::Error` becomes problem+json). Paths are axum templates (`/orders/{id}`).
@@ -156,4 +159,4 @@ macro_rules! route_attribute {
     )*};
 }
 
-route_attribute!(get, post, put, patch, delete);
+route_attribute!(get, post, put, patch, delete, health_check);

@@ -48,7 +48,7 @@ pub use registry::DependencyRegistry;
 pub use marty_config as config;
 
 #[doc(inline)]
-pub use marty_macros::{api_call, cache_call, database_call, delete, get, patch, post, put, service};
+pub use marty_macros::{api_call, cache_call, database_call, delete, get, health_check, patch, post, put, service};
 
 #[cfg(feature = "http")]
 pub use axum;

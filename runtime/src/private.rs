@@ -161,7 +161,8 @@ pub mod service_support {
 
     #[cfg(feature = "grpc")]
     pub use crate::service::GrpcServices;
-    pub use crate::service::Routes;
+    pub use crate::service::{HealthCheck, Routes};
+    pub use std::vec::Vec;
 
     /// Implemented by everything a route handler may return: every axum `IntoResponse`.
     #[diagnostic::on_unimplemented(

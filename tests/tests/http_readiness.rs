@@ -1,9 +1,11 @@
-//! `/readyz` follows the dependencies: 503 naming the dependency whose breaker is open, 200 again
-//! once it recovers, and 503 "draining" once shutdown begins.
+//! `/readyz` follows the dependencies and probes: 503 naming the dependency whose breaker is open,
+//! 200 again once it recovers, 503 while a `#[health_check]` fails, and 503 "draining" once
+//! shutdown begins.
 
 mod support;
 
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use marty::axum::http::StatusCode;
@@ -26,11 +28,24 @@ struct Orders {
     db: PathBuf,
 }
 
+/// What the `ledger_reachable` probe reports; a test flips it.
+static LEDGER_UP: AtomicBool = AtomicBool::new(true);
+
 #[service]
 impl Orders {
     #[marty::get("/orders/count")]
     async fn count(&self) -> Result<String, DbError> {
         Ok(self.count_rows().await?.to_string())
+    }
+
+    /// A readiness probe: the service is not ready while the ledger is down.
+    #[marty::health_check]
+    async fn ledger_reachable(&self) -> Result<(), String> {
+        if LEDGER_UP.load(Ordering::SeqCst) {
+            Ok(())
+        } else {
+            Err("the ledger refuses connections".to_owned())
+        }
     }
 
     #[database_call(dependency = "orders_sqlite")]
@@ -77,6 +92,14 @@ async fn readiness_reports_an_open_breaker_then_recovery_then_draining() {
     tokio::time::sleep(Duration::from_millis(600)).await; // open_for = 500ms
     assert_eq!(http::get(addr, "/orders/count").await.body, "0", "the trial call succeeds");
     assert_eq!(http::get(addr, "/readyz").await.status, 200, "ready again once the breaker closed");
+
+    LEDGER_UP.store(false, Ordering::SeqCst);
+    let probe_failing = http::get(addr, "/readyz").await;
+    assert_eq!(probe_failing.status, 503, "{probe_failing:?}");
+    assert!(probe_failing.body.contains(r#""failing_checks":["ledger_reachable"]"#), "{}", probe_failing.body);
+    assert!(probe_failing.body.contains("the ledger refuses connections"), "{}", probe_failing.body);
+    LEDGER_UP.store(true, Ordering::SeqCst);
+    assert_eq!(http::get(addr, "/readyz").await.status, 200);
 
     running.readiness().start_draining();
     let draining = http::get(addr, "/readyz").await;

@@ -6,7 +6,7 @@ use darling::error::Accumulator;
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 
-use super::parse::{RoutedMethod, ServiceArgs};
+use super::parse::{ProbeMethod, RoutedMethod, ServiceArgs};
 use super::{Route, ServiceModel};
 use crate::config_file::{self, FileState};
 use crate::diagnostic::error;
@@ -15,6 +15,7 @@ pub(super) fn validate(
     args: ServiceArgs,
     item: syn::ItemImpl,
     routed: Vec<RoutedMethod>,
+    probes: Vec<ProbeMethod>,
     errors: &mut Accumulator,
 ) -> Option<ServiceModel> {
     check_not_generic(&item, errors);
@@ -74,6 +75,11 @@ pub(super) fn validate(
         let help = "name the gRPC servers it describes: `grpc(OrdersServer), reflection = FILE_DESCRIPTOR_SET`";
         errors.push(error(path.span(), "`reflection` without `grpc(..)` has nothing to describe", help));
     }
+    let probes = probes
+        .into_iter()
+        .filter(|probe| check_probe(probe, errors))
+        .map(|probe| (probe.sig.ident, probe.cfgs))
+        .collect();
     config_ok.then_some(ServiceModel {
         name,
         config_path: config.path,
@@ -82,6 +88,7 @@ pub(super) fn validate(
         routes,
         grpc,
         reflection,
+        probes,
     })
 }
 
@@ -121,6 +128,24 @@ fn check_config(config: &config_file::ConfigFile, span: Span, errors: &mut Accum
             false
         }
     }
+}
+
+/// A probe is an async method taking only `&self` and returning a `Result`.
+fn check_probe(probe: &ProbeMethod, errors: &mut Accumulator) -> bool {
+    let sig = &probe.sig;
+    let name = &sig.ident;
+    let help = format!("write it as `#[health_check] async fn {name}(&self) -> Result<(), MyError>`");
+    if sig.asyncness.is_none() {
+        errors.push(error(sig.fn_token.span(), format!("health check `{name}` must be an `async fn`"), help));
+        return false;
+    }
+    let takes_only_self = sig.inputs.len() == 1
+        && matches!(sig.inputs.first(), Some(syn::FnArg::Receiver(receiver)) if matches!(receiver.kind, syn::ReceiverKind::Reference(_, _, None)));
+    if !takes_only_self {
+        errors.push(error(sig.inputs.span(), format!("health check `{name}` must take only `&self`"), help));
+        return false;
+    }
+    true
 }
 
 /// A route's handler is an async method taking `&self`, then axum extractors.

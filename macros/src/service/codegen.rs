@@ -20,6 +20,7 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
     let service = format_ident!("__marty_service", span = Span::mixed_site());
     let router = format_ident!("__marty_router", span = Span::mixed_site());
     let grpc = emit_grpc(model, &private);
+    let probes = emit_probes(model, &private);
     // axum merges the method routers of one path, so each route is added on its own.
     let routes = model.routes.iter().map(|route| {
         let path = &route.path;
@@ -44,6 +45,8 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
                     #(#routes)*
                     #router
                 }
+
+                #probes
 
                 #grpc
             }
@@ -95,6 +98,35 @@ fn emit_grpc(model: &ServiceModel, private: &TokenStream) -> TokenStream {
             #(#servers)*
             #reflection
             #private::Option::Some(#services)
+        }
+    }
+}
+
+/// `fn health_checks(..)`: one probe per `#[health_check]` method, named after it.
+fn emit_probes(model: &ServiceModel, private: &TokenStream) -> TokenStream {
+    if model.probes.is_empty() {
+        return TokenStream::new();
+    }
+    let checks = format_ident!("__marty_checks", span = Span::mixed_site());
+    let service = format_ident!("__marty_service", span = Span::mixed_site());
+    let probes = model.probes.iter().map(|(method, cfgs)| {
+        let name = method.to_string();
+        quote! {
+            #(#cfgs)*
+            #checks.push(#private::HealthCheck::new(#name, {
+                let #service = #private::Arc::clone(&self);
+                move || {
+                    let #service = #private::Arc::clone(&#service);
+                    async move { #service.#method().await }
+                }
+            }));
+        }
+    });
+    quote! {
+        fn health_checks(self: #private::Arc<Self>) -> #private::Vec<#private::HealthCheck> {
+            let mut #checks = #private::Vec::new();
+            #(#probes)*
+            #checks
         }
     }
 }

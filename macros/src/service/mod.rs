@@ -28,6 +28,8 @@ pub(crate) struct ServiceModel {
     pub(crate) grpc: Vec<syn::Path>,
     /// The encoded file descriptor set for reflection.
     pub(crate) reflection: Option<syn::Path>,
+    /// `#[health_check]` methods and their `#[cfg]`s.
+    pub(crate) probes: Vec<(syn::Ident, Vec<syn::Attribute>)>,
 }
 
 /// One method served over HTTP.
@@ -81,8 +83,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     };
     let mut errors = darling::Error::accumulator();
     let args = parse::parse_args(args, &mut errors);
-    let (stripped, routes) = parse::take_routes(item_impl, &mut errors);
-    let model = check::validate(args, stripped, routes, &mut errors);
+    let (stripped, routes, probes) = parse::take_routes(item_impl, &mut errors);
+    let model = check::validate(args, stripped, routes, probes, &mut errors);
     let output = match (errors.finish(), model) {
         (Ok(()), Some(model)) => codegen::emit(&model),
         (Err(found), _) => with_errors(found, parse::strip_route_attributes(item)),

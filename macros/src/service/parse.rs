@@ -67,6 +67,16 @@ pub(crate) struct RouteAttr {
     pub(crate) path: StrArg,
 }
 
+/// A method marked `#[health_check]`, with the attribute removed.
+pub(crate) struct ProbeMethod {
+    pub(crate) sig: syn::Signature,
+    pub(crate) cfgs: Vec<syn::Attribute>,
+}
+
+fn is_probe(attr: &syn::Attribute) -> bool {
+    attr.path().segments.last().is_some_and(|segment| segment.ident == "health_check")
+}
+
 /// A method that carried route attributes, with them removed.
 pub(crate) struct RoutedMethod {
     pub(crate) routes: Vec<RouteAttr>,
@@ -79,14 +89,21 @@ fn route_method(attr: &syn::Attribute) -> Option<HttpMethod> {
     HttpMethod::ALL.iter().find(|(name, _)| *name == last).map(|(_, method)| *method)
 }
 
-/// Removes every route attribute from the impl's methods and returns them, parsed.
+/// Removes every route and `#[health_check]` attribute from the impl's methods and returns them, parsed.
 pub(crate) fn take_routes(
     mut item: syn::ItemImpl,
     errors: &mut darling::error::Accumulator,
-) -> (syn::ItemImpl, Vec<RoutedMethod>) {
+) -> (syn::ItemImpl, Vec<RoutedMethod>, Vec<ProbeMethod>) {
     let mut routed = Vec::new();
+    let mut probes = Vec::new();
     for impl_item in &mut item.items {
         let syn::ImplItem::Fn(method) = impl_item else { continue };
+        let before = method.attrs.len();
+        method.attrs.retain(|attr| !is_probe(attr));
+        if method.attrs.len() != before {
+            let cfgs = method.attrs.iter().filter(|attr| attr.path().is_ident("cfg")).cloned().collect();
+            probes.push(ProbeMethod { sig: method.sig.clone(), cfgs });
+        }
         let mut routes = Vec::new();
         method.attrs.retain(|attr| {
             let Some(http_method) = route_method(attr) else { return true };
@@ -101,7 +118,7 @@ pub(crate) fn take_routes(
             routed.push(RoutedMethod { routes, sig: method.sig.clone(), cfgs });
         }
     }
-    (item, routed)
+    (item, routed, probes)
 }
 
 fn parse_route_path(attr: &syn::Attribute, method: HttpMethod) -> darling::Result<StrArg> {
@@ -123,7 +140,7 @@ pub(crate) fn strip_route_attributes(item: TokenStream) -> TokenStream {
         Ok(mut item_impl) => {
             for impl_item in &mut item_impl.items {
                 if let syn::ImplItem::Fn(method) = impl_item {
-                    method.attrs.retain(|attr| route_method(attr).is_none());
+                    method.attrs.retain(|attr| route_method(attr).is_none() && !is_probe(attr));
                 }
             }
             item_impl.into_token_stream()

@@ -1,8 +1,12 @@
 //! `/healthz` (the process is alive) and `/readyz` (it should receive traffic: not draining, and no
 //! dependency's circuit breaker open).
 
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
@@ -30,11 +34,56 @@ impl Readiness {
     }
 }
 
+type Probe = dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync;
+
+/// A named readiness probe, run by every `/readyz` request: a `#[health_check]` method, or any async
+/// fn returning `Result`. A probe that fails, or takes longer than [`HealthCheck::TIMEOUT`], makes
+/// the service not ready.
+#[derive(Clone)]
+pub struct HealthCheck {
+    name: &'static str,
+    probe: Arc<Probe>,
+}
+
+impl fmt::Debug for HealthCheck {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HealthCheck").field("name", &self.name).finish_non_exhaustive()
+    }
+}
+
+impl HealthCheck {
+    /// How long one probe may take before it counts as failed.
+    pub const TIMEOUT: Duration = Duration::from_secs(2);
+
+    /// A probe named `name` that passes when `probe` returns `Ok`.
+    pub fn new<F, Fut, T, E>(name: &'static str, probe: F) -> Self
+    where
+        F: Fn() -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<T, E>> + Send + 'static,
+        E: fmt::Display,
+    {
+        let probe = move || -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+            let check = probe();
+            Box::pin(async move { check.await.map(drop).map_err(|error| error.to_string()) })
+        };
+        HealthCheck { name, probe: Arc::new(probe) }
+    }
+
+    /// Runs the probe within [`Self::TIMEOUT`].
+    async fn run(&self) -> Result<(), String> {
+        match tokio::time::timeout(Self::TIMEOUT, (self.probe)()).await {
+            Ok(result) => result,
+            Err(_) => Err(format!("no answer within {:?}", Self::TIMEOUT)),
+        }
+    }
+}
+
 /// What the health endpoints read.
 #[derive(Debug, Clone)]
 pub(crate) struct HealthState {
     pub(crate) registry: &'static DependencyRegistry,
     pub(crate) readiness: Arc<Readiness>,
+    pub(crate) checks: Arc<Vec<HealthCheck>>,
 }
 
 pub(crate) async fn healthz() -> Response {
@@ -71,13 +120,43 @@ pub(crate) async fn readyz(State(state): State<HealthState>) -> Response {
             }),
         );
     }
+    // Probes run concurrently, so the slowest one bounds the answer.
+    let running: Vec<_> = state
+        .checks
+        .iter()
+        .map(|check| {
+            (
+                check.name,
+                tokio::spawn({
+                    let check = check.clone();
+                    async move { check.run().await }
+                }),
+            )
+        })
+        .collect();
+    let mut checks = serde_json::Map::new();
+    let mut failing = Vec::new();
+    for (name, task) in running {
+        let result = task.await.unwrap_or_else(|panic| Err(format!("the probe panicked: {panic}")));
+        let entry = match &result {
+            Ok(()) => serde_json::json!({ "status": "pass" }),
+            Err(detail) => {
+                failing.push(name);
+                serde_json::json!({ "status": "fail", "detail": detail })
+            }
+        };
+        checks.insert(name.to_owned(), entry);
+    }
     let draining = state.readiness.is_draining();
-    let (status, word) = match (draining, down.is_empty()) {
+    let (status, word) = match (draining, down.is_empty() && failing.is_empty()) {
         (true, _) => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
         (false, false) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
         (false, true) => (StatusCode::OK, "ready"),
     };
-    json(status, serde_json::json!({ "status": word, "down": down, "dependencies": dependencies }))
+    json(
+        status,
+        serde_json::json!({ "status": word, "down": down, "failing_checks": failing, "dependencies": dependencies, "checks": checks }),
+    )
 }
 
 fn json(status: StatusCode, body: serde_json::Value) -> Response {

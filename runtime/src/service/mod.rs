@@ -29,7 +29,7 @@ use tokio::sync::oneshot;
 
 #[cfg(feature = "grpc")]
 pub use grpc::GrpcServices;
-pub use health::Readiness;
+pub use health::{HealthCheck, Readiness};
 pub use layer::{HttpLayer, HttpService};
 pub use problem::{Problem, PROBLEM_JSON};
 
@@ -47,6 +47,11 @@ pub trait Routes: Send + Sync + 'static {
 
     /// The routes, with handlers that call the service's methods.
     fn routes(self: Arc<Self>) -> Router;
+
+    /// The readiness probes: the methods marked `#[health_check]`.
+    fn health_checks(self: Arc<Self>) -> Vec<HealthCheck> {
+        Vec::new()
+    }
 
     /// The gRPC services, when `#[service(grpc(..))]` names some.
     #[cfg(feature = "grpc")]
@@ -86,7 +91,7 @@ pub fn server<S: Routes>(service: S) -> Result<Server, ServeError> {
 }
 
 fn server_for<S: Routes>(service: Arc<S>, registry: &'static DependencyRegistry) -> Server {
-    let server = Server::new(service.clone().routes(), registry);
+    let server = Server::new(service.clone().routes(), registry).with_health_checks(service.clone().health_checks());
     #[cfg(feature = "grpc")]
     if let Some(grpc) = service.grpc() {
         return server.with_grpc(grpc);
@@ -128,6 +133,7 @@ pub struct Server {
     routes: Router,
     registry: &'static DependencyRegistry,
     readiness: Arc<Readiness>,
+    checks: Vec<HealthCheck>,
     #[cfg(feature = "grpc")]
     grpc: Option<grpc::GrpcServices>,
 }
@@ -139,9 +145,16 @@ impl Server {
             routes,
             registry,
             readiness: Arc::new(Readiness::default()),
+            checks: Vec::new(),
             #[cfg(feature = "grpc")]
             grpc: None,
         }
+    }
+
+    /// Adds readiness probes `/readyz` runs on every request.
+    pub fn with_health_checks(mut self, checks: impl IntoIterator<Item = HealthCheck>) -> Self {
+        self.checks.extend(checks);
+        self
     }
 
     /// Adds the routes of an existing axum `Router` (its state already provided).
@@ -167,7 +180,11 @@ impl Server {
 
     /// User routes and built-in endpoints, before the layer every request passes.
     fn http_routes(&self) -> Router {
-        let health = health::HealthState { registry: self.registry, readiness: self.readiness.clone() };
+        let health = health::HealthState {
+            registry: self.registry,
+            readiness: self.readiness.clone(),
+            checks: Arc::new(self.checks.clone()),
+        };
         let builtin = Router::new()
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
