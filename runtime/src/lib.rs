@@ -56,6 +56,8 @@ pub use axum;
 pub use sqlx;
 #[cfg(feature = "tonic")]
 pub use tonic;
+#[cfg(feature = "otel")]
+pub use {opentelemetry, opentelemetry_sdk, tracing_opentelemetry};
 /// Version-matched ecosystem crates, so users never fight version skew.
 pub use {prometheus_client, tracing};
 

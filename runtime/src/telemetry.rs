@@ -44,6 +44,50 @@ pub fn shutdown() {
     otel::shutdown();
 }
 
+/// Puts the current span's W3C trace context (`traceparent`, `tracestate`) on an outgoing request's
+/// headers, so the service called continues this trace. Without the `otel` feature there is no trace
+/// context to send and the headers are left as they are.
+pub fn inject_trace_context(headers: &mut http::HeaderMap) {
+    otel::inject(headers);
+}
+
+/// A tower layer for outgoing HTTP or gRPC clients (a tonic `Channel`, a hyper client) that adds the
+/// current trace context to every request; see [`inject_trace_context`].
+#[derive(Debug, Clone, Copy, Default)]
+pub struct TraceContextLayer;
+
+impl<S> tower_layer::Layer<S> for TraceContextLayer {
+    type Service = TraceContextService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        TraceContextService { inner }
+    }
+}
+
+/// The service [`TraceContextLayer`] builds.
+#[derive(Debug, Clone)]
+pub struct TraceContextService<S> {
+    inner: S,
+}
+
+impl<S, B> tower_service::Service<http::Request<B>> for TraceContextService<S>
+where
+    S: tower_service::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        inject_trace_context(request.headers_mut());
+        self.inner.call(request)
+    }
+}
+
 #[cfg(feature = "otel")]
 pub(crate) mod otel {
     use std::sync::OnceLock;
@@ -86,11 +130,25 @@ pub(crate) mod otel {
         }
     }
 
+    pub(crate) fn inject(headers: &mut http::HeaderMap) {
+        let context = tracing::Span::current().context();
+        TraceContextPropagator::new().inject_context(&context, &mut HeadersMut(headers));
+    }
+
+    struct HeadersMut<'a>(&'a mut http::HeaderMap);
+
+    impl opentelemetry::propagation::Injector for HeadersMut<'_> {
+        fn set(&mut self, key: &str, value: String) {
+            if let (Ok(name), Ok(value)) =
+                (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
+            {
+                self.0.insert(name, value);
+            }
+        }
+    }
+
     /// Makes the caller's W3C trace context (`traceparent`, `tracestate`) the parent of `span`.
     pub(crate) fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
-        if PROVIDER.get().is_none() {
-            return;
-        }
         let parent = TraceContextPropagator::new().extract(&Headers(headers));
         let _ = span.set_parent(parent);
     }
@@ -117,4 +175,6 @@ pub(crate) mod otel {
     pub(crate) fn shutdown() {}
 
     pub(crate) fn continue_trace(_span: &tracing::Span, _headers: &http::HeaderMap) {}
+
+    pub(crate) fn inject(_headers: &mut http::HeaderMap) {}
 }
