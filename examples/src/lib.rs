@@ -89,11 +89,7 @@ impl From<AppError> for tonic::Status {
                 marty::tracing::error!(%error, "database error");
                 tonic::Status::internal("the order store failed")
             }
-            AppError::Resilience(error) => match error.http_status() {
-                504 => tonic::Status::deadline_exceeded(error.to_string()),
-                503 => tonic::Status::unavailable(error.to_string()),
-                _ => tonic::Status::internal(error.to_string()),
-            },
+            AppError::Resilience(error) => error.into(),
         }
     }
 }

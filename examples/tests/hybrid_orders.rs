@@ -112,3 +112,30 @@ async fn the_grpc_example_serves_orders_health_and_the_builtin_http_endpoints() 
         tokio::task::spawn_blocking(move || support::request(addr, "GET", "/readyz", None).unwrap()).await.unwrap();
     assert_eq!(ready.status, 200, "{ready:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_sigterm_grpc_health_turns_not_serving_before_the_service_stops() {
+    let env = [("MARTY__SERVICE__DRAIN_DELAY", "2s".to_owned())];
+    let mut service = tokio::task::spawn_blocking(move || {
+        Service::start_with_env(BINARY, "grpc-drain", std::process::Stdio::null(), None, &env)
+    })
+    .await
+    .unwrap();
+    let channel = Channel::from_shared(format!("http://{}", service.addr)).unwrap().connect().await.unwrap();
+    let mut health = HealthClient::new(channel);
+    let check = HealthCheckRequest { service: "orders.v1.Orders".into() };
+    assert_eq!(health.check(check.clone()).await.unwrap().into_inner().status, ServingStatus::Serving as i32);
+
+    service.terminate();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    loop {
+        let status = health.check(check.clone()).await.expect("still answering during drain_delay").into_inner().status;
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "gRPC health never turned NOT_SERVING");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap()).await.unwrap();
+    assert!(exit.success(), "graceful shutdown exits 0");
+}

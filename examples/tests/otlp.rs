@@ -70,6 +70,12 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
     .unwrap()
     .unwrap();
     assert_eq!(created.status, 201, "{created:?}");
+    // A request that starts its own trace, and fails so that it logs.
+    let broken = tokio::task::spawn_blocking(move || support::request(addr, "GET", "/reports/broken", None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(broken.status, 500);
 
     // SIGTERM: the service flushes its spans before it exits.
     service.terminate();

@@ -90,6 +90,23 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+/// The gRPC status a framework error answers with: shed load and open breakers are `UNAVAILABLE`
+/// (clients may retry), timeouts `DEADLINE_EXCEEDED`, configuration problems `INTERNAL` (details stay
+/// in the service's logs).
+#[cfg(feature = "tonic")]
+impl From<Error> for tonic::Status {
+    fn from(error: Error) -> Self {
+        match &error {
+            Error::Rejected { .. } | Error::CircuitOpen { .. } => tonic::Status::unavailable(error.to_string()),
+            Error::Timeout { .. } => tonic::Status::deadline_exceeded(error.to_string()),
+            Error::Config(errors) => {
+                tracing::error!(%errors, "call failed on invalid configuration");
+                tonic::Status::internal("the service is misconfigured")
+            }
+        }
+    }
+}
+
 /// A wrapped call's error when the inner error type cannot hold Marty's own (an `io::Error`, a
 /// `sqlx::Error`): either the framework stopped the call, or the call itself failed.
 #[derive(Debug)]
@@ -134,3 +151,21 @@ impl<E: std::error::Error + 'static> std::error::Error for CallError<E> {
 pub trait HoldsMartyErrors: From<Error> {}
 
 impl<E: From<Error>> HoldsMartyErrors for E {}
+
+#[cfg(all(test, feature = "tonic"))]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn framework_errors_become_the_matching_grpc_statuses() {
+        let dependency: Arc<str> = "db".into();
+        let open = Error::CircuitOpen { dependency: dependency.clone(), retry_after: Duration::from_secs(3) };
+        assert_eq!(tonic::Status::from(open).code(), tonic::Code::Unavailable);
+        let full = Error::Rejected { dependency: dependency.clone(), max_concurrent: 4 };
+        assert_eq!(tonic::Status::from(full).code(), tonic::Code::Unavailable);
+        let slow = Error::Timeout { dependency, timeout: Duration::from_secs(1) };
+        let status = tonic::Status::from(slow);
+        assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
+        assert!(status.message().contains("timed out after 1s"), "{}", status.message());
+    }
+}

@@ -135,6 +135,15 @@ pub(crate) mod otel {
         TraceContextPropagator::new().inject_context(&context, &mut HeadersMut(headers));
     }
 
+    /// The trace id OpenTelemetry gave `span`, when it is exporting.
+    pub(crate) fn trace_id(span: &tracing::Span) -> Option<String> {
+        use opentelemetry::trace::TraceContextExt;
+        PROVIDER.get()?;
+        let context = span.context();
+        let span_context = context.span().span_context().clone();
+        span_context.is_valid().then(|| span_context.trace_id().to_string())
+    }
+
     struct HeadersMut<'a>(&'a mut http::HeaderMap);
 
     impl opentelemetry::propagation::Injector for HeadersMut<'_> {
@@ -177,4 +186,8 @@ pub(crate) mod otel {
     pub(crate) fn continue_trace(_span: &tracing::Span, _headers: &http::HeaderMap) {}
 
     pub(crate) fn inject(_headers: &mut http::HeaderMap) {}
+
+    pub(crate) fn trace_id(_span: &tracing::Span) -> Option<String> {
+        None
+    }
 }

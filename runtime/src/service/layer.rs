@@ -90,10 +90,18 @@ where
         );
         if !span.is_disabled() {
             // The caller's W3C trace id, so this request's log lines join the caller's trace.
-            if let Some(trace_id) = request.headers().get(TRACEPARENT).and_then(trace_id_of) {
-                span.record("trace_id", trace_id);
-            }
             crate::telemetry::otel::continue_trace(&span, request.headers());
+            match request.headers().get(TRACEPARENT).and_then(trace_id_of) {
+                Some(trace_id) => {
+                    span.record("trace_id", trace_id);
+                }
+                // A trace this request starts: its id comes from OpenTelemetry, when exporting.
+                None => {
+                    if let Some(trace_id) = crate::telemetry::otel::trace_id(&span) {
+                        span.record("trace_id", trace_id.as_str());
+                    }
+                }
+            }
         }
         let inner = {
             let _entered = span.enter();
