@@ -156,13 +156,13 @@ pub fn attempt_future<R: CallResult<Ok = T, Err = E>, T, E>(
 pub mod service_support {
     pub use std::option::Option;
     pub use std::sync::Arc;
+    pub use std::vec::Vec;
 
     pub use axum::{routing, Router};
 
     #[cfg(feature = "grpc")]
     pub use crate::service::GrpcServices;
     pub use crate::service::{HealthCheck, Routes};
-    pub use std::vec::Vec;
 
     /// Implemented by everything a route handler may return: every axum `IntoResponse`.
     #[diagnostic::on_unimplemented(
