@@ -7,6 +7,7 @@
 mod call;
 mod config_file;
 mod diagnostic;
+mod event;
 mod paths;
 mod service;
 
@@ -160,3 +161,42 @@ macro_rules! route_attribute {
 }
 
 route_attribute!(get, post, put, patch, delete, health_check);
+
+/// Implements `marty::Event` for a struct or enum that also derives serde's `Serialize` and
+/// `Deserialize`.
+///
+/// # Arguments
+///
+/// | attribute | meaning |
+/// |---|---|
+/// | `#[event(topic = "orders.created")]` (required) | where it is published: dot-separated names of letters, digits, `_`, `-` |
+/// | `#[event(version = 2)]` | its schema version, default 1 |
+/// | `#[event(crate = "my_marty")]` | the path of `marty` when renamed |
+/// | `#[event(key)]` on one field | the aggregate key: events with the same key keep their order |
+///
+/// # Examples
+///
+/// ```ignore
+/// #[derive(marty::Event, serde::Serialize, serde::Deserialize)]
+/// #[event(topic = "orders.created", version = 1)]
+/// struct OrderCreated {
+///     #[event(key)]
+///     order_id: i64,
+///     total_cents: u64,
+/// }
+/// ```
+///
+/// # Expands to
+///
+/// `impl marty::Event for OrderCreated { const TOPIC = "orders.created"; const VERSION = 1; fn key(&self)
+/// -> Option<String> { Some(self.order_id.to_string()) } }`.
+///
+/// # Errors
+///
+/// A missing or malformed topic, version 0, unknown arguments, a key on more than one field or on an
+/// enum's fields, a key type that does not implement `Display` (reported at the field's type),
+/// generic events, unions.
+#[proc_macro_derive(Event, attributes(event))]
+pub fn derive_event(input: TokenStream) -> TokenStream {
+    event::expand(input.into()).into()
+}

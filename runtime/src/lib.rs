@@ -21,6 +21,8 @@ pub mod bulkhead;
 pub mod circuit_breaker;
 mod classify;
 mod error;
+#[cfg(feature = "events")]
+pub mod events;
 pub mod fallback;
 pub mod metrics;
 pub mod policy;
@@ -47,8 +49,12 @@ pub use registry::DependencyRegistry;
 /// `marty.toml`: the configuration schema, shared with the macros.
 pub use marty_config as config;
 
+#[cfg(feature = "events")]
+pub use events::Event;
 #[doc(inline)]
-pub use marty_macros::{api_call, cache_call, database_call, delete, get, health_check, patch, post, put, service};
+pub use marty_macros::{
+    api_call, cache_call, database_call, delete, get, health_check, patch, post, put, service, Event,
+};
 
 #[cfg(feature = "http")]
 pub use axum;

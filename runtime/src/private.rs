@@ -9,6 +9,10 @@ use std::time::Duration;
 
 pub use core;
 pub use marty_config::{Backoff, DependencyKind};
+pub use std::string::String;
+
+#[cfg(feature = "events")]
+pub use crate::events::Event;
 
 use crate::classify::{Classify, ErrorClass};
 use crate::error::{Error, HoldsMartyErrors};
@@ -176,4 +180,19 @@ pub mod service_support {
 
     /// Asserts at the handler's return type that axum can answer with it.
     pub const fn assert_handler_output<T: HandlerOutput>() {}
+}
+
+/// Implemented by every type an event's key field can have: anything that prints.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an event key",
+    label = "the `#[event(key)]` field's type must implement `Display`",
+    note = "keys travel as strings: use an id, a number or a string, or implement `Display` for `{Self}`"
+)]
+pub trait EventKey: std::fmt::Display {}
+
+impl<T: std::fmt::Display + ?Sized> EventKey for T {}
+
+/// An event's key as it travels.
+pub fn event_key<T: EventKey + ?Sized>(key: &T) -> String {
+    key.to_string()
 }

@@ -11,4 +11,6 @@ fn ui() {
     cases.compile_fail("tests/database_call/fail/*.rs");
     cases.pass("tests/service/pass/*.rs");
     cases.compile_fail("tests/service/fail/*.rs");
+    cases.pass("tests/event/pass/*.rs");
+    cases.compile_fail("tests/event/fail/*.rs");
 }

@@ -6,7 +6,7 @@ mod check;
 mod codegen;
 mod parse;
 
-pub(crate) use parse::{PathArg, StrArg};
+pub(crate) use parse::{check_names, IntArg, PathArg, Shape, StrArg};
 #[cfg(test)]
 pub(crate) mod tests;
 

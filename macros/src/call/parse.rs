@@ -45,11 +45,13 @@ const RETRY_ARGS: &[(&str, Shape)] = &[
 ];
 
 #[derive(Clone, Copy)]
-enum Shape {
+pub(crate) enum Shape {
     /// `name = value`
     Value(&'static str),
     /// `name = value` or `name(..)`
     ValueOrList(&'static str),
+    /// a bare `name`
+    Word(&'static str),
 }
 
 /// Parses the attribute's tokens; `attribute` names it in messages.
@@ -93,7 +95,7 @@ impl CallArgs {
 
 /// Reports unknown, repeated and positional arguments and arguments of the wrong shape, and returns
 /// the items that are left for darling to convert.
-fn check_names(
+pub(crate) fn check_names(
     context: &str,
     items: &[NestedMeta],
     known: &[(&str, Shape)],
@@ -149,11 +151,20 @@ fn check_names(
             continue;
         }
         seen.push(name.clone());
-        let shape_ok = matches!((meta, shape), (Meta::NameValue(_), _) | (Meta::List(_), Shape::ValueOrList(_)));
+        let shape_ok = matches!(
+            (meta, shape),
+            (Meta::NameValue(_), Shape::Value(_) | Shape::ValueOrList(_))
+                | (Meta::List(_), Shape::ValueOrList(_))
+                | (Meta::Path(_), Shape::Word(_))
+        );
         if !shape_ok {
             let example = match shape {
-                Shape::Value(example) | Shape::ValueOrList(example) => example,
+                Shape::Value(example) | Shape::ValueOrList(example) | Shape::Word(example) => example,
             };
+            if let Shape::Word(_) = shape {
+                errors.push(error(meta.span(), format!("`{name}` takes no value"), format!("write `{example}`")));
+                continue;
+            }
             errors.push(error(meta.span(), format!("`{name}` needs a value"), format!("write `{example}`")));
             continue;
         }

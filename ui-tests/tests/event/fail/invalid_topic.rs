@@ -1,0 +1,9 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, marty::Event)]
+#[event(topic = "orders created")]
+struct OrderCreated {
+    order_id: u64,
+}
+
+fn main() {}

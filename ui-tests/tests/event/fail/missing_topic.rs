@@ -1,0 +1,8 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, marty::Event)]
+struct OrderCreated {
+    order_id: u64,
+}
+
+fn main() {}
