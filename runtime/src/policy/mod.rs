@@ -262,6 +262,8 @@ impl Call<'_> {
         };
         let start = Instant::now();
         let deadline = Deadline::after(start, policy.timeout());
+        // `Bulkhead::acquire` written out: awaiting that async fn nests one more future in every
+        // call's state, which cost ~10 ns per call in `call_overhead`.
         let acquired = match dependency.bulkhead.try_acquire() {
             Some(bulkhead_permit) => Ok(bulkhead_permit),
             None => dependency.bulkhead.wait_for_permit(Some(deadline)).await,
