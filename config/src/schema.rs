@@ -304,6 +304,12 @@ pub struct OutboxConfig {
     pub store: String,
     /// How many events the relay publishes per round.
     pub batch_size: u32,
+    /// How often the relay looks for events when nothing woke it (PostgreSQL wakes it on commit).
+    pub poll_interval: Duration,
+    /// Publish attempts the broker may reject before an event is parked.
+    pub max_attempts: u32,
+    /// How long published events are kept in the table.
+    pub retention: Duration,
 }
 
 const ROOT_KEYS: &[&str] = &["service", "http", "grpc", "telemetry", "dependencies", "events", "outbox"];
@@ -370,8 +376,11 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         Some(EventsConfig { broker, url: reader.string(&table, "url") })
     });
     let outbox = reader.table(root, "outbox").and_then(|table| {
-        reader.deny_unknown_keys(&table, &["store", "batch_size"]);
+        reader.deny_unknown_keys(&table, &["store", "batch_size", "poll_interval", "max_attempts", "retention"]);
         let batch_size = reader.integer(&table, "batch_size", 1, 10_000).unwrap_or(100) as u32;
+        let poll_interval = reader.duration(&table, "poll_interval").unwrap_or(Duration::from_millis(500));
+        let max_attempts = reader.integer(&table, "max_attempts", 1, 1_000).unwrap_or(10) as u32;
+        let retention = reader.duration(&table, "retention").unwrap_or(Duration::from_secs(3600));
         let Some(store) = reader.string(&table, "store") else {
             let origin = reader.origin_of(&table, "store").clone();
             let help = Some(
@@ -381,7 +390,7 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
             return None;
         };
         check_outbox_store(reader, &table, &store, &dependencies);
-        Some(OutboxConfig { store, batch_size })
+        Some(OutboxConfig { store, batch_size, poll_interval, max_attempts, retention })
     });
     Config { file: file.to_owned(), service, http, grpc, telemetry, dependencies, events, outbox }
 }

@@ -24,12 +24,18 @@ mod error;
 #[cfg(feature = "events")]
 pub mod events;
 pub mod fallback;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod inbox;
 pub mod metrics;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod outbox;
 pub mod policy;
 mod registry;
 pub mod retry;
 #[cfg(feature = "http")]
 pub mod service;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod store;
 mod stripe;
 #[cfg(feature = "http")]
 pub mod telemetry;

@@ -7,6 +7,11 @@
 //! - `marty_retries_total{dependency,operation}`.
 //! - `marty_circuit_state{dependency}` (0 closed, 1 open, 2 half-open) and
 //!   `marty_bulkhead_available{dependency}`: read from the live policies at scrape time.
+//! - `marty_events_consumed_total{topic,group,outcome}` (`handled`, `duplicate`, `retried`,
+//!   `dead_lettered`) and `marty_event_handler_duration_seconds{topic,group}`.
+//! - `marty_outbox_published_total`, `marty_outbox_failed_total` (publish attempts the broker did
+//!   not acknowledge), and the gauges `marty_outbox_pending`, `marty_outbox_parked` and
+//!   `marty_outbox_lag_seconds` (age of the oldest pending event).
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,7 +22,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
-use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::{MetricType, TypedMetric};
 use prometheus_client::registry::Registry;
 
@@ -77,6 +82,57 @@ pub struct Metrics {
     retries: Family<OperationLabels, Counter>,
     http_requests: Family<HttpLabels, LatencyHistogram>,
     policies: Arc<PolicyGauges>,
+    events: EventMetrics,
+}
+
+/// Labels of consumer metrics.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumerLabels {
+    topic: Arc<str>,
+    group: Arc<str>,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ConsumedLabels {
+    topic: Arc<str>,
+    group: Arc<str>,
+    outcome: &'static str,
+}
+
+/// The event metrics: consumers and the outbox relay.
+#[derive(Debug, Clone, Default)]
+pub struct EventMetrics {
+    consumed: Family<ConsumedLabels, Counter>,
+    handler_durations: Family<ConsumerLabels, LatencyHistogram>,
+    /// Events the broker acknowledged.
+    pub outbox_published: Counter,
+    /// Publish attempts the broker did not acknowledge.
+    pub outbox_failed: Counter,
+    /// Events waiting to be published.
+    pub outbox_pending: Gauge,
+    /// Events parked after too many failed attempts.
+    pub outbox_parked: Gauge,
+    /// Age of the oldest pending event, in seconds.
+    pub outbox_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl EventMetrics {
+    /// Counts one delivery of `topic` to `group` by how it ended.
+    pub fn record_consumed(&self, topic: &Arc<str>, group: &Arc<str>, outcome: &'static str) {
+        self.consumed.get_or_create(&ConsumedLabels { topic: topic.clone(), group: group.clone(), outcome }).inc();
+    }
+
+    /// Records how long one handler attempt took.
+    pub fn record_handler(&self, topic: &Arc<str>, group: &Arc<str>, elapsed: Duration) {
+        self.handler_durations
+            .get_or_create(&ConsumerLabels { topic: topic.clone(), group: group.clone() })
+            .observe(elapsed);
+    }
+
+    /// How many deliveries of `topic` to `group` ended with `outcome` (for tests and reports).
+    pub fn consumed(&self, topic: &str, group: &str, outcome: &'static str) -> u64 {
+        self.consumed.get_or_create(&ConsumedLabels { topic: topic.into(), group: group.into(), outcome }).get()
+    }
 }
 
 /// Labels of `http_server_request_duration_seconds`, named after the OpenTelemetry semantic
@@ -122,7 +178,39 @@ impl Metrics {
             http_requests.clone(),
         );
         registry.register_collector(Box::new(policies.clone()));
-        Metrics { registry, calls, durations, retries, http_requests, policies }
+        let events = EventMetrics::default();
+        registry.register("marty_events_consumed", "Deliveries to event handlers, by outcome", events.consumed.clone());
+        registry.register(
+            "marty_event_handler_duration_seconds",
+            "Duration of event handler attempts",
+            events.handler_durations.clone(),
+        );
+        registry.register(
+            "marty_outbox_published",
+            "Outbox events the broker acknowledged",
+            events.outbox_published.clone(),
+        );
+        registry.register(
+            "marty_outbox_failed",
+            "Outbox publish attempts the broker did not acknowledge",
+            events.outbox_failed.clone(),
+        );
+        registry.register(
+            "marty_outbox_pending",
+            "Outbox events waiting to be published",
+            events.outbox_pending.clone(),
+        );
+        registry.register(
+            "marty_outbox_parked",
+            "Outbox events parked after too many failed attempts",
+            events.outbox_parked.clone(),
+        );
+        registry.register(
+            "marty_outbox_lag_seconds",
+            "Age of the oldest pending outbox event",
+            events.outbox_lag_seconds.clone(),
+        );
+        Metrics { registry, calls, durations, retries, http_requests, policies, events }
     }
 
     /// The handles one call site records into.
@@ -155,6 +243,11 @@ impl Metrics {
     /// Reports a dependency's breaker state and free bulkhead permits at every scrape, while they live.
     pub fn watch_policies(&self, dependency: Arc<str>, breaker: &Arc<CircuitBreaker>, bulkhead: &Arc<Bulkhead>) {
         self.policies.lock().push((dependency, Arc::downgrade(breaker), Arc::downgrade(bulkhead)));
+    }
+
+    /// The consumer and outbox metrics.
+    pub fn events(&self) -> &EventMetrics {
+        &self.events
     }
 
     /// The Prometheus / OpenMetrics text exposition of every metric.

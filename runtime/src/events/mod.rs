@@ -1,12 +1,27 @@
 //! Events: typed messages with a topic, a schema version and an aggregate key, encoded as JSON.
 //!
-//! `#[derive(Event)]` implements [`Event`]; the transactional outbox, the relay and the consumers
-//! that carry events between services build on this trait.
+//! `#[derive(Event)]` implements [`Event`]; the transactional outbox ([`crate::outbox`]) writes
+//! events with the business data, its relay publishes them to a [`Broker`], and consumers
+//! ([`EventHandler`], from `#[event_handler]`) handle them, once per consumer group with the inbox
+//! ([`crate::inbox`]).
+
+pub mod broker;
+mod consumer;
+mod message;
 
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
+
+pub use broker::{Broker, BrokerError, Delivery, MemoryBroker, SubscribeOptions, Subscription};
+pub use consumer::{EventHandler, Handled, HandlerError, HandlerOptions, Invoke};
+pub use message::{headers, new_event_id, Message};
+
+/// A boxed future borrowing for `'a`, what the object-safe broker traits return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
 /// A message other services may consume.
 ///

@@ -1,0 +1,243 @@
+//! NATS JetStream: one stream per topic (created on first use), a durable pull consumer per group
+//! with explicit acks, `Nats-Msg-Id` = event id so the stream drops a republished event.
+//!
+//! Durability: JetStream's default fsync interval loses acknowledged messages when the server is
+//! killed (Jepsen, NATS 2.12.1, 2025). Run it with `jetstream { sync_interval: always }` where the
+//! server supports it, or on replicated streams, when the outbox's guarantee must survive that.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::context::{Context, PublishErrorKind};
+use async_nats::jetstream::stream;
+use async_nats::jetstream::AckKind;
+use async_nats::HeaderMap;
+use futures_util::StreamExt;
+use tokio::sync::mpsc;
+
+use super::{BrokerError, Delivery, Settle, Settlement, SubscribeOptions, Subscription};
+use crate::events::message::headers;
+use crate::events::BoxFuture;
+use crate::events::Message;
+
+/// Where dead-lettered messages go: `marty.dead_letter.<group>.<topic>` in one stream.
+pub const DEAD_LETTER_STREAM: &str = "MARTY_DEAD_LETTER";
+const DEAD_LETTER_SUBJECTS: &str = "marty.dead_letter.>";
+
+/// A NATS JetStream connection.
+#[derive(Debug)]
+pub struct NatsBroker {
+    jetstream: Context,
+    /// Topics whose stream this process has made sure of.
+    streams: Mutex<HashSet<String>>,
+}
+
+impl NatsBroker {
+    /// Connects to `url` (`nats://127.0.0.1:4222`); reconnects on its own afterwards.
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        let client = async_nats::ConnectOptions::new()
+            .connection_timeout(Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(|error| BrokerError::Unavailable(format!("cannot connect to NATS at {url}: {error}")))?;
+        let jetstream = async_nats::jetstream::ContextBuilder::new()
+            .timeout(Duration::from_secs(5))
+            .max_ack_inflight(20_000)
+            .backpressure_on_inflight(true)
+            .build(client);
+        Ok(NatsBroker { jetstream, streams: Mutex::new(HashSet::new()) })
+    }
+
+    /// The JetStream stream that holds `topic`: its name can hold neither dots nor wildcards.
+    pub fn stream_name(topic: &str) -> String {
+        format!("MARTY_{}", topic.replace(['.', '*', '>'], "_"))
+    }
+
+    async fn ensure_stream(&self, name: String, subjects: Vec<String>) -> Result<stream::Stream, BrokerError> {
+        let config = stream::Config {
+            name,
+            subjects,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            max_age: Duration::from_secs(7 * 24 * 3600),
+            ..Default::default()
+        };
+        self.jetstream
+            .get_or_create_stream(config)
+            .await
+            .map_err(|error| BrokerError::Unavailable(format!("cannot create the JetStream stream: {error}")))
+    }
+
+    async fn ensure_topic(&self, topic: &str) -> Result<stream::Stream, BrokerError> {
+        let stream = self.ensure_stream(Self::stream_name(topic), vec![topic.to_owned()]).await?;
+        self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(topic.to_owned());
+        Ok(stream)
+    }
+
+    fn known(&self, topic: &str) -> bool {
+        self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(topic)
+    }
+}
+
+fn headers_of(message: &Message) -> HeaderMap {
+    let mut map = HeaderMap::new();
+    map.insert("Nats-Msg-Id", message.id.as_str());
+    map.insert(headers::ID, message.id.as_str());
+    map.insert(headers::VERSION, message.version.to_string());
+    if let Some(key) = &message.key {
+        map.insert(headers::KEY, key.as_str());
+    }
+    if let Some(traceparent) = &message.traceparent {
+        map.insert(headers::TRACEPARENT, traceparent.as_str());
+    }
+    map
+}
+
+fn publish_error(error: async_nats::jetstream::context::PublishError) -> BrokerError {
+    match error.kind() {
+        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => {
+            BrokerError::Unavailable(error.to_string())
+        }
+        _ => BrokerError::Rejected(error.to_string()),
+    }
+}
+
+impl super::Broker for NatsBroker {
+    fn publish<'a>(&'a self, messages: &'a [Message]) -> BoxFuture<'a, Vec<Result<(), BrokerError>>> {
+        Box::pin(async move {
+            let mut topics: Vec<&str> = messages.iter().map(|message| message.topic.as_str()).collect();
+            topics.sort_unstable();
+            topics.dedup();
+            for topic in topics {
+                if !self.known(topic) {
+                    if let Err(error) = self.ensure_topic(topic).await {
+                        return messages.iter().map(|_| Err(error.clone())).collect();
+                    }
+                }
+            }
+            // Send all, then wait for the acks: one round trip for the batch, in publish order.
+            let mut pending = Vec::with_capacity(messages.len());
+            for message in messages {
+                let sent = self
+                    .jetstream
+                    .publish_with_headers(message.topic.clone(), headers_of(message), message.payload.clone().into())
+                    .await;
+                pending.push(sent);
+            }
+            let mut acks = Vec::with_capacity(messages.len());
+            for sent in pending {
+                let ack = match sent {
+                    Ok(ack) => ack.await.map(drop).map_err(publish_error),
+                    Err(error) => Err(publish_error(error)),
+                };
+                acks.push(ack);
+            }
+            acks
+        })
+    }
+
+    fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, BrokerError>> {
+        let (topic, group) = (topic.to_owned(), group.to_owned());
+        Box::pin(async move {
+            let stream = self.ensure_topic(&topic).await?;
+            let dead_letters =
+                self.ensure_stream(DEAD_LETTER_STREAM.to_owned(), vec![DEAD_LETTER_SUBJECTS.to_owned()]).await?;
+            drop(dead_letters);
+            let config = pull::Config {
+                durable_name: Some(group.clone()),
+                ack_policy: AckPolicy::Explicit,
+                deliver_policy: DeliverPolicy::All,
+                ack_wait: options.ack_wait,
+                max_ack_pending: options.max_in_flight as i64,
+                filter_subject: topic.clone(),
+                ..Default::default()
+            };
+            let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+                .get_or_create_consumer(&group, config)
+                .await
+                .map_err(|error| BrokerError::Unavailable(format!("cannot create consumer `{group}`: {error}")))?;
+            let mut messages = consumer
+                .messages()
+                .await
+                .map_err(|error| BrokerError::Unavailable(format!("cannot pull from `{topic}`: {error}")))?;
+            let (deliveries, receiver) = mpsc::channel(options.max_in_flight.max(1));
+            let jetstream = self.jetstream.clone();
+            tokio::spawn(async move {
+                while let Some(next) = messages.next().await {
+                    let raw = match next {
+                        Ok(raw) => raw,
+                        Err(error) => {
+                            // Heartbeats missed while the server restarts: the stream resumes on its own.
+                            tracing::warn!(%error, topic, group, "JetStream delivery interrupted");
+                            continue;
+                        }
+                    };
+                    let delivered = raw.info().map_or(1, |info| info.delivered.max(1) as u32);
+                    let message = message_of(&raw, &topic);
+                    let settle = NatsSettle { raw, jetstream: jetstream.clone() };
+                    if deliveries.send(Delivery::new(message, delivered, Box::new(settle))).await.is_err() {
+                        return;
+                    }
+                }
+            });
+            Ok(Subscription::new(receiver))
+        })
+    }
+}
+
+fn message_of(raw: &async_nats::jetstream::Message, topic: &str) -> Message {
+    let header = |name: &str| raw.headers.as_ref().and_then(|map| map.get(name)).map(|value| value.as_str().to_owned());
+    Message {
+        id: header(headers::ID).or_else(|| header("Nats-Msg-Id")).unwrap_or_default(),
+        topic: topic.to_owned(),
+        key: header(headers::KEY),
+        version: header(headers::VERSION).and_then(|version| version.parse().ok()).unwrap_or(1),
+        payload: raw.payload.to_vec(),
+        traceparent: header(headers::TRACEPARENT),
+    }
+}
+
+struct NatsSettle {
+    raw: async_nats::jetstream::Message,
+    jetstream: Context,
+}
+
+impl Settle for NatsSettle {
+    fn settle(self: Box<Self>, settlement: Settlement) -> BoxFuture<'static, Result<(), BrokerError>> {
+        Box::pin(async move {
+            let unavailable = |error: async_nats::Error| BrokerError::Unavailable(error.to_string());
+            match settlement {
+                Settlement::Ack => self.raw.ack().await.map_err(unavailable),
+                Settlement::DeadLetter { group, reason } => {
+                    let mut map = self.raw.headers.clone().unwrap_or_default();
+                    map.insert(headers::DEAD_LETTER_GROUP, group.as_str());
+                    map.insert(headers::DEAD_LETTER_REASON, reason.as_str());
+                    // A dead letter keeps its own id for dedup, apart from the original's.
+                    let id = map.get(headers::ID).map(|id| id.as_str().to_owned()).unwrap_or_default();
+                    map.insert("Nats-Msg-Id", format!("{id}:{group}:dead"));
+                    let subject = format!("marty.dead_letter.{group}.{}", self.raw.subject);
+                    let stored = self
+                        .jetstream
+                        .publish_with_headers(subject, map, self.raw.payload.clone())
+                        .await
+                        .map_err(publish_error)?;
+                    stored.await.map_err(publish_error)?;
+                    self.raw.ack_with(AckKind::Term).await.map_err(unavailable)
+                }
+            }
+        })
+    }
+
+    fn in_progress(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let _ = self.raw.ack_with(AckKind::Progress).await;
+        })
+    }
+}

@@ -1,0 +1,109 @@
+//! An event as it travels: an id (the broker's dedup id and the inbox's key), the topic, the
+//! aggregate key, the schema version, the JSON payload and the W3C trace context.
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::{Event, EventError};
+
+/// One event on its way through the outbox, a broker and a consumer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Message {
+    /// Unique per event, kept across redeliveries: brokers deduplicate on it (`Nats-Msg-Id`) and
+    /// the inbox records it. A UUIDv7, so ids sort by creation time.
+    pub id: String,
+    /// Where it is published.
+    pub topic: String,
+    /// The aggregate it belongs to; events with the same key are delivered in order.
+    pub key: Option<String>,
+    /// The schema version of the payload.
+    pub version: u32,
+    /// The encoded event (JSON).
+    pub payload: Vec<u8>,
+    /// The publisher's W3C `traceparent`, so the consumer continues its trace.
+    pub traceparent: Option<String>,
+}
+
+impl Message {
+    /// `event` encoded, with a fresh id and the current span's trace context.
+    pub fn from_event<E: Event>(event: &E) -> Result<Self, EventError> {
+        Ok(Message {
+            id: new_event_id(),
+            topic: E::TOPIC.to_owned(),
+            key: event.key(),
+            version: E::VERSION,
+            payload: event.encode()?,
+            traceparent: current_traceparent(),
+        })
+    }
+}
+
+/// Names of the headers carrying a message's metadata on brokers that have headers.
+pub mod headers {
+    /// The event id (NATS reads its own `Nats-Msg-Id` for dedup; other brokers read this one).
+    pub const ID: &str = "marty-event-id";
+    /// The aggregate key.
+    pub const KEY: &str = "marty-key";
+    /// The schema version.
+    pub const VERSION: &str = "marty-version";
+    /// The publisher's trace context.
+    pub const TRACEPARENT: &str = "traceparent";
+    /// Why a dead-lettered message was given up on.
+    pub const DEAD_LETTER_REASON: &str = "marty-dead-letter-reason";
+    /// The consumer group that gave up on a dead-lettered message.
+    pub const DEAD_LETTER_GROUP: &str = "marty-dead-letter-group";
+}
+
+/// A UUIDv7 in its text form: 48 bits of milliseconds since the epoch, then random bits.
+pub fn new_event_id() -> String {
+    let millis = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as u64);
+    let random = fastrand::u128(..);
+    let bits = (u128::from(millis) << 80)
+        | (0x7 << 76)
+        | ((random >> 64) & 0x0fff) << 64
+        | (0b10 << 62)
+        | (random & 0x3fff_ffff_ffff_ffff);
+    let hex = format!("{bits:032x}");
+    let mut id = String::with_capacity(36);
+    for (start, end) in [(0, 8), (8, 12), (12, 16), (16, 20), (20, 32)] {
+        if start > 0 {
+            id.push('-');
+        }
+        let _ = write!(id, "{}", &hex[start..end]);
+    }
+    id
+}
+
+/// The current span's `traceparent`, when OpenTelemetry is exporting it.
+pub(crate) fn current_traceparent() -> Option<String> {
+    let mut headers = http::HeaderMap::new();
+    crate::telemetry::inject_trace_context(&mut headers);
+    headers.get("traceparent").and_then(|value| value.to_str().ok()).map(str::to_owned)
+}
+
+/// Makes `traceparent` the parent of `span`, so a consumer continues the publisher's trace.
+pub(crate) fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+    let Some(value) = traceparent.and_then(|value| http::HeaderValue::from_str(value).ok()) else {
+        return;
+    };
+    let mut headers = http::HeaderMap::new();
+    headers.insert("traceparent", value);
+    crate::telemetry::otel::continue_trace(span, &headers);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_ids_are_uuid_v7_and_sort_by_creation_time() {
+        let first = new_event_id();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let second = new_event_id();
+        assert_eq!(first.len(), 36);
+        assert_eq!(&first[14..15], "7", "version nibble: {first}");
+        assert!(matches!(&first[19..20], "8" | "9" | "a" | "b"), "variant bits: {first}");
+        assert!(first < second, "{first} then {second}");
+        assert_ne!(new_event_id(), new_event_id());
+    }
+}

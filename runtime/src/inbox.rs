@@ -1,0 +1,127 @@
+//! The inbox: a consumer records `(consumer group, event id)` in the transaction that carries the
+//! handler's effects, so a redelivered event finds its record and its effects are not repeated.
+//!
+//! `#[event_handler]` does this when the handler takes a transaction:
+//!
+//! ```ignore
+//! #[event_handler(inbox = "billing_db")]
+//! async fn on_order_placed(&self, event: OrderPlaced, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), BillingError> {
+//!     sqlx::query("insert into invoices (order_id) values ($1)").bind(event.order_id).execute(&mut **tx).await?;
+//!     Ok(()) // the framework commits: invoice and inbox record together, or neither
+//! }
+//! ```
+
+use crate::events::BoxFuture;
+use crate::store::Store;
+
+/// A database the inbox can live in.
+pub trait InboxDatabase: sqlx::Database {
+    /// `store`'s pool, when it is this database.
+    fn pool(store: &Store) -> Option<&sqlx::Pool<Self>>;
+
+    /// Records `(group, event_id)` in `tx`; `false` when it is already there.
+    fn record<'a>(
+        tx: &'a mut sqlx::Transaction<'static, Self>,
+        group: &'a str,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
+}
+
+#[cfg(feature = "postgres")]
+impl InboxDatabase for sqlx::Postgres {
+    fn pool(store: &Store) -> Option<&sqlx::Pool<Self>> {
+        #[allow(irrefutable_let_patterns, unreachable_patterns)]
+        match store {
+            Store::Postgres(pool) => Some(pool),
+            _ => None,
+        }
+    }
+
+    fn record<'a>(
+        tx: &'a mut sqlx::Transaction<'static, Self>,
+        group: &'a str,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+        Box::pin(async move {
+            let done = sqlx::query(
+                "insert into marty_inbox (consumer_group, event_id) values ($1, $2) on conflict do nothing",
+            )
+            .bind(group)
+            .bind(event_id)
+            .execute(&mut **tx)
+            .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl InboxDatabase for sqlx::Sqlite {
+    fn pool(store: &Store) -> Option<&sqlx::Pool<Self>> {
+        #[allow(irrefutable_let_patterns, unreachable_patterns)]
+        match store {
+            Store::Sqlite(pool) => Some(pool),
+            _ => None,
+        }
+    }
+
+    fn record<'a>(
+        tx: &'a mut sqlx::Transaction<'static, Self>,
+        group: &'a str,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+        Box::pin(async move {
+            let done =
+                sqlx::query("insert into marty_inbox (consumer_group, event_id) values (?, ?) on conflict do nothing")
+                    .bind(group)
+                    .bind(event_id)
+                    .execute(&mut **tx)
+                    .await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+}
+
+/// Begins a transaction in `store` and records `event_id` for `group` in it: `None` when the group
+/// already handled that event (its transaction committed), so nothing should run again. A
+/// concurrent delivery of the same event waits on the record until the first one's transaction ends.
+pub async fn begin<DB: InboxDatabase>(
+    store: &Store,
+    group: &str,
+    event_id: &str,
+) -> Result<Option<sqlx::Transaction<'static, DB>>, sqlx::Error> {
+    let pool = DB::pool(store).ok_or_else(|| {
+        sqlx::Error::Configuration(
+            format!("the inbox store is not a {} database, as the handler's transaction type says", DB::NAME).into(),
+        )
+    })?;
+    let mut tx = pool.begin().await?;
+    if !DB::record(&mut tx, group, event_id).await? {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    Ok(Some(tx))
+}
+
+/// Whether `group` has handled `event_id` (for operators and tests).
+pub async fn handled(store: &Store, group: &str, event_id: &str) -> Result<bool, sqlx::Error> {
+    let count: i64 = match store {
+        #[cfg(feature = "postgres")]
+        Store::Postgres(pool) => {
+            sqlx::query_scalar("select count(*) from marty_inbox where consumer_group = $1 and event_id = $2")
+                .bind(group)
+                .bind(event_id)
+                .fetch_one(pool)
+                .await?
+        }
+        #[cfg(feature = "sqlite")]
+        Store::Sqlite(pool) => {
+            sqlx::query_scalar("select count(*) from marty_inbox where consumer_group = ? and event_id = ?")
+                .bind(group)
+                .bind(event_id)
+                .fetch_one(pool)
+                .await?
+        }
+    };
+    Ok(count > 0)
+}

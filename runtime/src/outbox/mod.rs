@@ -1,0 +1,178 @@
+//! The transactional outbox: [`publish`] writes an event in the same database transaction as the
+//! business data, so the event exists exactly when the data does; the [`Relay`] publishes it to
+//! the broker afterwards (at least once, deduplicated by event id at the broker and the inbox).
+//!
+//! ```ignore
+//! let mut tx = pool.begin().await?;
+//! sqlx::query("insert into orders (id, item) values ($1, $2)").bind(id).bind(&item).execute(&mut *tx).await?;
+//! marty::outbox::publish(&mut tx, &OrderPlaced { order_id: id, item }).await?;
+//! tx.commit().await?;
+//! ```
+//!
+//! What the relay promises (PostgreSQL; SQLite serialises writers, so the same holds there):
+//! - no event is skipped when transactions commit out of order: a row is taken only once every
+//!   transaction that could still commit an earlier one has ended (snapshot gating on the writing
+//!   transaction id, as Watermill does);
+//! - events of one aggregate key reach the broker in the order they were written, even with several
+//!   relays on one table: a row is published only when every earlier pending row of its key is in
+//!   the same batch (rows are locked `FOR UPDATE SKIP LOCKED`, so relays never publish one row twice
+//!   at once);
+//! - a row is marked sent only after the broker acknowledged it; while the broker is unreachable the
+//!   relay backs off and counts nothing against the rows;
+//! - a row the broker rejects `max_attempts` times is parked with the reason: visible with
+//!   [`parked`], replayed with [`replay`], never deleted silently;
+//! - sent rows are deleted after `retention`.
+
+mod relay;
+pub(crate) mod schema;
+
+use std::fmt;
+
+pub use relay::{Relay, RelayOptions};
+
+use crate::events::{BoxFuture, Event, Message};
+pub use crate::store::Store;
+
+/// A transaction (or connection) the outbox can write to: sqlx PostgreSQL and SQLite transactions.
+pub trait OutboxTransaction: Send {
+    /// Inserts `message` as a pending outbox row.
+    fn insert_outbox_row<'a>(&'a mut self, message: &'a Message) -> BoxFuture<'a, Result<(), sqlx::Error>>;
+}
+
+#[cfg(feature = "postgres")]
+impl OutboxTransaction for sqlx::PgConnection {
+    fn insert_outbox_row<'a>(&'a mut self, message: &'a Message) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::query(
+                "insert into marty_outbox (event_id, topic, key, version, payload, traceparent)
+                 values ($1, $2, $3, $4, $5, $6)",
+            )
+            .bind(&message.id)
+            .bind(&message.topic)
+            .bind(&message.key)
+            .bind(message.version as i32)
+            .bind(&message.payload)
+            .bind(&message.traceparent)
+            .execute(self)
+            .await
+            .map(drop)
+        })
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl OutboxTransaction for sqlx::SqliteConnection {
+    fn insert_outbox_row<'a>(&'a mut self, message: &'a Message) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            sqlx::query(
+                "insert into marty_outbox (event_id, topic, key, version, payload, traceparent)
+                 values (?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&message.id)
+            .bind(&message.topic)
+            .bind(&message.key)
+            .bind(message.version as i64)
+            .bind(&message.payload)
+            .bind(&message.traceparent)
+            .execute(self)
+            .await?;
+            // SQLite has no commit notification: tell this process's relay to look (it looks again
+            // shortly if the transaction has not committed yet).
+            relay::LOCAL_WRITES.notify_one();
+            Ok(())
+        })
+    }
+}
+
+impl<DB> OutboxTransaction for sqlx::Transaction<'_, DB>
+where
+    DB: sqlx::Database,
+    DB::Connection: OutboxTransaction,
+{
+    fn insert_outbox_row<'a>(&'a mut self, message: &'a Message) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        (**self).insert_outbox_row(message)
+    }
+}
+
+/// Writes `event` to the outbox in `tx`: it is published once `tx` commits, and never if it rolls
+/// back. The current trace travels with it. An event that cannot be encoded is an
+/// `sqlx::Error::Encode`, so `?` works wherever sqlx errors do.
+pub async fn publish<T, E>(tx: &mut T, event: &E) -> Result<(), sqlx::Error>
+where
+    T: OutboxTransaction + ?Sized,
+    E: Event,
+{
+    let message = Message::from_event(event).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    tx.insert_outbox_row(&message).await
+}
+
+/// An outbox row the relay gave up on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ParkedEvent {
+    /// The row's id, for [`replay`].
+    pub id: i64,
+    /// The event's id.
+    pub event_id: String,
+    /// Its topic.
+    pub topic: String,
+    /// Its aggregate key.
+    pub key: Option<String>,
+    /// Publish attempts made.
+    pub attempts: i32,
+    /// What the broker said the last time.
+    pub last_error: Option<String>,
+}
+
+impl fmt::Display for ParkedEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "outbox row {} (event {} on `{}`)", self.id, self.event_id, self.topic)?;
+        write!(f, " parked after {} attempts: {}", self.attempts, self.last_error.as_deref().unwrap_or("no reason"))
+    }
+}
+
+/// Every parked row, oldest first.
+pub async fn parked(store: &Store) -> Result<Vec<ParkedEvent>, sqlx::Error> {
+    const PARKED: &str =
+        "select id, event_id, topic, key, attempts, last_error from marty_outbox where state = 2 order by id";
+    type ParkedRow = (i64, String, String, Option<String>, i32, Option<String>);
+    let rows: Vec<ParkedRow> = match store {
+        #[cfg(feature = "postgres")]
+        Store::Postgres(pool) => sqlx::query_as(PARKED).fetch_all(pool).await?,
+        #[cfg(feature = "sqlite")]
+        Store::Sqlite(pool) => sqlx::query_as(PARKED).fetch_all(pool).await?,
+    };
+    Ok(rows
+        .into_iter()
+        .map(|(id, event_id, topic, key, attempts, last_error)| ParkedEvent {
+            id,
+            event_id,
+            topic,
+            key,
+            attempts,
+            last_error,
+        })
+        .collect())
+}
+
+/// Puts a parked row back in line, its attempts reset; `false` when no parked row has that id.
+pub async fn replay(store: &Store, id: i64) -> Result<bool, sqlx::Error> {
+    let done = match store {
+        #[cfg(feature = "postgres")]
+        Store::Postgres(pool) => {
+            sqlx::query("update marty_outbox set state = 0, attempts = 0, next_attempt_at = '-infinity' where id = $1 and state = 2")
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }
+        #[cfg(feature = "sqlite")]
+        Store::Sqlite(pool) => {
+            sqlx::query("update marty_outbox set state = 0, attempts = 0, next_attempt_at = 0 where id = ? and state = 2")
+                .bind(id)
+                .execute(pool)
+                .await?
+                .rows_affected()
+        }
+    };
+    Ok(done == 1)
+}

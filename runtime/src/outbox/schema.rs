@@ -1,0 +1,139 @@
+//! Marty's tables, created by embedded migrations on first use. Each migration runs once per
+//! database, recorded in `marty_schema`; on PostgreSQL an advisory lock keeps replicas starting
+//! together from running one twice. (Not sqlx's `_sqlx_migrations`: that table is the service's.)
+
+use super::Store;
+
+/// PostgreSQL migrations, in order; never edit one that has shipped, add the next.
+#[cfg(feature = "postgres")]
+const POSTGRES: &[&str] = &[
+    // 1: outbox and inbox.
+    r"
+    create table if not exists marty_outbox (
+        id bigserial primary key,
+        event_id text not null,
+        topic text not null,
+        key text,
+        version integer not null,
+        payload bytea not null,
+        traceparent text,
+        -- The writing transaction: the relay takes rows only once every transaction that could
+        -- still commit an earlier id has ended (snapshot gating).
+        tx_id xid8 not null default pg_current_xact_id(),
+        created_at timestamptz not null default clock_timestamp(),
+        state smallint not null default 0, -- 0 pending, 1 sent, 2 parked
+        attempts integer not null default 0,
+        last_error text,
+        next_attempt_at timestamptz not null default '-infinity',
+        sent_at timestamptz
+    );
+    create index if not exists marty_outbox_pending on marty_outbox (id) where state = 0;
+    create index if not exists marty_outbox_pending_by_key on marty_outbox (key, id) where state = 0;
+    create index if not exists marty_outbox_parked on marty_outbox (id) where state = 2;
+    create or replace function marty_outbox_notify() returns trigger language plpgsql as $$
+    begin
+        perform pg_notify('marty_outbox', '');
+        return null;
+    end $$;
+    drop trigger if exists marty_outbox_notify on marty_outbox;
+    create trigger marty_outbox_notify after insert on marty_outbox
+        for each statement execute function marty_outbox_notify();
+    create table if not exists marty_inbox (
+        consumer_group text not null,
+        event_id text not null,
+        handled_at timestamptz not null default now(),
+        primary key (consumer_group, event_id)
+    );
+    ",
+];
+
+/// SQLite migrations, in order. Times are Unix seconds (REAL).
+#[cfg(feature = "sqlite")]
+const SQLITE: &[&str] = &[
+    // 1: outbox and inbox.
+    r"
+    create table if not exists marty_outbox (
+        id integer primary key autoincrement,
+        event_id text not null,
+        topic text not null,
+        key text,
+        version integer not null,
+        payload blob not null,
+        traceparent text,
+        created_at real not null default ((julianday('now') - 2440587.5) * 86400.0),
+        state integer not null default 0,
+        attempts integer not null default 0,
+        last_error text,
+        next_attempt_at real not null default 0,
+        -- A relay claims rows for a lease instead of locking them (SQLite has no row locks).
+        claimed_until real not null default 0,
+        sent_at real
+    );
+    create index if not exists marty_outbox_pending on marty_outbox (id) where state = 0;
+    create index if not exists marty_outbox_pending_by_key on marty_outbox (key, id) where state = 0;
+    create index if not exists marty_outbox_parked on marty_outbox (id) where state = 2;
+    create table if not exists marty_inbox (
+        consumer_group text not null,
+        event_id text not null,
+        handled_at real not null default ((julianday('now') - 2440587.5) * 86400.0),
+        primary key (consumer_group, event_id)
+    );
+    ",
+];
+
+/// Brings `store`'s Marty tables up to date.
+pub(crate) async fn migrate(store: &Store) -> Result<(), sqlx::Error> {
+    match store {
+        #[cfg(feature = "postgres")]
+        Store::Postgres(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query("select pg_advisory_xact_lock(hashtext('marty_schema'))").execute(&mut *tx).await?;
+            sqlx::query(
+                "create table if not exists marty_schema (component text primary key, version integer not null)",
+            )
+            .execute(&mut *tx)
+            .await?;
+            let applied: Option<i32> =
+                sqlx::query_scalar("select version from marty_schema where component = 'events'")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let applied = applied.unwrap_or(0) as usize;
+            for migration in POSTGRES.iter().skip(applied) {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*migration)).execute(&mut *tx).await?;
+            }
+            sqlx::query(
+                "insert into marty_schema (component, version) values ('events', $1)
+                 on conflict (component) do update set version = excluded.version",
+            )
+            .bind(POSTGRES.len() as i32)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+        #[cfg(feature = "sqlite")]
+        Store::Sqlite(pool) => {
+            let mut tx = pool.begin().await?;
+            sqlx::query(
+                "create table if not exists marty_schema (component text primary key, version integer not null)",
+            )
+            .execute(&mut *tx)
+            .await?;
+            let applied: Option<i64> =
+                sqlx::query_scalar("select version from marty_schema where component = 'events'")
+                    .fetch_optional(&mut *tx)
+                    .await?;
+            let applied = applied.unwrap_or(0) as usize;
+            for migration in SQLITE.iter().skip(applied) {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(*migration)).execute(&mut *tx).await?;
+            }
+            sqlx::query(
+                "insert into marty_schema (component, version) values ('events', ?)
+                 on conflict (component) do update set version = excluded.version",
+            )
+            .bind(SQLITE.len() as i64)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await
+        }
+    }
+}

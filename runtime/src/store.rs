@@ -1,0 +1,81 @@
+//! The databases the outbox, the inbox and (later) sagas keep their tables in: a database
+//! dependency of `marty.toml`, reached through a sqlx pool. A service hands over the pool it already
+//! has with [`register`] (an in-memory SQLite database only exists in its own pool); otherwise the
+//! first use connects one from the dependency's `url`. Marty's tables are created on first use.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, OnceLock};
+
+use crate::DependencyRegistry;
+
+/// A database holding Marty's tables.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Store {
+    /// PostgreSQL.
+    #[cfg(feature = "postgres")]
+    Postgres(sqlx::PgPool),
+    /// SQLite.
+    #[cfg(feature = "sqlite")]
+    Sqlite(sqlx::SqlitePool),
+}
+
+#[cfg(feature = "postgres")]
+impl From<sqlx::PgPool> for Store {
+    fn from(pool: sqlx::PgPool) -> Self {
+        Store::Postgres(pool)
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl From<sqlx::SqlitePool> for Store {
+    fn from(pool: sqlx::SqlitePool) -> Self {
+        Store::Sqlite(pool)
+    }
+}
+
+fn stores() -> &'static Mutex<HashMap<String, Store>> {
+    static STORES: OnceLock<Mutex<HashMap<String, Store>>> = OnceLock::new();
+    STORES.get_or_init(Default::default)
+}
+
+/// Makes `pool` the database of dependency `name` for the outbox, the inbox and sagas, creating
+/// Marty's tables in it.
+pub async fn register(name: &str, pool: impl Into<Store>) -> Result<Store, sqlx::Error> {
+    let store = pool.into();
+    crate::outbox::schema::migrate(&store).await?;
+    stores().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name.to_owned(), store.clone());
+    Ok(store)
+}
+
+/// The database of dependency `name`: the registered pool, or one connected from its `url`.
+pub async fn get(name: &str) -> Result<Store, sqlx::Error> {
+    if let Some(store) = stores().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name) {
+        return Ok(store.clone());
+    }
+    let url = DependencyRegistry::global()
+        .and_then(|registry| registry.config().dependencies.get(name).and_then(|dependency| dependency.url.clone()))
+        .ok_or_else(|| config_error(format!("dependency `{name}` has no `url` and no pool was registered for it")))?;
+    let store = connect(&url).await?;
+    register(name, store).await
+}
+
+/// Connects a pool to `url` (`postgres://..` or `sqlite:..`).
+pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
+    #[cfg(feature = "postgres")]
+    if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+        return Ok(Store::Postgres(sqlx::postgres::PgPoolOptions::new().max_connections(8).connect(url).await?));
+    }
+    #[cfg(feature = "sqlite")]
+    if url.starts_with("sqlite:") {
+        return Ok(Store::Sqlite(sqlx::sqlite::SqlitePoolOptions::new().max_connections(4).connect(url).await?));
+    }
+    Err(config_error(format!(
+        "cannot keep the outbox in `{}`: marty supports postgres:// (feature `postgres`) and sqlite: (feature `sqlite`)",
+        url.split(':').next().unwrap_or(url)
+    )))
+}
+
+fn config_error(problem: String) -> sqlx::Error {
+    sqlx::Error::Configuration(problem.into())
+}
