@@ -1,0 +1,365 @@
+//! The outbox and relay end to end: events written in business transactions reach consumers once
+//! per group, in key order, with nothing skipped when transactions commit out of order and nothing
+//! published twice by two relays on one table. SQLite with the in-process broker always; PostgreSQL
+//! (`MARTY_TEST_POSTGRES_URL`) and NATS JetStream (`MARTY_TEST_NATS_URL`) when set, as CI does.
+
+use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
+use std::time::Duration;
+
+use marty::events::{
+    Broker, EventHandler, Handled, HandlerError, HandlerOptions, MemoryBroker, Message, SubscribeOptions,
+};
+use marty::metrics::EventMetrics;
+use marty::outbox::{self, Relay, RelayOptions};
+use marty::store::Store;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Serialize, Deserialize, marty::Event)]
+#[event(topic = "accounts.credited")]
+struct Credited {
+    #[event(key)]
+    account: String,
+    seq: i64,
+}
+
+fn env(name: &str) -> Option<String> {
+    let value = std::env::var(name).ok();
+    if value.is_none() {
+        eprintln!("skipped: {name} is not set (.ci/run sets it)");
+    }
+    value
+}
+
+async fn sqlite_store() -> (Store, sqlx::SqlitePool, tempdir::Dir) {
+    let dir = tempdir::Dir::new();
+    let url = format!("sqlite://{}?mode=rwc", dir.path().join("app.db").display());
+    let pool = sqlx::sqlite::SqlitePoolOptions::new().max_connections(4).connect(&url).await.unwrap();
+    sqlx::query("create table ledger (account text not null, seq integer not null)").execute(&pool).await.unwrap();
+    let store = marty::store::register("ledger_db", pool.clone()).await.unwrap();
+    (store, pool, dir)
+}
+
+/// A fresh PostgreSQL schema of its own, so tests running at once do not see each other's rows.
+async fn postgres_store(url: &str, schema: &str) -> (Store, sqlx::PgPool) {
+    let admin = sqlx::PgPool::connect(url).await.unwrap();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema if exists {schema} cascade; create schema {schema}")))
+        .execute(&admin)
+        .await
+        .unwrap();
+    let schema = schema.to_owned();
+    let pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(12)
+        .after_connect(move |connection, _| {
+            let schema = schema.clone();
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set search_path to {schema}"))).execute(connection).await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+        .unwrap();
+    sqlx::query("create table ledger (account text not null, seq bigint not null)").execute(&pool).await.unwrap();
+    let store = marty::store::register("ledger_pg", pool.clone()).await.unwrap();
+    (store, pool)
+}
+
+/// Collects what a broker delivers to one group, in delivery order, acknowledging each.
+async fn collect(broker: Arc<dyn Broker>, topic: &str, group: &str, count: usize) -> Vec<Message> {
+    let mut subscription = broker.subscribe(topic, group, SubscribeOptions::default()).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < count {
+        let delivery = tokio::time::timeout(Duration::from_secs(20), subscription.next())
+            .await
+            .unwrap_or_else(|_| panic!("only {} of {count} messages arrived", seen.len()))
+            .expect("subscription ended");
+        seen.push(delivery.message.clone());
+        delivery.ack().await.unwrap();
+    }
+    seen
+}
+
+/// Per key, the sequence numbers in the order they arrived.
+fn sequences(messages: &[Message]) -> BTreeMap<String, Vec<i64>> {
+    let mut by_key: BTreeMap<String, Vec<i64>> = BTreeMap::new();
+    for message in messages {
+        let event: Credited = marty::Event::decode(&message.payload).unwrap();
+        by_key.entry(event.account).or_default().push(event.seq);
+    }
+    by_key
+}
+
+fn assert_in_order(by_key: &BTreeMap<String, Vec<i64>>, per_key: i64) {
+    for (key, seqs) in by_key {
+        assert_eq!(seqs, &(0..per_key).collect::<Vec<_>>(), "key {key}: every event once, in order");
+    }
+}
+
+#[tokio::test]
+async fn sqlite_outbox_events_reach_the_broker_once_in_key_order_and_rolled_back_ones_never() {
+    let (store, pool, _dir) = sqlite_store().await;
+    for seq in 0..30 {
+        for account in ["a", "b", "c"] {
+            let mut tx = pool.begin().await.unwrap();
+            sqlx::query("insert into ledger values (?, ?)").bind(account).bind(seq).execute(&mut *tx).await.unwrap();
+            outbox::publish(&mut tx, &Credited { account: account.into(), seq }).await.unwrap();
+            tx.commit().await.unwrap();
+        }
+    }
+    let mut tx = pool.begin().await.unwrap();
+    outbox::publish(&mut tx, &Credited { account: "rolled-back".into(), seq: 0 }).await.unwrap();
+    tx.rollback().await.unwrap();
+
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let relay =
+        Relay::new(store.clone(), broker.clone(), RelayOptions::default().batch_size(7), EventMetrics::default());
+    let (stop, shutdown) = watch::channel(false);
+    let running = relay.start(shutdown);
+    let seen = collect(broker, "accounts.credited", "audit", 90).await;
+    let by_key = sequences(&seen);
+    assert_eq!(by_key.keys().map(String::as_str).collect::<Vec<_>>(), ["a", "b", "c"]);
+    assert_in_order(&by_key, 30);
+    stop.send(true).unwrap();
+    running.await.unwrap();
+    let pending: i64 =
+        sqlx::query_scalar("select count(*) from marty_outbox where state <> 1").fetch_one(&pool).await.unwrap();
+    assert_eq!(pending, 0, "every row marked sent after its ack");
+}
+
+/// A broker that rejects every message of one key: the rows are parked after `max_attempts`, stay
+/// visible, and come back with `replay`.
+#[derive(Debug)]
+struct RejectingBroker {
+    inner: MemoryBroker,
+    poisoned_key: &'static str,
+}
+
+impl Broker for RejectingBroker {
+    fn publish<'a>(
+        &'a self,
+        messages: &'a [Message],
+    ) -> marty::events::BoxFuture<'a, Vec<Result<(), marty::events::BrokerError>>> {
+        Box::pin(async move {
+            let (poisoned, fine): (Vec<_>, Vec<_>) =
+                messages.iter().cloned().partition(|message| message.key.as_deref() == Some(self.poisoned_key));
+            let _ = self.inner.publish(&fine).await;
+            messages
+                .iter()
+                .map(|message| {
+                    if poisoned.iter().any(|poison| poison.id == message.id) {
+                        Err(marty::events::BrokerError::Rejected("message too large".into()))
+                    } else {
+                        Ok(())
+                    }
+                })
+                .collect()
+        })
+    }
+
+    fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> marty::events::BoxFuture<'_, Result<marty::events::Subscription, marty::events::BrokerError>> {
+        self.inner.subscribe(topic, group, options)
+    }
+}
+
+#[tokio::test]
+async fn rows_the_broker_keeps_rejecting_are_parked_visible_and_replayable() {
+    let (store, pool, _dir) = sqlite_store().await;
+    let mut tx = pool.begin().await.unwrap();
+    outbox::publish(&mut tx, &Credited { account: "poison".into(), seq: 0 }).await.unwrap();
+    outbox::publish(&mut tx, &Credited { account: "fine".into(), seq: 0 }).await.unwrap();
+    tx.commit().await.unwrap();
+    let broker = Arc::new(RejectingBroker { inner: MemoryBroker::new(), poisoned_key: "poison" });
+    let relay =
+        Relay::new(store.clone(), broker.clone(), RelayOptions::default().max_attempts(2), EventMetrics::default());
+    let first = relay.run_batch().await.unwrap();
+    assert_eq!((first.taken, first.published, first.rejected, first.parked), (2, 1, 1, 0));
+    sqlx::query("update marty_outbox set next_attempt_at = 0").execute(&pool).await.unwrap(); // skip the retry wait
+    let second = relay.run_batch().await.unwrap();
+    assert_eq!((second.taken, second.rejected, second.parked), (1, 1, 1));
+    let parked = outbox::parked(&store).await.unwrap();
+    assert_eq!(parked.len(), 1);
+    assert_eq!(parked[0].key.as_deref(), Some("poison"));
+    assert_eq!(parked[0].attempts, 2);
+    assert!(parked[0].to_string().contains("message too large"), "{}", parked[0]);
+    assert_eq!(relay.run_batch().await.unwrap().taken, 0, "a parked row is not retried on its own");
+    assert!(outbox::replay(&store, parked[0].id).await.unwrap());
+    assert_eq!(relay.run_batch().await.unwrap().taken, 1, "a replayed row is taken again");
+    assert!(!outbox::replay(&store, 999_999).await.unwrap());
+}
+
+fn ledger_handler(store: Store, group: &str, effects: Arc<std::sync::Mutex<Vec<(String, i64)>>>) -> EventHandler {
+    let invoke: marty::events::Invoke = Arc::new(move |message: Message| {
+        let store = store.clone();
+        let effects = effects.clone();
+        Box::pin(async move {
+            let event: Credited =
+                marty::Event::decode(&message.payload).map_err(|error| HandlerError::Undecodable(error.to_string()))?;
+            let Some(tx) = marty::inbox::begin::<sqlx::Sqlite>(&store, "ledger", &message.id)
+                .await
+                .map_err(|error| HandlerError::Failed(error.to_string()))?
+            else {
+                return Ok(Handled::Duplicate);
+            };
+            effects.lock().unwrap().push((event.account, event.seq));
+            tx.commit().await.map_err(|error| HandlerError::Failed(error.to_string()))?;
+            Ok(Handled::Done)
+        })
+    });
+    EventHandler::new("accounts.credited", group, "ledger", HandlerOptions::default().concurrency(4), invoke)
+}
+
+#[tokio::test]
+async fn the_inbox_turns_a_redelivered_event_into_a_duplicate_and_poison_is_dead_lettered() {
+    let (store, _pool, _dir) = sqlite_store().await;
+    let broker = Arc::new(MemoryBroker::new());
+    let effects = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let metrics = EventMetrics::default();
+    let (stop, shutdown) = watch::channel(false);
+    let consumer = ledger_handler(store, "ledger", effects.clone()).start(broker.clone(), metrics.clone(), shutdown);
+    let event = Message::from_event(&Credited { account: "a".into(), seq: 1 }).unwrap();
+    let poison = Message { payload: b"{\"account\": 7}".to_vec(), id: marty::events::new_event_id(), ..event.clone() };
+    for message in [event.clone(), event.clone(), poison.clone()] {
+        broker.publish(std::slice::from_ref(&message)).await;
+    }
+    for _ in 0..200 {
+        if metrics.consumed("accounts.credited", "ledger", "dead_lettered") == 1
+            && metrics.consumed("accounts.credited", "ledger", "duplicate") == 1
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(*effects.lock().unwrap(), [("a".to_owned(), 1)], "the side effect happened once");
+    assert_eq!(metrics.consumed("accounts.credited", "ledger", "handled"), 1);
+    assert_eq!(metrics.consumed("accounts.credited", "ledger", "duplicate"), 1);
+    let dead = broker.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, poison.id);
+    assert!(dead[0].reason.contains("undecodable"), "{}", dead[0].reason);
+    stop.send(true).unwrap();
+    consumer.await.unwrap();
+}
+
+#[tokio::test]
+async fn postgres_never_skips_a_row_whose_transaction_commits_after_a_later_one() {
+    let Some(url) = env("MARTY_TEST_POSTGRES_URL") else { return };
+    let (store, pool) = postgres_store(&url, "outbox_gate").await;
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let relay = Relay::new(store, broker.clone(), RelayOptions::default(), EventMetrics::default());
+
+    // T1 writes first (lower id) but commits last.
+    let mut first = pool.begin().await.unwrap();
+    outbox::publish(&mut *first, &Credited { account: "a".into(), seq: 0 }).await.unwrap();
+    let mut second = pool.begin().await.unwrap();
+    outbox::publish(&mut *second, &Credited { account: "b".into(), seq: 0 }).await.unwrap();
+    second.commit().await.unwrap();
+    let gated = relay.run_batch().await.unwrap();
+    assert_eq!(gated.taken, 0, "T2's row waits while T1, which may hold an earlier id, is open");
+    assert!(gated.waiting, "the relay knows to look again soon");
+    first.commit().await.unwrap();
+    let report = relay.run_batch().await.unwrap();
+    assert_eq!(report.published, 2);
+    let seen = collect(broker, "accounts.credited", "audit", 2).await;
+    let accounts: Vec<_> = sequences(&seen).into_keys().collect();
+    assert_eq!(accounts, ["a", "b"], "both published, neither skipped");
+}
+
+#[tokio::test]
+async fn postgres_two_relays_on_one_table_publish_each_row_once_in_key_order() {
+    let Some(url) = env("MARTY_TEST_POSTGRES_URL") else { return };
+    let (store, pool) = postgres_store(&url, "outbox_two_relays").await;
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let collector = tokio::spawn(collect(broker.clone(), "accounts.credited", "audit", 2000));
+    let (stop, shutdown) = watch::channel(false);
+    let relays: Vec<_> = (0..2)
+        .map(|_| {
+            let options = RelayOptions::default().batch_size(50).poll_interval(Duration::from_millis(20));
+            Relay::new(store.clone(), broker.clone(), options, EventMetrics::default()).start(shutdown.clone())
+        })
+        .collect();
+    let writers: Vec<_> = (0..8)
+        .map(|writer| {
+            let pool = pool.clone();
+            tokio::spawn(async move {
+                for seq in 0..250 {
+                    let account = format!("acct-{writer}-{}", seq % 5);
+                    let mut tx = pool.begin().await.unwrap();
+                    outbox::publish(&mut *tx, &Credited { account, seq: seq / 5 }).await.unwrap();
+                    tx.commit().await.unwrap();
+                }
+            })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let seen = collector.await.unwrap();
+    let ids: HashSet<_> = seen.iter().map(|message| message.id.clone()).collect();
+    assert_eq!(ids.len(), 2000, "every event once");
+    let by_key = sequences(&seen);
+    assert_eq!(by_key.len(), 40);
+    assert_in_order(&by_key, 50);
+    stop.send(true).unwrap();
+    for relay in relays {
+        relay.await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn nats_jetstream_deduplicates_on_the_event_id_and_dead_letters_to_its_stream() {
+    let Some(url) = env("MARTY_TEST_NATS_URL") else { return };
+    let broker: Arc<dyn Broker> = Arc::new(marty::events::broker::NatsBroker::connect(&url).await.unwrap());
+    let topic_suffix = marty::events::new_event_id().replace('-', "");
+    let topic = format!("test.dedup{topic_suffix}");
+    let message =
+        Message { topic: topic.clone(), ..Message::from_event(&Credited { account: "a".into(), seq: 1 }).unwrap() };
+    let other = Message { id: marty::events::new_event_id(), ..message.clone() };
+    for acks in
+        [broker.publish(std::slice::from_ref(&message)).await, broker.publish(&[message.clone(), other.clone()]).await]
+    {
+        assert!(acks.iter().all(Result::is_ok), "{acks:?}");
+    }
+    let mut subscription = broker.subscribe(&topic, "dedup", SubscribeOptions::default()).await.unwrap();
+    let first = subscription.next().await.unwrap();
+    let second = subscription.next().await.unwrap();
+    assert_eq!((first.message.id.as_str(), second.message.id.as_str()), (message.id.as_str(), other.id.as_str()));
+    assert_eq!(first.message.key.as_deref(), Some("a"));
+    first.ack().await.unwrap();
+    second.dead_letter("dedup", "poison").await.unwrap();
+    assert!(
+        tokio::time::timeout(Duration::from_millis(500), subscription.next()).await.is_err(),
+        "the republished event was dropped by JetStream's dedup, and the dead letter is not redelivered"
+    );
+}
+
+mod tempdir {
+    use std::path::{Path, PathBuf};
+
+    /// A directory removed when dropped.
+    pub struct Dir(PathBuf);
+
+    impl Dir {
+        pub fn new() -> Self {
+            let path = std::env::temp_dir().join(format!("marty-test-{}", marty::events::new_event_id()));
+            std::fs::create_dir_all(&path).unwrap();
+            Dir(path)
+        }
+
+        pub fn path(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+}
