@@ -111,6 +111,15 @@ pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
 /// Methods marked `#[health_check]` (`async fn ..(&self) -> Result<T, E>`) are readiness probes:
 /// `/readyz` runs them on every request (2s each at most) and reports 503 while one fails.
 ///
+/// Methods marked `#[event_handler(..)]` consume events: `async fn ..(&self, event: E) -> Result<(), Err>`
+/// where `E: marty::Event` and `Err: Display`, optionally taking the inbox transaction as a third
+/// argument (`tx: &mut sqlx::Transaction<'_, sqlx::Postgres>`), in which the framework records the
+/// event for the group and which it commits when the handler returns `Ok`. Arguments: `topic` (checked
+/// against `E::TOPIC`), `group` (default: the service's name), `inbox` (default `[outbox] store`),
+/// `max_attempts` (5), `concurrency` (8 lanes; one key never runs concurrently), `backoff` (first
+/// retry's ceiling, "100ms"), `ack_wait` ("30s"). An undecodable payload is dead-lettered at once; an
+/// `Err` is retried with backoff and dead-lettered after the last attempt.
+///
 /// Methods marked `#[get("/path")]`, `#[post(..)]`, `#[put(..)]`, `#[patch(..)]` or `#[delete(..)]` are
 /// routes: `async fn`s taking `&self` and then axum extractors, returning anything axum can turn into
 /// a response (`marty::Error` becomes problem+json). Paths are axum templates (`/orders/{id}`).
@@ -160,7 +169,7 @@ macro_rules! route_attribute {
     )*};
 }
 
-route_attribute!(get, post, put, patch, delete, health_check);
+route_attribute!(get, post, put, patch, delete, health_check, event_handler);
 
 /// Implements `marty::Event` for a struct or enum that also derives serde's `Serialize` and
 /// `Deserialize`.

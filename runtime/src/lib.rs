@@ -59,7 +59,7 @@ pub use marty_config as config;
 pub use events::Event;
 #[doc(inline)]
 pub use marty_macros::{
-    api_call, cache_call, database_call, delete, get, health_check, patch, post, put, service, Event,
+    api_call, cache_call, database_call, delete, event_handler, get, health_check, patch, post, put, service, Event,
 };
 
 #[cfg(feature = "http")]

@@ -180,6 +180,81 @@ pub mod service_support {
 
     /// Asserts at the handler's return type that axum can answer with it.
     pub const fn assert_handler_output<T: HandlerOutput>() {}
+
+    #[cfg(feature = "events")]
+    pub use event_support::*;
+
+    /// What `#[event_handler]` expands to.
+    #[cfg(feature = "events")]
+    mod event_support {
+        pub use std::boxed::Box;
+        pub use std::result::Result;
+        pub use std::time::Duration;
+
+        pub use crate::events::{Event, EventHandler, Handled, HandlerError, HandlerOptions, Message};
+
+        /// Asserts at the parameter's type that it is an event.
+        pub const fn assert_event<E: Event>() {}
+
+        /// Fails compilation when `#[event_handler(topic = ..)]` disagrees with the event type.
+        pub const fn assert_topic(declared: &str, written: &str) {
+            let (declared, written) = (declared.as_bytes(), written.as_bytes());
+            let mut same = declared.len() == written.len();
+            let mut i = 0;
+            while same && i < declared.len() {
+                same = declared[i] == written[i];
+                i += 1;
+            }
+            assert!(same, "`#[event_handler(topic = ..)]` differs from the event type's `#[event(topic = ..)]`: remove `topic` or make the two agree");
+        }
+
+        /// Implemented by what an event handler may return.
+        #[diagnostic::on_unimplemented(
+            message = "an event handler must return `Result<(), E>` where `E: Display`, not `{Self}`",
+            label = "an `Err` is retried with backoff, then dead-lettered with its message"
+        )]
+        pub trait HandlerResult {
+            /// The outcome as the consumer sees it.
+            fn into_outcome(self) -> Result<Handled, HandlerError>;
+        }
+
+        impl<E: std::fmt::Display> HandlerResult for Result<(), E> {
+            fn into_outcome(self) -> Result<Handled, HandlerError> {
+                self.map(|()| Handled::Done).map_err(|error| HandlerError::Failed(error.to_string()))
+            }
+        }
+
+        /// Asserts at the handler's return type that it is a `HandlerResult`.
+        pub const fn assert_handler_result<T: HandlerResult>() {}
+
+        /// The handler's result, as the consumer sees it.
+        pub fn handler_result<T: HandlerResult>(result: T) -> Result<Handled, HandlerError> {
+            result.into_outcome()
+        }
+
+        /// The payload as the handler's event type; a bad one is dead-lettered, never a panic.
+        pub fn decode_event<E: Event>(message: &Message) -> Result<E, HandlerError> {
+            E::decode(&message.payload).map_err(|error| HandlerError::Undecodable(error.to_string()))
+        }
+
+        /// Begins the handler's inbox transaction in dependency `store`; `None` for a duplicate.
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
+        pub async fn inbox_begin<DB: crate::inbox::InboxDatabase>(
+            store: &str,
+            group: &str,
+            event_id: &str,
+        ) -> Result<Option<sqlx::Transaction<'static, DB>>, HandlerError> {
+            let failed = |error: sqlx::Error| HandlerError::Failed(format!("inbox: {error}"));
+            let store = crate::store::get(store).await.map_err(failed)?;
+            crate::inbox::begin::<DB>(&store, group, event_id).await.map_err(failed)
+        }
+
+        /// Commits the handler's effects with its inbox record.
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
+        pub async fn inbox_commit<DB: sqlx::Database>(tx: sqlx::Transaction<'static, DB>) -> Result<Handled, HandlerError> {
+            tx.commit().await.map(|()| Handled::Done).map_err(|error| HandlerError::Failed(format!("commit: {error}")))
+        }
+    }
 }
 
 /// Implemented by every type an event's key field can have: anything that prints.

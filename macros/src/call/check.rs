@@ -219,7 +219,7 @@ fn check_operation(arg: Option<&StrArg>, func: &syn::ItemFn, errors: &mut Accumu
     Some(arg.value.clone())
 }
 
-fn duration(arg: &StrArg, errors: &mut Accumulator) -> Option<Duration> {
+pub(crate) fn duration(arg: &StrArg, errors: &mut Accumulator) -> Option<Duration> {
     match parse_duration(&arg.value) {
         Ok(duration) => Some(duration),
         Err(problem) => {

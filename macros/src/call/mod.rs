@@ -2,7 +2,7 @@
 //! `marty.toml`, producing a [`CallModel`]) -> codegen (never fails). On any error the user's fn is
 //! emitted unchanged beside the errors, so the rest of the crate still type-checks.
 
-mod check;
+pub(crate) mod check;
 mod codegen;
 mod parse;
 

@@ -6,7 +6,7 @@ use darling::error::Accumulator;
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 
-use super::parse::{ProbeMethod, RoutedMethod, ServiceArgs};
+use super::parse::{Marked, ProbeMethod, RoutedMethod, ServiceArgs};
 use super::{Route, ServiceModel};
 use crate::config_file::{self, FileState};
 use crate::diagnostic::error;
@@ -14,10 +14,10 @@ use crate::diagnostic::error;
 pub(super) fn validate(
     args: ServiceArgs,
     item: syn::ItemImpl,
-    routed: Vec<RoutedMethod>,
-    probes: Vec<ProbeMethod>,
+    marked: Marked,
     errors: &mut Accumulator,
 ) -> Option<ServiceModel> {
+    let Marked { routed, probes, handlers } = marked;
     check_not_generic(&item, errors);
     let config = config_file::load(args.config.as_ref().map(|arg| arg.value.as_str()));
     let config_ok = check_config(&config, args.config.as_ref().map_or(Span::call_site(), |arg| arg.span), errors);
@@ -80,6 +80,11 @@ pub(super) fn validate(
         .filter(|probe| check_probe(probe, errors))
         .map(|probe| (probe.sig.ident, probe.cfgs))
         .collect();
+    let valid_config = match &*config.state {
+        FileState::Valid(config) => Some(&**config),
+        _ => None,
+    };
+    let handlers = super::events::check(handlers, valid_config, errors);
     config_ok.then_some(ServiceModel {
         name,
         config_path: config.path,
@@ -89,6 +94,7 @@ pub(super) fn validate(
         grpc,
         reflection,
         probes,
+        handlers,
     })
 }
 

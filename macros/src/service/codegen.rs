@@ -21,6 +21,7 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
     let router = format_ident!("__marty_router", span = Span::mixed_site());
     let grpc = emit_grpc(model, &private);
     let probes = emit_probes(model, &private);
+    let handlers = super::events::emit(&model.handlers, name, &private);
     // axum merges the method routers of one path, so each route is added on its own.
     let routes = model.routes.iter().map(|route| {
         let path = &route.path;
@@ -47,6 +48,8 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
                 }
 
                 #probes
+
+                #handlers
 
                 #grpc
             }

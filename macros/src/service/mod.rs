@@ -5,6 +5,7 @@
 
 mod check;
 mod codegen;
+mod events;
 mod parse;
 #[cfg(test)]
 mod tests;
@@ -30,6 +31,8 @@ pub(crate) struct ServiceModel {
     pub(crate) reflection: Option<syn::Path>,
     /// `#[health_check]` methods and their `#[cfg]`s.
     pub(crate) probes: Vec<(syn::Ident, Vec<syn::Attribute>)>,
+    /// `#[event_handler]` methods.
+    pub(crate) handlers: Vec<events::Handler>,
 }
 
 /// One method served over HTTP.
@@ -83,8 +86,8 @@ pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
     };
     let mut errors = darling::Error::accumulator();
     let args = parse::parse_args(args, &mut errors);
-    let (stripped, routes, probes) = parse::take_routes(item_impl, &mut errors);
-    let model = check::validate(args, stripped, routes, probes, &mut errors);
+    let (stripped, marked) = parse::take_routes(item_impl, &mut errors);
+    let model = check::validate(args, stripped, marked, &mut errors);
     let output = match (errors.finish(), model) {
         (Ok(()), Some(model)) => codegen::emit(&model),
         (Err(found), _) => with_errors(found, parse::strip_route_attributes(item)),

@@ -7,6 +7,7 @@ use proc_macro2::TokenStream;
 use quote::ToTokens;
 use syn::spanned::Spanned;
 
+use super::events::{is_event_handler, HandlerMethod};
 use super::HttpMethod;
 use crate::call::{PathArg, StrArg};
 use crate::diagnostic::{did_you_mean, error};
@@ -89,15 +90,26 @@ fn route_method(attr: &syn::Attribute) -> Option<HttpMethod> {
     HttpMethod::ALL.iter().find(|(name, _)| *name == last).map(|(_, method)| *method)
 }
 
-/// Removes every route and `#[health_check]` attribute from the impl's methods and returns them, parsed.
-pub(crate) fn take_routes(
-    mut item: syn::ItemImpl,
-    errors: &mut darling::error::Accumulator,
-) -> (syn::ItemImpl, Vec<RoutedMethod>, Vec<ProbeMethod>) {
+/// What `#[service]` found on the impl's methods.
+pub(crate) struct Marked {
+    pub(crate) routed: Vec<RoutedMethod>,
+    pub(crate) probes: Vec<ProbeMethod>,
+    pub(crate) handlers: Vec<HandlerMethod>,
+}
+
+/// Removes every route, `#[health_check]` and `#[event_handler]` attribute from the impl's methods
+/// and returns them, parsed.
+pub(crate) fn take_routes(mut item: syn::ItemImpl, errors: &mut darling::error::Accumulator) -> (syn::ItemImpl, Marked) {
     let mut routed = Vec::new();
     let mut probes = Vec::new();
+    let mut handlers = Vec::new();
     for impl_item in &mut item.items {
         let syn::ImplItem::Fn(method) = impl_item else { continue };
+        let marked: Vec<syn::Attribute> = method.attrs.iter().filter(|attr| is_event_handler(attr)).cloned().collect();
+        method.attrs.retain(|attr| !is_event_handler(attr));
+        for attr in &marked {
+            handlers.extend(super::events::parse(attr, method, errors));
+        }
         let before = method.attrs.len();
         method.attrs.retain(|attr| !is_probe(attr));
         if method.attrs.len() != before {
@@ -118,7 +130,7 @@ pub(crate) fn take_routes(
             routed.push(RoutedMethod { routes, sig: method.sig.clone(), cfgs });
         }
     }
-    (item, routed, probes)
+    (item, Marked { routed, probes, handlers })
 }
 
 fn parse_route_path(attr: &syn::Attribute, method: HttpMethod) -> darling::Result<StrArg> {
@@ -140,7 +152,7 @@ pub(crate) fn strip_route_attributes(item: TokenStream) -> TokenStream {
         Ok(mut item_impl) => {
             for impl_item in &mut item_impl.items {
                 if let syn::ImplItem::Fn(method) = impl_item {
-                    method.attrs.retain(|attr| route_method(attr).is_none() && !is_probe(attr));
+                    method.attrs.retain(|attr| route_method(attr).is_none() && !is_probe(attr) && !is_event_handler(attr));
                 }
             }
             item_impl.into_token_stream()

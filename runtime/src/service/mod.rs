@@ -10,6 +10,8 @@
 //! finish, then `serve` returns.
 
 mod errors;
+#[cfg(feature = "events")]
+mod events;
 #[cfg(feature = "grpc")]
 mod grpc;
 mod health;
@@ -53,6 +55,12 @@ pub trait Routes: Send + Sync + 'static {
         Vec::new()
     }
 
+    /// The event consumers: the methods marked `#[event_handler]`.
+    #[cfg(feature = "events")]
+    fn event_handlers(self: Arc<Self>) -> Vec<crate::events::EventHandler> {
+        Vec::new()
+    }
+
     /// The gRPC services, when `#[service(grpc(..))]` names some.
     #[cfg(feature = "grpc")]
     fn grpc(self: Arc<Self>) -> Option<GrpcServices> {
@@ -92,6 +100,8 @@ pub fn server<S: Routes>(service: S) -> Result<Server, ServeError> {
 
 fn server_for<S: Routes>(service: Arc<S>, registry: &'static DependencyRegistry) -> Server {
     let server = Server::new(service.clone().routes(), registry).with_health_checks(service.clone().health_checks());
+    #[cfg(feature = "events")]
+    let server = server.with_event_handlers(service.clone().event_handlers());
     #[cfg(feature = "grpc")]
     if let Some(grpc) = service.grpc() {
         return server.with_grpc(grpc);
@@ -136,6 +146,8 @@ pub struct Server {
     checks: Vec<HealthCheck>,
     #[cfg(feature = "grpc")]
     grpc: Option<grpc::GrpcServices>,
+    #[cfg(feature = "events")]
+    handlers: Vec<crate::events::EventHandler>,
 }
 
 impl Server {
@@ -148,7 +160,16 @@ impl Server {
             checks: Vec::new(),
             #[cfg(feature = "grpc")]
             grpc: None,
+            #[cfg(feature = "events")]
+            handlers: Vec::new(),
         }
+    }
+
+    /// Adds event consumers, started with the server on the `[events]` broker.
+    #[cfg(feature = "events")]
+    pub fn with_event_handlers(mut self, handlers: impl IntoIterator<Item = crate::events::EventHandler>) -> Self {
+        self.handlers.extend(handlers);
+        self
     }
 
     /// Adds readiness probes `/readyz` runs on every request.
@@ -242,7 +263,7 @@ impl Server {
 
     /// Serves every request on `listener`, and on `second` too when given (`[grpc] addr`).
     async fn serve_listeners(
-        self,
+        mut self,
         listener: TcpListener,
         second: Option<TcpListener>,
         signal: impl Future<Output = ()> + Send + 'static,
@@ -261,6 +282,8 @@ impl Server {
             tracing::info!(?shutdown_timeout, "no longer accepting connections; waiting for in-flight requests");
             let _ = stop_accepting.send(true);
         });
+        #[cfg(feature = "events")]
+        let events_stop = stopped.clone();
         let graceful = move || {
             let mut stopped = stopped.clone();
             async move {
@@ -268,6 +291,8 @@ impl Server {
             }
         };
         let registry = self.registry;
+        #[cfg(feature = "events")]
+        let events = events::start(registry, std::mem::take(&mut self.handlers), events_stop).await?;
         let (service, grpc_health) = self.connection_service();
         let serve = |listener: TcpListener, graceful| {
             axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service.clone()))
@@ -298,6 +323,8 @@ impl Server {
         };
         reloads.abort();
         shutdown.abort();
+        #[cfg(feature = "events")]
+        events.finish(shutdown_timeout).await;
         if let Some(grpc_health) = grpc_health {
             grpc_health.abort();
         }

@@ -39,6 +39,8 @@ impl NatsBroker {
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
         let client = async_nats::ConnectOptions::new()
             .connection_timeout(Duration::from_secs(5))
+            // A service starts while its broker is down, and catches up once it is back.
+            .retry_on_initial_connect()
             .connect(url)
             .await
             .map_err(|error| BrokerError::Unavailable(format!("cannot connect to NATS at {url}: {error}")))?;

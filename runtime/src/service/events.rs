@@ -1,0 +1,66 @@
+//! The event side of a service: its consumers and, with `[outbox]`, the outbox relay, started with
+//! the server on the `[events]` broker and stopped when it stops accepting requests.
+
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::events::{broker, EventHandler};
+use crate::registry::DependencyRegistry;
+
+/// The running consumers and relay.
+pub(super) struct EventTasks {
+    tasks: Vec<JoinHandle<()>>,
+}
+
+/// Connects the broker and starts `handlers` and the relay; all stop when `stop` turns true.
+pub(super) async fn start(
+    registry: &'static DependencyRegistry,
+    handlers: Vec<EventHandler>,
+    stop: watch::Receiver<bool>,
+) -> std::io::Result<EventTasks> {
+    let config = registry.config();
+    let mut tasks = Vec::new();
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    let relay = config.outbox.as_ref();
+    #[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+    let relay: Option<&marty_config::OutboxConfig> = None;
+    if handlers.is_empty() && relay.is_none() {
+        return Ok(EventTasks { tasks });
+    }
+    let broker = broker::connect(config.events.as_ref()).await.map_err(std::io::Error::other)?;
+    #[cfg(any(feature = "postgres", feature = "sqlite"))]
+    if let Some(outbox) = relay {
+        let store = crate::store::get(&outbox.store)
+            .await
+            .map_err(|error| std::io::Error::other(format!("outbox store `{}`: {error}", outbox.store)))?;
+        let options = crate::outbox::RelayOptions::from_config(outbox);
+        let relay = crate::outbox::Relay::new(store, broker.clone(), options, registry.metrics().events().clone());
+        tracing::info!(store = %outbox.store, "outbox relay started");
+        tasks.push(relay.start(stop.clone()));
+    }
+    #[cfg(not(any(feature = "postgres", feature = "sqlite")))]
+    if relay.is_some() {
+        return Err(std::io::Error::other("`[outbox]` needs marty's `postgres` or `sqlite` feature"));
+    }
+    for handler in handlers {
+        tracing::info!(topic = %handler.topic, group = %handler.group, handler = handler.name, "consuming");
+        tasks.push(handler.start(broker.clone(), registry.metrics().events().clone(), stop.clone()));
+    }
+    Ok(EventTasks { tasks })
+}
+
+impl EventTasks {
+    /// Waits up to `timeout` for the consumers and relay to finish what they hold.
+    pub(super) async fn finish(self, timeout: Duration) {
+        let all = async {
+            for task in self.tasks {
+                let _ = task.await;
+            }
+        };
+        if tokio::time::timeout(timeout, all).await.is_err() {
+            tracing::warn!(?timeout, "event consumers did not stop in time; their deliveries will be redelivered");
+        }
+    }
+}
