@@ -28,6 +28,25 @@ pub struct Order {
     pub quantity: i64,
 }
 
+/// Published through the outbox when an order is stored, in the same transaction.
+#[derive(Debug, Clone, Serialize, Deserialize, marty::Event)]
+#[event(topic = "orders.placed")]
+pub struct OrderPlaced {
+    #[event(key)]
+    pub order_id: i64,
+    pub item: String,
+    pub quantity: i64,
+}
+
+/// What the audit consumer recorded for an order.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuditEntry {
+    pub order_id: i64,
+    pub item: String,
+    /// Times the consumer's effect was applied: the inbox keeps it at 1 whatever the redeliveries.
+    pub applied: i64,
+}
+
 /// What a client sends to create an order.
 #[derive(Debug, Deserialize)]
 pub struct NewOrder {
@@ -107,16 +126,43 @@ pub struct OrderStore {
 }
 
 impl OrderStore {
-    /// Connects to `[dependencies.orders_db] url` and creates the table if needed.
+    /// Connects to `[dependencies.orders_db] url`, creates the tables if needed, and hands the pool
+    /// to Marty for the outbox and the inbox.
     pub async fn open(registry: &DependencyRegistry) -> Result<Self, sqlx::Error> {
         let url = registry.dependency("orders_db").and_then(|db| db.config().url).unwrap_or_default();
         let pool = SqlitePool::connect(&url).await?;
-        sqlx::query(
-            "create table if not exists orders (id integer primary key, item text not null, quantity integer not null)",
+        sqlx::raw_sql(
+            "create table if not exists orders (id integer primary key, item text not null, quantity integer not null);
+             create table if not exists order_audit (order_id integer primary key, item text not null, applied integer not null);",
         )
         .execute(&pool)
         .await?;
+        marty::store::register("orders_db", pool.clone()).await?;
         Ok(OrderStore { pool })
+    }
+
+    /// The audit consumer's effect, in its inbox transaction.
+    pub async fn record_audit(tx: &mut sqlx::SqliteConnection, event: &OrderPlaced) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "insert into order_audit (order_id, item, applied) values (?, ?, 1)
+             on conflict (order_id) do update set applied = applied + 1",
+        )
+        .bind(event.order_id)
+        .bind(&event.item)
+        .execute(tx)
+        .await
+        .map(drop)
+    }
+
+    /// What the audit consumer recorded for order `id`, if it has handled its event yet.
+    pub async fn audit(&self, id: i64) -> Result<AuditEntry, AppError> {
+        let row: Option<(i64, String, i64)> =
+            sqlx::query_as("select order_id, item, applied from order_audit where order_id = ?")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let (order_id, item, applied) = row.ok_or(AppError::NotFound(id))?;
+        Ok(AuditEntry { order_id, item, applied })
     }
 
     /// Stores a new order.
@@ -150,14 +196,18 @@ impl OrderStore {
         Ok(tonic::Response::new(self.get(request.into_inner().id).await?.into()))
     }
 
+    /// The order and its `OrderPlaced` event, committed together.
     #[database_call(dependency = "orders_db")]
     async fn insert(&self, new: &NewOrder) -> Result<Order, AppError> {
+        let mut tx = self.pool.begin().await?;
         let (id, item, quantity) =
             sqlx::query_as("insert into orders (item, quantity) values (?, ?) returning id, item, quantity")
                 .bind(&new.item)
                 .bind(new.quantity)
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *tx)
                 .await?;
+        marty::outbox::publish(&mut tx, &OrderPlaced { order_id: id, item: new.item.clone(), quantity }).await?;
+        tx.commit().await?;
         Ok(Order { id, item, quantity })
     }
 

@@ -70,6 +70,10 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
     .unwrap()
     .unwrap();
     assert_eq!(created.status, 201, "{created:?}");
+    // The order's event goes through the outbox to the audit consumer.
+    let audited =
+        tokio::task::spawn_blocking(move || support::wait_for_status(addr, "/orders/1/audit", 200)).await.unwrap();
+    assert!(audited.body.contains(r#""applied":1"#), "{audited:?}");
     // A request that starts its own trace, and fails so that it logs.
     let broken = tokio::task::spawn_blocking(move || support::request(addr, "GET", "/reports/broken", None))
         .await
@@ -87,7 +91,10 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
         let spans = collector.spans.lock().unwrap().clone();
         let request = spans.iter().find(|span| span.name == "http.request");
         let call = spans.iter().find(|span| span.name == "marty.call");
-        if let (Some(request), Some(call)) = (request, call) {
+        let consume = spans.iter().find(|span| span.name == "consume orders.placed");
+        if let (Some(request), Some(call), Some(consume)) = (request, call, consume) {
+            assert_eq!(hex(&consume.trace_id), TRACE_ID, "the event's handler is in the request's trace");
+            assert_eq!(consume.parent_span_id, call.span_id, "a child of the call that wrote the outbox row");
             assert_eq!(hex(&request.trace_id), TRACE_ID, "the request continues the caller's trace");
             assert_eq!(hex(&request.parent_span_id), PARENT_SPAN_ID, "and is a child of the caller's span");
             assert_eq!(hex(&call.trace_id), TRACE_ID, "the database call is in the same trace");
@@ -97,7 +104,7 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
             assert!(attribute("dependency").is_some_and(|v| v.contains("orders_db")), "{:?}", call.attributes);
             return;
         }
-        assert!(Instant::now() < deadline, "the collector did not receive both spans: {spans:#?}");
+        assert!(Instant::now() < deadline, "the collector did not receive the three spans: {spans:#?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

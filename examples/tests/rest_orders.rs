@@ -31,6 +31,9 @@ fn routes_health_metrics_and_every_error_as_problem_json() {
     assert_eq!(created.body, r#"{"id":1,"item":"book","quantity":2}"#);
     let fetched = service.request("GET", "/orders/1", None);
     assert_eq!((fetched.status, fetched.body.as_str()), (200, r#"{"id":1,"item":"book","quantity":2}"#));
+    // The order's event, written in its transaction, reaches the audit consumer through the outbox.
+    let audit = support::wait_for_status(service.addr, "/orders/1/audit", 200);
+    assert_eq!(audit.body, r#"{"order_id":1,"item":"book","applied":1}"#);
 
     assert_problem(&service.request("GET", "/orders/99", None), 404, "no order 99");
     assert_problem(&service.request("GET", "/orders/not-a-number", None), 400, "Cannot parse");

@@ -251,7 +251,9 @@ pub mod service_support {
 
         /// Commits the handler's effects with its inbox record.
         #[cfg(any(feature = "postgres", feature = "sqlite"))]
-        pub async fn inbox_commit<DB: sqlx::Database>(tx: sqlx::Transaction<'static, DB>) -> Result<Handled, HandlerError> {
+        pub async fn inbox_commit<DB: sqlx::Database>(
+            tx: sqlx::Transaction<'static, DB>,
+        ) -> Result<Handled, HandlerError> {
             tx.commit().await.map(|()| Handled::Done).map_err(|error| HandlerError::Failed(format!("commit: {error}")))
         }
     }

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 use marty::axum::extract::{Json, Path};
 use marty::service;
 use marty_examples::proto::orders_server::{self, OrdersServer};
-use marty_examples::{proto, AppError, Order, OrderStore};
+use marty_examples::{proto, AppError, AuditEntry, Order, OrderPlaced, OrderStore};
 use tonic::{Request, Response, Status};
 
 struct Orders {
@@ -25,6 +25,24 @@ impl Orders {
     #[get("/orders/{id}")]
     async fn get_order(&self, Path(id): Path<i64>) -> Result<Json<Order>, AppError> {
         Ok(Json(self.store.get(id).await?))
+    }
+
+    /// What the audit consumer recorded for the order (404 until it has handled the event).
+    #[get("/orders/{id}/audit")]
+    async fn get_audit(&self, Path(id): Path<i64>) -> Result<Json<AuditEntry>, AppError> {
+        Ok(Json(self.store.audit(id).await?))
+    }
+
+    /// Consumes `OrderPlaced` (relayed from the outbox) once per event: the inbox record and the
+    /// audit row commit together.
+    #[event_handler(group = "order-audit")]
+    async fn audit_order(
+        &self,
+        event: OrderPlaced,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    ) -> Result<(), sqlx::Error> {
+        marty::tracing::info!(order_id = event.order_id, "auditing a placed order");
+        OrderStore::record_audit(tx, &event).await
     }
 }
 

@@ -17,7 +17,7 @@ use std::time::Duration;
 use marty::axum::extract::{Json, Path};
 use marty::axum::http::StatusCode;
 use marty::service;
-use marty_examples::{AppError, NewOrder, Order, OrderStore};
+use marty_examples::{AppError, AuditEntry, NewOrder, Order, OrderPlaced, OrderStore};
 
 struct Orders {
     store: OrderStore,
@@ -33,6 +33,24 @@ impl Orders {
     #[get("/orders/{id}")]
     async fn get_order(&self, Path(id): Path<i64>) -> Result<Json<Order>, AppError> {
         Ok(Json(self.store.get(id).await?))
+    }
+
+    /// What the audit consumer recorded for the order (404 until it has handled the event).
+    #[get("/orders/{id}/audit")]
+    async fn get_audit(&self, Path(id): Path<i64>) -> Result<Json<AuditEntry>, AppError> {
+        Ok(Json(self.store.audit(id).await?))
+    }
+
+    /// Consumes `OrderPlaced` (relayed from the outbox) once per event: the inbox record and the
+    /// audit row commit together.
+    #[event_handler(group = "order-audit")]
+    async fn audit_order(
+        &self,
+        event: OrderPlaced,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    ) -> Result<(), sqlx::Error> {
+        marty::tracing::info!(order_id = event.order_id, "auditing a placed order");
+        OrderStore::record_audit(tx, &event).await
     }
 
     /// A slow report, to watch graceful shutdown let in-flight requests finish.

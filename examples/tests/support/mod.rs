@@ -122,3 +122,16 @@ pub fn request_with(
     let headers = lines.filter_map(|line| line.split_once(": ").map(|(k, v)| (k.to_owned(), v.to_owned()))).collect();
     Ok(Response { status, headers, body: body.to_owned() })
 }
+
+/// Polls `GET path` until it answers `status` (10s at most), and returns that response.
+pub fn wait_for_status(addr: SocketAddr, path: &str, status: u16) -> Response {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let response = request(addr, "GET", path, None).expect("the request completes");
+        if response.status == status {
+            return response;
+        }
+        assert!(Instant::now() < deadline, "GET {path} never answered {status}: {response:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

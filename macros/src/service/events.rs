@@ -59,7 +59,11 @@ pub(crate) fn is_event_handler(attr: &syn::Attribute) -> bool {
 }
 
 /// Parses one `#[event_handler(..)]`.
-pub(crate) fn parse(attr: &syn::Attribute, method: &syn::ImplItemFn, errors: &mut Accumulator) -> Option<HandlerMethod> {
+pub(crate) fn parse(
+    attr: &syn::Attribute,
+    method: &syn::ImplItemFn,
+    errors: &mut Accumulator,
+) -> Option<HandlerMethod> {
     let tokens = match &attr.meta {
         syn::Meta::List(list) => list.tokens.clone(),
         _ => TokenStream::new(),
@@ -78,7 +82,11 @@ pub(crate) fn parse(attr: &syn::Attribute, method: &syn::ImplItemFn, errors: &mu
     let mut kept = Vec::new();
     for item in items {
         let NestedMeta::Meta(meta) = &item else {
-            errors.push(error(item.span(), "unexpected positional argument in `#[event_handler]`", "write `topic = \"orders.placed\"`"));
+            errors.push(error(
+                item.span(),
+                "unexpected positional argument in `#[event_handler]`",
+                "write `topic = \"orders.placed\"`",
+            ));
             continue;
         };
         let name = meta.path().segments.iter().map(|s| s.ident.to_string()).collect::<Vec<_>>().join("::");
@@ -123,13 +131,21 @@ pub(crate) fn check(
     handlers
 }
 
-fn check_one(method: HandlerMethod, config: Option<&marty_config::Config>, errors: &mut Accumulator) -> Option<Handler> {
+fn check_one(
+    method: HandlerMethod,
+    config: Option<&marty_config::Config>,
+    errors: &mut Accumulator,
+) -> Option<Handler> {
     let sig = &method.sig;
     let name = &sig.ident;
     let shape = format!("async fn {name}(&self, event: OrderPlaced) -> Result<(), MyError>");
     let mut ok = true;
     if sig.asyncness.is_none() {
-        errors.push(error(sig.fn_token.span(), format!("event handler `{name}` must be an `async fn`"), format!("write `{shape}`")));
+        errors.push(error(
+            sig.fn_token.span(),
+            format!("event handler `{name}` must be an `async fn`"),
+            format!("write `{shape}`"),
+        ));
         ok = false;
     }
     if !matches!(sig.inputs.first(), Some(syn::FnArg::Receiver(receiver)) if matches!(receiver.kind, syn::ReceiverKind::Reference(_, _, None)))
@@ -293,7 +309,11 @@ fn inbox_store(
         }
         None => {
             let names: Vec<&str> = config.dependencies.keys().map(String::as_str).collect();
-            errors.push(error(span, format!("unknown dependency `{name}`"), did_you_mean(&name, &names, "dependencies:")));
+            errors.push(error(
+                span,
+                format!("unknown dependency `{name}`"),
+                did_you_mean(&name, &names, "dependencies:"),
+            ));
             None
         }
     }

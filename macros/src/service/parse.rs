@@ -99,7 +99,10 @@ pub(crate) struct Marked {
 
 /// Removes every route, `#[health_check]` and `#[event_handler]` attribute from the impl's methods
 /// and returns them, parsed.
-pub(crate) fn take_routes(mut item: syn::ItemImpl, errors: &mut darling::error::Accumulator) -> (syn::ItemImpl, Marked) {
+pub(crate) fn take_routes(
+    mut item: syn::ItemImpl,
+    errors: &mut darling::error::Accumulator,
+) -> (syn::ItemImpl, Marked) {
     let mut routed = Vec::new();
     let mut probes = Vec::new();
     let mut handlers = Vec::new();
@@ -152,7 +155,9 @@ pub(crate) fn strip_route_attributes(item: TokenStream) -> TokenStream {
         Ok(mut item_impl) => {
             for impl_item in &mut item_impl.items {
                 if let syn::ImplItem::Fn(method) = impl_item {
-                    method.attrs.retain(|attr| route_method(attr).is_none() && !is_probe(attr) && !is_event_handler(attr));
+                    method
+                        .attrs
+                        .retain(|attr| route_method(attr).is_none() && !is_probe(attr) && !is_event_handler(attr));
                 }
             }
             item_impl.into_token_stream()
