@@ -224,9 +224,6 @@ pub mod service_support {
             }
         }
 
-        /// Asserts at the handler's return type that it is a `HandlerResult`.
-        pub const fn assert_handler_result<T: HandlerResult>() {}
-
         /// The handler's result, as the consumer sees it.
         pub fn handler_result<T: HandlerResult>(result: T) -> Result<Handled, HandlerError> {
             result.into_outcome()

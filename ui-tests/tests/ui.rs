@@ -13,4 +13,6 @@ fn ui() {
     cases.compile_fail("tests/service/fail/*.rs");
     cases.pass("tests/event/pass/*.rs");
     cases.compile_fail("tests/event/fail/*.rs");
+    cases.pass("tests/event_handler/pass/*.rs");
+    cases.compile_fail("tests/event_handler/fail/*.rs");
 }

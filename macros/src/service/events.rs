@@ -16,6 +16,7 @@ use syn::spanned::Spanned;
 use crate::call::check::duration;
 use crate::call::{IntArg, StrArg};
 use crate::diagnostic::{did_you_mean, error};
+use crate::paths::respan;
 
 #[derive(FromMeta, Default)]
 struct HandlerArgs {
@@ -102,7 +103,7 @@ pub(crate) fn parse(
     }
     let args = errors.handle(HandlerArgs::from_list(&kept))?;
     let cfgs = method.attrs.iter().filter(|attr| attr.path().is_ident("cfg")).cloned().collect();
-    Some(HandlerMethod { args, sig: method.sig.clone(), cfgs, attr_span: attr.span() })
+    Some(HandlerMethod { args, sig: method.sig.clone(), cfgs, attr_span: attr.path().span() })
 }
 
 /// Checks every handler; `outbox_store` is `[outbox] store`, the default inbox.
@@ -338,10 +339,11 @@ pub(crate) fn emit(handlers: &[Handler], service_name: &str, private: &TokenStre
         let event_check = quote_spanned!(event.span()=> #private::assert_event::<#event>(););
         let topic_check = handler.topic.as_ref().map(|topic| {
             let value = &topic.value;
-            quote_spanned!(topic.span=> const _: () = #private::assert_topic(<#event as #private::Event>::TOPIC, #value);)
+            // Every token at the literal, so a mismatch is reported there.
+            respan(quote!(const _: () = #private::assert_topic(<#event as #private::Event>::TOPIC, #value);), topic.span)
         });
-        let output = &handler.output;
-        let output_check = quote_spanned!(output.span()=> #private::assert_handler_result::<#output>(););
+        // At the return type: a result the consumer cannot read is reported there.
+        let handler_result = respan(quote!(#private::handler_result), handler.output.span());
         let options = {
             let mut options = quote!(#private::HandlerOptions::default());
             if let Some(attempts) = handler.max_attempts {
@@ -364,14 +366,14 @@ pub(crate) fn emit(handlers: &[Handler], service_name: &str, private: &TokenStre
         let body = match &handler.inbox {
             None => quote! {
                 let event = #private::decode_event::<#event>(&#message)?;
-                #private::handler_result(#service.#method(event).await)
+                #handler_result(#service.#method(event).await)
             },
             Some(store) => quote! {
                 let event = #private::decode_event::<#event>(&#message)?;
                 let #private::Option::Some(mut #tx) = #private::inbox_begin(#store, #group, &#message.id).await? else {
                     return #private::Result::Ok(#private::Handled::Duplicate);
                 };
-                #private::handler_result(#service.#method(event, &mut #tx).await)?;
+                #handler_result(#service.#method(event, &mut #tx).await)?;
                 #private::inbox_commit(#tx).await
             },
         };
@@ -380,7 +382,6 @@ pub(crate) fn emit(handlers: &[Handler], service_name: &str, private: &TokenStre
             {
                 #event_check
                 #topic_check
-                #output_check
                 let #service = #private::Arc::clone(&self);
                 #list.push(#private::EventHandler::new(
                     <#event as #private::Event>::TOPIC,

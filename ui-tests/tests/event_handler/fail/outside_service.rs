@@ -1,0 +1,20 @@
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize, marty::Event)]
+#[event(topic = "orders.placed")]
+struct OrderPlaced {
+    #[event(key)]
+    order_id: u64,
+}
+
+struct Billing;
+
+impl Billing {
+    #[marty::event_handler]
+    async fn on_placed(&self, event: OrderPlaced) -> Result<(), String> {
+        let _ = event.order_id;
+        Ok(())
+    }
+}
+
+fn main() {}
