@@ -117,7 +117,7 @@ pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
 /// event for the group and which it commits when the handler returns `Ok`. Arguments: `topic` (checked
 /// against `E::TOPIC`), `group` (default: the service's name), `inbox` (default `[outbox] store`),
 /// `max_attempts` (5), `concurrency` (8 lanes; one key never runs concurrently), `backoff` (first
-/// retry's ceiling, "100ms"), `ack_wait` ("30s"). An undecodable payload is dead-lettered at once; an
+/// retry's ceiling, "100ms"), `ack_wait` ("5s"). An undecodable payload is dead-lettered at once; an
 /// `Err` is retried with backoff and dead-lettered after the last attempt.
 ///
 /// Methods marked `#[get("/path")]`, `#[post(..)]`, `#[put(..)]`, `#[patch(..)]` or `#[delete(..)]` are

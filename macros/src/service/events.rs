@@ -340,7 +340,10 @@ pub(crate) fn emit(handlers: &[Handler], service_name: &str, private: &TokenStre
         let topic_check = handler.topic.as_ref().map(|topic| {
             let value = &topic.value;
             // Every token at the literal, so a mismatch is reported there.
-            respan(quote!(const _: () = #private::assert_topic(<#event as #private::Event>::TOPIC, #value);), topic.span)
+            respan(
+                quote!(const _: () = #private::assert_topic(<#event as #private::Event>::TOPIC, #value);),
+                topic.span,
+            )
         });
         // At the return type: a result the consumer cannot read is reported there.
         let handler_result = respan(quote!(#private::handler_result), handler.output.span());
@@ -355,7 +358,8 @@ pub(crate) fn emit(handlers: &[Handler], service_name: &str, private: &TokenStre
             }
             if let Some(backoff) = handler.backoff {
                 let nanos = backoff.as_nanos() as u64;
-                options = quote!(#options.backoff(#private::Duration::from_nanos(#nanos), #private::Duration::from_secs(10)));
+                options =
+                    quote!(#options.backoff(#private::Duration::from_nanos(#nanos), #private::Duration::from_secs(10)));
             }
             if let Some(wait) = handler.ack_wait {
                 let nanos = wait.as_nanos() as u64;

@@ -65,7 +65,10 @@ pub struct HandlerOptions {
     /// Deliveries of one message the broker may make before it is dead-lettered unhandled: a
     /// message that kills the process every time it is handled stops doing so.
     pub max_deliveries: u32,
-    /// How long the broker waits for a settlement before redelivering.
+    /// How long the broker waits for a settlement before redelivering. A running handler reports
+    /// progress every half of it, so only a delivery whose consumer died comes back; a restarted
+    /// consumer that finds such deliveries waits this long before taking new ones, so they come
+    /// first and each key stays in order.
     pub ack_wait: Duration,
 }
 
@@ -77,7 +80,7 @@ impl Default for HandlerOptions {
             max_backoff: Duration::from_secs(10),
             concurrency: 8,
             max_deliveries: 10,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(5),
         }
     }
 }
@@ -235,7 +238,18 @@ async fn handle(handler: &EventHandler, metrics: &EventMetrics, delivery: Delive
         let mut attempt = 1;
         loop {
             let started = Instant::now();
-            let outcome = (handler.invoke)(delivery.message.clone()).await;
+            let outcome = {
+                let attempt = (handler.invoke)(delivery.message.clone());
+                tokio::pin!(attempt);
+                let mut progress = tokio::time::interval(handler.options.ack_wait / 2);
+                progress.tick().await;
+                loop {
+                    tokio::select! {
+                        outcome = &mut attempt => break outcome,
+                        _ = progress.tick() => delivery.in_progress().await,
+                    }
+                }
+            };
             metrics.record_handler(topic, group, started.elapsed());
             match outcome {
                 Ok(handled) => {

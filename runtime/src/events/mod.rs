@@ -16,6 +16,8 @@ use std::pin::Pin;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
+#[cfg(feature = "nats")]
+pub use broker::NatsBroker;
 pub use broker::{Broker, BrokerError, Delivery, MemoryBroker, SubscribeOptions, Subscription};
 pub use consumer::{EventHandler, Handled, HandlerError, HandlerOptions, Invoke};
 pub use message::{headers, new_event_id, Message};

@@ -49,7 +49,7 @@ pub struct SubscribeOptions {
 
 impl Default for SubscribeOptions {
     fn default() -> Self {
-        SubscribeOptions { max_in_flight: 256, ack_wait: Duration::from_secs(30) }
+        SubscribeOptions { max_in_flight: 256, ack_wait: Duration::from_secs(5) }
     }
 }
 

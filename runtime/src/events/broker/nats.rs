@@ -161,10 +161,27 @@ impl super::Broker for NatsBroker {
                 filter_subject: topic.clone(),
                 ..Default::default()
             };
-            let consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
                 .get_or_create_consumer(&group, config)
                 .await
                 .map_err(|error| BrokerError::Unavailable(format!("cannot create consumer `{group}`: {error}")))?;
+            // Deliveries a previous instance left unsettled (it crashed) come back only after
+            // `ack_wait`, and JetStream hands out newer messages meanwhile; pulling only once they
+            // are due keeps each key in order (redeliveries go first).
+            if let Ok(info) = consumer.info().await {
+                if info.num_ack_pending > 0 {
+                    let wait = info.config.ack_wait;
+                    tracing::info!(
+                        pending = info.num_ack_pending,
+                        ?wait,
+                        topic,
+                        group,
+                        "waiting for unsettled deliveries to come back first"
+                    );
+                    // A margin over `ack_wait`: the server's redelivery timer fires a little late.
+                    tokio::time::sleep(wait + wait / 4).await;
+                }
+            }
             let mut messages = consumer
                 .messages()
                 .await
