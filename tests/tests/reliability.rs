@@ -161,7 +161,6 @@ async fn produce(pool: sqlx::PgPool, writer: i64) -> Vec<String> {
     for n in 0..EVENTS_PER_WRITER {
         let event =
             Credited { account: format!("acct-{writer}-{}", n % ACCOUNTS_PER_WRITER), seq: n / ACCOUNTS_PER_WRITER };
-        let message_id: String;
         let mut tx = pool.begin().await.unwrap();
         sqlx::query("insert into balances (account, seq) values ($1, $2)")
             .bind(&event.account)
@@ -170,7 +169,7 @@ async fn produce(pool: sqlx::PgPool, writer: i64) -> Vec<String> {
             .await
             .unwrap();
         marty::outbox::publish(&mut *tx, &event).await.unwrap();
-        message_id = sqlx::query_scalar("select event_id from marty_outbox where id = lastval()")
+        let message_id: String = sqlx::query_scalar("select event_id from marty_outbox where id = lastval()")
             .fetch_one(&mut *tx)
             .await
             .unwrap();
