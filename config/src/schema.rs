@@ -308,7 +308,8 @@ pub struct OutboxConfig {
     pub poll_interval: Duration,
     /// Publish attempts the broker may reject before an event is parked.
     pub max_attempts: u32,
-    /// How long published events are kept in the table.
+    /// How long published events are kept in the table; 0 (the default) deletes each row once the
+    /// broker acknowledged it, which is also the cheapest for the database.
     pub retention: Duration,
 }
 
@@ -380,7 +381,7 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         let batch_size = reader.integer(&table, "batch_size", 1, 10_000).unwrap_or(100) as u32;
         let poll_interval = reader.duration(&table, "poll_interval").unwrap_or(Duration::from_millis(500));
         let max_attempts = reader.integer(&table, "max_attempts", 1, 1_000).unwrap_or(10) as u32;
-        let retention = reader.duration(&table, "retention").unwrap_or(Duration::from_secs(3600));
+        let retention = reader.duration(&table, "retention").unwrap_or(Duration::ZERO);
         let Some(store) = reader.string(&table, "store") else {
             let origin = reader.origin_of(&table, "store").clone();
             let help = Some(

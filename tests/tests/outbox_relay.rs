@@ -269,6 +269,41 @@ async fn postgres_never_skips_a_row_whose_transaction_commits_after_a_later_one(
     let seen = collect(broker, "accounts.credited", "audit", 2).await;
     let accounts: Vec<_> = sequences(&seen).into_keys().collect();
     assert_eq!(accounts, ["a", "b"], "both published, neither skipped");
+    let left: i64 = sqlx::query_scalar("select count(*) from marty_outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(left, 0, "without a retention, sent rows are deleted as they are acknowledged");
+}
+
+#[tokio::test]
+async fn postgres_a_commit_wakes_a_waiting_relay_long_before_its_poll() {
+    let Some(url) = env("MARTY_TEST_POSTGRES_URL") else { return };
+    let (store, pool) = postgres_store(&url, "outbox_wake").await;
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let mut subscription = broker.subscribe("accounts.credited", "audit", SubscribeOptions::default()).await.unwrap();
+    let options = RelayOptions::default().poll_interval(Duration::from_secs(3600));
+    let (stop, shutdown) = watch::channel(false);
+    let relay = Relay::new(store, broker, options, EventMetrics::default()).start(shutdown);
+    // Wait until the relay has found nothing and marked itself waiting, and its quick rechecks are over.
+    loop {
+        let waiting: bool = sqlx::query_scalar("select exists (select 1 from marty_relay_wake where sleeping)")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        if waiting {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut tx = pool.begin().await.unwrap();
+    outbox::publish(&mut *tx, &Credited { account: "a".into(), seq: 0 }).await.unwrap();
+    tx.commit().await.unwrap();
+    // With an hour between polls, only the commit's NOTIFY can bring it.
+    let delivery = tokio::time::timeout(Duration::from_secs(30), subscription.next()).await;
+    assert!(matches!(delivery, Ok(Some(_))), "the commit did not wake the relay");
+    stop.send(true).unwrap();
+    relay.await.unwrap();
+    let marks: i64 = sqlx::query_scalar("select count(*) from marty_relay_wake").fetch_one(&pool).await.unwrap();
+    assert_eq!(marks, 0, "a relay that stops removes its wake mark");
 }
 
 #[tokio::test]

@@ -21,7 +21,7 @@
 //!   relay backs off and counts nothing against the rows;
 //! - a row the broker rejects `max_attempts` times is parked with the reason: visible with
 //!   [`parked`], replayed with [`replay`], never deleted silently;
-//! - sent rows are deleted after `retention`.
+//! - sent rows are deleted once acknowledged, or kept for `retention` when one is set.
 
 mod relay;
 pub(crate) mod schema;
@@ -43,9 +43,14 @@ pub trait OutboxTransaction: Send {
 impl OutboxTransaction for sqlx::PgConnection {
     fn insert_outbox_row<'a>(&'a mut self, message: &'a Message) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         Box::pin(async move {
+            // One statement: the row, and a wake-up for relays waiting for work (only then:
+            // NOTIFY serialises commits, so a busy relay is not told; it finds the row anyway).
             sqlx::query(
-                "insert into marty_outbox (event_id, topic, key, version, payload, traceparent)
-                 values ($1, $2, $3, $4, $5, $6)",
+                "with row as (
+                     insert into marty_outbox (event_id, topic, key, version, payload, traceparent)
+                     values ($1, $2, $3, $4, $5, $6)
+                 )
+                 select pg_notify('marty_outbox', '') from marty_relay_wake where sleeping limit 1",
             )
             .bind(&message.id)
             .bind(&message.topic)

@@ -21,7 +21,7 @@ pub struct RelayOptions {
     pub poll_interval: Duration,
     /// Publish attempts the broker may reject before the row is parked.
     pub max_attempts: u32,
-    /// How long sent rows are kept before they are deleted.
+    /// How long sent rows are kept before they are deleted; zero deletes them as they are sent.
     pub retention: Duration,
     /// How long a SQLite relay's claim on a batch lasts if the relay dies holding it.
     pub claim_lease: Duration,
@@ -33,7 +33,7 @@ impl Default for RelayOptions {
             batch_size: 100,
             poll_interval: Duration::from_millis(500),
             max_attempts: 10,
-            retention: Duration::from_secs(3600),
+            retention: Duration::ZERO,
             claim_lease: Duration::from_secs(30),
         }
     }
@@ -60,6 +60,12 @@ impl RelayOptions {
     /// Sets the attempts before a row is parked.
     pub fn max_attempts(mut self, attempts: u32) -> Self {
         self.max_attempts = attempts.max(1);
+        self
+    }
+
+    /// Sets how long sent rows are kept (zero: deleted as they are sent).
+    pub fn retention(mut self, retention: Duration) -> Self {
+        self.retention = retention;
         self
     }
 
@@ -125,14 +131,17 @@ impl Relay {
     }
 
     async fn run(self, mut shutdown: watch::Receiver<bool>) {
+        let relay_id = crate::events::new_event_id();
         let mut wake = Wake::new(&self.store).await;
         let mut backoff = Duration::from_millis(50);
+        // Marked as waiting in `marty_relay_wake`, so commits notify it.
+        let mut waiting = false;
         let mut quick_rechecks = 0u32;
         let mut next_gauges = Instant::now();
-        let mut next_cleanup = Instant::now() + Duration::from_secs(10);
+        let mut next_housekeeping = Instant::now();
         loop {
             if *shutdown.borrow() {
-                return;
+                break;
             }
             if Instant::now() >= next_gauges {
                 next_gauges = Instant::now() + Duration::from_secs(5);
@@ -140,48 +149,113 @@ impl Relay {
                     tracing::warn!(%error, "reading the outbox's size failed");
                 }
             }
-            if Instant::now() >= next_cleanup {
-                next_cleanup = Instant::now() + Duration::from_secs(60);
-                if let Err(error) = self.delete_sent().await {
-                    tracing::warn!(%error, "deleting sent outbox rows failed");
+            if Instant::now() >= next_housekeeping {
+                next_housekeeping = Instant::now() + Duration::from_secs(60);
+                if let Err(error) = self.housekeeping(&relay_id, waiting).await {
+                    tracing::warn!(%error, "outbox housekeeping failed");
                 }
             }
-            let pause = match self.run_batch().await {
-                Ok(report) if report.broker_unavailable => {
-                    let pause = backoff;
+            let report = match self.run_batch().await {
+                Ok(report) if !report.broker_unavailable => report,
+                Ok(_) => {
+                    tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    pause
-                }
-                Ok(report) => {
-                    backoff = Duration::from_millis(50);
-                    if report.taken >= self.options.batch_size as usize {
-                        continue;
-                    }
-                    if report.waiting && quick_rechecks == 0 {
-                        quick_rechecks = 4;
-                    }
-                    if report.published == 0 && quick_rechecks > 0 {
-                        // Woken by a commit whose rows were not takeable yet: look again soon.
-                        quick_rechecks -= 1;
-                        Duration::from_millis(2u64 << (3 - quick_rechecks.min(3)))
-                    } else if report.published > 0 {
-                        continue;
-                    } else {
-                        self.options.poll_interval
-                    }
+                    continue;
                 }
                 Err(error) => {
                     tracing::warn!(%error, "outbox relay batch failed; retrying");
-                    let pause = backoff;
+                    tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
-                    pause
+                    continue;
                 }
+            };
+            backoff = Duration::from_millis(50);
+            if report.published > 0 || report.taken >= self.options.batch_size as usize {
+                if waiting {
+                    waiting = !self.mark_waiting(&relay_id, false).await;
+                }
+                quick_rechecks = 4;
+                continue;
+            }
+            if !waiting {
+                // Look once more after marking: a commit between the last look and the mark did
+                // not notify.
+                waiting = self.mark_waiting(&relay_id, true).await;
+                continue;
+            }
+            // Rows held back by the gate, or transactions in progress: look again soon a few
+            // times (2, 4, 8, 16 ms), then rely on wake-ups and polling.
+            let pause = if report.waiting && quick_rechecks > 0 {
+                quick_rechecks -= 1;
+                Duration::from_millis(2u64 << (3 - quick_rechecks.min(3)))
+            } else {
+                self.options.poll_interval
             };
             tokio::select! {
                 woken = wake.wait(pause) => if woken { quick_rechecks = 4; },
-                _ = shutdown.wait_for(|stop| *stop) => return,
+                _ = shutdown.wait_for(|stop| *stop) => break,
             }
         }
+        let _ = self.forget_relay(&relay_id).await;
+    }
+
+    /// Marks this relay as waiting for commits (or not); `true` when the mark is in place.
+    async fn mark_waiting(&self, relay_id: &str, waiting: bool) -> bool {
+        match &self.store {
+            #[cfg(feature = "postgres")]
+            Store::Postgres(pool) => {
+                let marked = sqlx::query(
+                    "insert into marty_relay_wake (relay_id, sleeping, updated_at) values ($1, $2, now())
+                     on conflict (relay_id) do update set sleeping = excluded.sleeping, updated_at = now()",
+                )
+                .bind(relay_id)
+                .bind(waiting)
+                .execute(pool)
+                .await;
+                match marked {
+                    Ok(_) => waiting,
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot mark the relay as waiting; polling instead");
+                        !waiting
+                    }
+                }
+            }
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(_) => {
+                let _ = relay_id;
+                waiting
+            }
+        }
+    }
+
+    /// Once a minute: keep this relay's wake mark fresh, drop those of relays that died, and delete
+    /// sent rows past their retention.
+    #[allow(irrefutable_let_patterns)]
+    async fn housekeeping(&self, relay_id: &str, waiting: bool) -> Result<(), sqlx::Error> {
+        #[cfg(feature = "postgres")]
+        if let Store::Postgres(pool) = &self.store {
+            if waiting {
+                self.mark_waiting(relay_id, true).await;
+            }
+            sqlx::query("delete from marty_relay_wake where updated_at < now() - interval '10 minutes'")
+                .execute(pool)
+                .await?;
+        }
+        let _ = (relay_id, waiting);
+        if !self.options.retention.is_zero() {
+            self.delete_sent().await?;
+        }
+        Ok(())
+    }
+
+    #[allow(irrefutable_let_patterns)]
+    async fn forget_relay(&self, relay_id: &str) -> Result<(), sqlx::Error> {
+        #[cfg(feature = "postgres")]
+        if let Store::Postgres(pool) = &self.store {
+            sqlx::query("delete from marty_relay_wake where relay_id = $1").bind(relay_id).execute(pool).await?;
+        }
+        let _ = relay_id;
+        Ok(())
     }
 
     /// Takes, publishes and settles one batch.
@@ -328,9 +402,12 @@ impl Relay {
         let rows: Vec<Row> = sqlx::query_as(TAKE).bind(i64::from(self.options.batch_size)).fetch_all(&mut *tx).await?;
         let mut report = BatchReport { taken: rows.len(), ..BatchReport::default() };
         if rows.len() < self.options.batch_size as usize {
+            // Rows held back by the gate, or any transaction in progress (its commit may not wake
+            // a relay that is not yet marked as waiting).
             report.waiting = sqlx::query_scalar(
                 "select exists (select 1 from marty_outbox where state = 0 and next_attempt_at <= now()
-                 and (tx_id >= pg_snapshot_xmin(pg_current_snapshot())))",
+                                and tx_id >= pg_snapshot_xmin(pg_current_snapshot()))
+                     or pg_snapshot_xmin(pg_current_snapshot()) < pg_snapshot_xmax(pg_current_snapshot())",
             )
             .fetch_one(&mut *tx)
             .await?;
@@ -342,10 +419,12 @@ impl Relay {
         let taken = taken_of(rows);
         let settled = self.publish(&taken, &mut report).await;
         if !settled.sent.is_empty() {
-            sqlx::query("update marty_outbox set state = 1, sent_at = now() where id = any($1)")
-                .bind(&settled.sent)
-                .execute(&mut *tx)
-                .await?;
+            let mark_sent = if self.options.retention.is_zero() {
+                "delete from marty_outbox where id = any($1)"
+            } else {
+                "update marty_outbox set state = 1, sent_at = now() where id = any($1)"
+            };
+            sqlx::query(mark_sent).bind(&settled.sent).execute(&mut *tx).await?;
         }
         for (id, attempts, park, problem) in &settled.rejected {
             sqlx::query(
@@ -399,14 +478,13 @@ impl Relay {
         let ids = |ids: &[i64]| format!("[{}]", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
         let mut tx = pool.begin().await?;
         if !settled.sent.is_empty() {
-            sqlx::query(
-                "update marty_outbox set state = 1, sent_at = ?, claimed_until = 0
-                 where id in (select value from json_each(?))",
-            )
-            .bind(unix_now())
-            .bind(ids(&settled.sent))
-            .execute(&mut *tx)
-            .await?;
+            let mark_sent = if self.options.retention.is_zero() {
+                "delete from marty_outbox where ?1 > 0 and id in (select value from json_each(?2))"
+            } else {
+                "update marty_outbox set state = 1, sent_at = ?1, claimed_until = 0
+                 where id in (select value from json_each(?2))"
+            };
+            sqlx::query(mark_sent).bind(unix_now()).bind(ids(&settled.sent)).execute(&mut *tx).await?;
         }
         if !settled.unavailable.is_empty() {
             sqlx::query("update marty_outbox set claimed_until = 0 where id in (select value from json_each(?))")
@@ -437,8 +515,9 @@ fn unix_now() -> f64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
-/// What wakes the relay before its poll interval: PostgreSQL's `NOTIFY marty_outbox` (sent by a
-/// trigger when an insert commits); in-process outbox writes otherwise.
+/// What wakes the relay before its poll interval: PostgreSQL's `NOTIFY marty_outbox` (sent by
+/// `publish` while a relay is marked waiting, delivered when its transaction commits); in-process
+/// outbox writes otherwise.
 enum Wake {
     #[cfg(feature = "postgres")]
     Listen(Option<sqlx::postgres::PgListener>),

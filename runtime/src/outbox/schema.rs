@@ -30,14 +30,13 @@ const POSTGRES: &[&str] = &[
     create index if not exists marty_outbox_pending on marty_outbox (id) where state = 0;
     create index if not exists marty_outbox_pending_by_key on marty_outbox (key, id) where state = 0;
     create index if not exists marty_outbox_parked on marty_outbox (id) where state = 2;
-    create or replace function marty_outbox_notify() returns trigger language plpgsql as $$
-    begin
-        perform pg_notify('marty_outbox', '');
-        return null;
-    end $$;
-    drop trigger if exists marty_outbox_notify on marty_outbox;
-    create trigger marty_outbox_notify after insert on marty_outbox
-        for each statement execute function marty_outbox_notify();
+    -- Relays waiting for work: `publish` notifies `marty_outbox` only while one is (NOTIFY takes a
+    -- global lock at commit, so telling a busy relay would serialise every commit for nothing).
+    create table if not exists marty_relay_wake (
+        relay_id text primary key,
+        sleeping boolean not null,
+        updated_at timestamptz not null default now()
+    );
     create table if not exists marty_inbox (
         consumer_group text not null,
         event_id text not null,

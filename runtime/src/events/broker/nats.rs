@@ -99,9 +99,11 @@ fn headers_of(message: &Message) -> HeaderMap {
 
 fn publish_error(error: async_nats::jetstream::context::PublishError) -> BrokerError {
     match error.kind() {
-        PublishErrorKind::TimedOut | PublishErrorKind::BrokenPipe | PublishErrorKind::MaxAckPending => {
-            BrokerError::Unavailable(error.to_string())
-        }
+        // A stream deleted under us is recreated on the next batch (see `publish`).
+        PublishErrorKind::TimedOut
+        | PublishErrorKind::BrokenPipe
+        | PublishErrorKind::MaxAckPending
+        | PublishErrorKind::StreamNotFound => BrokerError::Unavailable(error.to_string()),
         _ => BrokerError::Rejected(error.to_string()),
     }
 }
@@ -129,12 +131,15 @@ impl super::Broker for NatsBroker {
                 pending.push(sent);
             }
             let mut acks = Vec::with_capacity(messages.len());
-            for sent in pending {
+            for (sent, message) in pending.into_iter().zip(messages) {
                 let ack = match sent {
-                    Ok(ack) => ack.await.map(drop).map_err(publish_error),
-                    Err(error) => Err(publish_error(error)),
+                    Ok(ack) => ack.await.map(drop),
+                    Err(error) => Err(error),
                 };
-                acks.push(ack);
+                if matches!(&ack, Err(error) if error.kind() == PublishErrorKind::StreamNotFound) {
+                    self.streams.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).remove(&message.topic);
+                }
+                acks.push(ack.map_err(publish_error));
             }
             acks
         })
