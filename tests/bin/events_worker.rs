@@ -2,12 +2,13 @@
 //! (PostgreSQL -> NATS JetStream) or a consumer whose effect commits with its inbox record.
 //!
 //! `events_worker relay|consume`, configured by the environment: `WORKER_PG_URL`, `WORKER_SCHEMA`,
-//! `WORKER_NATS_URL`, `WORKER_GROUP`, `WORKER_HANDLER_DELAY_MS`.
+//! `WORKER_BROKER` (nats or rabbitmq), `WORKER_BROKER_URL`, `WORKER_GROUP`, `WORKER_HANDLER_DELAY_MS`.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use marty::events::{EventHandler, Handled, HandlerError, HandlerOptions, Message, NatsBroker};
+use marty::events::broker::RabbitMqBroker;
+use marty::events::{Broker, EventHandler, Handled, HandlerError, HandlerOptions, Message, NatsBroker};
 use marty::metrics::EventMetrics;
 use marty::outbox::{Relay, RelayOptions};
 use serde::{Deserialize, Serialize};
@@ -44,8 +45,13 @@ async fn pool() -> sqlx::PgPool {
 #[tokio::main]
 async fn main() {
     let mode = std::env::args().nth(1).expect("relay or consume");
-    let store = marty::store::register("reliability", pool().await).await.expect("migrate");
-    let broker = Arc::new(NatsBroker::connect(&var("WORKER_NATS_URL")).await.expect("NATS"));
+    let store = marty::store::register(&var("WORKER_SCHEMA"), pool().await).await.expect("migrate");
+    let url = var("WORKER_BROKER_URL");
+    let broker: Arc<dyn Broker> = match var("WORKER_BROKER").as_str() {
+        "nats" => Arc::new(NatsBroker::connect(&url).await.expect("NATS")),
+        "rabbitmq" => Arc::new(RabbitMqBroker::connect(&url).await.expect("RabbitMQ")),
+        other => panic!("unknown broker {other}"),
+    };
     let (_stop, shutdown) = tokio::sync::watch::channel(false);
     let task = match mode.as_str() {
         "relay" => {

@@ -398,3 +398,31 @@ mod tempdir {
         }
     }
 }
+
+#[tokio::test]
+async fn rabbitmq_every_group_gets_every_event_in_order_and_unroutable_events_are_refused() {
+    let Some(url) = env("MARTY_TEST_RABBITMQ_URL") else { return };
+    let broker = marty::events::broker::RabbitMqBroker::connect(&url).await.unwrap();
+    let run = &marty::events::new_event_id()[24..];
+    let topic = format!("test.rabbit{run}");
+    let message = |seq: i64| Message {
+        topic: topic.clone(),
+        ..Message::from_event(&Credited { account: "a".into(), seq }).unwrap()
+    };
+    let refused = broker.publish(&[message(0)]).await;
+    assert!(
+        matches!(&refused[0], Err(marty::events::BrokerError::Rejected(problem)) if problem.contains("no consumer group")),
+        "an event no queue is bound to is refused, not dropped: {refused:?}"
+    );
+    let mut billing = broker.subscribe(&topic, &format!("billing{run}"), SubscribeOptions::default()).await.unwrap();
+    let mut audit = broker.subscribe(&topic, &format!("audit{run}"), SubscribeOptions::default()).await.unwrap();
+    let sent: Vec<Message> = (0..5).map(message).collect();
+    assert!(broker.publish(&sent).await.iter().all(Result::is_ok));
+    for subscription in [&mut billing, &mut audit] {
+        for expected in &sent {
+            let delivery = tokio::time::timeout(Duration::from_secs(10), subscription.next()).await.unwrap().unwrap();
+            assert_eq!(delivery.message, *expected, "each group gets every event, in order, metadata intact");
+            delivery.ack().await.unwrap();
+        }
+    }
+}

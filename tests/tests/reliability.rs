@@ -5,9 +5,12 @@
 //! broker stopped and restarted. Then a set checker: every committed event's effect exactly once,
 //! each account's sequence in order, and the poison event dead-lettered.
 //!
-//! Needs `MARTY_TEST_POSTGRES_URL` and `MARTY_TEST_NATS_SERVER` (the `nats-server` binary); .ci/run
-//! sets both. The broker is stopped with SIGTERM, not SIGKILL: the machine's NATS (2.9) has no
-//! `sync_interval: always`, and without it JetStream itself loses acknowledged writes on SIGKILL.
+//! Run once over NATS JetStream and once over RabbitMQ. Needs `MARTY_TEST_POSTGRES_URL`, and
+//! `MARTY_TEST_NATS_SERVER` (the `nats-server` binary) or `MARTY_TEST_RABBITMQ_URL` with
+//! `MARTY_TEST_RABBITMQCTL`; .ci/run sets them all. The NATS server is the test's own, stopped with
+//! SIGTERM, not SIGKILL: the machine's NATS (2.9) has no `sync_interval: always`, and without it
+//! JetStream itself loses acknowledged writes on SIGKILL. RabbitMQ is the machine's, stopped and
+//! started with `rabbitmqctl stop_app` / `start_app`.
 
 use std::collections::{BTreeMap, HashSet};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -18,8 +21,6 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 const WORKER: &str = env!("CARGO_BIN_EXE_events_worker");
-const SCHEMA: &str = "reliability";
-const GROUP: &str = "ledger";
 const WRITERS: i64 = 8;
 const EVENTS_PER_WRITER: i64 = 400;
 const ACCOUNTS_PER_WRITER: i64 = 5;
@@ -123,6 +124,7 @@ impl Worker {
 }
 
 fn spawn_worker(mode: &str, env: &[(&'static str, String)]) -> Child {
+    // Workers of the NATS and RabbitMQ runs differ only in their environment.
     Command::new(WORKER)
         .arg(mode)
         .envs(env.iter().map(|(key, value)| (*key, value)))
@@ -140,12 +142,12 @@ impl Drop for Worker {
     }
 }
 
-async fn pool(url: &str) -> sqlx::PgPool {
+async fn pool(url: &str, schema: &'static str) -> sqlx::PgPool {
     sqlx::postgres::PgPoolOptions::new()
         .max_connections(12)
-        .after_connect(|connection, _| {
+        .after_connect(move |connection, _| {
             Box::pin(async move {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set search_path to {SCHEMA}"))).execute(connection).await?;
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set search_path to {schema}"))).execute(connection).await?;
                 Ok(())
             })
         })
@@ -182,20 +184,54 @@ async fn produce(pool: sqlx::PgPool, writer: i64) -> Vec<String> {
     committed
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nothing_lost_nothing_twice_order_held_through_sigkills_and_a_broker_restart() {
-    let (Ok(pg_url), Ok(nats_binary)) =
-        (std::env::var("MARTY_TEST_POSTGRES_URL"), std::env::var("MARTY_TEST_NATS_SERVER"))
-    else {
-        eprintln!("skipped: MARTY_TEST_POSTGRES_URL and MARTY_TEST_NATS_SERVER are needed (.ci/run sets them)");
-        return;
-    };
+/// The broker a run goes through, and how the test stops it and reads its dead letters.
+enum TestBroker {
+    Nats(Nats),
+    RabbitMq { url: String, ctl: String },
+}
+
+impl TestBroker {
+    fn env(&self) -> Vec<(&'static str, String)> {
+        match self {
+            TestBroker::Nats(nats) => vec![("WORKER_BROKER", "nats".into()), ("WORKER_BROKER_URL", nats.url())],
+            TestBroker::RabbitMq { url, .. } => {
+                vec![("WORKER_BROKER", "rabbitmq".into()), ("WORKER_BROKER_URL", url.clone())]
+            }
+        }
+    }
+
+    /// Stops the broker for a second and a half, then starts it again.
+    fn bounce(&mut self) {
+        match self {
+            TestBroker::Nats(nats) => {
+                nats.stop();
+                std::thread::sleep(Duration::from_millis(1500));
+                nats.restart();
+            }
+            TestBroker::RabbitMq { ctl, .. } => {
+                let run = |command: &str| {
+                    let status = Command::new(&*ctl).arg(command).stdout(Stdio::null()).status().unwrap();
+                    assert!(status.success(), "rabbitmqctl {command}");
+                };
+                run("stop_app");
+                std::thread::sleep(Duration::from_millis(1500));
+                run("start_app");
+                wait_for_port(5672, "RabbitMQ");
+            }
+        }
+    }
+}
+
+/// The run: writers, two relays and a consumer on `broker`, with chaos, then the set checker.
+/// Returns the poison event's id for the broker-specific dead-letter check.
+async fn run(broker: &mut TestBroker, schema: &'static str, group: &str) -> (sqlx::PgPool, String) {
+    let pg_url = std::env::var("MARTY_TEST_POSTGRES_URL").unwrap();
     let admin = sqlx::PgPool::connect(&pg_url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema if exists {SCHEMA} cascade; create schema {SCHEMA}")))
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema if exists {schema} cascade; create schema {schema}")))
         .execute(&admin)
         .await
         .unwrap();
-    let pool = pool(&pg_url).await;
+    let pool = pool(&pg_url, schema).await;
     sqlx::raw_sql(
         "create table balances (account text not null, seq bigint not null);
          create table effects (id bigserial primary key, event_id text not null, account text not null, seq bigint not null);",
@@ -203,26 +239,30 @@ async fn nothing_lost_nothing_twice_order_held_through_sigkills_and_a_broker_res
     .execute(&pool)
     .await
     .unwrap();
-    marty::store::register("reliability", pool.clone()).await.unwrap();
+    marty::store::register(schema, pool.clone()).await.unwrap();
 
-    let mut nats = tokio::task::block_in_place(|| Nats::start(nats_binary));
-    let env = vec![
+    let mut env = vec![
         ("WORKER_PG_URL", pg_url.clone()),
-        ("WORKER_SCHEMA", SCHEMA.to_owned()),
-        ("WORKER_NATS_URL", nats.url()),
-        ("WORKER_GROUP", GROUP.to_owned()),
+        ("WORKER_SCHEMA", schema.to_owned()),
+        ("WORKER_GROUP", group.to_owned()),
         ("WORKER_HANDLER_DELAY_MS", "2".to_owned()),
     ];
-    let mut workers =
-        [Worker::start("relay", env.clone()), Worker::start("relay", env.clone()), Worker::start("consume", env)];
+    env.extend(broker.env());
+    // The consumer first: on RabbitMQ its queue must exist before events are routed to it.
+    let consumer = Worker::start("consume", env.clone());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut workers = [consumer, Worker::start("relay", env.clone()), Worker::start("relay", env)];
 
     // A poison event: not a `Credited`, so the consumer must dead-letter it and carry on.
     let poison_id = marty::events::new_event_id();
-    sqlx::query("insert into marty_outbox (event_id, topic, key, version, payload) values ($1, 'reliability.credited', 'poison', 1, 'not json')")
-        .bind(&poison_id)
-        .execute(&pool)
-        .await
-        .unwrap();
+    sqlx::query(
+        "insert into marty_outbox (event_id, topic, key, version, payload)
+         values ($1, 'reliability.credited', 'poison', 1, 'not json')",
+    )
+    .bind(&poison_id)
+    .execute(&pool)
+    .await
+    .unwrap();
 
     let producers: Vec<_> = (0..WRITERS).map(|writer| tokio::spawn(produce(pool.clone(), writer))).collect();
     // Chaos while the events flow: SIGKILL a relay or the consumer every 300ms, and stop the
@@ -232,9 +272,7 @@ async fn nothing_lost_nothing_twice_order_held_through_sigkills_and_a_broker_res
         tokio::time::sleep(Duration::from_millis(300)).await;
         rounds += 1;
         if rounds == 5 {
-            tokio::task::block_in_place(|| nats.stop());
-            tokio::time::sleep(Duration::from_millis(1500)).await;
-            tokio::task::block_in_place(|| nats.restart());
+            tokio::task::block_in_place(|| broker.bounce());
             continue;
         }
         let victim = fastrand::usize(..workers.len());
@@ -272,19 +310,94 @@ async fn nothing_lost_nothing_twice_order_held_through_sigkills_and_a_broker_res
     for (account, seqs) in by_account {
         assert_eq!(seqs, (0..per_account).collect::<Vec<_>>(), "{account}: applied in order");
     }
-    let unsent: i64 =
-        sqlx::query_scalar("select count(*) from marty_outbox where state <> 1").fetch_one(&pool).await.unwrap();
-    assert_eq!(unsent, 0, "every outbox row marked sent, none parked");
+    let unsent: i64 = sqlx::query_scalar("select count(*) from marty_outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(unsent, 0, "every outbox row sent (and deleted), none parked");
+    (pool, poison_id)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nats_nothing_lost_nothing_twice_order_held_through_sigkills_and_a_broker_restart() {
+    let (Ok(_), Ok(nats_binary)) = (std::env::var("MARTY_TEST_POSTGRES_URL"), std::env::var("MARTY_TEST_NATS_SERVER"))
+    else {
+        eprintln!("skipped: MARTY_TEST_POSTGRES_URL and MARTY_TEST_NATS_SERVER are needed (.ci/run sets them)");
+        return;
+    };
+    let mut broker = TestBroker::Nats(tokio::task::block_in_place(|| Nats::start(nats_binary)));
+    let group = "ledger";
+    let (_, poison_id) = run(&mut broker, "reliability_nats", group).await;
 
     // The poison event sits in the dead-letter stream, once, with the reason.
+    let TestBroker::Nats(nats) = &broker else { unreachable!() };
     let client = async_nats::connect(nats.url()).await.unwrap();
     let jetstream = async_nats::jetstream::new(client);
     let mut dead_letters = jetstream.get_stream(marty::events::broker::DEAD_LETTER_STREAM).await.unwrap();
     assert_eq!(dead_letters.info().await.unwrap().state.messages, 1);
-    let subject = format!("marty.dead_letter.{GROUP}.reliability.credited");
+    let subject = format!("marty.dead_letter.{group}.reliability.credited");
     let dead = dead_letters.get_last_raw_message_by_subject(&subject).await.unwrap();
     let headers = dead.headers;
     let header = |name: &str| headers.get(name).map(|value| value.as_str().to_owned());
     assert_eq!(header(marty::events::headers::ID).as_deref(), Some(poison_id.as_str()));
     assert!(header(marty::events::headers::DEAD_LETTER_REASON).is_some_and(|reason| reason.contains("undecodable")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rabbitmq_nothing_lost_nothing_twice_order_held_through_sigkills_and_a_broker_restart() {
+    let (Ok(_), Ok(url), Ok(ctl)) = (
+        std::env::var("MARTY_TEST_POSTGRES_URL"),
+        std::env::var("MARTY_TEST_RABBITMQ_URL"),
+        std::env::var("MARTY_TEST_RABBITMQCTL"),
+    ) else {
+        eprintln!("skipped: MARTY_TEST_POSTGRES_URL, MARTY_TEST_RABBITMQ_URL and MARTY_TEST_RABBITMQCTL are needed");
+        return;
+    };
+    // A group of its own per run: its queue starts empty, and its dead letters are told apart.
+    let group = format!("ledger-{}", &marty::events::new_event_id()[24..]);
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let dead_queue = format!("{group}.dead");
+    let (table, exclusive) = (lapin::types::FieldTable::default(), lapin::options::QueueDeclareOptions::durable());
+    channel.queue_declare(dead_queue.as_str().into(), exclusive, table.clone()).await.unwrap();
+    channel
+        .exchange_declare(
+            "marty.dead_letter".into(),
+            lapin::ExchangeKind::Topic,
+            lapin::options::ExchangeDeclareOptions { durable: true, ..Default::default() },
+            table.clone(),
+        )
+        .await
+        .unwrap();
+    let binding = format!("{group}.#");
+    channel
+        .queue_bind(
+            dead_queue.as_str().into(),
+            "marty.dead_letter".into(),
+            binding.as_str().into(),
+            Default::default(),
+            table,
+        )
+        .await
+        .unwrap();
+    let _ = connection.close(200, "declared".into()).await;
+
+    let mut broker = TestBroker::RabbitMq { url: url.clone(), ctl };
+    let (_, poison_id) = run(&mut broker, "reliability_rabbitmq", &group).await;
+
+    // The poison event reached the dead-letter exchange once, with the reason.
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let dead = channel
+        .basic_get(dead_queue.as_str().into(), lapin::options::BasicGetOptions { no_ack: true })
+        .await
+        .unwrap()
+        .expect("a dead letter");
+    let headers = dead.delivery.properties.headers().clone().unwrap_or_default();
+    let header = |name: &str| match headers.inner().get(name) {
+        Some(lapin::types::AMQPValue::LongString(text)) => Some(text.to_string()),
+        _ => None,
+    };
+    assert_eq!(header(marty::events::headers::ID), Some(poison_id));
+    let reason = header(marty::events::headers::DEAD_LETTER_REASON);
+    assert!(reason.as_ref().is_some_and(|reason| reason.contains("undecodable")), "{reason:?}");
+    assert_eq!(dead.message_count, 0, "dead-lettered once");
+    let _ = channel.queue_delete(dead_queue.as_str().into(), Default::default()).await;
 }

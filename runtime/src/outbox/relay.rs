@@ -1,6 +1,7 @@
 //! The relay: takes committed outbox rows in batches, publishes them pipelined, and marks them sent
 //! once the broker acknowledged them. See the module docs of [`crate::outbox`] for its promises.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -268,8 +269,48 @@ impl Relay {
         }
     }
 
+    /// Publishes a batch in waves: each wave holds at most one event per key and is pipelined; an
+    /// event goes out only once the broker acknowledged the previous one of its key. So a failure
+    /// (say the connection drops with the first event in flight while the client resends the
+    /// second after reconnecting) can never leave a later event of a key stored before an earlier
+    /// one. A key whose event failed sends nothing more in this batch. Distinct keys (the usual
+    /// batch) make one wave.
+    async fn publish_in_waves(&self, messages: &[Message]) -> Vec<Result<(), BrokerError>> {
+        let mut acks: Vec<Option<Result<(), BrokerError>>> = vec![None; messages.len()];
+        let mut failed_keys: HashSet<&str> = HashSet::new();
+        let mut remaining: Vec<usize> = (0..messages.len()).collect();
+        while !remaining.is_empty() {
+            let mut in_wave: HashSet<&str> = HashSet::new();
+            let (mut wave, mut later) = (Vec::new(), Vec::new());
+            for index in remaining {
+                match messages[index].key.as_deref() {
+                    Some(key) if failed_keys.contains(key) => {
+                        let held = "held back: an earlier event of its key was not acknowledged";
+                        acks[index] = Some(Err(BrokerError::Unavailable(held.into())));
+                    }
+                    Some(key) if !in_wave.insert(key) => later.push(index),
+                    _ => wave.push(index),
+                }
+            }
+            let wave_acks = if wave.len() == messages.len() {
+                self.broker.publish(messages).await
+            } else {
+                let batch: Vec<Message> = wave.iter().map(|&index| messages[index].clone()).collect();
+                self.broker.publish(&batch).await
+            };
+            for (&index, ack) in wave.iter().zip(wave_acks) {
+                if let (Err(_), Some(key)) = (&ack, messages[index].key.as_deref()) {
+                    failed_keys.insert(key);
+                }
+                acks[index] = Some(ack);
+            }
+            remaining = later;
+        }
+        acks.into_iter().map(|ack| ack.expect("every event is in a wave or held back")).collect()
+    }
+
     async fn publish(&self, taken: &Taken, report: &mut BatchReport) -> Settled {
-        let acks = self.broker.publish(&taken.messages).await;
+        let acks = self.publish_in_waves(&taken.messages).await;
         let mut settled = Settled { sent: Vec::new(), rejected: Vec::new(), unavailable: Vec::new() };
         for (index, ack) in acks.into_iter().enumerate() {
             let id = taken.ids[index];

@@ -6,7 +6,9 @@
 
 mod memory;
 #[cfg(feature = "nats")]
-mod nats;
+pub mod nats;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
 
 use std::fmt;
 use std::sync::Arc;
@@ -17,6 +19,8 @@ use tokio::sync::mpsc;
 pub use memory::MemoryBroker;
 #[cfg(feature = "nats")]
 pub use nats::{NatsBroker, DEAD_LETTER_STREAM};
+#[cfg(feature = "rabbitmq")]
+pub use rabbitmq::RabbitMqBroker;
 
 use super::Message;
 use crate::events::BoxFuture;
@@ -171,6 +175,12 @@ pub async fn connect(config: Option<&marty_config::EventsConfig>) -> Result<Arc<
         }
         #[cfg(not(feature = "nats"))]
         Kind::Nats => Err(not_built("nats", "nats")),
+        #[cfg(feature = "rabbitmq")]
+        Kind::RabbitMq => {
+            let url = config.url.as_deref().unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f");
+            Ok(Arc::new(RabbitMqBroker::connect(url).await?))
+        }
+        #[cfg(not(feature = "rabbitmq"))]
         Kind::RabbitMq => Err(not_built("rabbitmq", "rabbitmq")),
         Kind::Kafka => Err(not_built("kafka", "kafka")),
     }

@@ -1,0 +1,292 @@
+//! RabbitMQ (AMQP 0.9.1, lapin): events go to the durable topic exchange `marty.events` with the
+//! topic as routing key; each consumer group reads its own durable queue `<group>.<topic>` bound to
+//! it, so every group sees every event and a group's members share its queue. Publishes are
+//! persistent, mandatory and confirmed: an event no group's queue is bound to yet is refused (the
+//! outbox retries, then parks it) rather than dropped. Dead letters go, with the reason, to the
+//! exchange `marty.dead_letter` (routing key `<group>.<topic>`), also the queues' own
+//! dead-letter exchange, and from it to the queue `marty.dead_letter`.
+//!
+//! RabbitMQ has no broker-side deduplication: a republished event (after a relay crash) arrives
+//! twice, and the inbox makes the second harmless. A consumer's unacknowledged deliveries return to
+//! the front of its queue as soon as its connection drops.
+
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use lapin::message::Delivery as AmqpDelivery;
+use lapin::options::{
+    BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
+    ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
+};
+use lapin::types::{AMQPValue, FieldTable, ShortString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use tokio::sync::{mpsc, Mutex};
+
+use super::{BrokerError, Delivery, Settle, Settlement, SubscribeOptions, Subscription};
+use crate::events::message::headers;
+use crate::events::{BoxFuture, Message};
+
+/// The exchange every event is published to.
+pub const EXCHANGE: &str = "marty.events";
+/// Where dead letters go.
+pub const DEAD_LETTER_EXCHANGE: &str = "marty.dead_letter";
+/// The queue that keeps every dead letter.
+pub const DEAD_LETTER_QUEUE: &str = "marty.dead_letter";
+
+/// A RabbitMQ connection for publishing; each subscription opens its own.
+#[derive(Debug)]
+pub struct RabbitMqBroker {
+    url: String,
+    /// The publishing channel (confirm mode), reopened after a failure.
+    publisher: Mutex<Option<(Connection, Channel)>>,
+}
+
+fn unavailable(error: lapin::Error) -> BrokerError {
+    BrokerError::Unavailable(error.to_string())
+}
+
+/// A channel in confirm mode with Marty's exchanges and dead-letter queue declared.
+async fn open(url: &str) -> Result<(Connection, Channel), BrokerError> {
+    let connection = Connection::connect(url, ConnectionProperties::default())
+        .await
+        .map_err(|error| BrokerError::Unavailable(format!("cannot connect to RabbitMQ: {error}")))?;
+    let channel = connection.create_channel().await.map_err(unavailable)?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
+    let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
+    for (exchange, kind) in [(EXCHANGE, ExchangeKind::Topic), (DEAD_LETTER_EXCHANGE, ExchangeKind::Topic)] {
+        channel.exchange_declare(exchange.into(), kind, durable, FieldTable::default()).await.map_err(unavailable)?;
+    }
+    channel
+        .queue_declare(DEAD_LETTER_QUEUE.into(), QueueDeclareOptions::durable(), FieldTable::default())
+        .await
+        .map_err(unavailable)?;
+    channel
+        .queue_bind(
+            DEAD_LETTER_QUEUE.into(),
+            DEAD_LETTER_EXCHANGE.into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok((connection, channel))
+}
+
+fn text(value: &str) -> AMQPValue {
+    AMQPValue::LongString(value.into())
+}
+
+fn properties_of(message: &Message) -> BasicProperties {
+    let mut table = FieldTable::default();
+    table.insert(headers::ID.into(), text(&message.id));
+    table.insert(headers::VERSION.into(), text(&message.version.to_string()));
+    if let Some(key) = &message.key {
+        table.insert(headers::KEY.into(), text(key));
+    }
+    if let Some(traceparent) = &message.traceparent {
+        table.insert(headers::TRACEPARENT.into(), text(traceparent));
+    }
+    BasicProperties::default()
+        .with_message_id(message.id.as_str().into())
+        .with_content_type("application/json".into())
+        .with_delivery_mode(2)
+        .with_headers(table)
+}
+
+async fn confirmed(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    payload: &[u8],
+    properties: BasicProperties,
+) -> Result<lapin::PublisherConfirm, BrokerError> {
+    let options = BasicPublishOptions { mandatory: true, ..BasicPublishOptions::default() };
+    channel.basic_publish(exchange.into(), routing_key.into(), options, payload, properties).await.map_err(unavailable)
+}
+
+fn outcome(confirmation: Result<Confirmation, lapin::Error>, topic: &str) -> Result<(), BrokerError> {
+    match confirmation.map_err(unavailable)? {
+        Confirmation::Ack(None) | Confirmation::NotRequested => Ok(()),
+        Confirmation::Ack(Some(_)) => Err(BrokerError::Rejected(format!(
+            "no queue is bound to `{topic}` on `{EXCHANGE}`: no consumer group has subscribed to it yet"
+        ))),
+        Confirmation::Nack(_) => Err(BrokerError::Rejected("RabbitMQ refused the message (nack)".into())),
+    }
+}
+
+impl RabbitMqBroker {
+    /// Connects to `url` (`amqp://guest:guest@127.0.0.1:5672/%2f`) and declares Marty's exchanges.
+    pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        let opened = open(url).await?;
+        Ok(RabbitMqBroker { url: url.to_owned(), publisher: Mutex::new(Some(opened)) })
+    }
+
+    /// The queue group `group` reads `topic` from.
+    pub fn queue_name(topic: &str, group: &str) -> String {
+        format!("{group}.{topic}")
+    }
+}
+
+impl super::Broker for RabbitMqBroker {
+    fn publish<'a>(&'a self, messages: &'a [Message]) -> BoxFuture<'a, Vec<Result<(), BrokerError>>> {
+        Box::pin(async move {
+            let mut publisher = self.publisher.lock().await;
+            if !publisher
+                .as_ref()
+                .is_some_and(|(connection, channel)| connection.status().connected() && channel.status().connected())
+            {
+                *publisher = match open(&self.url).await {
+                    Ok(opened) => Some(opened),
+                    Err(error) => return messages.iter().map(|_| Err(error.clone())).collect(),
+                };
+            }
+            let Some((_, channel)) = publisher.as_ref() else { unreachable!("opened above") };
+            // Send all, then wait for the confirms: one round trip for the batch, in publish order.
+            let mut pending = Vec::with_capacity(messages.len());
+            for message in messages {
+                pending
+                    .push(confirmed(channel, EXCHANGE, &message.topic, &message.payload, properties_of(message)).await);
+            }
+            let mut acks = Vec::with_capacity(messages.len());
+            for (sent, message) in pending.into_iter().zip(messages) {
+                let ack = match sent {
+                    Ok(confirm) => outcome(confirm.await, &message.topic),
+                    Err(error) => Err(error),
+                };
+                acks.push(ack);
+            }
+            if acks.iter().any(|ack| matches!(ack, Err(BrokerError::Unavailable(_)))) {
+                *publisher = None;
+            }
+            acks
+        })
+    }
+
+    fn subscribe(
+        &self,
+        topic: &str,
+        group: &str,
+        options: SubscribeOptions,
+    ) -> BoxFuture<'_, Result<Subscription, BrokerError>> {
+        let (topic, group, url) = (topic.to_owned(), group.to_owned(), self.url.clone());
+        Box::pin(async move {
+            // The queue exists (and is bound) before this returns, so what is published from now on reaches it.
+            let first = consume(&url, &topic, &group, &options).await?;
+            let (deliveries, receiver) = mpsc::channel(options.max_in_flight.max(1));
+            tokio::spawn(async move {
+                let mut opened = Some(first);
+                let mut retry_in = Duration::from_millis(100);
+                loop {
+                    let (connection, channel, mut consumer) = match opened.take() {
+                        Some(opened) => opened,
+                        None => match consume(&url, &topic, &group, &options).await {
+                            Ok(opened) => opened,
+                            Err(error) => {
+                                tracing::warn!(%error, topic, group, "RabbitMQ unavailable; resubscribing");
+                                tokio::time::sleep(retry_in).await;
+                                retry_in = (retry_in * 2).min(Duration::from_secs(5));
+                                continue;
+                            }
+                        },
+                    };
+                    retry_in = Duration::from_millis(100);
+                    while let Some(next) = consumer.next().await {
+                        let Ok(raw) = next else { break };
+                        let message = message_of(&raw, &topic);
+                        let delivered = if raw.redelivered { 2 } else { 1 };
+                        let settle = AmqpSettle { raw, channel: channel.clone() };
+                        if deliveries.send(Delivery::new(message, delivered, Box::new(settle))).await.is_err() {
+                            let _ = connection.close(200, "consumer stopped".into()).await;
+                            return;
+                        }
+                    }
+                    tracing::warn!(topic, group, "RabbitMQ consumer interrupted; resubscribing");
+                }
+            });
+            Ok(Subscription::new(receiver))
+        })
+    }
+}
+
+/// A connection, its channel and a consumer on group `group`'s queue for `topic`.
+async fn consume(
+    url: &str,
+    topic: &str,
+    group: &str,
+    options: &SubscribeOptions,
+) -> Result<(Connection, Channel, lapin::Consumer), BrokerError> {
+    let (connection, channel) = open(url).await?;
+    let prefetch = u16::try_from(options.max_in_flight).unwrap_or(u16::MAX);
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(unavailable)?;
+    let queue = RabbitMqBroker::queue_name(topic, group);
+    let mut arguments = FieldTable::default();
+    arguments.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
+    channel
+        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), arguments)
+        .await
+        .map_err(unavailable)?;
+    channel
+        .queue_bind(
+            queue.as_str().into(),
+            EXCHANGE.into(),
+            topic.into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+    let consumer = channel
+        .basic_consume(
+            queue.as_str().into(),
+            ShortString::from(""),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .map_err(unavailable)?;
+    Ok((connection, channel, consumer))
+}
+
+fn message_of(raw: &AmqpDelivery, topic: &str) -> Message {
+    let header = |name: &str| {
+        raw.properties.headers().as_ref().and_then(|table| table.inner().get(name)).and_then(|value| match value {
+            AMQPValue::LongString(text) => Some(text.to_string()),
+            AMQPValue::ShortString(text) => Some(text.to_string()),
+            _ => None,
+        })
+    };
+    Message {
+        id: header(headers::ID)
+            .or_else(|| raw.properties.message_id().as_ref().map(ToString::to_string))
+            .unwrap_or_default(),
+        topic: topic.to_owned(),
+        key: header(headers::KEY),
+        version: header(headers::VERSION).and_then(|version| version.parse().ok()).unwrap_or(1),
+        payload: raw.data.clone(),
+        traceparent: header(headers::TRACEPARENT),
+    }
+}
+
+struct AmqpSettle {
+    raw: AmqpDelivery,
+    channel: Channel,
+}
+
+impl Settle for AmqpSettle {
+    fn settle(self: Box<Self>, settlement: Settlement) -> BoxFuture<'static, Result<(), BrokerError>> {
+        Box::pin(async move {
+            if let Settlement::DeadLetter { group, reason } = settlement {
+                let mut table = self.raw.properties.headers().clone().unwrap_or_default();
+                table.insert(headers::DEAD_LETTER_GROUP.into(), text(&group));
+                table.insert(headers::DEAD_LETTER_REASON.into(), text(&reason));
+                let properties = self.raw.properties.clone().with_headers(table);
+                let routing_key = format!("{group}.{}", self.raw.routing_key);
+                let confirm =
+                    confirmed(&self.channel, DEAD_LETTER_EXCHANGE, &routing_key, &self.raw.data, properties).await?;
+                outcome(confirm.await, DEAD_LETTER_EXCHANGE)?;
+            }
+            self.raw.ack(BasicAckOptions::default()).await.map(drop).map_err(unavailable)
+        })
+    }
+}
