@@ -426,3 +426,66 @@ async fn rabbitmq_every_group_gets_every_event_in_order_and_unroutable_events_ar
         }
     }
 }
+
+/// A Kafka-protocol broker of the test's own (tansu, in memory).
+struct Tansu(std::process::Child);
+
+impl Drop for Tansu {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kafka_keeps_each_key_in_order_and_dead_letters_with_the_reason() {
+    let Some(binary) = env("MARTY_TEST_TANSU") else { return };
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let url = format!("tcp://127.0.0.1:{port}");
+    let child = std::process::Command::new(binary)
+        .args([
+            "broker",
+            "--listener-url",
+            &url,
+            "--advertised-listener-url",
+            &url,
+            "--storage-engine",
+            "memory://tansu/",
+        ])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("start tansu");
+    let mut tansu = Tansu(child);
+    let started = std::time::Instant::now();
+    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        assert!(tansu.0.try_wait().unwrap().is_none(), "tansu exited");
+        assert!(started.elapsed() < Duration::from_secs(20), "tansu did not listen on {port}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let broker = marty::events::broker::KafkaBroker::connect(&format!("127.0.0.1:{port}")).unwrap();
+    let sent: Vec<Message> = (0..6)
+        .map(|seq| Message::from_event(&Credited { account: format!("acct-{}", seq % 2), seq }).unwrap())
+        .collect();
+    let acks = broker.publish(&sent).await;
+    assert!(acks.iter().all(Result::is_ok), "{acks:?}");
+    let mut subscription = broker.subscribe("accounts.credited", "ledger", SubscribeOptions::default()).await.unwrap();
+    let mut seen = Vec::new();
+    while seen.len() < sent.len() {
+        // The first join of a consumer group takes tansu about 20 seconds.
+        let delivery = tokio::time::timeout(Duration::from_secs(90), subscription.next()).await.unwrap().unwrap();
+        seen.push(delivery.message.clone());
+        if delivery.message.id == sent[5].id {
+            delivery.dead_letter("ledger", "poison for the test").await.unwrap();
+        } else {
+            delivery.ack().await.unwrap();
+        }
+    }
+    let by_key = sequences(&seen);
+    assert_eq!(by_key["acct-0"], [0, 2, 4], "one key, one partition, in order");
+    assert_eq!(by_key["acct-1"], [1, 3, 5]);
+    assert!(seen.iter().all(|message| sent.contains(message)), "metadata survives the trip");
+    let mut dead = broker.subscribe("marty.dead_letter", "inspect", SubscribeOptions::default()).await.unwrap();
+    let letter = tokio::time::timeout(Duration::from_secs(90), dead.next()).await.unwrap().unwrap();
+    assert_eq!(letter.message.id, sent[5].id);
+}

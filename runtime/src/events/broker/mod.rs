@@ -1,9 +1,12 @@
-//! Brokers behind one trait: the in-process one (the default), NATS JetStream (`nats` feature).
+//! Brokers behind one trait: the in-process one (the default), NATS JetStream (`nats` feature),
+//! RabbitMQ (`rabbitmq`) and Kafka (`kafka`).
 //!
 //! A broker publishes batches and answers only once it has stored them (acknowledged), and delivers
 //! a topic to a consumer group: every group sees every message, each message reaches one member of
 //! the group, and one that is not settled is delivered again (at-least-once).
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -16,6 +19,8 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
+#[cfg(feature = "kafka")]
+pub use kafka::KafkaBroker;
 pub use memory::MemoryBroker;
 #[cfg(feature = "nats")]
 pub use nats::{NatsBroker, DEAD_LETTER_STREAM};
@@ -182,6 +187,12 @@ pub async fn connect(config: Option<&marty_config::EventsConfig>) -> Result<Arc<
         }
         #[cfg(not(feature = "rabbitmq"))]
         Kind::RabbitMq => Err(not_built("rabbitmq", "rabbitmq")),
+        #[cfg(feature = "kafka")]
+        Kind::Kafka => {
+            let url = config.url.as_deref().unwrap_or("127.0.0.1:9092");
+            Ok(Arc::new(KafkaBroker::connect(url)?))
+        }
+        #[cfg(not(feature = "kafka"))]
         Kind::Kafka => Err(not_built("kafka", "kafka")),
     }
 }
