@@ -197,6 +197,7 @@ pub async fn connect(config: Option<&marty_config::EventsConfig>) -> Result<Arc<
     }
 }
 
+#[cfg(not(all(feature = "nats", feature = "rabbitmq", feature = "kafka")))]
 fn not_built(broker: &str, feature: &str) -> BrokerError {
     BrokerError::Unavailable(format!(
         "`[events] broker = \"{broker}\"` needs marty's `{feature}` feature: `marty = {{ features = [\"{feature}\"] }}`"
