@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use marty::service::Routes;
 use marty::{database_call, Classify, DependencyRegistry, ErrorClass};
 use serde::{Deserialize, Serialize};
-use sqlx::SqlitePool;
+use sqlx::AnyPool;
 
 /// The gRPC API, generated at build time.
 pub mod proto {
@@ -122,30 +122,34 @@ impl From<Order> for proto::Order {
 /// Orders in SQLite; every query goes through the `orders_db` dependency's policies.
 #[derive(Debug, Clone)]
 pub struct OrderStore {
-    pool: SqlitePool,
+    pool: AnyPool,
 }
 
 impl OrderStore {
-    /// Connects to `[dependencies.orders_db] url`, creates the tables if needed, and hands the pool
-    /// to Marty for the outbox and the inbox.
+    /// Connects to `[dependencies.orders_db] url` (SQLite by default, PostgreSQL by configuration
+    /// alone), creates the tables if needed, and hands the pool to Marty for the inbox; Marty's own
+    /// tables are created when the relay connects.
     pub async fn open(registry: &DependencyRegistry) -> Result<Self, sqlx::Error> {
+        sqlx::any::install_default_drivers();
         let url = registry.dependency("orders_db").and_then(|db| db.config().url).unwrap_or_default();
-        let pool = SqlitePool::connect(&url).await?;
-        sqlx::raw_sql(
-            "create table if not exists orders (id integer primary key, item text not null, quantity integer not null);
-             create table if not exists order_audit (order_id integer primary key, item text not null, applied integer not null);",
-        )
+        let pool = AnyPool::connect(&url).await?;
+        let id = if url.starts_with("postgres") { "bigserial" } else { "integer" };
+        sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+            "create table if not exists orders (id {id} primary key, item text not null, quantity bigint not null);
+             create table if not exists order_audit (order_id bigint primary key, item text not null, applied bigint not null);"
+        )))
         .execute(&pool)
         .await?;
-        marty::store::register("orders_db", pool.clone()).await?;
+        marty::store::get("orders_db").await?;
+        marty::store::register_pool("orders_db", pool.clone());
         Ok(OrderStore { pool })
     }
 
     /// The audit consumer's effect, in its inbox transaction.
-    pub async fn record_audit(tx: &mut sqlx::SqliteConnection, event: &OrderPlaced) -> Result<(), sqlx::Error> {
+    pub async fn record_audit(tx: &mut sqlx::AnyConnection, event: &OrderPlaced) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "insert into order_audit (order_id, item, applied) values (?, ?, 1)
-             on conflict (order_id) do update set applied = applied + 1",
+            "insert into order_audit (order_id, item, applied) values ($1, $2, 1)
+             on conflict (order_id) do update set applied = order_audit.applied + 1",
         )
         .bind(event.order_id)
         .bind(&event.item)
@@ -157,7 +161,7 @@ impl OrderStore {
     /// What the audit consumer recorded for order `id`, if it has handled its event yet.
     pub async fn audit(&self, id: i64) -> Result<AuditEntry, AppError> {
         let row: Option<(i64, String, i64)> =
-            sqlx::query_as("select order_id, item, applied from order_audit where order_id = ?")
+            sqlx::query_as("select order_id, item, applied from order_audit where order_id = $1")
                 .bind(id)
                 .fetch_optional(&self.pool)
                 .await?;
@@ -201,7 +205,7 @@ impl OrderStore {
     async fn insert(&self, new: &NewOrder) -> Result<Order, AppError> {
         let mut tx = self.pool.begin().await?;
         let (id, item, quantity) =
-            sqlx::query_as("insert into orders (item, quantity) values (?, ?) returning id, item, quantity")
+            sqlx::query_as("insert into orders (item, quantity) values ($1, $2) returning id, item, quantity")
                 .bind(&new.item)
                 .bind(new.quantity)
                 .fetch_one(&mut *tx)
@@ -213,7 +217,7 @@ impl OrderStore {
 
     #[database_call(dependency = "orders_db", operation = "find_order")]
     async fn find(&self, id: i64) -> Result<Option<Order>, AppError> {
-        let row: Option<(i64, String, i64)> = sqlx::query_as("select id, item, quantity from orders where id = ?")
+        let row: Option<(i64, String, i64)> = sqlx::query_as("select id, item, quantity from orders where id = $1")
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;

@@ -198,3 +198,46 @@ fn a_bad_configuration_stops_startup_with_file_line_and_key_and_a_nonzero_exit()
         "{stderr}"
     );
 }
+
+/// The same binary on PostgreSQL and NATS JetStream, by configuration alone: an order's event goes
+/// through the outbox in PostgreSQL, JetStream and the audit consumer.
+#[test]
+fn the_same_binary_runs_on_postgresql_and_nats_by_configuration_alone() {
+    let (Ok(postgres), Ok(nats)) = (std::env::var("MARTY_TEST_POSTGRES_URL"), std::env::var("MARTY_TEST_NATS_URL"))
+    else {
+        eprintln!("skipped: MARTY_TEST_POSTGRES_URL and MARTY_TEST_NATS_URL are needed (.ci/run sets them)");
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let stream_messages = |nats: &str| {
+        runtime.block_on(async {
+            let jetstream = async_nats::jetstream::new(async_nats::connect(nats).await.unwrap());
+            match jetstream.get_stream("MARTY_orders_placed").await {
+                Ok(mut stream) => stream.info().await.unwrap().state.messages,
+                Err(_) => 0,
+            }
+        })
+    };
+    runtime.block_on(async {
+        let admin = sqlx::PgPool::connect(&postgres).await.unwrap();
+        sqlx::raw_sql("drop schema if exists examples_rest cascade; create schema examples_rest")
+            .execute(&admin)
+            .await
+            .unwrap();
+    });
+    let before = stream_messages(&nats);
+    let separator = if postgres.contains('?') { '&' } else { '?' };
+    let url = format!("{postgres}{separator}options=-c%20search_path%3Dexamples_rest");
+    let env = [
+        ("MARTY__DEPENDENCIES__ORDERS_DB__URL", url),
+        ("MARTY__EVENTS__BROKER", "nats".to_owned()),
+        ("MARTY__EVENTS__URL", nats.clone()),
+    ];
+    let service = Service::start_with_env(BINARY, "postgres-nats", Stdio::null(), None, &env);
+    let created = service.request("POST", "/orders", Some(r#"{"item":"lamp","quantity":3}"#));
+    assert_eq!(created.status, 201, "{created:?}");
+    let id = created.body.split(['{', ':', ',']).nth(2).unwrap().to_owned();
+    let audit = support::wait_for_status(service.addr, &format!("/orders/{id}/audit"), 200);
+    assert_eq!(audit.body, format!(r#"{{"order_id":{id},"item":"lamp","applied":1}}"#));
+    assert!(stream_messages(&nats) > before, "the event went through JetStream");
+}

@@ -14,10 +14,12 @@
 use crate::events::BoxFuture;
 use crate::store::Store;
 
-/// A database the inbox can live in.
+/// A database the inbox can live in: PostgreSQL, SQLite, and `sqlx::Any` over either (with the
+/// `any` feature).
 pub trait InboxDatabase: sqlx::Database {
-    /// `store`'s pool, when it is this database.
-    fn pool(store: &Store) -> Option<&sqlx::Pool<Self>>;
+    /// `store`'s pool, when it is this database (an `Any` pool is registered on its own, see
+    /// [`crate::store::register_pool`]).
+    fn pool_of(store: &Store) -> Option<sqlx::Pool<Self>>;
 
     /// Records `(group, event_id)` in `tx`; `false` when it is already there.
     fn record<'a>(
@@ -27,12 +29,18 @@ pub trait InboxDatabase: sqlx::Database {
     ) -> BoxFuture<'a, Result<bool, sqlx::Error>>;
 }
 
+#[cfg(any(feature = "postgres", feature = "any"))]
+const RECORD_POSTGRES: &str =
+    "insert into marty_inbox (consumer_group, event_id) values ($1, $2) on conflict do nothing";
+#[cfg(any(feature = "sqlite", feature = "any"))]
+const RECORD_SQLITE: &str = "insert into marty_inbox (consumer_group, event_id) values (?, ?) on conflict do nothing";
+
 #[cfg(feature = "postgres")]
 impl InboxDatabase for sqlx::Postgres {
-    fn pool(store: &Store) -> Option<&sqlx::Pool<Self>> {
+    fn pool_of(store: &Store) -> Option<sqlx::Pool<Self>> {
         #[allow(irrefutable_let_patterns, unreachable_patterns)]
         match store {
-            Store::Postgres(pool) => Some(pool),
+            Store::Postgres(pool) => Some(pool.clone()),
             _ => None,
         }
     }
@@ -43,13 +51,7 @@ impl InboxDatabase for sqlx::Postgres {
         event_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
         Box::pin(async move {
-            let done = sqlx::query(
-                "insert into marty_inbox (consumer_group, event_id) values ($1, $2) on conflict do nothing",
-            )
-            .bind(group)
-            .bind(event_id)
-            .execute(&mut **tx)
-            .await?;
+            let done = sqlx::query(RECORD_POSTGRES).bind(group).bind(event_id).execute(&mut **tx).await?;
             Ok(done.rows_affected() == 1)
         })
     }
@@ -57,10 +59,10 @@ impl InboxDatabase for sqlx::Postgres {
 
 #[cfg(feature = "sqlite")]
 impl InboxDatabase for sqlx::Sqlite {
-    fn pool(store: &Store) -> Option<&sqlx::Pool<Self>> {
+    fn pool_of(store: &Store) -> Option<sqlx::Pool<Self>> {
         #[allow(irrefutable_let_patterns, unreachable_patterns)]
         match store {
-            Store::Sqlite(pool) => Some(pool),
+            Store::Sqlite(pool) => Some(pool.clone()),
             _ => None,
         }
     }
@@ -71,30 +73,43 @@ impl InboxDatabase for sqlx::Sqlite {
         event_id: &'a str,
     ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
         Box::pin(async move {
-            let done =
-                sqlx::query("insert into marty_inbox (consumer_group, event_id) values (?, ?) on conflict do nothing")
-                    .bind(group)
-                    .bind(event_id)
-                    .execute(&mut **tx)
-                    .await?;
+            let done = sqlx::query(RECORD_SQLITE).bind(group).bind(event_id).execute(&mut **tx).await?;
             Ok(done.rows_affected() == 1)
         })
     }
 }
 
-/// Begins a transaction in `store` and records `event_id` for `group` in it: `None` when the group
+#[cfg(feature = "any")]
+impl InboxDatabase for sqlx::Any {
+    fn pool_of(_store: &Store) -> Option<sqlx::Pool<Self>> {
+        None
+    }
+
+    fn record<'a>(
+        tx: &'a mut sqlx::Transaction<'static, Self>,
+        group: &'a str,
+        event_id: &'a str,
+    ) -> BoxFuture<'a, Result<bool, sqlx::Error>> {
+        Box::pin(async move {
+            let sql = match tx.backend_name() {
+                "PostgreSQL" => RECORD_POSTGRES,
+                "SQLite" => RECORD_SQLITE,
+                other => return Err(crate::store::unsupported(other)),
+            };
+            let done = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(group).bind(event_id).execute(&mut **tx).await?;
+            Ok(done.rows_affected() == 1)
+        })
+    }
+}
+
+/// Begins a transaction on `pool` and records `event_id` for `group` in it: `None` when the group
 /// already handled that event (its transaction committed), so nothing should run again. A
 /// concurrent delivery of the same event waits on the record until the first one's transaction ends.
 pub async fn begin<DB: InboxDatabase>(
-    store: &Store,
+    pool: &sqlx::Pool<DB>,
     group: &str,
     event_id: &str,
 ) -> Result<Option<sqlx::Transaction<'static, DB>>, sqlx::Error> {
-    let pool = DB::pool(store).ok_or_else(|| {
-        sqlx::Error::Configuration(
-            format!("the inbox store is not a {} database, as the handler's transaction type says", DB::NAME).into(),
-        )
-    })?;
     let mut tx = pool.begin().await?;
     if !DB::record(&mut tx, group, event_id).await? {
         tx.rollback().await?;

@@ -242,8 +242,8 @@ pub mod service_support {
             event_id: &str,
         ) -> Result<Option<sqlx::Transaction<'static, DB>>, HandlerError> {
             let failed = |error: sqlx::Error| HandlerError::Failed(format!("inbox: {error}"));
-            let store = crate::store::get(store).await.map_err(failed)?;
-            crate::inbox::begin::<DB>(&store, group, event_id).await.map_err(failed)
+            let pool = crate::store::pool::<DB>(store).await.map_err(failed)?;
+            crate::inbox::begin(&pool, group, event_id).await.map_err(failed)
         }
 
         /// Commits the handler's effects with its inbox record.

@@ -3,6 +3,7 @@
 //! has with [`register`] (an in-memory SQLite database only exists in its own pool); otherwise the
 //! first use connects one from the dependency's `url`. Marty's tables are created on first use.
 
+use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock};
 
@@ -74,6 +75,48 @@ pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
         "cannot keep the outbox in `{}`: marty supports postgres:// (feature `postgres`) and sqlite: (feature `sqlite`)",
         url.split(':').next().unwrap_or(url)
     )))
+}
+
+type TypedPools = Mutex<HashMap<(String, TypeId), Box<dyn Any + Send + Sync>>>;
+
+fn typed_pools() -> &'static TypedPools {
+    static POOLS: OnceLock<TypedPools> = OnceLock::new();
+    POOLS.get_or_init(Default::default)
+}
+
+/// Makes `pool` the one inbox transactions of type `DB` begin on for dependency `name`: for a
+/// service that talks to its database through `sqlx::Any` (so PostgreSQL or SQLite is a matter of
+/// configuration). The outbox relay still connects its own pool from the dependency's `url`.
+pub fn register_pool<DB: sqlx::Database>(name: &str, pool: sqlx::Pool<DB>) {
+    let mut pools = typed_pools().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    pools.insert((name.to_owned(), TypeId::of::<DB>()), Box::new(pool));
+}
+
+/// The pool of type `DB` for dependency `name`: the one registered with [`register_pool`], else the
+/// store's own when it is that database.
+pub async fn pool<DB: crate::inbox::InboxDatabase>(name: &str) -> Result<sqlx::Pool<DB>, sqlx::Error> {
+    let registered = {
+        let pools = typed_pools().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        pools
+            .get(&(name.to_owned(), TypeId::of::<DB>()))
+            .and_then(|pool| pool.downcast_ref::<sqlx::Pool<DB>>())
+            .cloned()
+    };
+    if let Some(pool) = registered {
+        return Ok(pool);
+    }
+    DB::pool_of(&get(name).await?).ok_or_else(|| {
+        config_error(format!(
+            "dependency `{name}` is not a {} database, as the handler's transaction type says",
+            DB::NAME
+        ))
+    })
+}
+
+/// The error for a database Marty keeps no tables in.
+#[allow(dead_code)]
+pub(crate) fn unsupported(backend: &str) -> sqlx::Error {
+    config_error(format!("marty keeps its outbox and inbox in PostgreSQL or SQLite, not {backend}"))
 }
 
 fn config_error(problem: String) -> sqlx::Error {

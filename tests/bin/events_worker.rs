@@ -45,7 +45,8 @@ async fn pool() -> sqlx::PgPool {
 #[tokio::main]
 async fn main() {
     let mode = std::env::args().nth(1).expect("relay or consume");
-    let store = marty::store::register(&var("WORKER_SCHEMA"), pool().await).await.expect("migrate");
+    let pool = pool().await;
+    let store = marty::store::register(&var("WORKER_SCHEMA"), pool.clone()).await.expect("migrate");
     let url = var("WORKER_BROKER_URL");
     let broker: Arc<dyn Broker> = match var("WORKER_BROKER").as_str() {
         "nats" => Arc::new(NatsBroker::connect(&url).await.expect("NATS")),
@@ -64,13 +65,12 @@ async fn main() {
             let invoke: marty::events::Invoke = Arc::new({
                 let group = group.clone();
                 move |message: Message| {
-                    let (store, group) = (store.clone(), group.clone());
+                    let (pool, group) = (pool.clone(), group.clone());
                     Box::pin(async move {
                         let event: Credited = marty::Event::decode(&message.payload)
                             .map_err(|error| HandlerError::Undecodable(error.to_string()))?;
                         let failed = |error: sqlx::Error| HandlerError::Failed(error.to_string());
-                        let Some(mut tx) =
-                            marty::inbox::begin::<sqlx::Postgres>(&store, &group, &message.id).await.map_err(failed)?
+                        let Some(mut tx) = marty::inbox::begin(&pool, &group, &message.id).await.map_err(failed)?
                         else {
                             return Ok(Handled::Duplicate);
                         };

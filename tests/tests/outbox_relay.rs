@@ -194,14 +194,18 @@ async fn rows_the_broker_keeps_rejecting_are_parked_visible_and_replayable() {
     assert!(!outbox::replay(&store, 999_999).await.unwrap());
 }
 
-fn ledger_handler(store: Store, group: &str, effects: Arc<std::sync::Mutex<Vec<(String, i64)>>>) -> EventHandler {
+fn ledger_handler(
+    pool: sqlx::SqlitePool,
+    group: &str,
+    effects: Arc<std::sync::Mutex<Vec<(String, i64)>>>,
+) -> EventHandler {
     let invoke: marty::events::Invoke = Arc::new(move |message: Message| {
-        let store = store.clone();
+        let pool = pool.clone();
         let effects = effects.clone();
         Box::pin(async move {
             let event: Credited =
                 marty::Event::decode(&message.payload).map_err(|error| HandlerError::Undecodable(error.to_string()))?;
-            let Some(tx) = marty::inbox::begin::<sqlx::Sqlite>(&store, "ledger", &message.id)
+            let Some(tx) = marty::inbox::begin(&pool, "ledger", &message.id)
                 .await
                 .map_err(|error| HandlerError::Failed(error.to_string()))?
             else {
@@ -217,12 +221,12 @@ fn ledger_handler(store: Store, group: &str, effects: Arc<std::sync::Mutex<Vec<(
 
 #[tokio::test]
 async fn the_inbox_turns_a_redelivered_event_into_a_duplicate_and_poison_is_dead_lettered() {
-    let (store, _pool, _dir) = sqlite_store().await;
+    let (_store, pool, _dir) = sqlite_store().await;
     let broker = Arc::new(MemoryBroker::new());
     let effects = Arc::new(std::sync::Mutex::new(Vec::new()));
     let metrics = EventMetrics::default();
     let (stop, shutdown) = watch::channel(false);
-    let consumer = ledger_handler(store, "ledger", effects.clone()).start(broker.clone(), metrics.clone(), shutdown);
+    let consumer = ledger_handler(pool, "ledger", effects.clone()).start(broker.clone(), metrics.clone(), shutdown);
     let event = Message::from_event(&Credited { account: "a".into(), seq: 1 }).unwrap();
     let poison = Message { payload: b"{\"account\": 7}".to_vec(), id: marty::events::new_event_id(), ..event.clone() };
     for message in [event.clone(), event.clone(), poison.clone()] {

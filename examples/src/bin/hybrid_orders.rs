@@ -39,7 +39,7 @@ impl Orders {
     async fn audit_order(
         &self,
         event: OrderPlaced,
-        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
     ) -> Result<(), sqlx::Error> {
         marty::tracing::info!(order_id = event.order_id, "auditing a placed order");
         OrderStore::record_audit(tx, &event).await

@@ -39,28 +39,34 @@ pub trait OutboxTransaction: Send {
     fn insert_outbox_row<'a>(&'a mut self, message: &'a Message) -> BoxFuture<'a, Result<(), sqlx::Error>>;
 }
 
+/// One statement: the row, and a wake-up for relays waiting for work (only then: NOTIFY serialises
+/// commits, so a busy relay is not told; it finds the row anyway).
+#[cfg(any(feature = "postgres", feature = "any"))]
+const INSERT_POSTGRES: &str = "
+    with row as (
+        insert into marty_outbox (event_id, topic, key, version, payload, traceparent)
+        values ($1, $2, $3, $4, $5, $6)
+    )
+    select pg_notify('marty_outbox', '') from marty_relay_wake where sleeping limit 1";
+
+#[cfg(any(feature = "sqlite", feature = "any"))]
+const INSERT_SQLITE: &str = "
+    insert into marty_outbox (event_id, topic, key, version, payload, traceparent) values (?, ?, ?, ?, ?, ?)";
+
 #[cfg(feature = "postgres")]
 impl OutboxTransaction for sqlx::PgConnection {
     fn insert_outbox_row<'a>(&'a mut self, message: &'a Message) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         Box::pin(async move {
-            // One statement: the row, and a wake-up for relays waiting for work (only then:
-            // NOTIFY serialises commits, so a busy relay is not told; it finds the row anyway).
-            sqlx::query(
-                "with row as (
-                     insert into marty_outbox (event_id, topic, key, version, payload, traceparent)
-                     values ($1, $2, $3, $4, $5, $6)
-                 )
-                 select pg_notify('marty_outbox', '') from marty_relay_wake where sleeping limit 1",
-            )
-            .bind(&message.id)
-            .bind(&message.topic)
-            .bind(&message.key)
-            .bind(message.version as i32)
-            .bind(&message.payload)
-            .bind(&message.traceparent)
-            .execute(self)
-            .await
-            .map(drop)
+            sqlx::query(INSERT_POSTGRES)
+                .bind(&message.id)
+                .bind(&message.topic)
+                .bind(&message.key)
+                .bind(message.version as i32)
+                .bind(&message.payload)
+                .bind(&message.traceparent)
+                .execute(self)
+                .await
+                .map(drop)
         })
     }
 }
@@ -69,21 +75,47 @@ impl OutboxTransaction for sqlx::PgConnection {
 impl OutboxTransaction for sqlx::SqliteConnection {
     fn insert_outbox_row<'a>(&'a mut self, message: &'a Message) -> BoxFuture<'a, Result<(), sqlx::Error>> {
         Box::pin(async move {
-            sqlx::query(
-                "insert into marty_outbox (event_id, topic, key, version, payload, traceparent)
-                 values (?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&message.id)
-            .bind(&message.topic)
-            .bind(&message.key)
-            .bind(message.version as i64)
-            .bind(&message.payload)
-            .bind(&message.traceparent)
-            .execute(self)
-            .await?;
+            sqlx::query(INSERT_SQLITE)
+                .bind(&message.id)
+                .bind(&message.topic)
+                .bind(&message.key)
+                .bind(message.version as i64)
+                .bind(&message.payload)
+                .bind(&message.traceparent)
+                .execute(self)
+                .await?;
             // SQLite has no commit notification: tell this process's relay to look (it looks again
             // shortly if the transaction has not committed yet).
             relay::LOCAL_WRITES.notify_one();
+            Ok(())
+        })
+    }
+}
+
+/// A connection whose database is chosen by its URL at run time.
+#[cfg(feature = "any")]
+impl OutboxTransaction for sqlx::AnyConnection {
+    fn insert_outbox_row<'a>(&'a mut self, message: &'a Message) -> BoxFuture<'a, Result<(), sqlx::Error>> {
+        Box::pin(async move {
+            let sqlite = match self.backend_name() {
+                "PostgreSQL" => false,
+                "SQLite" => true,
+                other => return Err(crate::store::unsupported(other)),
+            };
+            let sql = if sqlite { INSERT_SQLITE } else { INSERT_POSTGRES };
+            sqlx::query(sqlx::AssertSqlSafe(sql))
+                .bind(&message.id)
+                .bind(&message.topic)
+                .bind(&message.key)
+                .bind(message.version as i32)
+                .bind(&message.payload)
+                .bind(&message.traceparent)
+                .execute(self)
+                .await?;
+            if sqlite {
+                #[cfg(feature = "sqlite")]
+                relay::LOCAL_WRITES.notify_one();
+            }
             Ok(())
         })
     }
