@@ -217,3 +217,24 @@ fn durations_expand_variables_at_startup_and_are_left_unchecked_when_compiling()
     let error = Config::parse_at_startup(text, "marty.toml", &env).unwrap_err().to_string();
     assert!(error.starts_with("marty.toml:3: key `dependencies.db.timeout`: invalid duration `soon`"), "{error}");
 }
+
+#[test]
+fn the_outbox_relay_settings_have_defaults_and_are_checked() {
+    let base = "[dependencies.orders_db]\nkind = \"database\"\n[outbox]\nstore = \"orders_db\"\n";
+    let outbox = Config::parse(base, "marty.toml").unwrap().outbox.unwrap();
+    assert_eq!(
+        (outbox.batch_size, outbox.poll_interval, outbox.max_attempts, outbox.retention),
+        (100, Duration::from_millis(500), 10, Duration::ZERO),
+        "rows are deleted once acknowledged unless a retention is set"
+    );
+    let tuned = format!("{base}batch_size = 500\npoll_interval = \"2s\"\nmax_attempts = 3\nretention = \"1h\"\n");
+    let outbox = Config::parse(&tuned, "marty.toml").unwrap().outbox.unwrap();
+    assert_eq!(
+        (outbox.batch_size, outbox.poll_interval, outbox.max_attempts, outbox.retention),
+        (500, Duration::from_secs(2), 3, Duration::from_secs(3600))
+    );
+    let errors = errors_of(&format!("{base}max_attempts = 0\nretension = \"1h\"\n"));
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(errors[0].contains("outbox.max_attempts"), "{errors:?}");
+    assert!(errors[1].contains("did you mean `retention`?"), "{errors:?}");
+}

@@ -81,6 +81,13 @@ fn routes_health_metrics_and_every_error_as_problem_json() {
         "{metrics}"
     );
     assert!(
+        metrics
+            .contains(r#"marty_events_consumed_total{topic="orders.placed",group="order-audit",outcome="handled"} 1"#),
+        "{metrics}"
+    );
+    assert!(metrics.contains("marty_outbox_published_total 1"), "{metrics}");
+    assert!(metrics.contains("# TYPE marty_outbox_lag_seconds gauge"), "{metrics}");
+    assert!(
         metrics.contains(r#"http_server_request_duration_seconds_count{http_request_method="GET",http_route="/orders/{id}",http_response_status_code="200"} 1"#),
         "{metrics}"
     );
