@@ -245,7 +245,15 @@ fn check_one(
     let max_attempts = positive(&args.max_attempts, "max_attempts");
     let concurrency = positive(&args.concurrency, "concurrency");
     let backoff = args.backoff.as_ref().and_then(|arg| duration(arg, errors));
-    let ack_wait = args.ack_wait.as_ref().and_then(|arg| duration(arg, errors));
+    let ack_wait = args.ack_wait.as_ref().and_then(|arg| {
+        let wait = duration(arg, errors)?;
+        if wait < Duration::from_millis(100) {
+            let help = "give the handler time to be settled, e.g. `ack_wait = \"5s\"` (the default)";
+            errors.push(error(arg.span, "`ack_wait` must be at least 100ms: the broker would redeliver at once", help));
+            return None;
+        }
+        Some(wait)
+    });
     ok.then(|| Handler {
         method: name.clone(),
         event: (*event_param.ty).clone(),

@@ -105,9 +105,9 @@ impl HandlerOptions {
         self
     }
 
-    /// Sets the broker's redelivery wait.
+    /// Sets the broker's redelivery wait (100ms at least: progress is reported every half of it).
     pub fn ack_wait(mut self, wait: Duration) -> Self {
-        self.ack_wait = wait;
+        self.ack_wait = wait.max(Duration::from_millis(100));
         self
     }
 }

@@ -12,7 +12,7 @@ struct Billing;
 
 #[service]
 impl Billing {
-    #[event_handler(max_attempts = 0, backoff = "soon")]
+    #[event_handler(max_attempts = 0, backoff = "soon", ack_wait = "0s")]
     async fn on_placed(&self, event: OrderPlaced) -> Result<(), String> {
         let _ = event.order_id;
         Ok(())
