@@ -12,6 +12,9 @@ use super::Store;
 use crate::events::{Broker, BrokerError, Message};
 use crate::metrics::EventMetrics;
 
+/// How long the relay waits after a small batch before taking the next.
+const LINGER: Duration = Duration::from_millis(2);
+
 /// How the relay works; `[outbox]` sets these.
 #[derive(Debug, Clone)]
 #[non_exhaustive]
@@ -176,6 +179,11 @@ impl Relay {
                     waiting = !self.mark_waiting(&relay_id, false).await;
                 }
                 quick_rechecks = 4;
+                if report.taken < self.options.batch_size as usize / 4 {
+                    // A trickle: linger a moment so the next batch carries more rows for the same
+                    // round trips (costs at most this much latency).
+                    tokio::time::sleep(LINGER).await;
+                }
                 continue;
             }
             if !waiting {
@@ -442,7 +450,7 @@ impl Relay {
         let mut tx = pool.begin().await?;
         let rows: Vec<Row> = sqlx::query_as(TAKE).bind(i64::from(self.options.batch_size)).fetch_all(&mut *tx).await?;
         let mut report = BatchReport { taken: rows.len(), ..BatchReport::default() };
-        if rows.len() < self.options.batch_size as usize {
+        if rows.is_empty() {
             // Rows held back by the gate, or any transaction in progress (its commit may not wake
             // a relay that is not yet marked as waiting).
             report.waiting = sqlx::query_scalar(

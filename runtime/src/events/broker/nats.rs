@@ -6,10 +6,11 @@
 //! server supports it, or on replicated streams, when the outbox's guarantee must survive that.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy};
+use async_nats::jetstream::consumer::{pull, AckPolicy, DeliverPolicy, PullConsumer};
 use async_nats::jetstream::context::{Context, PublishErrorKind};
 use async_nats::jetstream::stream;
 use async_nats::jetstream::AckKind;
@@ -32,12 +33,22 @@ pub struct NatsBroker {
     jetstream: Context,
     /// Topics whose stream this process has made sure of.
     streams: Mutex<HashSet<String>>,
+    /// Times the connection dropped: a subscription that sees it change starts over.
+    disconnects: Arc<AtomicU64>,
 }
 
 impl NatsBroker {
     /// Connects to `url` (`nats://127.0.0.1:4222`); reconnects on its own afterwards.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        let disconnects = Arc::new(AtomicU64::new(0));
+        let counter = disconnects.clone();
         let client = async_nats::ConnectOptions::new()
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Disconnected) {
+                    counter.fetch_add(1, Ordering::SeqCst);
+                }
+                async {}
+            })
             .connection_timeout(Duration::from_secs(5))
             // A service starts while its broker is down, and catches up once it is back.
             .retry_on_initial_connect()
@@ -49,7 +60,7 @@ impl NatsBroker {
             .max_ack_inflight(20_000)
             .backpressure_on_inflight(true)
             .build(client);
-        Ok(NatsBroker { jetstream, streams: Mutex::new(HashSet::new()) })
+        Ok(NatsBroker { jetstream, streams: Mutex::new(HashSet::new()), disconnects })
     }
 
     /// The JetStream stream that holds `topic`: its name can hold neither dots nor wildcards.
@@ -166,54 +177,74 @@ impl super::Broker for NatsBroker {
                 filter_subject: topic.clone(),
                 ..Default::default()
             };
-            let mut consumer: async_nats::jetstream::consumer::PullConsumer = stream
+            let mut consumer: PullConsumer = stream
                 .get_or_create_consumer(&group, config)
                 .await
                 .map_err(|error| BrokerError::Unavailable(format!("cannot create consumer `{group}`: {error}")))?;
-            // Deliveries a previous instance left unsettled (it crashed) come back only after
-            // `ack_wait`, and JetStream hands out newer messages meanwhile; pulling only once they
-            // are due keeps each key in order (redeliveries go first).
-            if let Ok(info) = consumer.info().await {
-                if info.num_ack_pending > 0 {
-                    let wait = info.config.ack_wait;
-                    tracing::info!(
-                        pending = info.num_ack_pending,
-                        ?wait,
-                        topic,
-                        group,
-                        "waiting for unsettled deliveries to come back first"
-                    );
-                    // A margin over `ack_wait`: the server's redelivery timer fires a little late.
-                    tokio::time::sleep(wait + wait / 4).await;
-                }
-            }
-            let mut messages = consumer
-                .messages()
-                .await
-                .map_err(|error| BrokerError::Unavailable(format!("cannot pull from `{topic}`: {error}")))?;
+            let mut seen_disconnects = self.disconnects.load(Ordering::SeqCst);
+            let mut messages = pull_in_order(&mut consumer, &topic, &group).await?;
             let (deliveries, receiver) = mpsc::channel(options.max_in_flight.max(1));
-            let jetstream = self.jetstream.clone();
+            let (jetstream, disconnects) = (self.jetstream.clone(), self.disconnects.clone());
             tokio::spawn(async move {
-                while let Some(next) = messages.next().await {
-                    let raw = match next {
-                        Ok(raw) => raw,
-                        Err(error) => {
-                            // Heartbeats missed while the server restarts: the stream resumes on its own.
-                            tracing::warn!(%error, topic, group, "JetStream delivery interrupted");
-                            continue;
+                loop {
+                    let resync = match messages.next().await {
+                        Some(Ok(raw)) if disconnects.load(Ordering::SeqCst) == seen_disconnects => {
+                            let delivered = raw.info().map_or(1, |info| info.delivered.max(1) as u32);
+                            let message = message_of(&raw, &topic);
+                            let settle = NatsSettle { raw, jetstream: jetstream.clone() };
+                            if deliveries.send(Delivery::new(message, delivered, Box::new(settle))).await.is_err() {
+                                return;
+                            }
+                            false
                         }
+                        // The connection dropped since this stream began: a message the server
+                        // sent before may have been lost on the way and will come back only after
+                        // `ack_wait`, behind this one. Leave this one unsettled too and start over.
+                        Some(Ok(_)) => true,
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, topic, group, "JetStream delivery interrupted");
+                            true
+                        }
+                        None => true,
                     };
-                    let delivered = raw.info().map_or(1, |info| info.delivered.max(1) as u32);
-                    let message = message_of(&raw, &topic);
-                    let settle = NatsSettle { raw, jetstream: jetstream.clone() };
-                    if deliveries.send(Delivery::new(message, delivered, Box::new(settle))).await.is_err() {
-                        return;
+                    if resync {
+                        seen_disconnects = disconnects.load(Ordering::SeqCst);
+                        messages = loop {
+                            match pull_in_order(&mut consumer, &topic, &group).await {
+                                Ok(messages) => break messages,
+                                Err(error) => {
+                                    tracing::warn!(%error, topic, group, "cannot pull from JetStream; retrying");
+                                    tokio::time::sleep(Duration::from_secs(1)).await;
+                                }
+                            }
+                        };
                     }
                 }
             });
             Ok(Subscription::new(receiver))
         })
     }
+}
+
+/// Starts pulling once the deliveries left unsettled (by a crashed instance, or lost when the
+/// connection dropped) are due again: they come back only after `ack_wait`, and JetStream hands out
+/// newer messages meanwhile, so pulling before would let a key's later events overtake them.
+/// Redeliveries go first once due.
+async fn pull_in_order(consumer: &mut PullConsumer, topic: &str, group: &str) -> Result<pull::Stream, BrokerError> {
+    let info = consumer.info().await.map_err(|error| BrokerError::Unavailable(error.to_string()))?;
+    if info.num_ack_pending > 0 {
+        let wait = info.config.ack_wait;
+        tracing::info!(
+            pending = info.num_ack_pending,
+            ?wait,
+            topic,
+            group,
+            "waiting for unsettled deliveries to come back first"
+        );
+        // A margin over `ack_wait`: the server's redelivery timer fires a little late.
+        tokio::time::sleep(wait + wait / 4).await;
+    }
+    consumer.messages().await.map_err(|error| BrokerError::Unavailable(format!("cannot pull from `{topic}`: {error}")))
 }
 
 fn message_of(raw: &async_nats::jetstream::Message, topic: &str) -> Message {
