@@ -40,6 +40,10 @@ async fn grpc_and_rest_share_one_port_with_health_and_reflection() {
     let rest =
         tokio::task::spawn_blocking(move || support::request(addr, "GET", "/orders/1", None).unwrap()).await.unwrap();
     assert_eq!((rest.status, rest.body.as_str()), (200, r#"{"id":1,"item":"book","quantity":2}"#));
+    // The order created over gRPC published its event through the outbox to the audit consumer.
+    let audit =
+        tokio::task::spawn_blocking(move || support::wait_for_status(addr, "/orders/1/audit", 200)).await.unwrap();
+    assert_eq!(audit.body, r#"{"order_id":1,"item":"book","applied":1}"#);
 
     let mut health = HealthClient::new(channel.clone());
     for name in ["", "orders.v1.Orders"] {
