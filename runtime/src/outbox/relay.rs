@@ -176,7 +176,7 @@ impl Relay {
             backoff = Duration::from_millis(50);
             if report.published > 0 || report.taken >= self.options.batch_size as usize {
                 if waiting {
-                    waiting = !self.mark_waiting(&relay_id, false).await;
+                    waiting = self.mark_waiting(&relay_id, false).await;
                 }
                 quick_rechecks = 4;
                 if report.taken < self.options.batch_size as usize / 4 {
@@ -208,7 +208,8 @@ impl Relay {
         let _ = self.forget_relay(&relay_id).await;
     }
 
-    /// Marks this relay as waiting for commits (or not); `true` when the mark is in place.
+    /// Marks this relay as waiting for commits, or not; returns the mark now in place (unchanged
+    /// when writing it failed).
     async fn mark_waiting(&self, relay_id: &str, waiting: bool) -> bool {
         match &self.store {
             #[cfg(feature = "postgres")]
