@@ -354,7 +354,10 @@ pub(crate) fn emit(handlers: &[Handler], service_name: &str, private: &TokenStre
             )
         });
         // At the return type: a result the consumer cannot read is reported there.
-        let handler_result = respan(quote!(#private::handler_result), handler.output.span());
+        // The result is passed on at the return type's span: a result the consumer cannot read is
+        // reported there, not at `#[service]`.
+        let returned = format_ident!("__marty_returned", span = handler.output.span());
+        let handler_result = respan(quote!(#private::handler_result(#returned)), handler.output.span());
         let options = {
             let mut options = quote!(#private::HandlerOptions::default());
             if let Some(attempts) = handler.max_attempts {
@@ -378,14 +381,16 @@ pub(crate) fn emit(handlers: &[Handler], service_name: &str, private: &TokenStre
         let body = match &handler.inbox {
             None => quote! {
                 let event = #private::decode_event::<#event>(&#message)?;
-                #handler_result(#service.#method(event).await)
+                let #returned = #service.#method(event).await;
+                #handler_result
             },
             Some(store) => quote! {
                 let event = #private::decode_event::<#event>(&#message)?;
                 let #private::Option::Some(mut #tx) = #private::inbox_begin(#store, #group, &#message.id).await? else {
                     return #private::Result::Ok(#private::Handled::Duplicate);
                 };
-                #handler_result(#service.#method(event, &mut #tx).await)?;
+                let #returned = #service.#method(event, &mut #tx).await;
+                #handler_result?;
                 #private::inbox_commit(#tx).await
             },
         };
