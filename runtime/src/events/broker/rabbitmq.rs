@@ -117,9 +117,17 @@ fn outcome(confirmation: Result<Confirmation, lapin::Error>, topic: &str) -> Res
 
 impl RabbitMqBroker {
     /// Connects to `url` (`amqp://guest:guest@127.0.0.1:5672/%2f`) and declares Marty's exchanges.
+    /// A broker that is down is not an error here: a service starts anyway, publishing reconnects
+    /// (the outbox keeps events meanwhile) and subscriptions retry.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
-        let opened = open(url).await?;
-        Ok(RabbitMqBroker { url: url.to_owned(), publisher: Mutex::new(Some(opened)) })
+        let opened = match open(url).await {
+            Ok(opened) => Some(opened),
+            Err(error) => {
+                tracing::warn!(%error, "RabbitMQ unavailable at startup; retrying as events flow");
+                None
+            }
+        };
+        Ok(RabbitMqBroker { url: url.to_owned(), publisher: Mutex::new(opened) })
     }
 
     /// The queue group `group` reads `topic` from.
