@@ -22,10 +22,7 @@ pub(super) async fn start(
 ) -> std::io::Result<EventTasks> {
     let config = registry.config();
     let mut tasks = Vec::new();
-    #[cfg(any(feature = "postgres", feature = "sqlite"))]
     let relay = config.outbox.as_ref();
-    #[cfg(not(any(feature = "postgres", feature = "sqlite")))]
-    let relay: Option<&marty_config::OutboxConfig> = None;
     if handlers.is_empty() && relay.is_none() {
         return Ok(EventTasks { tasks });
     }
