@@ -1,1 +1,28 @@
+//! What the integration tests and the `events_worker` they start share: PostgreSQL schemas of their
+//! own, so tests running at once never see each other's tables.
 
+/// Drops schema `schema` with everything in it, and creates it empty.
+pub async fn fresh_schema(url: &str, schema: &str) -> Result<(), sqlx::Error> {
+    let admin = sqlx::PgPool::connect(url).await?;
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema if exists {schema} cascade; create schema {schema}")))
+        .execute(&admin)
+        .await?;
+    admin.close().await;
+    Ok(())
+}
+
+/// A pool whose connections work in schema `schema` (their `search_path`).
+pub async fn pool_in_schema(url: &str, schema: &str, max_connections: u32) -> Result<sqlx::PgPool, sqlx::Error> {
+    let schema = schema.to_owned();
+    sqlx::postgres::PgPoolOptions::new()
+        .max_connections(max_connections)
+        .after_connect(move |connection, _| {
+            let schema = schema.clone();
+            Box::pin(async move {
+                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set search_path to {schema}"))).execute(connection).await?;
+                Ok(())
+            })
+        })
+        .connect(url)
+        .await
+}

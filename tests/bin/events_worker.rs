@@ -26,26 +26,12 @@ fn var(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set"))
 }
 
-async fn pool() -> sqlx::PgPool {
-    let schema = var("WORKER_SCHEMA");
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(6)
-        .after_connect(move |connection, _| {
-            let schema = schema.clone();
-            Box::pin(async move {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set search_path to {schema}"))).execute(connection).await?;
-                Ok(())
-            })
-        })
-        .connect(&var("WORKER_PG_URL"))
-        .await
-        .expect("connect to PostgreSQL")
-}
-
 #[tokio::main]
 async fn main() {
     let mode = std::env::args().nth(1).expect("relay or consume");
-    let pool = pool().await;
+    let pool = marty_tests::pool_in_schema(&var("WORKER_PG_URL"), &var("WORKER_SCHEMA"), 6)
+        .await
+        .expect("connect to PostgreSQL");
     let store = marty::store::register(&var("WORKER_SCHEMA"), pool.clone()).await.expect("migrate");
     let url = var("WORKER_BROKER_URL");
     let broker: Arc<dyn Broker> = match var("WORKER_BROKER").as_str() {

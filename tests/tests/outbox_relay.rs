@@ -43,24 +43,8 @@ async fn sqlite_store() -> (Store, sqlx::SqlitePool, tempdir::Dir) {
 
 /// A fresh PostgreSQL schema of its own, so tests running at once do not see each other's rows.
 async fn postgres_store(url: &str, schema: &str) -> (Store, sqlx::PgPool) {
-    let admin = sqlx::PgPool::connect(url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema if exists {schema} cascade; create schema {schema}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let schema = schema.to_owned();
-    let pool = sqlx::postgres::PgPoolOptions::new()
-        .max_connections(12)
-        .after_connect(move |connection, _| {
-            let schema = schema.clone();
-            Box::pin(async move {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set search_path to {schema}"))).execute(connection).await?;
-                Ok(())
-            })
-        })
-        .connect(url)
-        .await
-        .unwrap();
+    marty_tests::fresh_schema(url, schema).await.unwrap();
+    let pool = marty_tests::pool_in_schema(url, schema, 12).await.unwrap();
     sqlx::query("create table ledger (account text not null, seq bigint not null)").execute(&pool).await.unwrap();
     let store = marty::store::register("ledger_pg", pool.clone()).await.unwrap();
     (store, pool)

@@ -142,20 +142,6 @@ impl Drop for Worker {
     }
 }
 
-async fn pool(url: &str, schema: &'static str) -> sqlx::PgPool {
-    sqlx::postgres::PgPoolOptions::new()
-        .max_connections(12)
-        .after_connect(move |connection, _| {
-            Box::pin(async move {
-                sqlx::raw_sql(sqlx::AssertSqlSafe(format!("set search_path to {schema}"))).execute(connection).await?;
-                Ok(())
-            })
-        })
-        .connect(url)
-        .await
-        .unwrap()
-}
-
 /// Writes events in business transactions; every 40th is held open while others commit, so
 /// transactions commit out of order. Returns the ids of the committed events.
 async fn produce(pool: sqlx::PgPool, writer: i64) -> Vec<String> {
@@ -226,12 +212,8 @@ impl TestBroker {
 /// Returns the poison event's id for the broker-specific dead-letter check.
 async fn run(broker: &mut TestBroker, schema: &'static str, group: &str) -> (sqlx::PgPool, String) {
     let pg_url = std::env::var("MARTY_TEST_POSTGRES_URL").unwrap();
-    let admin = sqlx::PgPool::connect(&pg_url).await.unwrap();
-    sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop schema if exists {schema} cascade; create schema {schema}")))
-        .execute(&admin)
-        .await
-        .unwrap();
-    let pool = pool(&pg_url, schema).await;
+    marty_tests::fresh_schema(&pg_url, schema).await.unwrap();
+    let pool = marty_tests::pool_in_schema(&pg_url, schema, 12).await.unwrap();
     sqlx::raw_sql(
         "create table balances (account text not null, seq bigint not null);
          create table effects (id bigserial primary key, event_id text not null, account text not null, seq bigint not null);",
