@@ -117,22 +117,43 @@ pub struct EventMetrics {
 }
 
 impl EventMetrics {
-    /// Counts one delivery of `topic` to `group` by how it ended.
-    pub fn record_consumed(&self, topic: &Arc<str>, group: &Arc<str>, outcome: &'static str) {
-        self.consumed.get_or_create(&ConsumedLabels { topic: topic.clone(), group: group.clone(), outcome }).inc();
-    }
-
-    /// Records how long one handler attempt took.
-    pub fn record_handler(&self, topic: &Arc<str>, group: &Arc<str>, elapsed: Duration) {
-        self.handler_durations
-            .get_or_create(&ConsumerLabels { topic: topic.clone(), group: group.clone() })
-            .observe(elapsed);
+    /// The handles one consumer (`topic`, `group`) records into, resolved once so a delivery
+    /// records with a few atomic adds, no label hashing.
+    pub fn consumer(&self, topic: &Arc<str>, group: &Arc<str>) -> ConsumerMetrics {
+        let counter = |outcome: &'static str| {
+            self.consumed.get_or_create(&ConsumedLabels { topic: topic.clone(), group: group.clone(), outcome }).clone()
+        };
+        ConsumerMetrics {
+            handled: counter("handled"),
+            duplicate: counter("duplicate"),
+            retried: counter("retried"),
+            dead_lettered: counter("dead_lettered"),
+            duration: self
+                .handler_durations
+                .get_or_create(&ConsumerLabels { topic: topic.clone(), group: group.clone() })
+                .clone(),
+        }
     }
 
     /// How many deliveries of `topic` to `group` ended with `outcome` (for tests and reports).
     pub fn consumed(&self, topic: &str, group: &str, outcome: &'static str) -> u64 {
         self.consumed.get_or_create(&ConsumedLabels { topic: topic.into(), group: group.into(), outcome }).get()
     }
+}
+
+/// One consumer's metric handles (see [`EventMetrics::consumer`]).
+#[derive(Debug, Clone)]
+pub struct ConsumerMetrics {
+    /// Deliveries handled (effects committed).
+    pub handled: Counter,
+    /// Deliveries the inbox recognised as already handled.
+    pub duplicate: Counter,
+    /// Failed attempts that were retried.
+    pub retried: Counter,
+    /// Deliveries given up on.
+    pub dead_lettered: Counter,
+    /// Duration of handler attempts.
+    pub duration: LatencyHistogram,
 }
 
 /// Labels of `http_server_request_duration_seconds`, named after the OpenTelemetry semantic

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use super::broker::{Broker, Delivery, SubscribeOptions};
 use super::{message, Message};
 use crate::events::BoxFuture;
-use crate::metrics::EventMetrics;
+use crate::metrics::{ConsumerMetrics, EventMetrics};
 
 /// How a handler's attempt ended when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -155,6 +155,7 @@ impl EventHandler {
     }
 
     async fn run(self, broker: Arc<dyn Broker>, metrics: EventMetrics, mut shutdown: watch::Receiver<bool>) {
+        let metrics = metrics.consumer(&self.topic, &self.group);
         let handler = Arc::new(self);
         let options =
             SubscribeOptions { max_in_flight: handler.options.concurrency * 16, ack_wait: handler.options.ack_wait };
@@ -208,14 +209,14 @@ impl EventHandler {
     }
 }
 
-async fn lane(handler: Arc<EventHandler>, metrics: EventMetrics, mut deliveries: mpsc::Receiver<Delivery>) {
+async fn lane(handler: Arc<EventHandler>, metrics: ConsumerMetrics, mut deliveries: mpsc::Receiver<Delivery>) {
     while let Some(delivery) = deliveries.recv().await {
         handle(&handler, &metrics, delivery).await;
     }
 }
 
 /// Handles one delivery to the end: acknowledged, or dead-lettered with the reason.
-async fn handle(handler: &EventHandler, metrics: &EventMetrics, delivery: Delivery) {
+async fn handle(handler: &EventHandler, metrics: &ConsumerMetrics, delivery: Delivery) {
     let message = &delivery.message;
     let span = tracing::info_span!(
         "event",
@@ -229,7 +230,6 @@ async fn handle(handler: &EventHandler, metrics: &EventMetrics, delivery: Delive
     );
     message::continue_trace(&span, message.traceparent.as_deref());
     async {
-        let (topic, group) = (&handler.topic, &handler.group);
         if delivery.delivered > handler.options.max_deliveries {
             let reason = format!("delivered {} times without being settled", delivery.delivered);
             dead_letter(handler, metrics, delivery, &reason).await;
@@ -250,11 +250,11 @@ async fn handle(handler: &EventHandler, metrics: &EventMetrics, delivery: Delive
                     }
                 }
             };
-            metrics.record_handler(topic, group, started.elapsed());
+            metrics.duration.observe(started.elapsed());
             match outcome {
                 Ok(handled) => {
-                    let label = if handled == Handled::Duplicate { "duplicate" } else { "handled" };
-                    metrics.record_consumed(topic, group, label);
+                    let counter = if handled == Handled::Duplicate { &metrics.duplicate } else { &metrics.handled };
+                    counter.inc();
                     if let Err(error) = delivery.ack().await {
                         // Redelivered later; the inbox (when the handler uses one) makes that harmless.
                         tracing::warn!(%error, "acknowledging the event failed");
@@ -275,7 +275,7 @@ async fn handle(handler: &EventHandler, metrics: &EventMetrics, delivery: Delive
                 Err(error) => {
                     let backoff = backoff(&handler.options, attempt);
                     tracing::warn!(%error, attempt, ?backoff, "event handler failed; retrying");
-                    metrics.record_consumed(topic, group, "retried");
+                    metrics.retried.inc();
                     delivery.in_progress().await;
                     tokio::time::sleep(backoff).await;
                     attempt += 1;
@@ -287,8 +287,8 @@ async fn handle(handler: &EventHandler, metrics: &EventMetrics, delivery: Delive
     .await;
 }
 
-async fn dead_letter(handler: &EventHandler, metrics: &EventMetrics, delivery: Delivery, reason: &str) {
-    metrics.record_consumed(&handler.topic, &handler.group, "dead_lettered");
+async fn dead_letter(handler: &EventHandler, metrics: &ConsumerMetrics, delivery: Delivery, reason: &str) {
+    metrics.dead_lettered.inc();
     if let Err(error) = delivery.dead_letter(&handler.group, reason).await {
         tracing::error!(%error, "dead-lettering failed; the broker will deliver the event again");
     }
