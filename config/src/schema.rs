@@ -29,6 +29,8 @@ pub struct Config {
     pub events: Option<EventsConfig>,
     /// `[outbox]`, when the service uses the transactional outbox.
     pub outbox: Option<OutboxConfig>,
+    /// `[sagas]`: how the saga orchestrator shares and retries work (defaults when absent).
+    pub sagas: SagasConfig,
 }
 
 /// `[service]`.
@@ -313,7 +315,38 @@ pub struct OutboxConfig {
     pub retention: Duration,
 }
 
-const ROOT_KEYS: &[&str] = &["service", "http", "grpc", "telemetry", "dependencies", "events", "outbox"];
+/// `[sagas]`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SagasConfig {
+    /// How long a replica owns a saga without renewing; when the owner dies, another replica takes the
+    /// saga over once this has passed (default `10s`).
+    pub lease: Duration,
+    /// How often each replica looks for sagas with no live owner, or due for a retry (default `1s`).
+    pub poll_interval: Duration,
+    /// Attempts a compensation gets before the saga is parked for an operator (default 10).
+    pub compensation_attempts: u32,
+    /// The first retry delay of a step or compensation; it doubles per attempt, with full jitter
+    /// (default `100ms`).
+    pub backoff_initial: Duration,
+    /// The longest retry delay (default `30s`).
+    pub backoff_max: Duration,
+}
+
+impl Default for SagasConfig {
+    fn default() -> Self {
+        SagasConfig {
+            lease: Duration::from_secs(10),
+            poll_interval: Duration::from_secs(1),
+            compensation_attempts: 10,
+            backoff_initial: Duration::from_millis(100),
+            backoff_max: Duration::from_secs(30),
+        }
+    }
+}
+
+const ROOT_KEYS: &[&str] = &["service", "http", "grpc", "telemetry", "dependencies", "events", "outbox", "sagas"];
+const SAGAS_KEYS: &[&str] = &["lease", "poll_interval", "compensation_attempts", "backoff_initial", "backoff_max"];
 const DEPENDENCY_KEYS: &[&str] = &["kind", "url", "max_concurrent", "max_wait", "timeout", "circuit_breaker", "retry"];
 const BREAKER_KEYS: &[&str] = &[
     "enabled",
@@ -393,7 +426,33 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         check_outbox_store(reader, &table, &store, &dependencies);
         Some(OutboxConfig { store, batch_size, poll_interval, max_attempts, retention })
     });
-    Config { file: file.to_owned(), service, http, grpc, telemetry, dependencies, events, outbox }
+    let sagas = read_sagas(reader, root);
+    Config { file: file.to_owned(), service, http, grpc, telemetry, dependencies, events, outbox, sagas }
+}
+
+fn read_sagas(reader: &mut Reader<'_>, root: &Table<'_>) -> SagasConfig {
+    let defaults = SagasConfig::default();
+    let Some(table) = reader.table(root, "sagas") else { return defaults };
+    reader.deny_unknown_keys(&table, SAGAS_KEYS);
+    let positive = |reader: &mut Reader<'_>, key: &str, default: Duration| match reader.duration(&table, key) {
+        Some(duration) if duration.is_zero() => {
+            let origin = reader.origin_of(&table, key).clone();
+            let help =
+                Some(format!("give `{key}` a positive duration, e.g. `\"{}\"`", crate::format_duration(default)));
+            reader.error(&origin, &join("sagas", key), "must be longer than zero", help);
+            default
+        }
+        Some(duration) => duration,
+        None => default,
+    };
+    let lease = positive(reader, "lease", defaults.lease);
+    let poll_interval = positive(reader, "poll_interval", defaults.poll_interval);
+    let backoff_initial = positive(reader, "backoff_initial", defaults.backoff_initial);
+    let backoff_max = positive(reader, "backoff_max", defaults.backoff_max);
+    let compensation_attempts = reader
+        .integer(&table, "compensation_attempts", 1, 1_000_000)
+        .map_or(defaults.compensation_attempts, |attempts| attempts as u32);
+    SagasConfig { lease, poll_interval, compensation_attempts, backoff_initial, backoff_max }
 }
 
 fn read_listener(reader: &mut Reader<'_>, root: &Table<'_>, section: &str) -> Option<ListenerConfig> {

@@ -238,3 +238,27 @@ fn the_outbox_relay_settings_have_defaults_and_are_checked() {
     assert!(errors[0].contains("outbox.max_attempts"), "{errors:?}");
     assert!(errors[1].contains("did you mean `retention`?"), "{errors:?}");
 }
+
+#[test]
+fn the_saga_settings_have_defaults_and_are_checked() {
+    let defaults = Config::parse("", "marty.toml").unwrap().sagas;
+    assert_eq!(
+        (defaults.lease, defaults.poll_interval, defaults.compensation_attempts),
+        (Duration::from_secs(10), Duration::from_secs(1), 10)
+    );
+    let tuned =
+        Config::parse("[sagas]\nlease = \"2s\"\ncompensation_attempts = 3\nbackoff_max = \"1s\"\n", "marty.toml")
+            .unwrap()
+            .sagas;
+    assert_eq!(
+        (tuned.lease, tuned.compensation_attempts, tuned.backoff_max),
+        (Duration::from_secs(2), 3, Duration::from_secs(1))
+    );
+    let errors = errors_of("[sagas]\nlease = \"0s\"\ncompensation_atempts = 3\n");
+    assert_eq!(errors.len(), 2, "{errors:?}");
+    assert!(
+        errors.iter().any(|error| error.starts_with("marty.toml:2: key `sagas.lease`: must be longer than zero")),
+        "{errors:?}"
+    );
+    assert!(errors.iter().any(|error| error.contains("did you mean `compensation_attempts`?")), "{errors:?}");
+}
