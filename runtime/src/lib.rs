@@ -32,6 +32,8 @@ pub mod outbox;
 pub mod policy;
 mod registry;
 pub mod retry;
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod saga;
 #[cfg(feature = "http")]
 pub mod service;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
@@ -59,7 +61,8 @@ pub use marty_config as config;
 pub use events::Event;
 #[doc(inline)]
 pub use marty_macros::{
-    api_call, cache_call, database_call, delete, event_handler, get, health_check, patch, post, put, service, Event,
+    api_call, cache_call, database_call, delete, event_handler, get, health_check, patch, post, put, saga, saga_step,
+    service, Event,
 };
 
 #[cfg(feature = "http")]

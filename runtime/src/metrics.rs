@@ -12,6 +12,10 @@
 //! - `marty_outbox_published_total`, `marty_outbox_failed_total` (publish attempts the broker did
 //!   not acknowledge), and the gauges `marty_outbox_pending`, `marty_outbox_parked` and
 //!   `marty_outbox_lag_seconds` (age of the oldest pending event).
+//! - `marty_sagas_started_total{saga}`, `marty_sagas_completed_total{saga}`,
+//!   `marty_sagas_compensated_total{saga}`, `marty_sagas_parked_total{saga}`,
+//!   `marty_saga_steps_total{saga,step,outcome}` (`completed`, `failed`, `timed_out`, `compensated`,
+//!   `compensation_failed`) and `marty_saga_step_duration_seconds{saga,step}`.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -83,6 +87,111 @@ pub struct Metrics {
     http_requests: Family<HttpLabels, LatencyHistogram>,
     policies: Arc<PolicyGauges>,
     events: EventMetrics,
+    sagas: SagaMetrics,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct SagaLabels {
+    saga: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepLabels {
+    saga: &'static str,
+    step: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StepOutcomeLabels {
+    saga: &'static str,
+    step: &'static str,
+    outcome: &'static str,
+}
+
+/// The saga metric families.
+#[derive(Debug, Clone, Default)]
+pub struct SagaMetrics {
+    started: Family<SagaLabels, Counter>,
+    completed: Family<SagaLabels, Counter>,
+    compensated: Family<SagaLabels, Counter>,
+    parked: Family<SagaLabels, Counter>,
+    steps: Family<StepOutcomeLabels, Counter>,
+    step_durations: Family<StepLabels, LatencyHistogram>,
+}
+
+impl SagaMetrics {
+    /// The handles one saga type records into, resolved once.
+    pub fn saga(&self, saga: &'static str, steps: &[&'static str]) -> SagaTypeMetrics {
+        let labels = SagaLabels { saga };
+        let step_outcomes = |step: &'static str| {
+            ["completed", "failed", "timed_out", "compensated", "compensation_failed"]
+                .map(|outcome| self.steps.get_or_create(&StepOutcomeLabels { saga, step, outcome }).clone())
+        };
+        SagaTypeMetrics {
+            started: self.started.get_or_create(&labels).clone(),
+            completed: self.completed.get_or_create(&labels).clone(),
+            compensated: self.compensated.get_or_create(&labels).clone(),
+            parked: self.parked.get_or_create(&labels).clone(),
+            steps: steps
+                .iter()
+                .map(|&step| StepMetrics {
+                    outcomes: step_outcomes(step),
+                    duration: self.step_durations.get_or_create(&StepLabels { saga, step }).clone(),
+                })
+                .collect(),
+        }
+    }
+}
+
+/// One saga type's metric handles (see [`SagaMetrics::saga`]).
+#[derive(Debug, Clone)]
+pub struct SagaTypeMetrics {
+    /// Sagas started.
+    pub started: Counter,
+    /// Sagas that ran every step.
+    pub completed: Counter,
+    /// Sagas undone by their compensations.
+    pub compensated: Counter,
+    /// Sagas parked for an operator after a compensation kept failing.
+    pub parked: Counter,
+    /// Per step, in declaration order.
+    pub steps: Vec<StepMetrics>,
+}
+
+/// One step's metric handles.
+#[derive(Debug, Clone)]
+pub struct StepMetrics {
+    outcomes: [Counter; 5],
+    /// Duration of the step's attempts (and its compensation's).
+    pub duration: LatencyHistogram,
+}
+
+/// How a step attempt (or compensation attempt) ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepOutcome {
+    /// The step returned `Ok`.
+    Completed,
+    /// The step returned an error.
+    Failed,
+    /// The step did not finish within its timeout.
+    TimedOut,
+    /// The compensation returned `Ok`.
+    Compensated,
+    /// The compensation failed or timed out.
+    CompensationFailed,
+}
+
+impl StepMetrics {
+    /// Counts one attempt.
+    pub fn record(&self, outcome: StepOutcome, elapsed: Duration) {
+        self.outcomes[outcome as usize].inc();
+        self.duration.observe(elapsed);
+    }
+
+    /// Attempts that ended with `outcome` (for tests and reports).
+    pub fn count(&self, outcome: StepOutcome) -> u64 {
+        self.outcomes[outcome as usize].get()
+    }
 }
 
 /// Labels of consumer metrics.
@@ -231,7 +340,23 @@ impl Metrics {
             "Age of the oldest pending outbox event",
             events.outbox_lag_seconds.clone(),
         );
-        Metrics { registry, calls, durations, retries, http_requests, policies, events }
+        let sagas = SagaMetrics::default();
+        registry.register("marty_sagas_started", "Sagas started", sagas.started.clone());
+        registry.register("marty_sagas_completed", "Sagas that ran every step", sagas.completed.clone());
+        registry.register("marty_sagas_compensated", "Sagas undone by their compensations", sagas.compensated.clone());
+        registry.register("marty_sagas_parked", "Sagas parked for an operator", sagas.parked.clone());
+        registry.register("marty_saga_steps", "Saga step and compensation attempts, by outcome", sagas.steps.clone());
+        registry.register(
+            "marty_saga_step_duration_seconds",
+            "Duration of saga step and compensation attempts",
+            sagas.step_durations.clone(),
+        );
+        Metrics { registry, calls, durations, retries, http_requests, policies, events, sagas }
+    }
+
+    /// The saga metrics.
+    pub fn sagas(&self) -> &SagaMetrics {
+        &self.sagas
     }
 
     /// The handles one call site records into.

@@ -270,3 +270,25 @@ impl<T: std::fmt::Display + ?Sized> EventKey for T {}
 pub fn event_key<T: EventKey + ?Sized>(key: &T) -> String {
     key.to_string()
 }
+
+/// What `#[saga]` expands to.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+pub mod saga_support {
+    pub use std::boxed::Box;
+    pub use std::result::Result;
+    pub use std::time::Duration;
+
+    pub use crate::events::BoxFuture;
+    pub use crate::saga::{Saga, SagaDefinition, StepContext, StepDefinition, StepError, StepResult};
+
+    /// A step's (or compensation's) result, as the orchestrator records it; the bound is reported at
+    /// the method's return type.
+    pub fn step_result<R: StepResult>(result: R) -> Result<(), StepError> {
+        result.into_step_result()
+    }
+
+    /// An index past the last step: only reachable through a hand-written call.
+    pub fn no_such_step(saga: &str, index: usize) -> Result<(), StepError> {
+        Err(StepError::permanent(format!("saga `{saga}` has no step {index} with this role")))
+    }
+}

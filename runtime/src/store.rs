@@ -69,7 +69,16 @@ pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
     }
     #[cfg(feature = "sqlite")]
     if url.starts_with("sqlite:") {
-        return Ok(Store::Sqlite(sqlx::sqlite::SqlitePoolOptions::new().max_connections(4).connect(url).await?));
+        use std::str::FromStr;
+        // WAL: readers do not block the writer, and a commit is one fsync of the log (sqlx leaves
+        // SQLite's rollback journal otherwise). `synchronous` stays FULL: the relay must never publish
+        // an event whose transaction a power loss could still roll back.
+        let options = sqlx::sqlite::SqliteConnectOptions::from_str(url)?
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .busy_timeout(std::time::Duration::from_secs(10));
+        return Ok(Store::Sqlite(
+            sqlx::sqlite::SqlitePoolOptions::new().max_connections(4).connect_with(options).await?,
+        ));
     }
     Err(config_error(format!(
         "cannot keep the outbox in `{}`: marty supports postgres:// (feature `postgres`) and sqlite: (feature `sqlite`)",

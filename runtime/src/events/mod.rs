@@ -20,6 +20,7 @@ use serde::Serialize;
 pub use broker::NatsBroker;
 pub use broker::{Broker, BrokerError, Delivery, MemoryBroker, SubscribeOptions, Subscription};
 pub use consumer::{EventHandler, Handled, HandlerError, HandlerOptions, Invoke};
+pub(crate) use message::{continue_trace, current_traceparent};
 pub use message::{headers, new_event_id, Message};
 
 /// A boxed future borrowing for `'a`, what the object-safe broker traits return.

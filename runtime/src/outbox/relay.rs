@@ -148,7 +148,7 @@ impl Relay {
                 break;
             }
             if Instant::now() >= next_gauges {
-                next_gauges = Instant::now() + Duration::from_secs(5);
+                next_gauges = Instant::now() + Duration::from_secs(1);
                 if let Err(error) = self.refresh_gauges().await {
                     tracing::warn!(%error, "reading the outbox's size failed");
                 }

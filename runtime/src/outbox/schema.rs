@@ -4,6 +4,42 @@
 
 use super::Store;
 
+/// The saga tables, the same on both databases: times are Unix milliseconds written by the
+/// replicas, and SQLite reads `bigint` as an integer.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+const SAGA_TABLES: &str = r"
+    create table if not exists marty_saga (
+        id text primary key,
+        name text not null,
+        state text not null,
+        status text not null, -- running, compensating, completed, compensated, parked
+        step integer not null, -- the step running, or being compensated
+        attempt integer not null,
+        error text,
+        deadline bigint,
+        step_deadline bigint,
+        next_attempt_at bigint not null,
+        owner text,
+        lease_until bigint not null,
+        traceparent text,
+        created_at bigint not null,
+        updated_at bigint not null
+    );
+    create index if not exists marty_saga_unfinished on marty_saga (name, lease_until)
+        where status in ('running', 'compensating');
+    create index if not exists marty_saga_parked on marty_saga (name) where status = 'parked';
+    create table if not exists marty_saga_history (
+        saga_id text not null,
+        seq integer not null,
+        at bigint not null,
+        step text,
+        kind text not null,
+        attempt integer not null,
+        detail text,
+        primary key (saga_id, seq)
+    );
+    ";
+
 /// PostgreSQL migrations, in order; never edit one that has shipped, add the next.
 #[cfg(feature = "postgres")]
 const POSTGRES: &[&str] = &[
@@ -44,6 +80,8 @@ const POSTGRES: &[&str] = &[
         primary key (consumer_group, event_id)
     );
     ",
+    // 2: sagas.
+    SAGA_TABLES,
 ];
 
 /// SQLite migrations, in order. Times are Unix seconds (REAL).
@@ -78,6 +116,8 @@ const SQLITE: &[&str] = &[
         primary key (consumer_group, event_id)
     );
     ",
+    // 2: sagas.
+    SAGA_TABLES,
 ];
 
 /// Brings `store`'s Marty tables up to date.
@@ -111,7 +151,9 @@ pub(crate) async fn migrate(store: &Store) -> Result<(), sqlx::Error> {
         }
         #[cfg(feature = "sqlite")]
         Store::Sqlite(pool) => {
-            let mut tx = pool.begin().await?;
+            // IMMEDIATE: take the write lock first, so a replica migrating at once waits for it
+            // instead of failing on a snapshot that went stale between the read and the write.
+            let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
             sqlx::query(
                 "create table if not exists marty_schema (component text primary key, version integer not null)",
             )

@@ -325,6 +325,9 @@ impl Server {
         shutdown.abort();
         #[cfg(feature = "events")]
         events.finish(shutdown_timeout).await;
+        // After the requests that may start sagas: their replicas elsewhere continue them at once.
+        #[cfg(any(feature = "postgres", feature = "sqlite"))]
+        crate::saga::shutdown_all().await;
         if let Some(grpc_health) = grpc_health {
             grpc_health.abort();
         }

@@ -1,0 +1,272 @@
+//! Sagas: a business transaction across services as steps run in order, each undone by its
+//! compensation when a later step fails. `#[saga]` on the `impl` block of the saga's state (any serde
+//! type) implements [`Saga`]; an [`Orchestrator`] runs it, persisting in a database the team already
+//! has (SQLite or PostgreSQL), so that a saga survives the process that started it.
+//!
+//! ```ignore
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct PlaceOrder { order_id: i64, amount: i64, payment: Option<String> }
+//!
+//! #[marty::saga(name = "place_order", store = "orders_db", env = Clients)]
+//! impl PlaceOrder {
+//!     #[saga_step(compensate = refund, timeout = "5s", max_attempts = 3)]
+//!     async fn charge(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), PaymentError> {
+//!         self.payment = Some(ctx.env().payments.charge(self.amount, &ctx.idempotency_key()).await?);
+//!         Ok(())
+//!     }
+//!     async fn refund(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), PaymentError> { .. }
+//! }
+//!
+//! let sagas = Orchestrator::<PlaceOrder>::new(clients).await?;
+//! let id = sagas.start(PlaceOrder { order_id: 7, amount: 1200, payment: None }).await?;
+//! ```
+//!
+//! What the orchestrator promises:
+//! - **State committed before and after each step.** A saga costs one commit to start and one per
+//!   step: the commit that records step N done (with the state it left) also records step N+1 begun.
+//!   Events a step publishes with [`StepContext::publish`] are written to the outbox in that same
+//!   commit, so they exist exactly when the step's completion does.
+//! - **At-least-once steps, one key per step.** A step attempt interrupted by a crash runs again after
+//!   the restart; [`StepContext::idempotency_key`] is the same for every attempt of a step (and for its
+//!   compensation), so the services it calls can make the effect happen once.
+//! - **Failures compensate in reverse.** A step that fails `max_attempts` times, or fails with an
+//!   error that is not transient, or outlives the saga's `timeout`, starts the compensations of the
+//!   steps before it, last first. A step whose outcome is unknown (it timed out, or the process died
+//!   during it) is compensated too, since its effect may have happened: write compensations that undo
+//!   nothing when there is nothing to undo.
+//! - **Compensations are retried** with exponential backoff until they succeed, or `[sagas]
+//!   compensation_attempts` is reached, whatever the error (an open circuit breaker, a permanent
+//!   error): only an operator gives up on an undo. Then the saga is parked,
+//!   listed by [`Orchestrator::parked`], and continues when [`Orchestrator::resume`] is called.
+//! - **Timeouts are deadlines in the database**, so a step or saga timeout that passed while no process
+//!   was running still fires when one resumes the saga.
+//! - **One owner at a time.** A replica owns the sagas it runs through a lease it renews; when it
+//!   dies, another replica takes them over once the lease expires (`[sagas] lease`). Every commit is
+//!   fenced on the owner, so a replica that lost a saga stops driving it.
+//! - **Resumed on startup**: every orchestrator looks for unfinished sagas with no live owner, at
+//!   start and every `[sagas] poll_interval`.
+
+mod orchestrator;
+mod record;
+
+use std::fmt;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::events::{BoxFuture, Event, EventError, Message};
+use crate::{Classify, ErrorClass};
+
+pub use orchestrator::{HistoryEntry, Orchestrator, SagaError, SagaStatus, Status};
+
+/// How the process's orchestrators are stopped when its service shuts down gracefully.
+type Stop = Box<dyn Fn() -> Option<BoxFuture<'static, ()>> + Send + Sync>;
+
+fn running() -> &'static Mutex<Vec<Stop>> {
+    static RUNNING: std::sync::OnceLock<Mutex<Vec<Stop>>> = std::sync::OnceLock::new();
+    RUNNING.get_or_init(Mutex::default)
+}
+
+/// Remembers an orchestrator for [`shutdown_all`]; `stop` returns `None` once it is gone.
+pub(crate) fn on_shutdown(stop: Stop) {
+    running().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(stop);
+}
+
+/// Stops every orchestrator of the process and releases its leases (a `#[service]` does this when it
+/// shuts down gracefully, so other replicas continue its sagas at once rather than after the lease).
+pub async fn shutdown_all() {
+    let stops: Vec<_> = running().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).drain(..).collect();
+    for stop in stops {
+        if let Some(stopping) = stop() {
+            stopping.await;
+        }
+    }
+}
+
+/// A saga: its state is `Self`, its steps are methods. Implemented by `#[saga]`; by hand it is the
+/// same: a definition and two functions that run step `index` (or its compensation).
+pub trait Saga: Serialize + DeserializeOwned + Send + Sync + 'static {
+    /// What steps reach besides the state: clients of the services they call (`env = ..`).
+    type Env: Send + Sync + 'static;
+
+    /// The saga's name, store, timeout and steps.
+    const DEFINITION: &'static SagaDefinition;
+
+    /// Runs step `index` once.
+    fn run_step<'a>(
+        &'a mut self,
+        index: usize,
+        ctx: &'a mut StepContext<Self::Env>,
+    ) -> BoxFuture<'a, Result<(), StepError>>;
+
+    /// Runs the compensation of step `index` once; only called for steps that declare one.
+    fn compensate<'a>(
+        &'a mut self,
+        index: usize,
+        ctx: &'a mut StepContext<Self::Env>,
+    ) -> BoxFuture<'a, Result<(), StepError>>;
+}
+
+/// What `#[saga(..)]` declares.
+#[derive(Debug)]
+pub struct SagaDefinition {
+    /// The saga's name: persisted with each instance, so keep it stable across releases.
+    pub name: &'static str,
+    /// The database dependency (`marty.toml`) that keeps the saga's state.
+    pub store: &'static str,
+    /// How long the forward steps may take in all; past it the saga compensates.
+    pub timeout: Option<Duration>,
+    /// The steps, in the order they run.
+    pub steps: &'static [StepDefinition],
+    /// The `marty.toml` the macros checked, and its text then (as for wrapped calls).
+    pub config: (&'static str, &'static str),
+}
+
+/// What `#[saga_step(..)]` declares.
+#[derive(Debug)]
+pub struct StepDefinition {
+    /// The method's name.
+    pub name: &'static str,
+    /// The compensation method's name, if the step has one.
+    pub compensation: Option<&'static str>,
+    /// How long one attempt (of the step or its compensation) may take.
+    pub timeout: Option<Duration>,
+    /// Attempts before the step counts as failed (crashes and timeouts count).
+    pub max_attempts: u32,
+}
+
+/// What a step sees besides the state: the environment, its idempotency key, and an outbox whose
+/// events are committed with the step's completion.
+pub struct StepContext<E> {
+    env: Arc<E>,
+    saga_id: Arc<str>,
+    step: &'static str,
+    attempt: u32,
+    outbox: Vec<Message>,
+}
+
+impl<E> StepContext<E> {
+    pub(crate) fn new(env: Arc<E>, saga_id: Arc<str>, step: &'static str, attempt: u32) -> Self {
+        StepContext { env, saga_id, step, attempt, outbox: Vec::new() }
+    }
+
+    /// The clients and settings the orchestrator was built with.
+    pub fn env(&self) -> &E {
+        &self.env
+    }
+
+    /// The saga's id.
+    pub fn saga_id(&self) -> &str {
+        &self.saga_id
+    }
+
+    /// The step's name (its method's).
+    pub fn step(&self) -> &'static str {
+        self.step
+    }
+
+    /// This attempt's number, from 1; an attempt interrupted by a crash counts.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// `<saga id>/<step>`: the same for every attempt of the step, across retries and restarts, and
+    /// for its compensation. Pass it to the services a step calls so that a retried step takes
+    /// effect once (and a compensation can find what to undo).
+    pub fn idempotency_key(&self) -> String {
+        format!("{}/{}", self.saga_id, self.step)
+    }
+
+    /// Queues `event` for the outbox: it is written in the same transaction that records this step
+    /// done (and the state it left), and dropped if the attempt fails.
+    pub fn publish<T: Event>(&mut self, event: &T) -> Result<(), EventError> {
+        self.outbox.push(Message::from_event(event)?);
+        Ok(())
+    }
+
+    pub(crate) fn take_outbox(&mut self) -> Vec<Message> {
+        std::mem::take(&mut self.outbox)
+    }
+}
+
+impl<E> fmt::Debug for StepContext<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StepContext")
+            .field("saga_id", &self.saga_id)
+            .field("step", &self.step)
+            .field("attempt", &self.attempt)
+            .field("outbox", &self.outbox.len())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a step or compensation attempt failed, and whether another attempt may help (from the error's
+/// [`Classify`]: only [`ErrorClass::Transient`] errors are retried).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StepError {
+    message: String,
+    transient: bool,
+}
+
+impl StepError {
+    /// A failure worth retrying (a timeout, a lost connection).
+    pub fn transient(message: impl Into<String>) -> Self {
+        StepError { message: message.into(), transient: true }
+    }
+
+    /// A failure no retry will fix (payment declined, out of stock): the saga compensates at once.
+    pub fn permanent(message: impl Into<String>) -> Self {
+        StepError { message: message.into(), transient: false }
+    }
+
+    /// From any error that says what it is.
+    pub fn from_error<E: fmt::Display + Classify + ?Sized>(error: &E) -> Self {
+        StepError { message: error.to_string(), transient: error.classify().is_transient() }
+    }
+
+    /// What went wrong.
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
+    /// Whether another attempt may succeed.
+    pub fn is_transient(&self) -> bool {
+        self.transient
+    }
+}
+
+impl fmt::Display for StepError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl Classify for StepError {
+    fn classify(&self) -> ErrorClass {
+        if self.transient {
+            ErrorClass::Transient
+        } else {
+            ErrorClass::Failure
+        }
+    }
+}
+
+/// What a step method may return: `Result<(), E>` where `E` says what went wrong ([`fmt::Display`])
+/// and whether it is worth retrying ([`Classify`]).
+#[diagnostic::on_unimplemented(
+    message = "a saga step returns `Result<(), E>` where `E: Display + marty::Classify`, not `{Self}`",
+    label = "the orchestrator records the error and asks it whether to retry",
+    note = "return `Result<(), marty::saga::StepError>`, or implement `Display` and `marty::Classify` for your error type"
+)]
+pub trait StepResult {
+    /// The outcome, as the orchestrator records it.
+    fn into_step_result(self) -> Result<(), StepError>;
+}
+
+impl<E: fmt::Display + Classify> StepResult for Result<(), E> {
+    fn into_step_result(self) -> Result<(), StepError> {
+        self.map_err(|error| StepError::from_error(&error))
+    }
+}
