@@ -9,6 +9,7 @@ mod config_file;
 mod diagnostic;
 mod event;
 mod paths;
+mod saga;
 mod service;
 
 use marty_config::DependencyKind;
@@ -154,6 +155,65 @@ pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
     service::expand(args.into(), item.into()).into()
+}
+
+/// Marks the `impl` block of a saga's state: its `#[saga_step]` methods run in order, persisted,
+/// and on failure the compensations of the steps that ran undo them in reverse. See
+/// `marty::saga` for the semantics.
+///
+/// # Arguments
+///
+/// | argument | default | meaning |
+/// |---|---|---|
+/// | `name = "place_order"` | the type's name in snake case | the name stored with each saga; keep it stable |
+/// | `store = "orders_db"` | `[outbox] store` | the database dependency (`marty.toml`) holding the saga tables |
+/// | `env = Clients` | `()` | the type steps reach through `ctx.env()` |
+/// | `timeout = "30s"` | none | how long the forward steps may take in all; past it, the saga compensates |
+/// | `config = "marty.toml"` | `MARTY_CONFIG`, else `marty.toml` | the configuration checked at compile time |
+/// | `crate = "::marty"` | `::marty` | the runtime crate's path, when renamed |
+///
+/// `#[saga_step(compensate = method, timeout = "5s", max_attempts = 3)]` marks a step: `compensate`
+/// names the method of the same impl that undoes it, `timeout` bounds each attempt, `max_attempts`
+/// (default 3) counts failed, timed-out and interrupted attempts. Steps and compensations are
+/// `async fn name(&mut self [, ctx: &mut StepContext<Env>]) -> Result<(), E>` with
+/// `E: Display + marty::Classify` (only transient errors are retried).
+///
+/// # Examples
+///
+/// ```ignore
+/// #[marty::saga(store = "orders_db", env = Clients)]
+/// impl PlaceOrder {
+///     #[saga_step(compensate = release_stock, timeout = "2s")]
+///     async fn reserve_stock(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), StepError> { .. }
+///     async fn release_stock(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), StepError> { .. }
+///     #[saga_step]
+///     async fn confirm(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), StepError> { .. }
+/// }
+/// ```
+///
+/// # Expands to
+///
+/// The impl block unchanged (minus `#[saga_step]`), plus `impl marty::saga::Saga for PlaceOrder`
+/// with a static definition of the steps and two `match`es that call step `i` or its compensation.
+///
+/// # Errors
+///
+/// At compile time: no steps, a step or compensation that is not `async`, takes `self` by value or
+/// more than the context, or returns nothing; a `compensate` that names no method of the impl (the
+/// nearest is suggested) or names a step; a step marked twice or behind `#[cfg]`; bad durations; a
+/// `store` that is not a database dependency of `marty.toml`.
+#[proc_macro_attribute]
+pub fn saga(args: TokenStream, item: TokenStream) -> TokenStream {
+    saga::expand(args.into(), item.into()).into()
+}
+
+/// Marks a step of a `#[saga]`; see `saga`.
+#[proc_macro_attribute]
+pub fn saga_step(_args: TokenStream, item: TokenStream) -> TokenStream {
+    // Reached only when the method is not inside `#[saga]`, which removes these attributes.
+    let message = "`#[saga_step]` only works on a method inside a `#[marty::saga]` impl block\nhelp: add `#[marty::saga(store = \"..\")]` to the impl block";
+    let item = proc_macro2::TokenStream::from(item);
+    quote::quote!(::core::compile_error!(#message); #item).into()
 }
 
 macro_rules! route_attribute {

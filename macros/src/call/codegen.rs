@@ -165,7 +165,7 @@ fn option(core: &TokenStream, value: Option<TokenStream>) -> TokenStream {
     }
 }
 
-fn option_duration(core: &TokenStream, duration: Option<std::time::Duration>) -> TokenStream {
+pub(crate) fn option_duration(core: &TokenStream, duration: Option<std::time::Duration>) -> TokenStream {
     option(
         core,
         duration.map(|d| {

@@ -3,7 +3,7 @@
 //! emitted unchanged beside the errors, so the rest of the crate still type-checks.
 
 pub(crate) mod check;
-mod codegen;
+pub(crate) mod codegen;
 mod parse;
 
 pub(crate) use parse::{check_names, IntArg, PathArg, Shape, StrArg};

@@ -117,7 +117,7 @@ fn check_not_generic(item: &syn::ItemImpl, errors: &mut Accumulator) {
 }
 
 /// A service starts from `marty.toml`: it must exist and be valid.
-fn check_config(config: &config_file::ConfigFile, span: Span, errors: &mut Accumulator) -> bool {
+pub(crate) fn check_config(config: &config_file::ConfigFile, span: Span, errors: &mut Accumulator) -> bool {
     match &*config.state {
         FileState::Valid(_) => true,
         FileState::Missing => {

@@ -4,6 +4,7 @@
 //! are left in place and expand as usual.
 
 mod check;
+pub(crate) use check::check_config;
 mod codegen;
 mod events;
 mod parse;
