@@ -15,4 +15,6 @@ fn ui() {
     cases.compile_fail("tests/event/fail/*.rs");
     cases.pass("tests/event_handler/pass/*.rs");
     cases.compile_fail("tests/event_handler/fail/*.rs");
+    cases.pass("tests/saga/pass/*.rs");
+    cases.compile_fail("tests/saga/fail/*.rs");
 }

@@ -1,0 +1,23 @@
+use marty::saga::StepError;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct PlaceOrder {
+    order_id: u64,
+}
+
+struct Clients;
+
+#[marty::saga(store = "orders_db", env = Clients)]
+impl PlaceOrder {
+    #[saga_step(compensate = releas_stock)]
+    async fn reserve_stock(&mut self) -> Result<(), StepError> {
+        Ok(())
+    }
+
+    async fn release_stock(&mut self) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+fn main() {}

@@ -1,0 +1,19 @@
+use marty::saga::StepError;
+use serde::{Deserialize, Serialize};
+
+#[derive(Serialize, Deserialize)]
+struct PlaceOrder {
+    order_id: u64,
+}
+
+struct Clients;
+
+#[marty::saga(store = "orders_db", timout = "30s")]
+impl PlaceOrder {
+    #[saga_step(compensation = release_stock)]
+    async fn reserve_stock(&mut self) -> Result<(), StepError> {
+        Ok(())
+    }
+}
+
+fn main() {}
