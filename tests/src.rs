@@ -1,5 +1,8 @@
 //! What the integration tests and the `events_worker` they start share: PostgreSQL schemas of their
-//! own, so tests running at once never see each other's tables.
+//! own, so tests running at once never see each other's tables; and the saga the saga tests run.
+
+#[path = "trip.rs"]
+pub mod trip;
 
 /// Drops schema `schema` with everything in it, and creates it empty.
 pub async fn fresh_schema(url: &str, schema: &str) -> Result<(), sqlx::Error> {

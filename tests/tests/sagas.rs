@@ -1,0 +1,194 @@
+//! The saga orchestrator's promises, each on SQLite and (with `MARTY_TEST_POSTGRES_URL`) PostgreSQL:
+//! steps in order with the state saved after each; compensations in reverse when a step fails; a
+//! failing compensation retried, then parked, listed and resumed; events published by a step exist
+//! exactly when the step completed; a start is idempotent by id; several replicas drive each saga
+//! once, and take over from one that leaves. The crash suite (`saga_crash.rs`) covers SIGKILLs.
+
+use std::time::Duration;
+
+use marty::metrics::Metrics;
+use marty::saga::{Orchestrator, Status};
+use marty::store::Store;
+use marty_tests::trip::{check_settled, create_tables, effects_of, executions_of, test_settings, Effects, Trip};
+
+async fn stores(name: &str) -> Vec<Store> {
+    let dir = std::env::temp_dir().join(format!("marty-sagas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(format!("{name}.db"));
+    let _ = std::fs::remove_file(&path);
+    let mut stores = vec![marty::store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap()];
+    match std::env::var("MARTY_TEST_POSTGRES_URL") {
+        Ok(url) => {
+            let schema = format!("sagas_{name}");
+            marty_tests::fresh_schema(&url, &schema).await.unwrap();
+            stores.push(Store::Postgres(marty_tests::pool_in_schema(&url, &schema, 8).await.unwrap()));
+        }
+        Err(_) => eprintln!("PostgreSQL skipped: MARTY_TEST_POSTGRES_URL is not set (.ci/run sets it)"),
+    }
+    for store in &stores {
+        create_tables(store).await.unwrap();
+    }
+    stores
+}
+
+async fn trips(store: &Store, metrics: &Metrics) -> Orchestrator<Trip> {
+    let effects = Effects { store: store.clone(), crash: false, work: Duration::from_millis(5) };
+    Orchestrator::with_store(store.clone(), effects, test_settings(), metrics).await.unwrap()
+}
+
+fn kinds(history: &[marty::saga::HistoryEntry]) -> Vec<String> {
+    history.iter().map(|entry| format!("{}:{}", entry.step.as_deref().unwrap_or("-"), entry.kind)).collect()
+}
+
+async fn outbox_rows(store: &Store, key: &str) -> i64 {
+    const ROWS: &str = "select count(*) from marty_outbox where topic = 'trips.booked' and key = $1";
+    marty_tests::on_store!(store, pool => sqlx::query_scalar(ROWS).bind(key).fetch_one(pool).await.unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saga_runs_its_steps_in_order_and_saves_the_state_after_each() {
+    for store in stores("complete").await {
+        let metrics = Metrics::new();
+        let trips = trips(&store, &metrics).await;
+        let id = trips.start(Trip::default()).await.unwrap();
+        assert_eq!(trips.wait(&id).await.unwrap(), Status::Completed);
+        let status = trips.status(&id).await.unwrap().unwrap();
+        assert_eq!(status.state.bookings, ["book_flight", "book_hotel", "book_car"], "the state each step left");
+        assert_eq!((status.step, status.error), (None, None));
+        assert_eq!(
+            kinds(&trips.history(&id).await.unwrap()),
+            [
+                "-:started",
+                "book_flight:step_started",
+                "book_flight:step_completed",
+                "book_hotel:step_started",
+                "book_hotel:step_completed",
+                "book_car:step_started",
+                "book_car:step_completed",
+                "-:completed"
+            ]
+        );
+        check_settled(&id, status.status, &effects_of(&store, &id).await.unwrap()).unwrap();
+        assert_eq!(outbox_rows(&store, &id).await, 1, "the last step's event is in the outbox");
+        let exposition = metrics.render();
+        for line in ["marty_sagas_started_total{saga=\"trip\"} 1", "marty_sagas_completed_total{saga=\"trip\"} 1"] {
+            assert!(exposition.contains(line), "{line} missing from:\n{exposition}");
+        }
+        assert!(exposition.contains("marty_saga_step_duration_seconds_count{saga=\"trip\",step=\"book_car\"} 1"));
+        trips.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_step_compensates_the_steps_before_it_last_first() {
+    for store in stores("compensate").await {
+        let metrics = Metrics::new();
+        let trips = trips(&store, &metrics).await;
+        let id = trips.start(Trip { fail_at: Some(2), flaky_undo: 2, ..Trip::default() }).await.unwrap();
+        assert_eq!(trips.wait(&id).await.unwrap(), Status::Compensated);
+        let status = trips.status(&id).await.unwrap().unwrap();
+        assert_eq!(status.error.as_deref(), Some("no book_car available"));
+        assert!(status.state.bookings.is_empty(), "the compensations' changes are saved: {:?}", status.state.bookings);
+        let effects = effects_of(&store, &id).await.unwrap();
+        check_settled(&id, status.status, &effects).unwrap();
+        assert_eq!(effects.len(), 4, "{effects:?}");
+        // A permanent error is not retried; each flaky compensation ran three times, took effect once.
+        assert_eq!(executions_of(&store, &id, 2, "do").await.unwrap(), 1);
+        assert_eq!(executions_of(&store, &id, 1, "undo").await.unwrap(), 3);
+        assert_eq!(executions_of(&store, &id, 0, "undo").await.unwrap(), 3);
+        assert_eq!(outbox_rows(&store, &id).await, 0, "the failed step's event was dropped with it");
+        let history = kinds(&trips.history(&id).await.unwrap());
+        assert_eq!(history.iter().filter(|kind| kind.ends_with(":compensation_failed")).count(), 4, "{history:?}");
+        assert_eq!(history.last().map(String::as_str), Some("-:compensated"));
+        assert!(metrics.render().contains("marty_sagas_compensated_total{saga=\"trip\"} 1"));
+        trips.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compensation_that_keeps_failing_parks_the_saga_until_an_operator_resumes_it() {
+    for store in stores("park").await {
+        let metrics = Metrics::new();
+        let effects = Effects { store: store.clone(), crash: false, work: Duration::from_millis(1) };
+        let mut settings = test_settings();
+        settings.compensation_attempts = 3;
+        let trips = Orchestrator::<Trip>::with_store(store.clone(), effects, settings, &metrics).await.unwrap();
+        // Each cancellation fails 4 times: the hotel's parks the saga after 3 attempts.
+        let id = trips.start(Trip { fail_at: Some(2), flaky_undo: 4, ..Trip::default() }).await.unwrap();
+        assert_eq!(trips.wait(&id).await.unwrap(), Status::Parked);
+        let parked = trips.parked().await.unwrap();
+        assert_eq!(parked.len(), 1);
+        assert_eq!((parked[0].id.as_str(), parked[0].step), (id.as_str(), Some("book_hotel")));
+        assert!(
+            parked[0].error.as_deref().unwrap().contains("compensation `book_hotel` failed 3 times"),
+            "{:?}",
+            parked[0].error
+        );
+        assert!(metrics.render().contains("marty_sagas_parked_total{saga=\"trip\"} 1"));
+
+        assert!(trips.resume(&id).await.unwrap());
+        assert!(!trips.resume(&id).await.unwrap(), "only a parked saga resumes");
+        // Resumed, the hotel's works at its 5th try; then the flight's parks the saga in turn.
+        assert_eq!(trips.wait(&id).await.unwrap(), Status::Parked);
+        assert_eq!(trips.parked().await.unwrap()[0].step, Some("book_flight"));
+        assert!(trips.resume(&id).await.unwrap());
+        assert_eq!(trips.wait(&id).await.unwrap(), Status::Compensated);
+        assert!(trips.parked().await.unwrap().is_empty());
+        check_settled(&id, Status::Compensated, &effects_of(&store, &id).await.unwrap()).unwrap();
+        let history = kinds(&trips.history(&id).await.unwrap());
+        assert!(
+            history.contains(&"book_hotel:parked".to_owned()) && history.contains(&"-:resumed".to_owned()),
+            "{history:?}"
+        );
+        trips.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn starting_with_an_existing_id_starts_nothing() {
+    for store in stores("idempotent").await {
+        let trips = trips(&store, &Metrics::new()).await;
+        assert!(trips.start_with_id("order-7", Trip::default()).await.unwrap());
+        assert!(!trips.start_with_id("order-7", Trip { fail_at: Some(0), ..Trip::default() }).await.unwrap());
+        assert_eq!(trips.wait("order-7").await.unwrap(), Status::Completed);
+        assert_eq!(executions_of(&store, "order-7", 0, "do").await.unwrap(), 1);
+        assert!(matches!(trips.wait("order-8").await, Err(marty::saga::SagaError::NotFound(_))));
+        trips.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_drive_each_saga_once_and_take_over_from_one_that_leaves() {
+    for store in stores("replicas").await {
+        let metrics = Metrics::new();
+        let slow = |store: &Store| Effects { store: store.clone(), crash: false, work: Duration::from_millis(150) };
+        let first =
+            Orchestrator::<Trip>::with_store(store.clone(), slow(&store), test_settings(), &metrics).await.unwrap();
+        let second =
+            Orchestrator::<Trip>::with_store(store.clone(), slow(&store), test_settings(), &metrics).await.unwrap();
+        let mut ids = Vec::new();
+        for _ in 0..10 {
+            ids.push(first.start(Trip::default()).await.unwrap());
+        }
+        // The first replica leaves mid-flight; the second continues its sagas.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        first.shutdown().await;
+        for id in &ids {
+            assert_eq!(second.wait(id).await.unwrap(), Status::Completed, "{id}");
+            check_settled(id, Status::Completed, &effects_of(&store, id).await.unwrap()).unwrap();
+            let history = kinds(&second.history(id).await.unwrap());
+            for step in 0..3 {
+                // Ran by one replica at a time: more than once only where the first left mid-step.
+                let ran = executions_of(&store, id, step, "do").await.unwrap();
+                let interrupted = history
+                    .iter()
+                    .filter(|kind| {
+                        kind.starts_with(marty_tests::trip::STEPS[step as usize]) && kind.ends_with("interrupted")
+                    })
+                    .count() as i64;
+                assert_eq!(ran, 1 + interrupted, "{id} step {step}: {history:?}");
+            }
+        }
+        second.shutdown().await;
+    }
+}
