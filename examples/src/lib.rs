@@ -12,6 +12,8 @@ use marty::{database_call, Classify, DependencyRegistry, ErrorClass};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 
+pub mod store;
+
 /// The gRPC API, generated at build time.
 pub mod proto {
     tonic::include_proto!("orders.v1");

@@ -34,20 +34,26 @@ impl TraceService for Collector {
     }
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
+/// An OTLP/gRPC collector on a free loopback port.
+async fn start_collector() -> (std::net::SocketAddr, Collector) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let collector_addr = listener.local_addr().unwrap();
+    let addr = listener.local_addr().unwrap();
     let collector = Collector::default();
     tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(collector.clone()))
             .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
     );
+    (addr, collector)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
+    let (collector_addr, collector) = start_collector().await;
 
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))];
     let mut service = tokio::task::spawn_blocking(move || {
@@ -105,6 +111,44 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
             return;
         }
         assert!(Instant::now() < deadline, "the collector did not receive the three spans: {spans:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// One trace per saga: the store demo places one order; the request that started it, its saga's
+/// steps (run by the orchestrator's own task) and the consumer of the event the last step published
+/// all share one trace.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_saga_runs_in_the_trace_of_the_request_that_started_it() {
+    let (collector_addr, collector) = start_collector().await;
+    let dir = std::env::temp_dir().join(format!("marty-store-otlp-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_store"))
+        .args(["--orders", "1", "--json"])
+        .current_dir(&dir)
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))
+        .env("RUST_LOG", "info")
+        .env_remove("MARTY_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let spans = collector.spans.lock().unwrap().clone();
+        let steps: Vec<&Span> = spans.iter().filter(|span| span.name == "saga step").collect();
+        let start = spans.iter().find(|span| span.name == "saga start");
+        let consume = spans.iter().find(|span| span.name == "consume store.order_confirmed");
+        if let (Some(start), Some(consume), 3) = (start, consume, steps.len()) {
+            let request = spans.iter().find(|span| span.span_id == start.parent_span_id).expect("the start's parent");
+            assert_eq!(request.name, "http.request", "the saga starts in the request that placed the order");
+            for span in steps.iter().copied().chain([consume]) {
+                assert_eq!(hex(&span.trace_id), hex(&request.trace_id), "{} is in the saga's trace", span.name);
+            }
+            return;
+        }
+        assert!(Instant::now() < deadline, "the collector did not receive the saga's spans: {spans:#?}");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

@@ -1,0 +1,129 @@
+//! The inventory service (gRPC): stock per item, and reservations held by id, so that a retried
+//! `Reserve` holds the stock once and `Release` puts back exactly what was held.
+
+use marty::axum::extract::{Json, Path};
+use marty::{database_call, service, DependencyRegistry};
+use sqlx::AnyPool;
+use tonic::{Request, Response, Status};
+
+use super::proto::inventory_server::{self, InventoryServer};
+use super::proto::{ReleaseReply, ReleaseRequest, ReserveReply, ReserveRequest};
+use super::{open_database, proto, StoreError};
+
+/// What the demo sells, and how many of each: plenty, except the rare stamp.
+pub const STOCK: [(&str, i64); 4] = [("book", 1_000_000), ("lamp", 1_000_000), ("mug", 1_000_000), ("rare-stamp", 25)];
+
+const SCHEMA: &str = "
+    create table if not exists inventory_stock (item text primary key, available bigint not null);
+    create table if not exists inventory_reservations (id text primary key, item text not null, quantity bigint not null);";
+
+pub struct Inventory {
+    pool: AnyPool,
+}
+
+#[service(config = "store.toml", grpc(InventoryServer), reflection = proto::FILE_DESCRIPTOR_SET)]
+impl Inventory {
+    /// What is left of `item`.
+    #[get("/stock/{item}")]
+    async fn stock(&self, Path(item): Path<String>) -> Result<Json<i64>, StoreError> {
+        Ok(Json(self.available(&item).await?.ok_or_else(|| StoreError::NotFound(format!("no item `{item}`")))?))
+    }
+}
+
+impl Inventory {
+    /// Opens `inventory_db` and stocks it on first start.
+    pub async fn open(registry: &DependencyRegistry) -> Result<Self, sqlx::Error> {
+        let pool = open_database(registry, "inventory_db", SCHEMA).await?;
+        for (item, available) in STOCK {
+            sqlx::query("insert into inventory_stock (item, available) values ($1, $2) on conflict (item) do nothing")
+                .bind(item)
+                .bind(available)
+                .execute(&pool)
+                .await?;
+        }
+        Ok(Inventory { pool })
+    }
+
+    #[database_call(dependency = "inventory_db", config = "store.toml")]
+    async fn available(&self, item: &str) -> Result<Option<i64>, StoreError> {
+        Ok(sqlx::query_scalar("select available from inventory_stock where item = $1")
+            .bind(item)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// Holds the stock under `id` once; what is left.
+    #[database_call(dependency = "inventory_db", config = "store.toml")]
+    async fn reserve(&self, id: &str, item: &str, quantity: i64) -> Result<i64, StoreError> {
+        if quantity <= 0 {
+            return Err(StoreError::Invalid("quantity must be positive".into()));
+        }
+        // Writes first: on SQLite (WAL) a transaction that reads and then writes fails when another
+        // writer committed in between, instead of waiting for the lock.
+        let mut tx = self.pool.begin().await?;
+        let new = sqlx::query(
+            "insert into inventory_reservations (id, item, quantity) values ($1, $2, $3) on conflict (id) do nothing",
+        )
+        .bind(id)
+        .bind(item)
+        .bind(quantity)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            == 1;
+        if new {
+            let taken = sqlx::query(
+                "update inventory_stock set available = available - $2 where item = $1 and available >= $2",
+            )
+            .bind(item)
+            .bind(quantity)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if taken == 0 {
+                // Dropping the transaction rolls the reservation back.
+                return Err(StoreError::Rejected(format!("not enough `{item}` in stock")));
+            }
+        }
+        let remaining: i64 = sqlx::query_scalar("select available from inventory_stock where item = $1")
+            .bind(item)
+            .fetch_one(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(remaining)
+    }
+
+    /// Puts back what `id` held; `false` when it held nothing.
+    #[database_call(dependency = "inventory_db", config = "store.toml")]
+    async fn release(&self, id: &str) -> Result<bool, StoreError> {
+        let mut tx = self.pool.begin().await?;
+        let held: Option<(String, i64)> =
+            sqlx::query_as("delete from inventory_reservations where id = $1 returning item, quantity")
+                .bind(id)
+                .fetch_optional(&mut *tx)
+                .await?;
+        if let Some((item, quantity)) = &held {
+            sqlx::query("update inventory_stock set available = available + $2 where item = $1")
+                .bind(item)
+                .bind(quantity)
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        Ok(held.is_some())
+    }
+}
+
+#[tonic::async_trait]
+impl inventory_server::Inventory for Inventory {
+    async fn reserve(&self, request: Request<ReserveRequest>) -> Result<Response<ReserveReply>, Status> {
+        let request = request.into_inner();
+        let remaining = Inventory::reserve(self, &request.reservation_id, &request.item, request.quantity).await?;
+        Ok(Response::new(ReserveReply { remaining }))
+    }
+
+    async fn release(&self, request: Request<ReleaseRequest>) -> Result<Response<ReleaseReply>, Status> {
+        let released = Inventory::release(self, &request.into_inner().reservation_id).await?;
+        Ok(Response::new(ReleaseReply { released }))
+    }
+}

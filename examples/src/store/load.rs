@@ -1,0 +1,239 @@
+//! The built-in load generator: places orders against the orders service over HTTP at a fixed
+//! concurrency, follows each to its outcome, shows a progress bar, and reports what happened.
+//!
+//! One order in ten is too expensive (the payment is declined and the stock released) and some ask
+//! for the rare stamp, which runs out (nothing to undo): the report shows both paths.
+
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use marty::axum::body::Bytes;
+use marty::axum::http::{Method, Request};
+use serde::Serialize;
+
+use super::orders::OrderView;
+
+/// How much load.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The orders service, e.g. `http://127.0.0.1:8080`.
+    pub orders_url: String,
+    /// Orders to place.
+    pub orders: usize,
+    /// Orders in flight at once.
+    pub concurrency: usize,
+    /// The payments service, to wait for its receipts (one per completed order, from the events).
+    pub payments_url: Option<String>,
+    /// Draw a progress bar on stderr.
+    pub progress: bool,
+}
+
+/// What the load did.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub orders_placed: usize,
+    pub completed: usize,
+    pub compensated: usize,
+    /// Parked, or still running after the outcome wait: should be zero.
+    pub unsettled: usize,
+    /// Requests the orders service refused or failed (should be zero).
+    pub failed_requests: usize,
+    pub seconds: f64,
+    pub orders_per_second: f64,
+    /// Placing an order to its saga settling, in milliseconds.
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// The oldest unpublished outbox event seen during the run, in seconds (from `/metrics`).
+    pub max_outbox_lag_seconds: f64,
+    /// Receipts payments recorded from `OrderConfirmed` events (one per completed order), and how
+    /// long after the last order settled the last one arrived.
+    pub receipts: Option<i64>,
+    pub events_drained_after_seconds: Option<f64>,
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "orders placed      {}", self.orders_placed)?;
+        writeln!(f, "  completed        {}", self.completed)?;
+        writeln!(f, "  compensated      {}  (payment declined or out of stock; every step undone)", self.compensated)?;
+        writeln!(f, "  unsettled        {}", self.unsettled)?;
+        writeln!(f, "  failed requests  {}", self.failed_requests)?;
+        writeln!(f, "throughput         {:.0} orders/s over {:.1} s", self.orders_per_second, self.seconds)?;
+        writeln!(f, "latency            p50 {:.1} ms, p99 {:.1} ms (placed -> settled)", self.p50_ms, self.p99_ms)?;
+        write!(f, "outbox lag         max {:.3} s (oldest unpublished event, sampled)", self.max_outbox_lag_seconds)?;
+        if let (Some(receipts), Some(after)) = (self.receipts, self.events_drained_after_seconds) {
+            write!(f, "\nevents             {receipts} receipts from OrderConfirmed, the last {after:.3} s after the last order settled")?;
+        }
+        Ok(())
+    }
+}
+
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
+/// Runs the load and returns its report.
+pub async fn run(options: LoadOptions) -> Report {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
+    let next = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let outcomes = Arc::new(Mutex::new(Vec::with_capacity(options.orders)));
+    let max_lag_micros = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let watcher = tokio::spawn(watch(options.clone(), client.clone(), done.clone(), max_lag_micros.clone()));
+    let workers: Vec<_> = (0..options.concurrency.max(1))
+        .map(|_| {
+            let (client, next, done, outcomes, options) =
+                (client.clone(), next.clone(), done.clone(), outcomes.clone(), options.clone());
+            tokio::spawn(async move {
+                loop {
+                    let index = next.fetch_add(1, Ordering::Relaxed);
+                    if index >= options.orders {
+                        break;
+                    }
+                    let began = Instant::now();
+                    let outcome = place_and_follow(&client, &options.orders_url, index).await;
+                    outcomes.lock().unwrap().push((outcome, began.elapsed()));
+                    done.fetch_add(1, Ordering::Relaxed);
+                }
+            })
+        })
+        .collect();
+    for worker in workers {
+        worker.await.expect("a load worker panicked");
+    }
+    let seconds = started.elapsed().as_secs_f64();
+    let settled_at = Instant::now();
+    let completed =
+        outcomes.lock().unwrap().iter().filter(|(outcome, _)| outcome.as_deref() == Ok("completed")).count();
+    // Every completed order's event reaches payments through outbox, relay, broker and inbox.
+    let mut receipts = None;
+    if let Some(payments) = &options.payments_url {
+        let deadline = settled_at + Duration::from_secs(30);
+        loop {
+            let count = text(&client, &format!("{payments}/receipts/count"))
+                .await
+                .ok()
+                .and_then(|body| body.trim().parse::<i64>().ok());
+            receipts = count.or(receipts);
+            if count.is_some_and(|count| count >= completed as i64) || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    let drained_after = settled_at.elapsed().as_secs_f64();
+    watcher.abort();
+    if options.progress {
+        eprintln!();
+    }
+    let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
+    let mut latencies: Vec<Duration> =
+        outcomes.iter().filter(|(outcome, _)| outcome.is_ok()).map(|(_, took)| *took).collect();
+    latencies.sort();
+    let count = |status: &str| outcomes.iter().filter(|(outcome, _)| outcome.as_deref() == Ok(status)).count();
+    let settled = count("completed") + count("compensated");
+    let failed_requests = outcomes.iter().filter(|(outcome, _)| outcome.is_err()).count();
+    Report {
+        orders_placed: outcomes.len() - failed_requests,
+        completed: count("completed"),
+        compensated: count("compensated"),
+        unsettled: outcomes.len() - failed_requests - settled,
+        failed_requests,
+        seconds,
+        orders_per_second: outcomes.len() as f64 / seconds,
+        p50_ms: percentile(&latencies, 0.50),
+        p99_ms: percentile(&latencies, 0.99),
+        max_outbox_lag_seconds: max_lag_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        events_drained_after_seconds: receipts.map(|_| drained_after),
+        receipts,
+    }
+}
+
+/// The `index`th order: mostly ordinary, one in ten declined, some for the rare stamp.
+fn order_body(index: usize) -> String {
+    let item = ["book", "lamp", "mug", "rare-stamp"][index % 4];
+    let amount_cents = if index % 10 == 7 { 99_000 } else { 1_000 + (index % 40) as i64 * 500 };
+    format!(r#"{{"item":"{item}","quantity":1,"amount_cents":{amount_cents}}}"#)
+}
+
+/// Places order `index`, then waits for its outcome; its final status.
+async fn place_and_follow(client: &HttpClient, base: &str, index: usize) -> Result<String, String> {
+    let placed: OrderView = request(client, Method::POST, &format!("{base}/orders"), Some(order_body(index))).await?;
+    let settled: OrderView =
+        request(client, Method::GET, &format!("{base}/orders/{}/outcome", placed.id), None).await?;
+    Ok(settled.status)
+}
+
+async fn request<T: serde::de::DeserializeOwned>(
+    client: &HttpClient,
+    method: Method,
+    url: &str,
+    body: Option<String>,
+) -> Result<T, String> {
+    let request = Request::builder()
+        .method(method)
+        .uri(url)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(body.unwrap_or_default())))
+        .map_err(|error| error.to_string())?;
+    let response = client.request(request).await.map_err(|error| format!("{url}: {error}"))?;
+    let status = response.status();
+    let bytes = response.into_body().collect().await.map_err(|error| error.to_string())?.to_bytes();
+    if !status.is_success() {
+        return Err(format!("{url}: {status}: {}", String::from_utf8_lossy(&bytes)));
+    }
+    serde_json::from_slice(&bytes).map_err(|error| format!("{url}: {error}"))
+}
+
+/// Draws the progress bar and samples the outbox lag from `/metrics`, until aborted.
+async fn watch(options: LoadOptions, client: HttpClient, done: Arc<AtomicUsize>, max_lag_micros: Arc<AtomicU64>) {
+    let started = Instant::now();
+    loop {
+        if let Ok(metrics) = text(&client, &format!("{}/metrics", options.orders_url)).await {
+            if let Some(lag) = gauge(&metrics, "marty_outbox_lag_seconds") {
+                max_lag_micros.fetch_max((lag * 1e6) as u64, Ordering::Relaxed);
+            }
+        }
+        if options.progress {
+            let finished = done.load(Ordering::Relaxed);
+            let width = 40;
+            let filled = finished * width / options.orders.max(1);
+            let rate = finished as f64 / started.elapsed().as_secs_f64().max(0.001);
+            eprint!(
+                "\r[{}{}] {finished}/{} orders  {rate:.0}/s ",
+                "#".repeat(filled),
+                ".".repeat(width - filled),
+                options.orders
+            );
+            let _ = std::io::stderr().flush();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn text(client: &HttpClient, url: &str) -> Result<String, String> {
+    let request = Request::get(url).body(Full::new(Bytes::new())).map_err(|error| error.to_string())?;
+    let response = client.request(request).await.map_err(|error| error.to_string())?;
+    let bytes = response.into_body().collect().await.map_err(|error| error.to_string())?.to_bytes();
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The value of an unlabelled gauge in a Prometheus exposition.
+fn gauge(exposition: &str, name: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+fn percentile(sorted: &[Duration], quantile: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let index = ((sorted.len() as f64 * quantile).ceil() as usize).clamp(1, sorted.len()) - 1;
+    sorted[index].as_secs_f64() * 1e3
+}

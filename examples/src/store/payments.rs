@@ -1,0 +1,106 @@
+//! The payments service (gRPC): charges and refunds held by id, so a retried charge charges once and
+//! a refund undoes exactly the charge it names; and a consumer of `OrderConfirmed` that records each
+//! order's receipt once (inbox), however often the broker delivers it.
+
+use marty::axum::extract::Json;
+use marty::{database_call, service, DependencyRegistry};
+use sqlx::AnyPool;
+use tonic::{Request, Response, Status};
+
+use super::proto::payments_server::{self, PaymentsServer};
+use super::proto::{ChargeReply, ChargeRequest, RefundReply, RefundRequest};
+use super::{open_database, proto, OrderConfirmed, StoreError};
+
+/// Charges above this are declined: how the demo's load makes some orders compensate.
+pub const LIMIT_CENTS: i64 = 50_000;
+
+const SCHEMA: &str = "
+    create table if not exists payments (id text primary key, order_id text not null, amount_cents bigint not null,
+        status text not null);
+    create table if not exists payment_receipts (order_id text primary key, amount_cents bigint not null);";
+
+pub struct Payments {
+    pool: AnyPool,
+}
+
+#[service(config = "store.toml", grpc(PaymentsServer), reflection = proto::FILE_DESCRIPTOR_SET)]
+impl Payments {
+    /// How many receipts the `OrderConfirmed` consumer recorded.
+    #[get("/receipts/count")]
+    async fn receipts(&self) -> Result<Json<i64>, StoreError> {
+        Ok(Json(self.count_receipts().await?))
+    }
+
+    /// One receipt per confirmed order: the inbox record commits with it, so a redelivery is a no-op.
+    #[event_handler(group = "payments-receipts", inbox = "payments_db")]
+    async fn record_receipt(
+        &self,
+        event: OrderConfirmed,
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("insert into payment_receipts (order_id, amount_cents) values ($1, $2)")
+            .bind(&event.order_id)
+            .bind(event.amount_cents)
+            .execute(&mut **tx)
+            .await
+            .map(drop)
+    }
+}
+
+impl Payments {
+    /// Opens `payments_db`, and hands its pool to Marty for the consumer's inbox.
+    pub async fn open(registry: &DependencyRegistry) -> Result<Self, sqlx::Error> {
+        let pool = open_database(registry, "payments_db", SCHEMA).await?;
+        marty::store::get("payments_db").await?;
+        marty::store::register_pool("payments_db", pool.clone());
+        Ok(Payments { pool })
+    }
+
+    #[database_call(dependency = "payments_db", config = "store.toml")]
+    async fn count_receipts(&self) -> Result<i64, StoreError> {
+        Ok(sqlx::query_scalar("select count(*) from payment_receipts").fetch_one(&self.pool).await?)
+    }
+
+    /// Charges once per payment id.
+    #[database_call(dependency = "payments_db", config = "store.toml")]
+    async fn charge(&self, id: &str, order_id: &str, amount_cents: i64) -> Result<(), StoreError> {
+        if amount_cents > LIMIT_CENTS {
+            return Err(StoreError::Rejected(format!("card declined for {amount_cents} cents")));
+        }
+        sqlx::query(
+            "insert into payments (id, order_id, amount_cents, status) values ($1, $2, $3, 'charged')
+             on conflict (id) do nothing",
+        )
+        .bind(id)
+        .bind(order_id)
+        .bind(amount_cents)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Refunds the charge made under `id`; `false` when there is none to refund.
+    #[database_call(dependency = "payments_db", config = "store.toml")]
+    async fn refund(&self, id: &str) -> Result<bool, StoreError> {
+        let refunded = sqlx::query("update payments set status = 'refunded' where id = $1 and status = 'charged'")
+            .bind(id)
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        Ok(refunded == 1)
+    }
+}
+
+#[tonic::async_trait]
+impl payments_server::Payments for Payments {
+    async fn charge(&self, request: Request<ChargeRequest>) -> Result<Response<ChargeReply>, Status> {
+        let request = request.into_inner();
+        Payments::charge(self, &request.payment_id, &request.order_id, request.amount_cents).await?;
+        Ok(Response::new(ChargeReply { payment_id: request.payment_id }))
+    }
+
+    async fn refund(&self, request: Request<RefundRequest>) -> Result<Response<RefundReply>, Status> {
+        let refunded = Payments::refund(self, &request.into_inner().payment_id).await?;
+        Ok(Response::new(RefundReply { refunded }))
+    }
+}
