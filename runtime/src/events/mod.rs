@@ -20,6 +20,8 @@ use serde::Serialize;
 pub use broker::NatsBroker;
 pub use broker::{Broker, BrokerError, Delivery, MemoryBroker, SubscribeOptions, Subscription};
 pub use consumer::{EventHandler, Handled, HandlerError, HandlerOptions, Invoke};
+// The saga driver continues traces the way consumers do.
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
 pub(crate) use message::{continue_trace, current_traceparent};
 pub use message::{headers, new_event_id, Message};
 

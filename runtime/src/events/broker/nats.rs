@@ -177,74 +177,157 @@ impl super::Broker for NatsBroker {
                 filter_subject: topic.clone(),
                 ..Default::default()
             };
-            let mut consumer: PullConsumer = stream
+            let consumer: PullConsumer = stream
                 .get_or_create_consumer(&group, config)
                 .await
                 .map_err(|error| BrokerError::Unavailable(format!("cannot create consumer `{group}`: {error}")))?;
-            let mut seen_disconnects = self.disconnects.load(Ordering::SeqCst);
-            let mut messages = pull_in_order(&mut consumer, &topic, &group).await?;
             let (deliveries, receiver) = mpsc::channel(options.max_in_flight.max(1));
-            let (jetstream, disconnects) = (self.jetstream.clone(), self.disconnects.clone());
-            tokio::spawn(async move {
-                loop {
-                    let resync = match messages.next().await {
-                        Some(Ok(raw)) if disconnects.load(Ordering::SeqCst) == seen_disconnects => {
-                            let delivered = raw.info().map_or(1, |info| info.delivered.max(1) as u32);
-                            let message = message_of(&raw, &topic);
-                            let settle = NatsSettle { raw, jetstream: jetstream.clone() };
-                            if deliveries.send(Delivery::new(message, delivered, Box::new(settle))).await.is_err() {
-                                return;
-                            }
-                            false
-                        }
-                        // The connection dropped since this stream began: a message the server
-                        // sent before may have been lost on the way and will come back only after
-                        // `ack_wait`, behind this one. Leave this one unsettled too and start over.
-                        Some(Ok(_)) => true,
-                        Some(Err(error)) => {
-                            tracing::warn!(%error, topic, group, "JetStream delivery interrupted");
-                            true
-                        }
-                        None => true,
-                    };
-                    if resync {
-                        seen_disconnects = disconnects.load(Ordering::SeqCst);
-                        messages = loop {
-                            match pull_in_order(&mut consumer, &topic, &group).await {
-                                Ok(messages) => break messages,
-                                Err(error) => {
-                                    tracing::warn!(%error, topic, group, "cannot pull from JetStream; retrying");
-                                    tokio::time::sleep(Duration::from_secs(1)).await;
-                                }
-                            }
-                        };
-                    }
-                }
-            });
+            let mut puller = Puller {
+                consumer,
+                topic,
+                group,
+                jetstream: self.jetstream.clone(),
+                deliveries,
+                disconnects: self.disconnects.clone(),
+                seen_disconnects: 0,
+            };
+            let first = puller.pull_in_order().await?;
+            tokio::spawn(puller.run(first));
             Ok(Subscription::new(receiver))
         })
     }
 }
 
-/// Starts pulling once the deliveries left unsettled (by a crashed instance, or lost when the
-/// connection dropped) are due again: they come back only after `ack_wait`, and JetStream hands out
-/// newer messages meanwhile, so pulling before would let a key's later events overtake them.
-/// Redeliveries go first once due.
-async fn pull_in_order(consumer: &mut PullConsumer, topic: &str, group: &str) -> Result<pull::Stream, BrokerError> {
-    let info = consumer.info().await.map_err(|error| BrokerError::Unavailable(error.to_string()))?;
-    if info.num_ack_pending > 0 {
-        let wait = info.config.ack_wait;
-        tracing::info!(
-            pending = info.num_ack_pending,
-            ?wait,
-            topic,
-            group,
-            "waiting for unsettled deliveries to come back first"
-        );
-        // A margin over `ack_wait`: the server's redelivery timer fires a little late.
-        tokio::time::sleep(wait + wait / 4).await;
+/// Pulls one group's deliveries and hands them to the consumer in the order each key needs.
+struct Puller {
+    consumer: PullConsumer,
+    topic: String,
+    group: String,
+    jetstream: Context,
+    deliveries: mpsc::Sender<Delivery>,
+    /// The connection's disconnect count when the current pull began.
+    disconnects: Arc<AtomicU64>,
+    seen_disconnects: u64,
+}
+
+/// A pull begun: the messages, and the deliveries redelivered first, already in stream order.
+struct Pull {
+    messages: pull::Stream,
+    redelivered: Vec<async_nats::jetstream::Message>,
+    /// What ended the burst of redeliveries, still to be handled: a new delivery, or the end.
+    next: Option<Option<Result<async_nats::jetstream::Message, pull::MessagesError>>>,
+}
+
+impl Puller {
+    /// Forwards deliveries until the consumer is gone; starts a new pull whenever the connection
+    /// dropped or the pull ended.
+    async fn run(mut self, first: Pull) {
+        let mut pull = first;
+        loop {
+            if !self.forward_until_resync(pull).await {
+                return;
+            }
+            // The old pull is dropped by now: see `pull_in_order`.
+            pull = loop {
+                match self.pull_in_order().await {
+                    Ok(pull) => break pull,
+                    Err(error) => {
+                        tracing::warn!(%error, topic = self.topic, group = self.group, "cannot pull from JetStream; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            };
+        }
     }
-    consumer.messages().await.map_err(|error| BrokerError::Unavailable(format!("cannot pull from `{topic}`: {error}")))
+
+    /// Forwards `pull`'s deliveries; `true` when a new pull is needed, `false` when the consumer is
+    /// gone.
+    async fn forward_until_resync(&self, pull: Pull) -> bool {
+        let Pull { mut messages, redelivered, mut next } = pull;
+        if self.disconnected() {
+            return true;
+        }
+        for raw in redelivered {
+            if !self.forward(raw).await {
+                return false;
+            }
+        }
+        loop {
+            let item = match next.take() {
+                Some(item) => item,
+                None => messages.next().await,
+            };
+            match item {
+                Some(Ok(raw)) if !self.disconnected() => {
+                    if !self.forward(raw).await {
+                        return false;
+                    }
+                }
+                // The connection dropped since this pull began: a message the server sent before
+                // may have been lost on the way and will come back only after `ack_wait`, behind
+                // this one. Leave this one unsettled too and start over.
+                Some(Ok(_)) | None => return true,
+                Some(Err(error)) => {
+                    tracing::warn!(%error, topic = self.topic, group = self.group, "JetStream delivery interrupted");
+                    return true;
+                }
+            }
+        }
+    }
+
+    fn disconnected(&self) -> bool {
+        self.disconnects.load(Ordering::SeqCst) != self.seen_disconnects
+    }
+
+    /// Hands one delivery to the consumer; `false` when the consumer is gone.
+    async fn forward(&self, raw: async_nats::jetstream::Message) -> bool {
+        let delivered = raw.info().map_or(1, |info| info.delivered.max(1) as u32);
+        let message = message_of(&raw, &self.topic);
+        let settle = NatsSettle { raw, jetstream: self.jetstream.clone() };
+        self.deliveries.send(Delivery::new(message, delivered, Box::new(settle))).await.is_ok()
+    }
+
+    /// Starts pulling once the deliveries left unsettled (by a crashed instance, or lost when the
+    /// connection dropped) are due again: they come back only after `ack_wait`, and JetStream hands
+    /// out newer messages meanwhile, so pulling before would let a key's later events overtake
+    /// them. Once due they come first, but in the order their timers fired, which is not the
+    /// stream's when a handler reported progress on one: that burst is sorted by stream sequence.
+    ///
+    /// The previous pull must be dropped first: one still open keeps taking deliveries nobody
+    /// handles, and each restarts its message's timer, so it would come back after newer ones.
+    async fn pull_in_order(&mut self) -> Result<Pull, BrokerError> {
+        self.seen_disconnects = self.disconnects.load(Ordering::SeqCst);
+        let (topic, group) = (&self.topic, &self.group);
+        let info = self.consumer.info().await.map_err(|error| BrokerError::Unavailable(error.to_string()))?;
+        let (unsettled, wait) = (info.num_ack_pending, info.config.ack_wait);
+        if unsettled > 0 {
+            tracing::info!(unsettled, ?wait, topic, group, "waiting for unsettled deliveries to come back first");
+            // A margin over `ack_wait`: the server's redelivery timer fires a little late.
+            tokio::time::sleep(wait + wait / 4).await;
+        }
+        let mut messages = self
+            .consumer
+            .messages()
+            .await
+            .map_err(|error| BrokerError::Unavailable(format!("cannot pull from `{topic}`: {error}")))?;
+        let mut redelivered = Vec::new();
+        let mut next = None;
+        while redelivered.len() < unsettled {
+            // Redeliveries come in one burst; a pause means fewer came back (some were settled
+            // meanwhile) and the rest of the stream is new.
+            let pause = (wait / 4).min(Duration::from_secs(1));
+            let Ok(item) = tokio::time::timeout(pause, messages.next()).await else { break };
+            match item {
+                Some(Ok(raw)) if raw.info().is_ok_and(|info| info.delivered > 1) => redelivered.push(raw),
+                other => {
+                    next = Some(other);
+                    break;
+                }
+            }
+        }
+        redelivered.sort_by_key(|raw| raw.info().map_or(0, |info| info.stream_sequence));
+        Ok(Pull { messages, redelivered, next })
+    }
 }
 
 fn message_of(raw: &async_nats::jetstream::Message, topic: &str) -> Message {
