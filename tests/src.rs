@@ -1,6 +1,9 @@
 //! What the integration tests and the `events_worker` they start share: PostgreSQL schemas of their
-//! own, so tests running at once never see each other's tables; and the saga the saga tests run.
+//! own, so tests running at once never see each other's tables; the saga the saga tests run; and an
+//! OTLP collector (the examples' tests use it too).
 
+#[path = "otlp.rs"]
+pub mod otlp;
 #[path = "trip.rs"]
 pub mod trip;
 

@@ -174,6 +174,17 @@ impl Trip {
     }
 }
 
+/// A new SQLite database `<name>.db` in a directory of this process's, with the effect tables.
+pub async fn fresh_sqlite(name: &str) -> Store {
+    let dir = std::env::temp_dir().join(format!("marty-sagas-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create the test's directory");
+    let path = dir.join(format!("{name}.db"));
+    let _ = std::fs::remove_file(&path);
+    let store = marty::store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.expect("open SQLite");
+    create_tables(&store).await.expect("create the effect tables");
+    store
+}
+
 /// Creates the effect tables (idempotent).
 pub async fn create_tables(store: &Store) -> Result<(), sqlx::Error> {
     let serial = match store {

@@ -3,57 +3,18 @@
 
 mod support;
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{TraceService, TraceServiceServer};
-use opentelemetry_proto::tonic::collector::trace::v1::{ExportTraceServiceRequest, ExportTraceServiceResponse};
-use opentelemetry_proto::tonic::trace::v1::Span;
+use marty_tests::otlp::{hex, Collector, Span};
 use support::Service;
-use tonic::{Request, Response, Status};
 
 const BINARY: &str = env!("CARGO_BIN_EXE_rest_orders");
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
 
-/// Keeps every span it is sent.
-#[derive(Clone, Default)]
-struct Collector {
-    spans: Arc<Mutex<Vec<Span>>>,
-}
-
-#[tonic::async_trait]
-impl TraceService for Collector {
-    async fn export(
-        &self,
-        request: Request<ExportTraceServiceRequest>,
-    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
-        let spans = request.into_inner().resource_spans.into_iter().flat_map(|r| r.scope_spans).flat_map(|s| s.spans);
-        self.spans.lock().unwrap().extend(spans);
-        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
-    }
-}
-
-/// An OTLP/gRPC collector on a free loopback port.
-async fn start_collector() -> (std::net::SocketAddr, Collector) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let collector = Collector::default();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(TraceServiceServer::new(collector.clone()))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
-    (addr, collector)
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
-    let (collector_addr, collector) = start_collector().await;
+    let (collector_addr, collector) = Collector::start().await;
 
     let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))];
     let mut service = tokio::task::spawn_blocking(move || {
@@ -94,7 +55,7 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let spans = collector.spans.lock().unwrap().clone();
+        let spans = collector.spans();
         let request = spans.iter().find(|span| span.name == "http.request");
         let call = spans.iter().find(|span| span.name == "marty.call");
         let consume = spans.iter().find(|span| span.name == "consume orders.placed");
@@ -120,7 +81,7 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
 /// all share one trace.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_saga_runs_in_the_trace_of_the_request_that_started_it() {
-    let (collector_addr, collector) = start_collector().await;
+    let (collector_addr, collector) = Collector::start().await;
     let dir = std::env::temp_dir().join(format!("marty-store-otlp-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let output = tokio::process::Command::new(env!("CARGO_BIN_EXE_store"))
@@ -136,7 +97,7 @@ async fn a_saga_runs_in_the_trace_of_the_request_that_started_it() {
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let spans = collector.spans.lock().unwrap().clone();
+        let spans = collector.spans();
         let steps: Vec<&Span> = spans.iter().filter(|span| span.name == "saga step").collect();
         let start = spans.iter().find(|span| span.name == "saga start");
         let consume = spans.iter().find(|span| span.name == "consume store.order_confirmed");

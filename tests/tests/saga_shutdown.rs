@@ -9,7 +9,7 @@ use std::time::Duration;
 use marty::metrics::Metrics;
 use marty::saga::{Orchestrator, Status};
 use marty::service;
-use marty_tests::trip::{check_settled, create_tables, effects_of, test_settings, Effects, Trip};
+use marty_tests::trip::{check_settled, effects_of, fresh_sqlite, test_settings, Effects, Trip};
 
 struct Probe;
 
@@ -24,12 +24,7 @@ impl Probe {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_shutting_down_hands_its_sagas_to_another_replica_at_once() {
     support::registry();
-    let dir = std::env::temp_dir().join(format!("marty-saga-shutdown-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("trips.db");
-    let _ = std::fs::remove_file(&path);
-    let store = marty::store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap();
-    create_tables(&store).await.unwrap();
+    let store = fresh_sqlite("shutdown").await;
     // A lease far longer than the test may wait: only a release lets the second replica in.
     let mut settings = test_settings();
     settings.lease = Duration::from_secs(60);

@@ -12,25 +12,22 @@ use std::time::Duration;
 use marty::metrics::Metrics;
 use marty::saga::{Orchestrator, Status};
 use marty::store::Store;
-use marty_tests::trip::{check_settled, create_tables, effects_of, executions_of, test_settings, Effects, Trip};
+use marty_tests::trip::{
+    check_settled, create_tables, effects_of, executions_of, fresh_sqlite, test_settings, Effects, Trip,
+};
 use support::proxy::Proxy;
 
 async fn stores(name: &str) -> Vec<Store> {
-    let dir = std::env::temp_dir().join(format!("marty-sagas-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join(format!("{name}.db"));
-    let _ = std::fs::remove_file(&path);
-    let mut stores = vec![marty::store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.unwrap()];
+    let mut stores = vec![fresh_sqlite(name).await];
     match std::env::var("MARTY_TEST_POSTGRES_URL") {
         Ok(url) => {
             let schema = format!("sagas_{name}");
             marty_tests::fresh_schema(&url, &schema).await.unwrap();
-            stores.push(Store::Postgres(marty_tests::pool_in_schema(&url, &schema, 8).await.unwrap()));
+            let postgres = Store::Postgres(marty_tests::pool_in_schema(&url, &schema, 8).await.unwrap());
+            create_tables(&postgres).await.unwrap();
+            stores.push(postgres);
         }
         Err(_) => eprintln!("PostgreSQL skipped: MARTY_TEST_POSTGRES_URL is not set (.ci/run sets it)"),
-    }
-    for store in &stores {
-        create_tables(store).await.unwrap();
     }
     stores
 }
