@@ -435,8 +435,8 @@ impl Drop for Tansu {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kafka_keeps_each_key_in_order_and_dead_letters_with_the_reason() {
+#[test]
+fn kafka_keeps_each_key_in_order_and_dead_letters_with_the_reason() {
     let Some(binary) = env("MARTY_TEST_TANSU") else { return };
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("tcp://127.0.0.1:{port}");
@@ -456,11 +456,20 @@ async fn kafka_keeps_each_key_in_order_and_dead_letters_with_the_reason() {
         .expect("start tansu");
     let mut tansu = Tansu(child);
     let started = std::time::Instant::now();
-    while tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(tansu.0.try_wait().unwrap().is_none(), "tansu exited");
         assert!(started.elapsed() < Duration::from_secs(20), "tansu did not listen on {port}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        std::thread::sleep(Duration::from_millis(50));
     }
+    // The runtime, and with it every consumer, goes before tansu does (also when the test fails):
+    // a consumer leaves its group when dropped, and librdkafka waits for the broker to answer.
+    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    runtime.block_on(kafka_in_order_and_dead_letters(port));
+    drop(runtime);
+    drop(tansu);
+}
+
+async fn kafka_in_order_and_dead_letters(port: u16) {
     let broker = marty::events::broker::KafkaBroker::connect(&format!("127.0.0.1:{port}")).unwrap();
     let sent: Vec<Message> = (0..6)
         .map(|seq| Message::from_event(&Credited { account: format!("acct-{}", seq % 2), seq }).unwrap())
