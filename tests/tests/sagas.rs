@@ -213,8 +213,9 @@ async fn sagas_ride_out_their_database_going_away_mid_flight() {
     let direct = Store::Postgres(marty_tests::pool_in_schema(&url, schema, 4).await.unwrap());
     create_tables(&direct).await.unwrap();
     let proxied = Store::Postgres(marty_tests::pool_in_schema(&proxied_url, schema, 8).await.unwrap());
-    // The steps reach the database through the proxy too: they fail while it is cut.
-    let effects = Effects { store: proxied.clone(), crash: false, work: Duration::from_millis(30) };
+    // The steps reach the database through the proxy too: they fail while it is cut. Each takes
+    // 100 ms, so a saga is still under way when the cut comes 150 ms after its start.
+    let effects = Effects { store: proxied.clone(), crash: false, work: Duration::from_millis(100) };
     let trips =
         Orchestrator::<Trip>::with_store(proxied.clone(), effects, test_settings(), &Metrics::new()).await.unwrap();
     // Shorter than a lease (1.5 s): each driver must reload its saga and go on. Longer: the leases
