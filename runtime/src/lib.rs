@@ -67,6 +67,8 @@ pub use marty_macros::{
 
 #[cfg(feature = "http")]
 pub use axum;
+#[cfg(feature = "reqwest")]
+pub use reqwest;
 #[cfg(feature = "sqlx")]
 pub use sqlx;
 #[cfg(feature = "tonic")]
