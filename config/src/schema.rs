@@ -324,8 +324,19 @@ pub struct SagasConfig {
     pub lease: Duration,
     /// How often each replica looks for sagas with no live owner, or due for a retry (default `1s`).
     pub poll_interval: Duration,
-    /// Attempts a compensation gets before the saga is parked for an operator (default 10).
+    /// Failed attempts a compensation gets before the saga is parked for an operator, when the last
+    /// failure is not transient (the other side answered, and no retry will change it). Open
+    /// breakers and full bulkheads are waited out and do not count (default 10).
     pub compensation_attempts: u32,
+    /// How long a compensation keeps being retried, whatever its errors, before the saga is parked:
+    /// it outlasts an outage and the breakers that open during it. Longer than every dependency's
+    /// `open_for` (default `5m`, or twice the longest `open_for` when that is longer).
+    pub compensation_deadline: Duration,
+    /// This replica's stable name (e.g. a pod name), unique among the replicas running at once: a
+    /// replica that restarts under the same name takes back the sagas it owned at once instead of
+    /// waiting for their leases. Unset, `Orchestrator::new` uses `POD_NAME` or `HOSTNAME` from the
+    /// environment, else a name of its own per start (and restarts wait for the lease).
+    pub replica: Option<String>,
     /// The first retry delay of a step or compensation; it doubles per attempt, with full jitter
     /// (default `100ms`).
     pub backoff_initial: Duration,
@@ -339,6 +350,8 @@ impl Default for SagasConfig {
             lease: Duration::from_secs(10),
             poll_interval: Duration::from_secs(1),
             compensation_attempts: 10,
+            compensation_deadline: DEFAULT_COMPENSATION_DEADLINE,
+            replica: None,
             backoff_initial: Duration::from_millis(100),
             backoff_max: Duration::from_secs(30),
         }
@@ -346,7 +359,16 @@ impl Default for SagasConfig {
 }
 
 const ROOT_KEYS: &[&str] = &["service", "http", "grpc", "telemetry", "dependencies", "events", "outbox", "sagas"];
-const SAGAS_KEYS: &[&str] = &["lease", "poll_interval", "compensation_attempts", "backoff_initial", "backoff_max"];
+const SAGAS_KEYS: &[&str] = &[
+    "lease",
+    "poll_interval",
+    "compensation_attempts",
+    "compensation_deadline",
+    "replica",
+    "backoff_initial",
+    "backoff_max",
+];
+const DEFAULT_COMPENSATION_DEADLINE: Duration = Duration::from_secs(300);
 const DEPENDENCY_KEYS: &[&str] = &["kind", "url", "max_concurrent", "max_wait", "timeout", "circuit_breaker", "retry"];
 const BREAKER_KEYS: &[&str] = &[
     "enabled",
@@ -426,12 +448,25 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         check_outbox_store(reader, &table, &store, &dependencies);
         Some(OutboxConfig { store, batch_size, poll_interval, max_attempts, retention })
     });
-    let sagas = read_sagas(reader, root);
+    let sagas = read_sagas(reader, root, &dependencies);
     Config { file: file.to_owned(), service, http, grpc, telemetry, dependencies, events, outbox, sagas }
 }
 
-fn read_sagas(reader: &mut Reader<'_>, root: &Table<'_>) -> SagasConfig {
-    let defaults = SagasConfig::default();
+fn read_sagas(
+    reader: &mut Reader<'_>,
+    root: &Table<'_>,
+    dependencies: &BTreeMap<String, DependencyConfig>,
+) -> SagasConfig {
+    // The longest time a breaker stays open: compensations must be retried for longer than that.
+    let longest_open = dependencies
+        .iter()
+        .filter(|(_, dependency)| dependency.circuit_breaker.enabled)
+        .map(|(name, dependency)| (name.as_str(), dependency.circuit_breaker.open_for))
+        .max_by_key(|(_, open_for)| *open_for);
+    let mut defaults = SagasConfig::default();
+    if let Some((_, open_for)) = longest_open {
+        defaults.compensation_deadline = defaults.compensation_deadline.max(open_for.saturating_mul(2));
+    }
     let Some(table) = reader.table(root, "sagas") else { return defaults };
     reader.deny_unknown_keys(&table, SAGAS_KEYS);
     let positive = |reader: &mut Reader<'_>, key: &str, default: Duration| match reader.duration(&table, key) {
@@ -452,7 +487,47 @@ fn read_sagas(reader: &mut Reader<'_>, root: &Table<'_>) -> SagasConfig {
     let compensation_attempts = reader
         .integer(&table, "compensation_attempts", 1, 1_000_000)
         .map_or(defaults.compensation_attempts, |attempts| attempts as u32);
-    SagasConfig { lease, poll_interval, compensation_attempts, backoff_initial, backoff_max }
+    let compensation_deadline = positive(reader, "compensation_deadline", defaults.compensation_deadline);
+    if let Some((name, open_for)) = longest_open.filter(|(_, open_for)| compensation_deadline <= *open_for) {
+        if reader.has(&table, "compensation_deadline") {
+            let origin = reader.origin_of(&table, "compensation_deadline").clone();
+            let problem = format!(
+                "is not longer than `{name}`'s circuit breaker `open_for` ({}): a compensation would be parked \
+                 while the breaker still turns its calls away",
+                crate::format_duration(open_for)
+            );
+            let help = Some(format!(
+                "make it longer than every `open_for`, e.g. `compensation_deadline = \"{}\"`",
+                crate::format_duration(open_for.saturating_mul(2))
+            ));
+            reader.error(&origin, "sagas.compensation_deadline", problem, help);
+        }
+    }
+    let replica = reader.string(&table, "replica");
+    if let Some(name) = replica.as_deref().filter(|name| !is_replica_name(name)) {
+        let origin = reader.origin_of(&table, "replica").clone();
+        let problem = format!("`{name}` is not a replica name");
+        let help = Some(
+            "use 1 to 253 letters, digits, `-`, `.` or `_`, unique per replica (a pod name fits), e.g. `replica = \"orders-0\"`"
+                .to_owned(),
+        );
+        reader.error(&origin, "sagas.replica", problem, help);
+    }
+    SagasConfig {
+        lease,
+        poll_interval,
+        compensation_attempts,
+        compensation_deadline,
+        replica,
+        backoff_initial,
+        backoff_max,
+    }
+}
+
+/// A replica name as the saga table's `owner` column holds it: what a hostname or pod name is made of.
+pub fn is_replica_name(name: &str) -> bool {
+    (1..=253).contains(&name.len())
+        && name.bytes().all(|byte| byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_'))
 }
 
 fn read_listener(reader: &mut Reader<'_>, root: &Table<'_>, section: &str) -> Option<ListenerConfig> {

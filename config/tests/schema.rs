@@ -262,3 +262,32 @@ fn the_saga_settings_have_defaults_and_are_checked() {
     );
     assert!(errors.iter().any(|error| error.contains("did you mean `compensation_attempts`?")), "{errors:?}");
 }
+
+#[test]
+fn compensations_are_retried_for_longer_than_any_breaker_stays_open() {
+    assert_eq!(Config::parse("", "marty.toml").unwrap().sagas.compensation_deadline, Duration::from_secs(300));
+    // Unset, the deadline outlasts the longest `open_for` twice over.
+    let slow_breaker = "[dependencies.ledger]\nkind = \"api\"\ncircuit_breaker = { open_for = \"10m\" }\n";
+    let sagas = Config::parse(slow_breaker, "marty.toml").unwrap().sagas;
+    assert_eq!(sagas.compensation_deadline, Duration::from_secs(1200));
+    // Set, it must be longer than every `open_for`: the error names the breaker and a value that fits.
+    let errors = errors_of(&format!("{slow_breaker}[sagas]\ncompensation_deadline = \"5m\"\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(
+        errors[0].starts_with("marty.toml:5: key `sagas.compensation_deadline`: is not longer than `ledger`'s circuit breaker `open_for` (10m)"),
+        "{errors:?}"
+    );
+    assert!(errors[0].contains("compensation_deadline = \"20m\""), "{errors:?}");
+    let tuned = Config::parse(&format!("{slow_breaker}[sagas]\ncompensation_deadline = \"1h\"\n"), "marty.toml");
+    assert_eq!(tuned.unwrap().sagas.compensation_deadline, Duration::from_secs(3600));
+}
+
+#[test]
+fn a_replica_name_is_what_a_pod_name_is_made_of() {
+    let sagas = Config::parse("[sagas]\nreplica = \"orders-7f9c-x2\"\n", "marty.toml").unwrap().sagas;
+    assert_eq!(sagas.replica.as_deref(), Some("orders-7f9c-x2"));
+    assert_eq!(Config::parse("", "marty.toml").unwrap().sagas.replica, None);
+    let errors = errors_of("[sagas]\nreplica = \"orders 1/#2\"\n");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].starts_with("marty.toml:2: key `sagas.replica`: `orders 1/#2` is not a replica name"), "{errors:?}");
+}
