@@ -2,9 +2,11 @@
 //! Every step and compensation writes its effect to `trip_effects`, deduplicated by the step's
 //! idempotency key (as a real service would), and logs each execution to `trip_executions` (not
 //! deduplicated), so the tests can tell "ran more than once" from "took effect more than once".
-//! The state says where to fail, where to hang past a timeout, and where the process should be
-//! killed (the crash tests' worker prints `crash <saga> <point>` and waits for its SIGKILL).
+//! The state says where to fail, where to hang past a timeout, how each execution of a step answers
+//! (a script of [`Reply`]s), and where the process should be killed (the crash tests' worker prints
+//! `crash <saga> <point>` and waits for its SIGKILL).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use marty::saga::{StepContext, StepError};
@@ -37,8 +39,28 @@ pub struct Trip {
     pub crash_at: Option<String>,
     /// Compensations fail (transiently) this many times before they work.
     pub flaky_undo: u32,
+    /// How the executions of a step (`do:<step>`) or compensation (`undo:<step>`) answer, in order;
+    /// once the script runs out they take effect and answer.
+    pub script: BTreeMap<String, Vec<Reply>>,
     /// What the steps booked, as the state carries it.
     pub bookings: Vec<String>,
+}
+
+/// What one execution of a step or compensation does, as the service it calls would.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Reply {
+    /// Takes effect and answers.
+    Ok,
+    /// Takes effect, then the answer is lost on the way back: a transient error that may have applied.
+    LostAfterEffect,
+    /// The request is lost before the service acted: the same transient error, and no effect.
+    Lost,
+    /// Marty's circuit breaker turns the call away for this many milliseconds: no effect.
+    TurnedAway(u64),
+    /// The service answers no (declined, out of stock): permanent, and certainly no effect.
+    Declined,
+    /// The service fails (`Internal`): not worth retrying, and it may have applied (it did not here).
+    Internal,
 }
 
 /// Published by the last step, through the outbox, in the commit that records it done.
@@ -131,6 +153,24 @@ impl Trip {
         let transient = |error: sqlx::Error| StepError::transient(error.to_string());
         let executions = log_execution(&effects.store, &saga, step, kind, ctx.attempt()).await.map_err(transient)?;
         self.maybe_crash(&effects, &saga, &format!("{kind}:{step}:before")).await;
+        let reply = self.script.get(&format!("{kind}:{step}")).and_then(|replies| replies.get(executions as usize - 1));
+        match reply.copied().unwrap_or(Reply::Ok) {
+            Reply::Ok => {}
+            Reply::LostAfterEffect => {
+                record_effect(&effects.store, &saga, step, kind, &ctx.idempotency_key()).await.map_err(transient)?;
+                return Err(StepError::transient("transport error: connection closed before the reply"));
+            }
+            Reply::Lost => return Err(StepError::transient("transport error: connection reset")),
+            Reply::TurnedAway(millis) => {
+                let open = marty::Error::CircuitOpen {
+                    dependency: "bookings".into(),
+                    retry_after: Duration::from_millis(millis),
+                };
+                return Err(StepError::from_error(&open));
+            }
+            Reply::Declined => return Err(StepError::permanent("declined")),
+            Reply::Internal => return Err(StepError::permanent("internal error").uncertain()),
+        }
         if kind == "do" && step == 2 {
             // Dropped unless the step completes: the event exists exactly when the booking does.
             ctx.publish(&TripBooked { trip: saga.clone() }).map_err(|error| StepError::permanent(error.to_string()))?;

@@ -15,7 +15,7 @@
 //! - `marty_sagas_started_total{saga}`, `marty_sagas_completed_total{saga}`,
 //!   `marty_sagas_compensated_total{saga}`, `marty_sagas_parked_total{saga}`,
 //!   `marty_saga_steps_total{saga,step,outcome}` (`completed`, `failed`, `timed_out`, `compensated`,
-//!   `compensation_failed`) and `marty_saga_step_duration_seconds{saga,step}`.
+//!   `compensation_failed`, `turned_away`) and `marty_saga_step_duration_seconds{saga,step}`.
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -124,7 +124,7 @@ impl SagaMetrics {
     pub fn saga(&self, saga: &'static str, steps: &[&'static str]) -> SagaTypeMetrics {
         let labels = SagaLabels { saga };
         let step_outcomes = |step: &'static str| {
-            ["completed", "failed", "timed_out", "compensated", "compensation_failed"]
+            ["completed", "failed", "timed_out", "compensated", "compensation_failed", "turned_away"]
                 .map(|outcome| self.steps.get_or_create(&StepOutcomeLabels { saga, step, outcome }).clone())
         };
         SagaTypeMetrics {
@@ -161,7 +161,7 @@ pub struct SagaTypeMetrics {
 /// One step's metric handles.
 #[derive(Debug, Clone)]
 pub struct StepMetrics {
-    outcomes: [Counter; 5],
+    outcomes: [Counter; 6],
     /// Duration of the step's attempts (and its compensation's).
     pub duration: LatencyHistogram,
 }
@@ -179,6 +179,9 @@ pub enum StepOutcome {
     Compensated,
     /// The compensation failed or timed out.
     CompensationFailed,
+    /// Marty turned a call of the step or compensation away (breaker open, bulkhead full): the
+    /// orchestrator waits and tries again, and the attempt does not count.
+    TurnedAway,
 }
 
 impl StepMetrics {

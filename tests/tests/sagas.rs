@@ -13,7 +13,7 @@ use marty::metrics::Metrics;
 use marty::saga::{Orchestrator, Status};
 use marty::store::Store;
 use marty_tests::trip::{
-    check_settled, create_tables, effects_of, executions_of, fresh_sqlite, test_settings, Effects, Trip,
+    check_settled, create_tables, effects_of, executions_of, fresh_sqlite, test_settings, Effects, Reply, Trip,
 };
 use support::proxy::Proxy;
 
@@ -39,6 +39,15 @@ async fn trips(store: &Store, metrics: &Metrics) -> Orchestrator<Trip> {
 
 fn kinds(history: &[marty::saga::HistoryEntry]) -> Vec<String> {
     history.iter().map(|entry| format!("{}:{}", entry.step.as_deref().unwrap_or("-"), entry.kind)).collect()
+}
+
+/// A trip's script: how the executions of `do:<step>` / `undo:<step>` answer.
+fn script(replies: &[(&str, Vec<Reply>)]) -> std::collections::BTreeMap<String, Vec<Reply>> {
+    replies.iter().map(|(key, replies)| (key.to_string(), replies.clone())).collect()
+}
+
+fn effects(effects: &[(i32, &str)]) -> Vec<(i32, String)> {
+    effects.iter().map(|(step, kind)| (*step, kind.to_string())).collect()
 }
 
 async fn outbox_rows(store: &Store, key: &str) -> i64 {
@@ -107,21 +116,24 @@ async fn a_failed_step_compensates_the_steps_before_it_last_first() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_compensation_that_keeps_failing_parks_the_saga_until_an_operator_resumes_it() {
+async fn a_compensation_the_other_side_keeps_refusing_parks_the_saga_until_an_operator_resumes_it() {
     for store in stores("park").await {
         let metrics = Metrics::new();
         let effects = Effects { store: store.clone(), crash: false, work: Duration::from_millis(1) };
         let mut settings = test_settings();
         settings.compensation_attempts = 3;
         let trips = Orchestrator::<Trip>::with_store(store.clone(), effects, settings, &metrics).await.unwrap();
-        // Each cancellation fails 4 times: the hotel's parks the saga after 3 attempts.
-        let id = trips.start(Trip { fail_at: Some(2), flaky_undo: 4, ..Trip::default() }).await.unwrap();
+        // Each cancellation is refused 4 times (an error that is not transient): the hotel's parks
+        // the saga after 3 attempts.
+        let refused = vec![Reply::Internal; 4];
+        let script = script(&[("undo:1", refused.clone()), ("undo:0", refused)]);
+        let id = trips.start(Trip { fail_at: Some(2), script, ..Trip::default() }).await.unwrap();
         assert_eq!(trips.wait(&id).await.unwrap(), Status::Parked);
         let parked = trips.parked().await.unwrap();
         assert_eq!(parked.len(), 1);
         assert_eq!((parked[0].id.as_str(), parked[0].step), (id.as_str(), Some("book_hotel")));
         assert!(
-            parked[0].error.as_deref().unwrap().contains("compensation `book_hotel` failed 3 times"),
+            parked[0].error.as_deref().unwrap().contains("compensation `book_hotel` failed 3 times: internal error"),
             "{:?}",
             parked[0].error
         );
@@ -141,6 +153,125 @@ async fn a_compensation_that_keeps_failing_parks_the_saga_until_an_operator_resu
             history.contains(&"book_hotel:parked".to_owned()) && history.contains(&"-:resumed".to_owned()),
             "{history:?}"
         );
+        trips.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_compensation_failures_park_only_after_the_compensation_deadline() {
+    for store in stores("deadline").await {
+        let effects = Effects { store: store.clone(), crash: false, work: Duration::from_millis(1) };
+        let mut settings = test_settings();
+        settings.compensation_attempts = 2;
+        settings.compensation_deadline = Duration::from_millis(1500);
+        let trips = Orchestrator::<Trip>::with_store(store.clone(), effects, settings, &Metrics::new()).await.unwrap();
+        // The flight's cancellation keeps losing its requests: far more failures than
+        // `compensation_attempts`, yet retried until the deadline.
+        let script = script(&[("undo:0", vec![Reply::Lost; 10_000])]);
+        let id = trips.start(Trip { fail_at: Some(1), script, ..Trip::default() }).await.unwrap();
+        let started = std::time::Instant::now();
+        assert_eq!(trips.wait(&id).await.unwrap(), Status::Parked);
+        assert!(started.elapsed() >= Duration::from_millis(1400), "parked after {:?}", started.elapsed());
+        let tries = executions_of(&store, &id, 0, "undo").await.unwrap();
+        assert!(tries > 2, "only {tries} tries before parking");
+        let error = trips.status(&id).await.unwrap().unwrap().error.unwrap();
+        assert!(error.starts_with("compensation `book_flight` kept failing for "), "{error}");
+        trips.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_that_may_have_taken_effect_is_compensated_with_the_others() {
+    for store in stores("uncertain").await {
+        let trips = trips(&store, &Metrics::new()).await;
+        // Every attempt at the hotel books it, and every answer is lost: when the saga gives up, the
+        // hotel is cancelled too, then the flight.
+        let lost = trips
+            .start(Trip { script: script(&[("do:1", vec![Reply::LostAfterEffect; 10])]), ..Trip::default() })
+            .await
+            .unwrap();
+        // A service that fails with `Internal` may have done the work: the same.
+        let internal =
+            trips.start(Trip { script: script(&[("do:1", vec![Reply::Internal])]), ..Trip::default() }).await.unwrap();
+        // A declined booking certainly did nothing: only the flight is cancelled.
+        let declined =
+            trips.start(Trip { script: script(&[("do:1", vec![Reply::Declined])]), ..Trip::default() }).await.unwrap();
+        for id in [&lost, &internal, &declined] {
+            assert_eq!(trips.wait(id).await.unwrap(), Status::Compensated, "{id}");
+            check_settled(id, Status::Compensated, &effects_of(&store, id).await.unwrap()).unwrap();
+        }
+        assert_eq!(effects_of(&store, &lost).await.unwrap(), effects(&[(0, "do"), (1, "do"), (1, "undo"), (0, "undo")]));
+        assert_eq!(executions_of(&store, &lost, 1, "do").await.unwrap(), 10, "every attempt was made, with one key");
+        assert_eq!(executions_of(&store, &internal, 1, "undo").await.unwrap(), 1, "the hotel's cancellation ran");
+        assert_eq!(executions_of(&store, &declined, 1, "undo").await.unwrap(), 0, "nothing to cancel at the hotel");
+        let history = kinds(&trips.history(&internal).await.unwrap());
+        assert!(history.contains(&"book_hotel:compensation_started".to_owned()), "{history:?}");
+        trips.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn uncertainty_carries_over_to_later_attempts_and_open_breakers_use_none() {
+    for store in stores("carry").await {
+        let metrics = Metrics::new();
+        let trips = trips(&store, &metrics).await;
+        // Attempt 1 books the hotel and loses the answer; the breaker then turns the step away
+        // twice; attempt 2 is declined. The hotel is uncertain since attempt 1: it is cancelled.
+        let replies = vec![Reply::LostAfterEffect, Reply::TurnedAway(100), Reply::TurnedAway(50), Reply::Declined];
+        let id = trips.start(Trip { script: script(&[("do:1", replies)]), ..Trip::default() }).await.unwrap();
+        assert_eq!(trips.wait(&id).await.unwrap(), Status::Compensated);
+        assert_eq!(effects_of(&store, &id).await.unwrap(), effects(&[(0, "do"), (1, "do"), (1, "undo"), (0, "undo")]));
+        let history = trips.history(&id).await.unwrap();
+        let hotel: Vec<(String, u32)> = history
+            .iter()
+            .filter(|entry| entry.step.as_deref() == Some("book_hotel") && !entry.kind.starts_with("compensation"))
+            .map(|entry| (entry.kind.clone(), entry.attempt))
+            .collect();
+        let expected: Vec<(String, u32)> = [
+            ("step_started", 1),
+            ("step_failed", 1),
+            ("step_started", 2),
+            ("step_waiting", 2),
+            ("step_waiting", 2),
+            ("step_failed", 2),
+        ]
+        .iter()
+        .map(|(kind, attempt)| (kind.to_string(), *attempt))
+        .collect();
+        assert_eq!(hotel, expected, "the turned-away runs did not count as attempts");
+
+        // A step the breaker keeps turning away, more often than it has attempts, completes.
+        let patient = trips
+            .start(Trip { script: script(&[("do:0", vec![Reply::TurnedAway(10); 14])]), ..Trip::default() })
+            .await
+            .unwrap();
+        assert_eq!(trips.wait(&patient).await.unwrap(), Status::Completed);
+        let waits = kinds(&trips.history(&patient).await.unwrap())
+            .iter()
+            .filter(|kind| *kind == "book_flight:step_waiting")
+            .count();
+        assert_eq!(waits, 14);
+        assert!(metrics.render().contains("marty_saga_steps_total{saga=\"trip\",step=\"book_flight\",outcome=\"turned_away\"} 14"));
+        trips.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_compensation_waits_out_an_open_breaker_instead_of_parking() {
+    for store in stores("breaker_wait").await {
+        let effects = Effects { store: store.clone(), crash: false, work: Duration::from_millis(1) };
+        let mut settings = test_settings();
+        settings.compensation_attempts = 2;
+        let trips = Orchestrator::<Trip>::with_store(store.clone(), effects, settings, &Metrics::new()).await.unwrap();
+        // One lost request, then the breaker stays open through 12 more tries: none of them counts.
+        let mut replies = vec![Reply::Lost];
+        replies.extend([Reply::TurnedAway(40); 12]);
+        let id = trips.start(Trip { fail_at: Some(1), script: script(&[("undo:0", replies)]), ..Trip::default() });
+        let id = id.await.unwrap();
+        assert_eq!(trips.wait(&id).await.unwrap(), Status::Compensated);
+        check_settled(&id, Status::Compensated, &effects_of(&store, &id).await.unwrap()).unwrap();
+        let history = kinds(&trips.history(&id).await.unwrap());
+        assert_eq!(history.iter().filter(|kind| *kind == "book_flight:compensation_waiting").count(), 12, "{history:?}");
         trips.shutdown().await;
     }
 }

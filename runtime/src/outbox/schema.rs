@@ -40,6 +40,15 @@ const SAGA_TABLES: &str = r"
     );
     ";
 
+/// Sagas remember whether the step running may already have taken effect, and since when the step or
+/// compensation running has been tried (the compensation deadline counts from there).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+const SAGA_UNCERTAINTY: &str = r"
+    alter table marty_saga add column uncertain boolean not null default false;
+    alter table marty_saga add column step_started_at bigint not null default 0;
+    update marty_saga set step_started_at = updated_at;
+    ";
+
 /// PostgreSQL migrations, in order; never edit one that has shipped, add the next.
 #[cfg(feature = "postgres")]
 const POSTGRES: &[&str] = &[
@@ -82,6 +91,8 @@ const POSTGRES: &[&str] = &[
     ",
     // 2: sagas.
     SAGA_TABLES,
+    // 3: saga steps' uncertainty and start time.
+    SAGA_UNCERTAINTY,
 ];
 
 /// SQLite migrations, in order. Times are Unix seconds (REAL).
@@ -118,6 +129,8 @@ const SQLITE: &[&str] = &[
     ",
     // 2: sagas.
     SAGA_TABLES,
+    // 3: saga steps' uncertainty and start time.
+    SAGA_UNCERTAINTY,
 ];
 
 /// Brings `store`'s Marty tables up to date.

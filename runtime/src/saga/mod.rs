@@ -27,22 +27,40 @@
 //!   Events a step publishes with [`StepContext::publish`] are written to the outbox in that same
 //!   commit, so they exist exactly when the step's completion does.
 //! - **At-least-once steps, one key per step.** A step attempt interrupted by a crash runs again after
-//!   the restart; [`StepContext::idempotency_key`] is the same for every attempt of a step (and for its
-//!   compensation), so the services it calls can make the effect happen once.
+//!   the restart, and transient failures are retried (`max_attempts`, exponential backoff with full
+//!   jitter); [`StepContext::idempotency_key`] is the same for every attempt of a step, across
+//!   retries and restarts (and for its compensation), so the services it calls can make the effect
+//!   happen once.
 //! - **Failures compensate in reverse.** A step that fails `max_attempts` times, or fails with an
 //!   error that is not transient, or outlives the saga's `timeout`, starts the compensations of the
-//!   steps before it, last first. A step whose outcome is unknown (it timed out, or the process died
-//!   during it) is compensated too, since its effect may have happened: write compensations that undo
-//!   nothing when there is nothing to undo.
-//! - **Compensations are retried** with exponential backoff until they succeed, or `[sagas]
-//!   compensation_attempts` is reached, whatever the error (an open circuit breaker, a permanent
-//!   error): only an operator gives up on an undo. Then the saga is parked,
-//!   listed by [`Orchestrator::parked`], and continues when [`Orchestrator::resume`] is called.
+//!   steps before it, last first.
+//! - **A step that may have taken effect is compensated too.** An attempt's effect is certainly
+//!   absent only when its error says so ([`Classify::may_have_applied`] is `false`): Marty turned
+//!   the call away, the connection was refused, or the other side answered that it did nothing (a
+//!   declined payment). Any other failure (a connection lost after the request was sent, a
+//!   timeout, `Unknown` or `Internal`, a proxy's 502/503/504, a crash during the attempt) leaves the
+//!   step uncertain, and the uncertainty stays with the step through its later attempts: when the
+//!   saga gives up, the step's own compensation runs before the others. **The orchestrator relies
+//!   on compensations that undo nothing when there is nothing to undo** (a refund that finds no
+//!   charge under the key succeeds). A step that makes several calls and fails on a later one has
+//!   applied the earlier ones: return [`StepError::uncertain`] then, or make one call per step.
+//! - **Open breakers are waited out.** When Marty turns a step's or compensation's call away (the
+//!   breaker is open, the bulkhead is full: [`ErrorClass::TurnedAway`]), nothing reached the other
+//!   side, so the attempt does not count: the orchestrator waits the breaker's `retry_after` and
+//!   tries again, within the saga's `timeout` for a step (each attempt keeps its own `timeout`).
+//! - **Compensations outlast outages.** A compensation is retried, with exponential backoff and
+//!   through open breakers, until it succeeds or `[sagas] compensation_deadline` (default 5 minutes,
+//!   longer than every breaker's `open_for`) has passed since it began; sooner only when it failed
+//!   `compensation_attempts` times and the last error is not transient (the other side keeps
+//!   answering no). Then the saga is parked, listed by [`Orchestrator::parked`], and continues when
+//!   [`Orchestrator::resume`] is called. A short outage never parks a saga.
 //! - **Timeouts are deadlines in the database**, so a step or saga timeout that passed while no process
 //!   was running still fires when one resumes the saga.
 //! - **One owner at a time.** A replica owns the sagas it runs through a lease it renews; when it
-//!   dies, another replica takes them over once the lease expires (`[sagas] lease`). Every commit is
-//!   fenced on the owner, so a replica that lost a saga stops driving it.
+//!   dies, another replica takes them over once the lease expires (`[sagas] lease`). A replica with
+//!   a stable name (`[sagas] replica`, else `POD_NAME` or `HOSTNAME`) that restarts takes its own
+//!   sagas back at once. Every commit is fenced on the owner's run, so a replica that lost a saga
+//!   stops driving it.
 //! - **Resumed on startup**: every orchestrator looks for unfinished sagas with no live owner, at
 //!   start and every `[sagas] poll_interval`.
 
@@ -167,7 +185,8 @@ impl<E> StepContext<E> {
         self.step
     }
 
-    /// This attempt's number, from 1; an attempt interrupted by a crash counts.
+    /// This attempt's number, from 1; an attempt interrupted by a crash counts, a run whose call Marty
+    /// turned away (breaker open) does not, and is made again under the same number.
     pub fn attempt(&self) -> u32 {
         self.attempt
     }
@@ -202,28 +221,41 @@ impl<E> fmt::Debug for StepContext<E> {
     }
 }
 
-/// Why a step or compensation attempt failed, and whether another attempt may help (from the error's
-/// [`Classify`]: only [`ErrorClass::Transient`] errors are retried).
+/// Why a step or compensation attempt failed, and what the orchestrator does about it (from the
+/// error's [`Classify`]): whether another attempt may help ([`ErrorClass::Transient`]), whether Marty
+/// turned a call away before it started ([`ErrorClass::TurnedAway`]: waited out, no attempt used),
+/// and whether the attempt may have taken effect ([`Classify::may_have_applied`]: if so, the step is
+/// compensated when the saga gives up on it).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StepError {
     message: String,
-    transient: bool,
+    class: ErrorClass,
+    may_have_applied: bool,
 }
 
 impl StepError {
-    /// A failure worth retrying (a timeout, a lost connection).
+    /// A failure worth retrying (a timeout, a lost connection); the attempt may have taken effect.
     pub fn transient(message: impl Into<String>) -> Self {
-        StepError { message: message.into(), transient: true }
+        StepError { message: message.into(), class: ErrorClass::Transient, may_have_applied: true }
     }
 
-    /// A failure no retry will fix (payment declined, out of stock): the saga compensates at once.
+    /// A failure no retry will fix, answered before anything happened (payment declined, out of
+    /// stock): the saga compensates the steps before this one at once. If the attempt may have taken
+    /// effect all the same, say so with [`StepError::uncertain`].
     pub fn permanent(message: impl Into<String>) -> Self {
-        StepError { message: message.into(), transient: false }
+        StepError { message: message.into(), class: ErrorClass::Failure, may_have_applied: false }
     }
 
     /// From any error that says what it is.
     pub fn from_error<E: fmt::Display + Classify + ?Sized>(error: &E) -> Self {
-        StepError { message: error.to_string(), transient: error.classify().is_transient() }
+        StepError { message: error.to_string(), class: error.classify(), may_have_applied: error.may_have_applied() }
+    }
+
+    /// The same error, for an attempt that may have taken effect (say, a step that made two calls and
+    /// failed on the second): the step is then compensated too when the saga gives up on it.
+    pub fn uncertain(mut self) -> Self {
+        self.may_have_applied = true;
+        self
     }
 
     /// What went wrong.
@@ -233,7 +265,18 @@ impl StepError {
 
     /// Whether another attempt may succeed.
     pub fn is_transient(&self) -> bool {
-        self.transient
+        self.class.is_transient()
+    }
+
+    /// Whether the attempt may have taken effect on the other side.
+    pub fn may_have_applied(&self) -> bool {
+        self.may_have_applied
+    }
+
+    /// When Marty turned a call away before it started (breaker open, bulkhead full): how long until
+    /// trying again makes sense.
+    pub fn turned_away(&self) -> Option<Duration> {
+        self.class.turned_away()
     }
 }
 
@@ -245,11 +288,11 @@ impl fmt::Display for StepError {
 
 impl Classify for StepError {
     fn classify(&self) -> ErrorClass {
-        if self.transient {
-            ErrorClass::Transient
-        } else {
-            ErrorClass::Failure
-        }
+        self.class
+    }
+
+    fn may_have_applied(&self) -> bool {
+        self.may_have_applied
     }
 }
 

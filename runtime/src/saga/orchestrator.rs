@@ -97,9 +97,10 @@ pub struct HistoryEntry {
     /// The step concerned, if any.
     pub step: Option<String>,
     /// What happened: `started`, `step_started`, `step_completed`, `step_failed`, `step_timed_out`,
-    /// `step_interrupted`, `timed_out`, `compensation_started`, `compensation_completed`,
-    /// `compensation_failed`, `compensation_timed_out`, `compensation_interrupted`, `completed`,
-    /// `compensated`, `parked`, `resumed`.
+    /// `step_interrupted`, `step_waiting`, `timed_out`, `compensation_started`,
+    /// `compensation_completed`, `compensation_failed`, `compensation_timed_out`,
+    /// `compensation_interrupted`, `compensation_waiting`, `completed`, `compensated`, `parked`,
+    /// `resumed`. (`*_waiting`: Marty turned a call away, and the attempt is tried again later.)
     pub kind: String,
     /// The attempt concerned.
     pub attempt: u32,
@@ -179,8 +180,8 @@ impl<S: Saga> fmt::Debug for Orchestrator<S> {
 struct Inner<S: Saga> {
     store: Store,
     env: Arc<S::Env>,
-    /// This replica's name in leases: unique per orchestrator, so a restarted process never
-    /// mistakes a dead predecessor's sagas for its own.
+    /// This orchestrator's name in leases, new at every start (`<replica>/<saga>/<run>` when the
+    /// replica has a stable name), so that fencing tells it from an earlier run of the same replica.
     owner: Arc<str>,
     settings: SagasConfig,
     metrics: SagaTypeMetrics,
@@ -200,6 +201,8 @@ struct Run<S> {
     seq: i32,
     /// Taken over from another owner: the attempt the row records may have been under way.
     interrupted: bool,
+    /// How many times in a row Marty turned this attempt's calls away: the wait grows with it.
+    turned_away: u32,
 }
 
 enum Next {
@@ -217,10 +220,16 @@ impl<S: Saga> Orchestrator<S> {
         let registry =
             DependencyRegistry::global_or_load(path, text).map_err(|error| SagaError::Config(error.to_string()))?;
         let store = crate::store::get(definition.store).await?;
-        Self::with_store(store, env, registry.config().sagas.clone(), registry.metrics()).await
+        let mut settings = registry.config().sagas.clone();
+        if settings.replica.is_none() {
+            settings.replica = replica_from_environment();
+        }
+        Self::with_store(store, env, settings, registry.metrics()).await
     }
 
-    /// The orchestrator for `S` on `store`, with explicit settings, recording into `metrics`.
+    /// The orchestrator for `S` on `store`, with explicit settings, recording into `metrics`. With a
+    /// `replica` name in `settings`, it first takes back the unfinished sagas an earlier run of the
+    /// same replica owned, without waiting for their leases.
     pub async fn with_store(
         store: Store,
         env: S::Env,
@@ -233,10 +242,15 @@ impl<S: Saga> Orchestrator<S> {
         }
         crate::outbox::schema::migrate(&store).await?;
         let step_names: Vec<&'static str> = definition.steps.iter().map(|step| step.name).collect();
+        let replica_prefix = settings.replica.as_ref().map(|replica| format!("{replica}/{}/", definition.name));
+        let owner = match &replica_prefix {
+            Some(prefix) => format!("{prefix}{}", new_event_id()),
+            None => format!("{}-{}", definition.name, new_event_id()),
+        };
         let inner = Arc::new(Inner {
             store,
             env: Arc::new(env),
-            owner: format!("{}-{}", definition.name, new_event_id()).into(),
+            owner: owner.into(),
             metrics: metrics.sagas().saga(definition.name, &step_names),
             settings,
             stop: watch::channel(false).0,
@@ -244,6 +258,9 @@ impl<S: Saga> Orchestrator<S> {
             waiters: Mutex::default(),
             background: Mutex::default(),
         });
+        if let Some(prefix) = &replica_prefix {
+            take_back(&inner, prefix).await?;
+        }
         let poller = tokio::spawn(take_over(inner.clone()));
         let leases = tokio::spawn(renew_leases(inner.clone()));
         lock(&inner.background).extend([poller, leases]);
@@ -286,6 +303,8 @@ impl<S: Saga> Orchestrator<S> {
             traceparent,
             created_at: now,
             updated_at: now,
+            uncertain: false,
+            step_started_at: now,
         };
         let history = [
             Entry { seq: 1, at: now, step: None, kind: "started", attempt: 0, detail: None },
@@ -295,7 +314,7 @@ impl<S: Saga> Orchestrator<S> {
         let inserted = record::insert(&inner.store, &row, &inner.owner, lease_until, &history).instrument(span).await?;
         if inserted {
             inner.metrics.started.inc();
-            spawn_drive(inner.clone(), Run { row, state, seq: 3, interrupted: false });
+            spawn_drive(inner.clone(), Run { row, state, seq: 3, interrupted: false, turned_away: 0 });
         }
         Ok(inserted)
     }
@@ -481,7 +500,7 @@ async fn run_of<S: Saga>(inner: &Inner<S>, mut row: SagaRow) -> Result<Run<S>, S
     // A resumed parked saga records attempt 0: nothing was under way.
     let interrupted = row.attempt > 0;
     row.attempt = row.attempt.max(1);
-    Ok(Run { row, state, seq, interrupted })
+    Ok(Run { row, state, seq, interrupted, turned_away: 0 })
 }
 
 /// One transition: a step (or compensation) attempt and the commit of its outcome.
@@ -542,6 +561,10 @@ async fn forward<S: Saga>(inner: &Inner<S>, run: &mut Run<S>) -> Result<Next, Sa
             Attempt::Succeeded(ctx.take_outbox())
         }
         Some(Err(error)) => {
+            if let Some(retry_after) = error.turned_away() {
+                metrics.record(StepOutcome::TurnedAway, started.elapsed());
+                return wait_out(inner, run, retry_after, &error).await;
+            }
             metrics.record(StepOutcome::Failed, started.elapsed());
             Attempt::Failed(error)
         }
@@ -554,6 +577,7 @@ async fn forward<S: Saga>(inner: &Inner<S>, run: &mut Run<S>) -> Result<Next, Sa
             }
         }
     };
+    run.turned_away = 0;
     match attempt {
         Attempt::Succeeded(outbox) => step_completed(inner, run, index, outbox).await,
         failed => step_failed(inner, run, failed).await,
@@ -574,10 +598,7 @@ async fn step_completed<S: Saga>(
     let mut history = vec![run.entry(Some(steps[index].name), "step_completed", None)];
     let settled = match steps.get(index + 1) {
         Some(next) => {
-            row.step += 1;
-            row.attempt = 1;
-            row.next_attempt_at = now;
-            row.step_deadline = next.timeout.map(|timeout| now + millis(timeout));
+            start_step::<S>(&mut row, index + 1, now);
             history.push(run.entry_at(Some(next.name), "step_started", 1, None));
             None
         }
@@ -591,6 +612,16 @@ async fn step_completed<S: Saga>(
     commit(inner, run, row, history, &outbox, settled).await
 }
 
+/// Points `row` at the first attempt of step `index` (or of its compensation), due now.
+fn start_step<S: Saga>(row: &mut SagaRow, index: usize, now: i64) {
+    row.step = index as i32;
+    row.attempt = 1;
+    row.next_attempt_at = now;
+    row.step_started_at = now;
+    row.uncertain = false;
+    row.step_deadline = S::DEFINITION.steps[index].timeout.map(|timeout| now + millis(timeout));
+}
+
 /// A forward attempt failed (or timed out, or was interrupted): retry it, or start compensating.
 async fn step_failed<S: Saga>(inner: &Inner<S>, run: &mut Run<S>, attempt: Attempt) -> Result<Next, SagaError> {
     let mut history = Vec::new();
@@ -598,10 +629,14 @@ async fn step_failed<S: Saga>(inner: &Inner<S>, run: &mut Run<S>, attempt: Attem
     let step = &S::DEFINITION.steps[index];
     // A failed attempt leaves no trace in the state.
     run.state = serde_json::from_str(&run.row.state)?;
-    let (error, retryable, uncertain) = match attempt {
+    let (error, retryable, may_have_applied) = match attempt {
         Attempt::Failed(error) => {
-            history.push(run.entry(Some(step.name), "step_failed", Some(error.to_string())));
-            (error.to_string(), error.is_transient(), false)
+            let mut detail = error.to_string();
+            if error.may_have_applied() {
+                detail.push_str(" (may have taken effect)");
+            }
+            history.push(run.entry(Some(step.name), "step_failed", Some(detail)));
+            (error.to_string(), error.is_transient(), error.may_have_applied())
         }
         Attempt::TimedOut => {
             let detail = step.timeout.map(|timeout| format!("no answer within {timeout:?}"));
@@ -632,6 +667,8 @@ async fn step_failed<S: Saga>(inner: &Inner<S>, run: &mut Run<S>, attempt: Attem
     }
     let mut row = run.row.clone();
     row.updated_at = now;
+    // Once an attempt may have taken effect, the step stays uncertain whatever later attempts say.
+    row.uncertain |= may_have_applied;
     if retryable && attempts_left && saga_alive {
         let delay = backoff(&inner.settings, run.row.attempt as u32);
         row.attempt += 1;
@@ -640,8 +677,9 @@ async fn step_failed<S: Saga>(inner: &Inner<S>, run: &mut Run<S>, attempt: Attem
         history.push(run.entry_at(Some(step.name), "step_started", row.attempt, Some(format!("after {delay:?}"))));
         return commit(inner, run, row, history, &[], None).await;
     }
-    // The step may have taken effect when its outcome is unknown, so its compensation runs too.
-    let last_to_undo = if uncertain { Some(index) } else { index.checked_sub(1) };
+    // A step that may have taken effect is compensated too: its compensation finds nothing to undo
+    // when the effect did not happen after all.
+    let last_to_undo = if row.uncertain { Some(index) } else { index.checked_sub(1) };
     start_compensating(inner, run, row, last_to_undo, error, history).await
 }
 
@@ -660,9 +698,7 @@ async fn start_compensating<S: Saga>(
     match last_to_undo.and_then(|last| previous_compensable(steps, last + 1)) {
         Some(index) => {
             row.status = Status::Compensating.as_str().to_owned();
-            row.step = index as i32;
-            row.attempt = 1;
-            row.step_deadline = steps[index].timeout.map(|timeout| now + millis(timeout));
+            start_step::<S>(&mut row, index, now);
             history.push(run.entry_at(Some(steps[index].name), "compensation_started", 1, None));
             commit(inner, run, row, history, &[], None).await
         }
@@ -701,6 +737,7 @@ async fn backward<S: Saga>(inner: &Inner<S>, run: &mut Run<S>) -> Result<Next, S
     match result {
         Some(Ok(())) => {
             metrics.record(StepOutcome::Compensated, started.elapsed());
+            run.turned_away = 0;
             let outbox = ctx.take_outbox();
             let now = now_millis();
             let mut row = run.row.clone();
@@ -710,10 +747,7 @@ async fn backward<S: Saga>(inner: &Inner<S>, run: &mut Run<S>) -> Result<Next, S
             let steps = S::DEFINITION.steps;
             let settled = match previous_compensable(steps, index) {
                 Some(previous) => {
-                    row.step = previous as i32;
-                    row.attempt = 1;
-                    row.next_attempt_at = now;
-                    row.step_deadline = steps[previous].timeout.map(|timeout| now + millis(timeout));
+                    start_step::<S>(&mut row, previous, now);
                     history.push(run.entry_at(Some(steps[previous].name), "compensation_started", 1, None));
                     None
                 }
@@ -725,6 +759,10 @@ async fn backward<S: Saga>(inner: &Inner<S>, run: &mut Run<S>) -> Result<Next, S
                 }
             };
             commit(inner, run, row, history, &outbox, settled).await
+        }
+        Some(Err(error)) if error.turned_away().is_some() => {
+            metrics.record(StepOutcome::TurnedAway, started.elapsed());
+            compensation_failed(inner, run, error, Vec::new()).await
         }
         Some(Err(error)) => {
             metrics.record(StepOutcome::CompensationFailed, started.elapsed());
@@ -740,7 +778,11 @@ async fn backward<S: Saga>(inner: &Inner<S>, run: &mut Run<S>) -> Result<Next, S
     }
 }
 
-/// A compensation attempt failed: retry it with backoff, or park the saga for an operator.
+/// A compensation attempt failed, or Marty turned its call away: try again, or park the saga for an
+/// operator. A compensation must happen, so it is retried until `[sagas] compensation_deadline` has
+/// passed since it began, whatever the errors; it is parked sooner only after
+/// `compensation_attempts` failed attempts, the last of them not transient (the other side keeps
+/// answering no). Calls turned away are waited out and never count as attempts.
 async fn compensation_failed<S: Saga>(
     inner: &Inner<S>,
     run: &mut Run<S>,
@@ -748,13 +790,20 @@ async fn compensation_failed<S: Saga>(
     mut history: Vec<Entry>,
 ) -> Result<Next, SagaError> {
     let step = &S::DEFINITION.steps[run.row.step as usize];
-    run.state = serde_json::from_str(&run.row.state)?;
+    let settings = &inner.settings;
     let now = now_millis();
-    let mut row = run.row.clone();
-    row.updated_at = now;
-    // Whatever the error says: a compensation must happen, so only an operator gives up on it.
-    if (run.row.attempt as u32) < inner.settings.compensation_attempts {
-        let delay = backoff(&inner.settings, run.row.attempt as u32);
+    let deadline_passed = now >= run.row.step_started_at.saturating_add(millis(settings.compensation_deadline));
+    let attempts = run.row.attempt as u32;
+    let answered_no = error.turned_away().is_none() && !error.is_transient() && attempts >= settings.compensation_attempts;
+    if !deadline_passed && !answered_no {
+        if let Some(retry_after) = error.turned_away() {
+            return wait_out(inner, run, retry_after, &error).await;
+        }
+        run.turned_away = 0;
+        run.state = serde_json::from_str(&run.row.state)?;
+        let delay = backoff(settings, attempts);
+        let mut row = run.row.clone();
+        row.updated_at = now;
         row.attempt += 1;
         row.next_attempt_at = now + millis(delay);
         row.step_deadline = step.timeout.map(|timeout| row.next_attempt_at + millis(timeout));
@@ -766,13 +815,50 @@ async fn compensation_failed<S: Saga>(
         ));
         return commit(inner, run, row, history, &[], None).await;
     }
+    run.state = serde_json::from_str(&run.row.state)?;
+    let mut row = run.row.clone();
+    row.updated_at = now;
     row.status = Status::Parked.as_str().to_owned();
     row.step_deadline = None;
-    let reason = format!("compensation `{}` failed {} times: {error}", step.name, run.row.attempt);
+    let reason = if deadline_passed {
+        let elapsed = Duration::from_millis((now - run.row.step_started_at).max(0) as u64);
+        format!("compensation `{}` kept failing for {elapsed:.0?} ({attempts} attempts): {error}", step.name)
+    } else {
+        format!("compensation `{}` failed {attempts} times: {error}", step.name)
+    };
     tracing::error!(saga.error = %reason, "saga parked for an operator");
     row.error = Some(reason.clone());
     history.push(run.entry_at(Some(step.name), "parked", run.row.attempt, Some(reason)));
     commit(inner, run, row, history, &[], Some(Status::Parked)).await
+}
+
+/// Marty turned a call of the attempt away (breaker open, bulkhead full): nothing reached the other
+/// side, so the attempt does not count and is made again once the breaker lets calls through (within
+/// the saga's deadline, for a step). Waits grow with each turn-away in a row, so sagas waiting on a
+/// half-open breaker, whose few trial calls are taken, do not spin.
+async fn wait_out<S: Saga>(
+    inner: &Inner<S>,
+    run: &mut Run<S>,
+    retry_after: Duration,
+    error: &StepError,
+) -> Result<Next, SagaError> {
+    let step = &S::DEFINITION.steps[run.row.step as usize];
+    run.state = serde_json::from_str(&run.row.state)?;
+    run.turned_away += 1;
+    let now = now_millis();
+    let wait = retry_after + backoff(&inner.settings, run.turned_away);
+    let mut row = run.row.clone();
+    row.updated_at = now;
+    row.next_attempt_at = now + millis(wait);
+    let compensating = row.status == Status::Compensating.as_str();
+    if let Some(deadline) = row.deadline.filter(|_| !compensating) {
+        row.next_attempt_at = row.next_attempt_at.min(deadline);
+    }
+    row.step_deadline = step.timeout.map(|timeout| row.next_attempt_at + millis(timeout));
+    let kind = if compensating { "compensation_waiting" } else { "step_waiting" };
+    let detail = format!("{error}; trying again in {:?}", Duration::from_millis((row.next_attempt_at - now) as u64));
+    let history = vec![run.entry(Some(step.name), kind, Some(detail))];
+    commit(inner, run, row, history, &[], None).await
 }
 
 /// Commits `row` if this replica still owns the saga; then it is the run's row.
@@ -820,6 +906,31 @@ impl<S> Run<S> {
     fn entry_at(&self, step: Option<&'static str>, kind: &'static str, attempt: i32, detail: Option<String>) -> Entry {
         Entry { seq: 0, at: now_millis(), step, kind, attempt, detail }
     }
+}
+
+/// Takes back, at start, the unfinished sagas an earlier run of this replica owned (`prefix` is its
+/// `<replica>/<saga>/`): that run is gone, so waiting for its leases would only delay them. The
+/// attempts it left under way count as interrupted.
+async fn take_back<S: Saga>(inner: &Arc<Inner<S>>, prefix: &str) -> Result<(), SagaError> {
+    let lease_until = now_millis() + millis(inner.settings.lease);
+    let rows = record::reclaim(&inner.store, S::DEFINITION.name, &inner.owner, prefix, lease_until).await?;
+    if !rows.is_empty() {
+        tracing::info!(saga = S::DEFINITION.name, sagas = rows.len(), "taking back the sagas of this replica's previous run");
+    }
+    for row in rows {
+        let run = run_of(inner, row).await?;
+        spawn_drive(inner.clone(), run);
+    }
+    Ok(())
+}
+
+/// The replica's stable name where the platform gives one: `POD_NAME` (from the Kubernetes downward
+/// API), else `HOSTNAME` (a pod's name in Kubernetes; shells keep it unexported).
+fn replica_from_environment() -> Option<String> {
+    ["POD_NAME", "HOSTNAME"]
+        .into_iter()
+        .filter_map(|key| std::env::var(key).ok())
+        .find(|name| marty_config::is_replica_name(name))
 }
 
 /// Takes over, at start and every poll interval, unfinished sagas that no live replica owns.

@@ -57,13 +57,33 @@ pub(super) struct SagaRow {
     pub(super) traceparent: Option<String>,
     pub(super) created_at: i64,
     pub(super) updated_at: i64,
+    /// The step running may have taken effect in an attempt so far (it timed out, was interrupted, or
+    /// failed in a way that may have reached the other side): it is compensated if the saga gives up.
+    pub(super) uncertain: bool,
+    /// When the step or compensation now running got its first attempt.
+    pub(super) step_started_at: i64,
 }
 
-type SagaTuple =
-    (String, String, String, String, i32, i32, Option<String>, Option<i64>, Option<i64>, i64, Option<String>, i64, i64);
+type SagaTuple = (
+    String,
+    String,
+    String,
+    String,
+    i32,
+    i32,
+    Option<String>,
+    Option<i64>,
+    Option<i64>,
+    i64,
+    Option<String>,
+    i64,
+    i64,
+    bool,
+    i64,
+);
 
-const COLUMNS: &str =
-    "id, name, state, status, step, attempt, error, deadline, step_deadline, next_attempt_at, traceparent, created_at, updated_at";
+const COLUMNS: &str = "id, name, state, status, step, attempt, error, deadline, step_deadline, next_attempt_at, \
+    traceparent, created_at, updated_at, uncertain, step_started_at";
 
 impl From<SagaTuple> for SagaRow {
     fn from(row: SagaTuple) -> Self {
@@ -81,6 +101,8 @@ impl From<SagaTuple> for SagaRow {
             traceparent,
             created_at,
             updated_at,
+            uncertain,
+            step_started_at,
         ) = row;
         SagaRow {
             id,
@@ -96,6 +118,8 @@ impl From<SagaTuple> for SagaRow {
             traceparent,
             created_at,
             updated_at,
+            uncertain,
+            step_started_at,
         }
     }
 }
@@ -125,8 +149,8 @@ pub(super) async fn insert(
 ) -> Result<bool, sqlx::Error> {
     const INSERT: &str = "
         insert into marty_saga (id, name, state, status, step, attempt, error, deadline, step_deadline,
-            next_attempt_at, owner, lease_until, traceparent, created_at, updated_at)
-        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
+            next_attempt_at, owner, lease_until, traceparent, created_at, updated_at, uncertain, step_started_at)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
         on conflict (id) do nothing";
     on_store!(store, pool => {
         let mut tx = pool.begin().await?;
@@ -146,6 +170,8 @@ pub(super) async fn insert(
             .bind(&row.traceparent)
             .bind(row.created_at)
             .bind(row.updated_at)
+            .bind(row.uncertain)
+            .bind(row.step_started_at)
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -176,7 +202,8 @@ pub(super) async fn commit(
         update marty_saga set state = $3, status = $4, step = $5, attempt = $6, error = $7,
             step_deadline = $8, next_attempt_at = $9, updated_at = $10,
             owner = case when $11 then null else owner end,
-            lease_until = case when $11 then 0 else lease_until end
+            lease_until = case when $11 then 0 else lease_until end,
+            uncertain = $12, step_started_at = $13
         where id = $1 and owner = $2";
     on_store!(store, pool => {
         let mut tx = pool.begin().await?;
@@ -192,6 +219,8 @@ pub(super) async fn commit(
             .bind(row.next_attempt_at)
             .bind(row.updated_at)
             .bind(release)
+            .bind(row.uncertain)
+            .bind(row.step_started_at)
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -262,6 +291,36 @@ pub(super) async fn claim(
     })
 }
 
+/// Takes back, whatever their leases, the unfinished sagas of type `name` that an earlier run of this
+/// replica owned (an owner starting with `replica_prefix` other than `owner`): they become `owner`'s
+/// until `lease_until`.
+pub(super) async fn reclaim(
+    store: &Store,
+    name: &str,
+    owner: &str,
+    replica_prefix: &str,
+    lease_until: i64,
+) -> Result<Vec<SagaRow>, sqlx::Error> {
+    // `substr` rather than `like`: a replica name may hold `_`, which `like` reads as a wildcard.
+    let sql = format!(
+        "update marty_saga set owner = $1, lease_until = $2
+         where name = $3 and status in ('running', 'compensating') and owner <> $1
+             and substr(owner, 1, $4) = $5
+         returning {COLUMNS}"
+    );
+    on_store!(store, pool => {
+        let rows: Vec<SagaTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+            .bind(owner)
+            .bind(lease_until)
+            .bind(name)
+            .bind(replica_prefix.chars().count() as i32)
+            .bind(replica_prefix)
+            .fetch_all(pool)
+            .await?;
+        Ok(rows.into_iter().map(SagaRow::from).collect())
+    })
+}
+
 /// Makes saga `id` `owner`'s until `lease_until` if it is already, or its lease has expired; whether
 /// it is now.
 pub(super) async fn claim_one(
@@ -312,7 +371,7 @@ pub(super) async fn parked(store: &Store, name: &str) -> Result<Vec<SagaRow>, sq
 /// when it is not parked.
 pub(super) async fn resume(store: &Store, name: &str, id: &str, now: i64) -> Result<bool, sqlx::Error> {
     const RESUME: &str = "update marty_saga set status = 'compensating', attempt = 1, next_attempt_at = $3,
-            step_deadline = null, owner = null, lease_until = 0, updated_at = $3
+            step_deadline = null, owner = null, lease_until = 0, updated_at = $3, step_started_at = $3
         where id = $1 and name = $2 and status = 'parked'";
     on_store!(store, pool => {
         let mut tx = pool.begin().await?;
