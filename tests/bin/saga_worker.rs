@@ -5,6 +5,10 @@
 //!
 //! Configured by the environment: `WORKER_STORE_URL` (`sqlite:..` or `postgres:..`), for PostgreSQL
 //! `WORKER_SCHEMA`, and `WORKER_NEXT`.
+//!
+//! With `WORKER_REPLICA` it is a replica of that name instead (for `saga_replica.rs`): leases of
+//! `WORKER_LEASE_MS`, steps that take `WORKER_WORK_MS`, and `WORKER_TRIPS` trips started (`trip-<n>`)
+//! before it prints `ready`.
 
 use std::time::Duration;
 
@@ -23,6 +27,9 @@ async fn main() {
         marty::store::connect(&url).await.expect("open SQLite")
     };
     create_tables(&store).await.expect("create the effect tables");
+    if let Ok(replica) = std::env::var("WORKER_REPLICA") {
+        return run_replica(store, replica).await;
+    }
     let effects = Effects { store: store.clone(), crash: true, work: Duration::from_millis(20) };
     let metrics = marty::metrics::Metrics::new();
     let trips = Orchestrator::<Trip>::with_store(store.clone(), effects.clone(), test_settings(), &metrics)
@@ -56,5 +63,23 @@ async fn main() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     println!("done");
+    std::future::pending::<()>().await;
+}
+
+/// A replica named `replica` that starts `WORKER_TRIPS` slow trips and drives whatever it owns.
+async fn run_replica(store: Store, replica: String) {
+    let number =
+        |key: &str| -> u64 { std::env::var(key).unwrap_or_else(|_| panic!("{key}")).parse().expect("a number") };
+    let mut settings = test_settings();
+    settings.replica = Some(replica);
+    settings.lease = Duration::from_millis(number("WORKER_LEASE_MS"));
+    let effects = Effects { store: store.clone(), crash: false, work: Duration::from_millis(number("WORKER_WORK_MS")) };
+    let trips = Orchestrator::<Trip>::with_store(store, effects, settings, &marty::metrics::Metrics::new())
+        .await
+        .expect("trip orchestrator");
+    for n in 0..number("WORKER_TRIPS") {
+        trips.start_with_id(&format!("trip-{n}"), Trip::default()).await.expect("start a trip");
+    }
+    println!("ready");
     std::future::pending::<()>().await;
 }

@@ -200,7 +200,10 @@ async fn a_step_that_may_have_taken_effect_is_compensated_with_the_others() {
             assert_eq!(trips.wait(id).await.unwrap(), Status::Compensated, "{id}");
             check_settled(id, Status::Compensated, &effects_of(&store, id).await.unwrap()).unwrap();
         }
-        assert_eq!(effects_of(&store, &lost).await.unwrap(), effects(&[(0, "do"), (1, "do"), (1, "undo"), (0, "undo")]));
+        assert_eq!(
+            effects_of(&store, &lost).await.unwrap(),
+            effects(&[(0, "do"), (1, "do"), (1, "undo"), (0, "undo")])
+        );
         assert_eq!(executions_of(&store, &lost, 1, "do").await.unwrap(), 10, "every attempt was made, with one key");
         assert_eq!(executions_of(&store, &internal, 1, "undo").await.unwrap(), 1, "the hotel's cancellation ran");
         assert_eq!(executions_of(&store, &declined, 1, "undo").await.unwrap(), 0, "nothing to cancel at the hotel");
@@ -251,7 +254,9 @@ async fn uncertainty_carries_over_to_later_attempts_and_open_breakers_use_none()
             .filter(|kind| *kind == "book_flight:step_waiting")
             .count();
         assert_eq!(waits, 14);
-        assert!(metrics.render().contains("marty_saga_steps_total{saga=\"trip\",step=\"book_flight\",outcome=\"turned_away\"} 14"));
+        assert!(metrics
+            .render()
+            .contains("marty_saga_steps_total{saga=\"trip\",step=\"book_flight\",outcome=\"turned_away\"} 14"));
         trips.shutdown().await;
     }
 }
@@ -271,7 +276,11 @@ async fn a_compensation_waits_out_an_open_breaker_instead_of_parking() {
         assert_eq!(trips.wait(&id).await.unwrap(), Status::Compensated);
         check_settled(&id, Status::Compensated, &effects_of(&store, &id).await.unwrap()).unwrap();
         let history = kinds(&trips.history(&id).await.unwrap());
-        assert_eq!(history.iter().filter(|kind| *kind == "book_flight:compensation_waiting").count(), 12, "{history:?}");
+        assert_eq!(
+            history.iter().filter(|kind| *kind == "book_flight:compensation_waiting").count(),
+            12,
+            "{history:?}"
+        );
         trips.shutdown().await;
     }
 }
