@@ -289,5 +289,8 @@ fn a_replica_name_is_what_a_pod_name_is_made_of() {
     assert_eq!(Config::parse("", "marty.toml").unwrap().sagas.replica, None);
     let errors = errors_of("[sagas]\nreplica = \"orders 1/#2\"\n");
     assert_eq!(errors.len(), 1, "{errors:?}");
-    assert!(errors[0].starts_with("marty.toml:2: key `sagas.replica`: `orders 1/#2` is not a replica name"), "{errors:?}");
+    assert!(
+        errors[0].starts_with("marty.toml:2: key `sagas.replica`: `orders 1/#2` is not a replica name"),
+        "{errors:?}"
+    );
 }

@@ -794,7 +794,8 @@ async fn compensation_failed<S: Saga>(
     let now = now_millis();
     let deadline_passed = now >= run.row.step_started_at.saturating_add(millis(settings.compensation_deadline));
     let attempts = run.row.attempt as u32;
-    let answered_no = error.turned_away().is_none() && !error.is_transient() && attempts >= settings.compensation_attempts;
+    let answered_no =
+        error.turned_away().is_none() && !error.is_transient() && attempts >= settings.compensation_attempts;
     if !deadline_passed && !answered_no {
         if let Some(retry_after) = error.turned_away() {
             return wait_out(inner, run, retry_after, &error).await;
@@ -915,7 +916,11 @@ async fn take_back<S: Saga>(inner: &Arc<Inner<S>>, prefix: &str) -> Result<(), S
     let lease_until = now_millis() + millis(inner.settings.lease);
     let rows = record::reclaim(&inner.store, S::DEFINITION.name, &inner.owner, prefix, lease_until).await?;
     if !rows.is_empty() {
-        tracing::info!(saga = S::DEFINITION.name, sagas = rows.len(), "taking back the sagas of this replica's previous run");
+        tracing::info!(
+            saga = S::DEFINITION.name,
+            sagas = rows.len(),
+            "taking back the sagas of this replica's previous run"
+        );
     }
     for row in rows {
         let run = run_of(inner, row).await?;
