@@ -1,9 +1,11 @@
 //! What the integration tests and the `events_worker` they start share: PostgreSQL schemas of their
-//! own, so tests running at once never see each other's tables; the saga the saga tests run; and an
-//! OTLP collector (the examples' tests use it too).
+//! own, so tests running at once never see each other's tables; the saga the saga tests run; an
+//! OTLP collector and a gRPC proxy that drops replies (the examples' tests use both too).
 
 #[path = "otlp.rs"]
 pub mod otlp;
+#[path = "reply_dropper.rs"]
+pub mod reply_dropper;
 #[path = "trip.rs"]
 pub mod trip;
 
