@@ -1,28 +1,18 @@
 //! The store demo, as the README runs it: in one process on embedded defaults (SQLite, the in-process
 //! broker) to its report; and as three processes on PostgreSQL and NATS JetStream, configured by the
-//! environment alone, under the same load generator.
+//! environment alone, under the same load generator. `store_chaos.rs` kills the services under load.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+mod support;
 
-const BINARY: &str = env!("CARGO_BIN_EXE_store");
+use std::process::Command;
 
-/// The report's JSON line (the last line of stdout with `--json`).
-fn report_of(output: &std::process::Output) -> serde_json::Value {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "the demo failed: {}\n{stdout}\n{stderr}", output.status);
-    let last = stdout.lines().last().unwrap_or_else(|| panic!("no report; stderr:\n{stderr}"));
-    serde_json::from_str(last).unwrap_or_else(|error| panic!("{error}: {last}"))
-}
+use support::store::{check_settled_and_balanced, report_of, Databases, Stack, BINARY};
 
-/// Every order settled, both paths were taken, and every completed order's event reached payments.
+/// Every order settled with balanced books, both paths were taken, and every completed order's
+/// event reached payments.
 fn check(report: &serde_json::Value, orders: u64) {
+    check_settled_and_balanced(report, orders);
     let field = |name: &str| report[name].as_u64().unwrap_or_else(|| panic!("no `{name}` in {report}"));
-    assert_eq!(field("orders_placed"), orders, "{report}");
-    assert_eq!((field("unsettled"), field("failed_requests")), (0, 0), "{report}");
-    assert_eq!(field("completed") + field("compensated"), orders, "{report}");
     assert!(field("completed") > 0 && field("compensated") > 0, "declined payments compensate: {report}");
     assert_eq!(field("receipts"), field("completed"), "one receipt per confirmed order: {report}");
 }
@@ -40,19 +30,6 @@ fn the_demo_runs_in_one_process_to_its_report() {
     check(&report_of(&output), 120);
 }
 
-struct Process(Child);
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_addr() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
 #[test]
 fn the_services_run_as_separate_processes_on_postgresql_and_nats() {
     let (Ok(postgres), Ok(nats)) = (std::env::var("MARTY_TEST_POSTGRES_URL"), std::env::var("MARTY_TEST_NATS_URL"))
@@ -60,55 +37,12 @@ fn the_services_run_as_separate_processes_on_postgresql_and_nats() {
         eprintln!("skipped: MARTY_TEST_POSTGRES_URL and MARTY_TEST_NATS_URL are needed (.ci/run sets them)");
         return;
     };
-    // A database of its own, fresh.
-    let database = "marty_store_demo";
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let admin = sqlx::PgPool::connect(&postgres).await.unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("drop database if exists {database} with (force)")))
-            .execute(&admin)
-            .await
-            .unwrap();
-        sqlx::raw_sql(sqlx::AssertSqlSafe(format!("create database {database}"))).execute(&admin).await.unwrap();
-    });
-    let (base, _) = postgres.rsplit_once('/').expect("a database URL");
-    let url = format!("{base}/{database}");
-    let [orders, inventory, payments] = [free_addr(), free_addr(), free_addr()];
-    let env = [
-        ("MARTY__DEPENDENCIES__ORDERS_DB__URL", url.clone()),
-        ("MARTY__DEPENDENCIES__INVENTORY_DB__URL", url.clone()),
-        ("MARTY__DEPENDENCIES__PAYMENTS_DB__URL", url.clone()),
-        ("MARTY__DEPENDENCIES__INVENTORY_API__URL", format!("http://{inventory}")),
-        ("MARTY__DEPENDENCIES__PAYMENTS_API__URL", format!("http://{payments}")),
-        ("MARTY__EVENTS__BROKER", "nats".to_owned()),
-        ("MARTY__EVENTS__URL", nats),
-        ("RUST_LOG", "warn".to_owned()),
-    ];
-    let start = |service: &str, addr: SocketAddr| {
-        let child = Command::new(BINARY)
-            .arg(service)
-            .env_remove("MARTY_CONFIG")
-            .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
-            .env("MARTY__HTTP__ADDR", addr.to_string())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("start a service");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "{service} did not start listening on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Process(child)
-    };
-    let _inventory = start("inventory", inventory);
-    let _payments = start("payments", payments);
-    let _orders = start("orders", orders);
-    let output = Command::new(BINARY)
-        .args(["load", "--url", &format!("http://{orders}"), "--payments-url", &format!("http://{payments}")])
-        .args(["--orders", "100", "--concurrency", "8", "--json"])
-        .output()
-        .expect("run the load");
-    check(&report_of(&output), 100);
+    let databases = Databases::postgres(&postgres, "marty_store_demo");
+    let stack = Stack::new(databases, &[("MARTY__EVENTS__BROKER", "nats"), ("MARTY__EVENTS__URL", &nats)]);
+    let _inventory = stack.start("inventory");
+    let _payments = stack.start("payments");
+    let _orders = stack.start("orders");
+    check(&report_of(&stack.load(&["--orders", "100", "--concurrency", "8"])), 100);
 }
 
 /// The Kubernetes ConfigMaps hold valid configurations: each one parses with the code the service

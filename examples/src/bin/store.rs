@@ -5,7 +5,8 @@
 //!                                                                   # the in-process broker, under built-in load
 //! cargo run -p marty-examples --bin store -- --orders 5000 --concurrency 64
 //! cargo run -p marty-examples --bin store -- inventory|payments|orders   # one service (configure it with MARTY__...)
-//! cargo run -p marty-examples --bin store -- load --url http://127.0.0.1:8080 --orders 500
+//! cargo run -p marty-examples --bin store -- load --url http://127.0.0.1:8080 --orders 500 \
+//!     --inventory-url http://127.0.0.1:8081 --payments-url http://127.0.0.1:8082   # and check the books
 //! ```
 
 use std::process::ExitCode;
@@ -19,7 +20,7 @@ use tokio::net::TcpListener;
 
 const USAGE: &str = "usage: store [--orders N] [--concurrency N] [--json]
        store orders|inventory|payments
-       store load --url URL [--payments-url URL] [--orders N] [--concurrency N] [--json]";
+       store load --url URL [--inventory-url URL] [--payments-url URL] [--orders N] [--concurrency N] [--json]";
 
 fn main() -> ExitCode {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -64,19 +65,22 @@ struct Options {
     orders: usize,
     concurrency: usize,
     url: Option<String>,
+    inventory_url: Option<String>,
     payments_url: Option<String>,
     json: bool,
 }
 
 impl Options {
     fn parse(args: &[String]) -> Option<Options> {
-        let mut options = Options { orders: 2000, concurrency: 32, url: None, payments_url: None, json: false };
+        let mut options =
+            Options { orders: 2000, concurrency: 32, url: None, inventory_url: None, payments_url: None, json: false };
         let mut args = args.iter();
         while let Some(arg) = args.next() {
             match arg.as_str() {
                 "--orders" => options.orders = args.next()?.parse().ok()?,
                 "--concurrency" => options.concurrency = args.next()?.parse().ok()?,
                 "--url" => options.url = Some(args.next()?.trim_end_matches('/').to_owned()),
+                "--inventory-url" => options.inventory_url = Some(args.next()?.trim_end_matches('/').to_owned()),
                 "--payments-url" => options.payments_url = Some(args.next()?.trim_end_matches('/').to_owned()),
                 "--json" => options.json = true,
                 _ => return None,
@@ -89,6 +93,7 @@ impl Options {
         LoadOptions {
             orders_url,
             payments_url: self.payments_url.clone(),
+            inventory_url: self.inventory_url.clone(),
             orders: self.orders,
             concurrency: self.concurrency,
             progress: !self.json,
@@ -133,7 +138,11 @@ async fn demo(options: Options) -> Result<(), String> {
         );
         eprintln!("store: placing {} orders, {} at a time", options.orders, options.concurrency);
     }
-    let options = Options { payments_url: Some(format!("http://{}", payments.addr())), ..options };
+    let options = Options {
+        inventory_url: Some(format!("http://{}", inventory.addr())),
+        payments_url: Some(format!("http://{}", payments.addr())),
+        ..options
+    };
     report(&options, load::run(options.load(url)).await);
     for server in [orders, payments, inventory] {
         server.shutdown().await.map_err(|error| error.to_string())?;

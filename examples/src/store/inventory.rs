@@ -3,6 +3,7 @@
 
 use marty::axum::extract::{Json, Path};
 use marty::{database_call, service, DependencyRegistry};
+use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 use tonic::{Request, Response, Status};
 
@@ -21,12 +22,33 @@ pub struct Inventory {
     pool: AnyPool,
 }
 
+/// Stock held for an order: `id` is the reserving step's idempotency key (`<order>/reserve_stock`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reservation {
+    pub id: String,
+    pub item: String,
+    pub quantity: i64,
+}
+
 #[service(config = "store.toml", grpc(InventoryServer), reflection = proto::FILE_DESCRIPTOR_SET)]
 impl Inventory {
     /// What is left of `item`.
     #[get("/stock/{item}")]
     async fn stock(&self, Path(item): Path<String>) -> Result<Json<i64>, StoreError> {
         Ok(Json(self.available(&item).await?.ok_or_else(|| StoreError::NotFound(format!("no item `{item}`")))?))
+    }
+
+    /// What is left of every item.
+    #[get("/stock")]
+    async fn all_stock(&self) -> Result<Json<Vec<(String, i64)>>, StoreError> {
+        Ok(Json(self.stock_levels().await?))
+    }
+
+    /// Every reservation held: with `/stock`, the books the load report checks (stock is conserved,
+    /// and held exactly for the orders that completed).
+    #[get("/reservations")]
+    async fn reservations(&self) -> Result<Json<Vec<Reservation>>, StoreError> {
+        Ok(Json(self.held().await?))
     }
 }
 
@@ -50,6 +72,20 @@ impl Inventory {
             .bind(item)
             .fetch_optional(&self.pool)
             .await?)
+    }
+
+    #[database_call(dependency = "inventory_db", config = "store.toml")]
+    async fn stock_levels(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        Ok(sqlx::query_as("select item, available from inventory_stock order by item").fetch_all(&self.pool).await?)
+    }
+
+    #[database_call(dependency = "inventory_db", config = "store.toml")]
+    async fn held(&self) -> Result<Vec<Reservation>, StoreError> {
+        let rows: Vec<(String, String, i64)> =
+            sqlx::query_as("select id, item, quantity from inventory_reservations order by id")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows.into_iter().map(|(id, item, quantity)| Reservation { id, item, quantity }).collect())
     }
 
     /// Holds the stock under `id` once; what is left.

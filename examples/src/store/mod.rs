@@ -110,6 +110,9 @@ impl From<marty::saga::SagaError> for StoreError {
     }
 }
 
+/// How the breaker, retries and the saga read the store's errors: the other side's "no" is expected
+/// and did nothing; the rest is what the wrapped error says, including whether a failed call may
+/// still have taken effect (a charge whose reply was lost), so that the saga undoes it.
 impl Classify for StoreError {
     fn classify(&self) -> ErrorClass {
         match self {
@@ -118,6 +121,16 @@ impl Classify for StoreError {
             StoreError::Resilience(error) => error.classify(),
             StoreError::Rpc(status) => status.classify(),
             StoreError::Saga(_) => ErrorClass::Transient,
+        }
+    }
+
+    fn may_have_applied(&self) -> bool {
+        match self {
+            StoreError::Invalid(_) | StoreError::NotFound(_) | StoreError::Rejected(_) => false,
+            StoreError::Database(error) => error.may_have_applied(),
+            StoreError::Resilience(error) => error.may_have_applied(),
+            StoreError::Rpc(status) => status.may_have_applied(),
+            StoreError::Saga(_) => true,
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use marty::axum::extract::Json;
 use marty::{database_call, service, DependencyRegistry};
+use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 use tonic::{Request, Response, Status};
 
@@ -23,12 +24,29 @@ pub struct Payments {
     pool: AnyPool,
 }
 
+/// A charge: `id` is the charging step's idempotency key (`<order>/charge_payment`); `status` is
+/// `charged` or `refunded`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Payment {
+    pub id: String,
+    pub order_id: String,
+    pub amount_cents: i64,
+    pub status: String,
+}
+
 #[service(config = "store.toml", grpc(PaymentsServer), reflection = proto::FILE_DESCRIPTOR_SET)]
 impl Payments {
     /// How many receipts the `OrderConfirmed` consumer recorded.
     #[get("/receipts/count")]
     async fn receipts(&self) -> Result<Json<i64>, StoreError> {
         Ok(Json(self.count_receipts().await?))
+    }
+
+    /// Every charge and refund: the books the load report checks (a charge stands exactly for each
+    /// order that completed).
+    #[get("/payments")]
+    async fn payments(&self) -> Result<Json<Vec<Payment>>, StoreError> {
+        Ok(Json(self.ledger().await?))
     }
 
     /// One receipt per confirmed order: the inbox record commits with it, so a redelivery is a no-op.
@@ -59,6 +77,18 @@ impl Payments {
     #[database_call(dependency = "payments_db", config = "store.toml")]
     async fn count_receipts(&self) -> Result<i64, StoreError> {
         Ok(sqlx::query_scalar("select count(*) from payment_receipts").fetch_one(&self.pool).await?)
+    }
+
+    #[database_call(dependency = "payments_db", config = "store.toml")]
+    async fn ledger(&self) -> Result<Vec<Payment>, StoreError> {
+        let rows: Vec<(String, String, i64, String)> =
+            sqlx::query_as("select id, order_id, amount_cents, status from payments order by id")
+                .fetch_all(&self.pool)
+                .await?;
+        Ok(rows
+            .into_iter()
+            .map(|(id, order_id, amount_cents, status)| Payment { id, order_id, amount_cents, status })
+            .collect())
     }
 
     /// Charges once per payment id.
