@@ -48,6 +48,9 @@ pub struct Report {
     pub orders_placed: usize,
     pub completed: usize,
     pub compensated: usize,
+    /// Compensated for another reason than the business saying no (a step that kept failing, or the
+    /// saga's timeout): what outages cost.
+    pub compensated_after_failures: usize,
     /// Parked, or still running after the outcome wait: should be zero.
     pub unsettled: usize,
     /// Parked for an operator (a compensation kept failing): should be zero.
@@ -106,7 +109,14 @@ impl std::fmt::Display for Report {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         writeln!(f, "orders placed      {}", self.orders_placed)?;
         writeln!(f, "  completed        {}", self.completed)?;
-        writeln!(f, "  compensated      {}  (payment declined or out of stock; every step undone)", self.compensated)?;
+        writeln!(f, "  compensated      {}  (every step undone)", self.compensated)?;
+        let business = self.compensated - self.compensated_after_failures;
+        writeln!(f, "    declined       {business}  (payment declined or out of stock)")?;
+        writeln!(
+            f,
+            "    after failures {}  (a step kept failing, or the saga timed out)",
+            self.compensated_after_failures
+        )?;
         writeln!(f, "  unsettled        {}  ({} parked)", self.unsettled, self.parked)?;
         writeln!(f, "  failed requests  {}", self.failed_requests)?;
         writeln!(f, "throughput         {:.0} orders/s over {:.1} s", self.orders_per_second, self.seconds)?;
@@ -202,6 +212,11 @@ pub async fn run(options: LoadOptions) -> Report {
         orders_placed: outcomes.len() - failed_requests,
         completed: count("completed"),
         compensated: count("compensated"),
+        compensated_after_failures: outcomes
+            .iter()
+            .filter(|(outcome, _)| outcome_is(outcome, "compensated"))
+            .filter(|(outcome, _)| !outcome.as_ref().is_ok_and(said_no))
+            .count(),
         unsettled: outcomes.len() - failed_requests - settled,
         parked: count("parked"),
         failed_requests,
@@ -238,6 +253,11 @@ async fn place_and_follow(client: &HttpClient, base: &str, index: usize) -> Resu
             return Ok(order);
         }
     }
+}
+
+/// Whether the business said no to `order` (the payments and inventory services' refusals).
+fn said_no(order: &OrderView) -> bool {
+    order.error.as_deref().is_some_and(|error| error.starts_with("card declined") || error.starts_with("not enough"))
 }
 
 fn outcome_is(outcome: &Result<OrderView, String>, status: &str) -> bool {

@@ -857,7 +857,8 @@ async fn wait_out<S: Saga>(
     }
     row.step_deadline = step.timeout.map(|timeout| row.next_attempt_at + millis(timeout));
     let kind = if compensating { "compensation_waiting" } else { "step_waiting" };
-    let detail = format!("{error}; trying again in {:?}", Duration::from_millis((row.next_attempt_at - now) as u64));
+    let detail =
+        format!("{error}; trying again in {:?}", Duration::from_millis((row.next_attempt_at - now).max(0) as u64));
     let history = vec![run.entry(Some(step.name), kind, Some(detail))];
     commit(inner, run, row, history, &[], None).await
 }
