@@ -216,13 +216,19 @@ impl Trip {
 
 /// A new SQLite database `<name>.db` in a directory of this process's, with the effect tables.
 pub async fn fresh_sqlite(name: &str) -> Store {
+    fresh_sqlite_at(name).await.1
+}
+
+/// The same, with its URL (for a worker process to open it too).
+pub async fn fresh_sqlite_at(name: &str) -> (String, Store) {
     let dir = std::env::temp_dir().join(format!("marty-sagas-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("create the test's directory");
     let path = dir.join(format!("{name}.db"));
     let _ = std::fs::remove_file(&path);
-    let store = marty::store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.expect("open SQLite");
+    let url = format!("sqlite://{}?mode=rwc", path.display());
+    let store = marty::store::connect(&url).await.expect("open SQLite");
     create_tables(&store).await.expect("create the effect tables");
-    store
+    (url, store)
 }
 
 /// Creates the effect tables (idempotent).

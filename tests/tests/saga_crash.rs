@@ -23,12 +23,7 @@ const WORKER: &str = env!("CARGO_BIN_EXE_saga_worker");
 
 #[tokio::test(flavor = "multi_thread")]
 async fn sagas_settle_correctly_through_sigkills_on_sqlite() {
-    let dir = std::env::temp_dir().join(format!("marty-saga-crash-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sagas.db");
-    let _ = std::fs::remove_file(&path);
-    let url = format!("sqlite://{}?mode=rwc", path.display());
-    let store = marty::store::connect(&url).await.unwrap();
+    let (url, store) = marty_tests::trip::fresh_sqlite_at("crash").await;
     run_suite(&[("WORKER_STORE_URL", url)], store).await;
 }
 

@@ -20,12 +20,7 @@ const TRIPS: usize = 6;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_restarted_replica_takes_its_sagas_back_at_once_on_sqlite() {
-    let dir = std::env::temp_dir().join(format!("marty-saga-replica-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("sagas.db");
-    let _ = std::fs::remove_file(&path);
-    let url = format!("sqlite://{}?mode=rwc", path.display());
-    let store = marty::store::connect(&url).await.unwrap();
+    let (url, store) = marty_tests::trip::fresh_sqlite_at("replica").await;
     run(&[("WORKER_STORE_URL", url)], store).await;
 }
 

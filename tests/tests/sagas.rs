@@ -9,6 +9,7 @@ mod support;
 
 use std::time::Duration;
 
+use marty::config::SagasConfig;
 use marty::metrics::Metrics;
 use marty::saga::{Orchestrator, Status};
 use marty::store::Store;
@@ -33,8 +34,13 @@ async fn stores(name: &str) -> Vec<Store> {
 }
 
 async fn trips(store: &Store, metrics: &Metrics) -> Orchestrator<Trip> {
+    trips_with(store, test_settings(), metrics).await
+}
+
+/// Trips on `store` whose steps take 5 ms, with `settings`.
+async fn trips_with(store: &Store, settings: SagasConfig, metrics: &Metrics) -> Orchestrator<Trip> {
     let effects = Effects { store: store.clone(), crash: false, work: Duration::from_millis(5) };
-    Orchestrator::with_store(store.clone(), effects, test_settings(), metrics).await.unwrap()
+    Orchestrator::with_store(store.clone(), effects, settings, metrics).await.unwrap()
 }
 
 fn kinds(history: &[marty::saga::HistoryEntry]) -> Vec<String> {
@@ -119,10 +125,9 @@ async fn a_failed_step_compensates_the_steps_before_it_last_first() {
 async fn a_compensation_the_other_side_keeps_refusing_parks_the_saga_until_an_operator_resumes_it() {
     for store in stores("park").await {
         let metrics = Metrics::new();
-        let effects = Effects { store: store.clone(), crash: false, work: Duration::from_millis(1) };
         let mut settings = test_settings();
         settings.compensation_attempts = 3;
-        let trips = Orchestrator::<Trip>::with_store(store.clone(), effects, settings, &metrics).await.unwrap();
+        let trips = trips_with(&store, settings, &metrics).await;
         // Each cancellation is refused 4 times (an error that is not transient): the hotel's parks
         // the saga after 3 attempts.
         let refused = vec![Reply::Internal; 4];
@@ -160,11 +165,10 @@ async fn a_compensation_the_other_side_keeps_refusing_parks_the_saga_until_an_op
 #[tokio::test(flavor = "multi_thread")]
 async fn transient_compensation_failures_park_only_after_the_compensation_deadline() {
     for store in stores("deadline").await {
-        let effects = Effects { store: store.clone(), crash: false, work: Duration::from_millis(1) };
         let mut settings = test_settings();
         settings.compensation_attempts = 2;
         settings.compensation_deadline = Duration::from_millis(1500);
-        let trips = Orchestrator::<Trip>::with_store(store.clone(), effects, settings, &Metrics::new()).await.unwrap();
+        let trips = trips_with(&store, settings, &Metrics::new()).await;
         // The flight's cancellation keeps losing its requests: far more failures than
         // `compensation_attempts`, yet retried until the deadline.
         let script = script(&[("undo:0", vec![Reply::Lost; 10_000])]);
@@ -264,10 +268,9 @@ async fn uncertainty_carries_over_to_later_attempts_and_open_breakers_use_none()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_compensation_waits_out_an_open_breaker_instead_of_parking() {
     for store in stores("breaker_wait").await {
-        let effects = Effects { store: store.clone(), crash: false, work: Duration::from_millis(1) };
         let mut settings = test_settings();
         settings.compensation_attempts = 2;
-        let trips = Orchestrator::<Trip>::with_store(store.clone(), effects, settings, &Metrics::new()).await.unwrap();
+        let trips = trips_with(&store, settings, &Metrics::new()).await;
         // One lost request, then the breaker stays open through 12 more tries: none of them counts.
         let mut replies = vec![Reply::Lost];
         replies.extend([Reply::TurnedAway(40); 12]);
