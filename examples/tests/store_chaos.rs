@@ -77,7 +77,7 @@ fn kill_under_load(databases: Databases) {
         (report_of(&load.join().expect("the load thread")), kills)
     });
     eprintln!("{} kills: {kills:?}\nreport: {report}", kills.len());
-    assert!(kills.len() >= 4, "the load ended before the services were killed often enough: {kills:?}");
+    assert!(kills.len() >= 3, "the load ended before the services were killed often enough: {kills:?}");
     check_settled_and_balanced(&report, ORDERS);
     let metrics = support::request(stack.orders, "GET", "/metrics", None).unwrap().body;
     let troubled = ["failed", "timed_out", "compensation_failed", "turned_away"]
