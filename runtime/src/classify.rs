@@ -11,7 +11,9 @@
 //! any effect says no: Marty's own rejections, a refused connection, a request known not to have
 //! been sent, or an answer from the other side that it did nothing. A connection lost after the
 //! request was written, a timeout, an `Internal` or `Unknown` status, a 502/503/504 from a proxy:
-//! the other side may have done the work and died before replying, so the answer is "maybe".
+//! the other side may have done the work and died before replying, so the answer is "maybe". A call
+//! the policy retried speaks only of its last attempt; the saga orchestrator, which must know,
+//! also counts the retry itself as a "maybe".
 
 use std::error::Error as StdError;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use crate::error::{CallError, Error};
 
 /// What an error says about the dependency that produced it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum ErrorClass {
     /// The dependency failed in a way that may pass (connection lost, timeout, overload): counts as a
     /// failure for the circuit breaker and is retried.
@@ -31,19 +34,21 @@ pub enum ErrorClass {
     /// constraint violated): counts as a success for the circuit breaker, not retried.
     Expected,
     /// Marty turned the call away before it started (the circuit breaker is open, the bulkhead is
-    /// full): the dependency was not called. Not recorded by the breaker and not retried by the call,
-    /// which would only add load; a saga step waits `retry_after` and tries again without using up
-    /// an attempt.
+    /// full): the dependency was not called. The call's own breaker never sees it and its retry does
+    /// not retry it, which would only add load; a saga step waits `retry_after` and tries again
+    /// without using up an attempt. (Met by an outer call, as the error of a call it made, it is
+    /// that call's failure.)
     TurnedAway {
-        /// How long until trying again makes sense (the breaker's remaining `open_for`).
+        /// How long until trying again makes sense: the breaker's remaining `open_for`, zero while a
+        /// half-open breaker's trial calls are taken, one second for a full bulkhead.
         retry_after: Duration,
     },
 }
 
 impl ErrorClass {
-    /// Whether the circuit breaker records this as a failure.
+    /// Whether a circuit breaker records this as a failure: every class but `Expected`.
     pub fn is_failure(self) -> bool {
-        matches!(self, ErrorClass::Transient | ErrorClass::Failure)
+        self != ErrorClass::Expected
     }
 
     /// Whether retry may try again.
@@ -62,7 +67,26 @@ impl ErrorClass {
     /// Whether an error of this class may have let its call take effect, when nothing more is known:
     /// a call turned away, or answered with an expected error, did not; a failed one may have.
     pub fn may_have_applied(self) -> bool {
-        self.is_failure()
+        matches!(self, ErrorClass::Transient | ErrorClass::Failure)
+    }
+
+    /// How to read an HTTP error status from a dependency, for clients Marty has no impl for:
+    /// 408, 429, 502, 503 and 504 are transient (a proxy or an overloaded server: the request may
+    /// still have been carried out), other 5xx are failures, everything else is the dependency's
+    /// answer to the caller.
+    ///
+    /// ```
+    /// use marty::ErrorClass;
+    /// assert_eq!(ErrorClass::from_http_status(503), ErrorClass::Transient);
+    /// assert!(ErrorClass::from_http_status(504).may_have_applied());
+    /// assert!(!ErrorClass::from_http_status(404).may_have_applied());
+    /// ```
+    pub fn from_http_status(status: u16) -> ErrorClass {
+        match status {
+            408 | 429 | 502 | 503 | 504 => ErrorClass::Transient,
+            500..=599 => ErrorClass::Failure,
+            _ => ErrorClass::Expected,
+        }
     }
 }
 
@@ -124,27 +148,6 @@ pub trait Classify {
     /// Delegate it wherever you delegate `classify` to keep the wrapped error's precise answer.
     fn may_have_applied(&self) -> bool {
         self.classify().may_have_applied()
-    }
-}
-
-impl ErrorClass {
-    /// How to read an HTTP error status from a dependency, for clients Marty has no impl for:
-    /// 408, 429, 502, 503 and 504 are transient (a proxy or an overloaded server: the request may
-    /// still have been carried out), other 5xx are failures, everything else is the dependency's
-    /// answer to the caller.
-    ///
-    /// ```
-    /// use marty::ErrorClass;
-    /// assert_eq!(ErrorClass::from_http_status(503), ErrorClass::Transient);
-    /// assert!(ErrorClass::from_http_status(504).may_have_applied());
-    /// assert!(!ErrorClass::from_http_status(404).may_have_applied());
-    /// ```
-    pub fn from_http_status(status: u16) -> ErrorClass {
-        match status {
-            408 | 429 | 502 | 503 | 504 => ErrorClass::Transient,
-            500..=599 => ErrorClass::Failure,
-            _ => ErrorClass::Expected,
-        }
     }
 }
 
@@ -358,8 +361,9 @@ impl Classify for reqwest::Error {
         if self.is_builder() || self.is_connect() || never_connected(self) {
             return false;
         }
-        // A body that cannot be decoded came with a success status: the call did take effect.
-        self.is_decode() || self.classify().may_have_applied()
+        // A body that cannot be decoded came with a success status, and a redirect answered a request
+        // that was carried out (a POST answered 303): the call may well have taken effect.
+        self.is_decode() || self.is_redirect() || self.classify().may_have_applied()
     }
 }
 
@@ -407,7 +411,8 @@ mod tests {
     fn marty_turns_calls_away_before_they_start() {
         let open = Error::CircuitOpen { dependency: "db".into(), retry_after: Duration::from_secs(7) };
         assert_eq!(open.classify(), ErrorClass::TurnedAway { retry_after: Duration::from_secs(7) });
-        assert!(!open.classify().is_failure() && !open.classify().is_transient() && !open.may_have_applied());
+        assert!(!open.classify().is_transient() && !open.may_have_applied());
+        assert!(open.classify().is_failure(), "an outer call's breaker counts it against that call");
         let full = Error::Rejected { dependency: "db".into(), max_concurrent: 4 };
         assert_eq!(full.classify().turned_away(), Some(Duration::from_secs(1)));
         assert!(!full.may_have_applied());
