@@ -10,6 +10,7 @@
 //! of it (its own timeout, retry and metric labels). The macros and [`DependencyLayer`] both run
 //! [`Call::attempt`]: there is one implementation of the semantics.
 
+pub(crate) mod effects;
 mod layer;
 
 use std::future::Future;
@@ -293,6 +294,7 @@ impl Call<'_> {
             let wait = policy.retry().backoff_before_attempt(self.attempt + 1);
             if let Some(wait) = wait.filter(|_| dependency.budget.try_withdraw()) {
                 policy.metrics.record_retry();
+                effects::note_retry();
                 tracing::debug!(parent: &self.span, attempt = self.attempt, outcome = outcome.as_str(), ?wait, "retrying after a transient error");
                 tokio::time::sleep(wait).await;
                 return ControlFlow::Continue(());
