@@ -4,8 +4,9 @@
 //!
 //! The server's side of the connection is read frame by frame (RFC 9113 §4.1: a 9-byte header with
 //! a 24-bit length, a type, flags and a stream id). A unary gRPC server sends a stream's first
-//! HEADERS frame only once its handler has returned, so dropping the connection there loses exactly
-//! an answer whose work is done.
+//! HEADERS frame only once its handler has returned, so dropping the connection there loses an
+//! answer whose work is done, and, as a crash would, the other calls in flight on that connection
+//! (`dropped` counts the answers dropped, not those calls).
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};

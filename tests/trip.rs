@@ -57,9 +57,16 @@ pub enum Reply {
     Lost,
     /// Marty's circuit breaker turns the call away for this many milliseconds: no effect.
     TurnedAway(u64),
+    /// Takes effect, then the step's next call is turned away by the breaker: the step says so with
+    /// `StepError::uncertain`.
+    EffectThenTurnedAway,
+    /// A call through a real policy: its first attempt takes effect and loses the answer (and so
+    /// opens the breaker); the retry is turned away, and that is the error the call returns.
+    RetriedThenTurnedAway,
     /// The service answers no (declined, out of stock): permanent, and certainly no effect.
     Declined,
-    /// The service fails (`Internal`): not worth retrying, and it may have applied (it did not here).
+    /// The service fails with an error that is not transient and says nothing of the effect (an
+    /// `io::Error::other`): it may have applied (it did not here).
     Internal,
 }
 
@@ -162,14 +169,18 @@ impl Trip {
             }
             Reply::Lost => return Err(StepError::transient("transport error: connection reset")),
             Reply::TurnedAway(millis) => {
-                let open = marty::Error::CircuitOpen {
-                    dependency: "bookings".into(),
-                    retry_after: Duration::from_millis(millis),
-                };
-                return Err(StepError::from_error(&open));
+                return Err(StepError::from_error(&circuit_open(Duration::from_millis(millis))));
+            }
+            Reply::EffectThenTurnedAway => {
+                record_effect(&effects.store, &saga, step, kind, &ctx.idempotency_key()).await.map_err(transient)?;
+                return Err(StepError::from_error(&circuit_open(Duration::from_millis(50))).uncertain());
+            }
+            Reply::RetriedThenTurnedAway => {
+                let error = retried_then_turned_away(&effects.store, &saga, step, kind, &ctx.idempotency_key()).await;
+                return Err(StepError::from_error(&error));
             }
             Reply::Declined => return Err(StepError::permanent("declined")),
-            Reply::Internal => return Err(StepError::permanent("internal error").uncertain()),
+            Reply::Internal => return Err(StepError::from_error(&std::io::Error::other("internal error"))),
         }
         if kind == "do" && step == 2 {
             // Dropped unless the step completes: the event exists exactly when the booking does.
@@ -212,6 +223,43 @@ impl Trip {
             std::future::pending::<()>().await;
         }
     }
+}
+
+fn circuit_open(retry_after: Duration) -> marty::Error {
+    marty::Error::CircuitOpen { dependency: "bookings".into(), retry_after }
+}
+
+/// A call through a policy whose breaker opens at the first failure and which retries once: the
+/// first attempt takes effect and loses its answer, the retry is turned away by the breaker.
+async fn retried_then_turned_away(
+    store: &Store,
+    saga: &str,
+    step: usize,
+    kind: &str,
+    key: &str,
+) -> marty::CallError<std::io::Error> {
+    const BOOKINGS: &str = "[dependencies.bookings]\nkind = \"api\"\n\
+        circuit_breaker = { window = 1, min_calls = 1, failure_rate = 0.5, open_for = \"50ms\" }\n\
+        retry = { max_attempts = 2, initial = \"1ms\", max = \"1ms\" }\n";
+    let config = marty::config::Config::parse(BOOKINGS, "bookings.toml").expect("a valid dependency");
+    let dependency = std::sync::Arc::new(marty::policy::Dependency::new(config.dependencies["bookings"].clone()));
+    let policy = marty::policy::CallPolicy::new(dependency, "book", &marty::metrics::Metrics::new());
+    let mut attempts = 0;
+    let result: Result<(), marty::CallError<std::io::Error>> = policy
+        .call(|| {
+            attempts += 1;
+            let first = attempts == 1;
+            async move {
+                if first {
+                    record_effect(store, saga, step, kind, key).await.expect("record the effect");
+                }
+                Err(marty::CallError::Inner(std::io::ErrorKind::ConnectionReset.into()))
+            }
+        })
+        .await;
+    let error = result.expect_err("the call fails");
+    assert!(matches!(error, marty::CallError::Resilience(marty::Error::CircuitOpen { .. })), "{error}");
+    error
 }
 
 /// A new SQLite database `<name>.db` in a directory of this process's, with the effect tables.

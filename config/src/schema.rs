@@ -324,18 +324,19 @@ pub struct SagasConfig {
     pub lease: Duration,
     /// How often each replica looks for sagas with no live owner, or due for a retry (default `1s`).
     pub poll_interval: Duration,
-    /// Failed attempts a compensation gets before the saga is parked for an operator, when the last
-    /// failure is not transient (the other side answered, and no retry will change it). Open
-    /// breakers and full bulkheads are waited out and do not count (default 10).
+    /// How many times in a row the other side may refuse a compensation (answer with an error that
+    /// says no, rather than fail) before the saga is parked for an operator (default 10). Other
+    /// failures are retried until `compensation_deadline`; open breakers are waited out.
     pub compensation_attempts: u32,
     /// How long a compensation keeps being retried, whatever its errors, before the saga is parked:
     /// it outlasts an outage and the breakers that open during it. Longer than every dependency's
     /// `open_for` (default `5m`, or twice the longest `open_for` when that is longer).
     pub compensation_deadline: Duration,
     /// This replica's stable name (e.g. a pod name), unique among the replicas running at once: a
-    /// replica that restarts under the same name takes back the sagas it owned at once instead of
-    /// waiting for their leases. Unset, `Orchestrator::new` uses `POD_NAME` or `HOSTNAME` from the
-    /// environment, else a name of its own per start (and restarts wait for the lease).
+    /// replica that restarts under the same name takes back the sagas it owned once its previous run
+    /// has missed two lease renewals, instead of waiting for the whole lease. Unset,
+    /// `Orchestrator::new` uses `POD_NAME` or `HOSTNAME` from the environment, else a name of its
+    /// own per start (and restarts wait for the lease).
     pub replica: Option<String>,
     /// The first retry delay of a step or compensation; it doubles per attempt, with full jitter
     /// (default `100ms`).

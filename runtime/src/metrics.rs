@@ -168,6 +168,7 @@ pub struct StepMetrics {
 
 /// How a step attempt (or compensation attempt) ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum StepOutcome {
     /// The step returned `Ok`.
     Completed,
@@ -185,10 +186,12 @@ pub enum StepOutcome {
 }
 
 impl StepMetrics {
-    /// Counts one attempt.
+    /// Counts one attempt (a run turned away reached nobody: it is counted, not timed).
     pub fn record(&self, outcome: StepOutcome, elapsed: Duration) {
         self.outcomes[outcome as usize].inc();
-        self.duration.observe(elapsed);
+        if outcome != StepOutcome::TurnedAway {
+            self.duration.observe(elapsed);
+        }
     }
 
     /// Attempts that ended with `outcome` (for tests and reports).

@@ -128,7 +128,12 @@ async fn sqlx_a_refused_connection_did_nothing_and_a_killed_statement_may_have()
     let pid: i32 = sqlx::query_scalar("select pg_backend_pid()").fetch_one(&mut *victim).await.unwrap();
     let killer = pool.clone();
     tokio::spawn(async move {
-        tokio::time::sleep(Duration::from_millis(300)).await;
+        // Once the statement runs: killed mid-statement, not before it started.
+        const RUNNING: &str =
+            "select count(*) from pg_stat_activity where pid = $1 and query like '%pg_sleep%' and state = 'active'";
+        while sqlx::query_scalar::<_, i64>(RUNNING).bind(pid).fetch_one(&killer).await.unwrap() == 0 {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
         sqlx::query("select pg_terminate_backend($1)").bind(pid).execute(&killer).await.unwrap();
     });
     let killed = sqlx::query("select pg_sleep(10)").execute(&mut *victim).await.unwrap_err();

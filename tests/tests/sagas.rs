@@ -128,9 +128,9 @@ async fn a_compensation_the_other_side_keeps_refusing_parks_the_saga_until_an_op
         let mut settings = test_settings();
         settings.compensation_attempts = 3;
         let trips = trips_with(&store, settings, &metrics).await;
-        // Each cancellation is refused 4 times (an error that is not transient): the hotel's parks
-        // the saga after 3 attempts.
-        let refused = vec![Reply::Internal; 4];
+        // Each cancellation is refused 4 times (the service answers no): the hotel's parks the saga
+        // after 3 refusals in a row.
+        let refused = vec![Reply::Declined; 4];
         let script = script(&[("undo:1", refused.clone()), ("undo:0", refused)]);
         let id = trips.start(Trip { fail_at: Some(2), script, ..Trip::default() }).await.unwrap();
         assert_eq!(trips.wait(&id).await.unwrap(), Status::Parked);
@@ -138,7 +138,11 @@ async fn a_compensation_the_other_side_keeps_refusing_parks_the_saga_until_an_op
         assert_eq!(parked.len(), 1);
         assert_eq!((parked[0].id.as_str(), parked[0].step), (id.as_str(), Some("book_hotel")));
         assert!(
-            parked[0].error.as_deref().unwrap().contains("compensation `book_hotel` failed 3 times: internal error"),
+            parked[0]
+                .error
+                .as_deref()
+                .unwrap()
+                .contains("compensation `book_hotel` refused 3 times in a row: declined"),
             "{:?}",
             parked[0].error
         );
@@ -222,16 +226,18 @@ async fn uncertainty_carries_over_to_later_attempts_and_open_breakers_use_none()
     for store in stores("carry").await {
         let metrics = Metrics::new();
         let trips = trips(&store, &metrics).await;
-        // Attempt 1 books the hotel and loses the answer; the breaker then turns the step away
-        // twice; attempt 2 is declined. The hotel is uncertain since attempt 1: it is cancelled.
+        // Attempt 1 books the car and loses the answer; the breaker then turns the step away twice;
+        // attempt 2 is declined. The car is uncertain since attempt 1: it is cancelled. (The car's
+        // 2 s timeout keeps a slow machine from turning an attempt into a timeout.)
         let replies = vec![Reply::LostAfterEffect, Reply::TurnedAway(100), Reply::TurnedAway(50), Reply::Declined];
-        let id = trips.start(Trip { script: script(&[("do:1", replies)]), ..Trip::default() }).await.unwrap();
+        let id = trips.start(Trip { script: script(&[("do:2", replies)]), ..Trip::default() }).await.unwrap();
         assert_eq!(trips.wait(&id).await.unwrap(), Status::Compensated);
-        assert_eq!(effects_of(&store, &id).await.unwrap(), effects(&[(0, "do"), (1, "do"), (1, "undo"), (0, "undo")]));
+        let all_undone = effects(&[(0, "do"), (1, "do"), (2, "do"), (2, "undo"), (1, "undo"), (0, "undo")]);
+        assert_eq!(effects_of(&store, &id).await.unwrap(), all_undone);
         let history = trips.history(&id).await.unwrap();
-        let hotel: Vec<(String, u32)> = history
+        let car: Vec<(String, u32)> = history
             .iter()
-            .filter(|entry| entry.step.as_deref() == Some("book_hotel") && !entry.kind.starts_with("compensation"))
+            .filter(|entry| entry.step.as_deref() == Some("book_car") && !entry.kind.starts_with("compensation"))
             .map(|entry| (entry.kind.clone(), entry.attempt))
             .collect();
         let expected: Vec<(String, u32)> = [
@@ -245,7 +251,7 @@ async fn uncertainty_carries_over_to_later_attempts_and_open_breakers_use_none()
         .iter()
         .map(|(kind, attempt)| (kind.to_string(), *attempt))
         .collect();
-        assert_eq!(hotel, expected, "the turned-away runs did not count as attempts");
+        assert_eq!(car, expected, "the turned-away runs did not count as attempts");
 
         // A step the breaker keeps turning away, more often than it has attempts, completes.
         let patient = trips
@@ -278,13 +284,69 @@ async fn a_compensation_waits_out_an_open_breaker_instead_of_parking() {
         let id = id.await.unwrap();
         assert_eq!(trips.wait(&id).await.unwrap(), Status::Compensated);
         check_settled(&id, Status::Compensated, &effects_of(&store, &id).await.unwrap()).unwrap();
-        let history = kinds(&trips.history(&id).await.unwrap());
-        assert_eq!(
-            history.iter().filter(|kind| *kind == "book_flight:compensation_waiting").count(),
-            12,
-            "{history:?}"
-        );
+        let history = trips.history(&id).await.unwrap();
+        let waits: Vec<u32> =
+            history.iter().filter(|entry| entry.kind == "compensation_waiting").map(|entry| entry.attempt).collect();
+        assert_eq!(waits, [2; 12], "the waits belong to attempt 2 and use none: {:?}", kinds(&history));
         trips.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_retried_or_a_step_turned_away_after_an_effect_keeps_the_step_uncertain() {
+    for store in stores("retried").await {
+        let trips = trips(&store, &Metrics::new()).await;
+        // A real policy: the car's first call attempt books it and loses the answer, which opens
+        // the breaker; the retry is turned away, and that is the error the step sees. Then the
+        // car is declined: it must be cancelled all the same.
+        let retried = [Reply::RetriedThenTurnedAway, Reply::Declined];
+        // The step books the car, then its next call is turned away (it says `uncertain()`).
+        let turned_away = [Reply::EffectThenTurnedAway, Reply::Declined];
+        for replies in [retried, turned_away] {
+            let id =
+                trips.start(Trip { script: script(&[("do:2", replies.to_vec())]), ..Trip::default() }).await.unwrap();
+            assert_eq!(trips.wait(&id).await.unwrap(), Status::Compensated, "{replies:?}");
+            let all_undone = effects(&[(0, "do"), (1, "do"), (2, "do"), (2, "undo"), (1, "undo"), (0, "undo")]);
+            assert_eq!(effects_of(&store, &id).await.unwrap(), all_undone, "{replies:?}");
+        }
+        trips.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_refusals_in_a_row_park_a_compensation_early() {
+    for store in stores("refusals").await {
+        let mut settings = test_settings();
+        settings.compensation_attempts = 2;
+        let trips = trips_with(&store, settings, &Metrics::new()).await;
+        // Many lost requests and two refusals, never two in a row: it is not parked.
+        let mut replies = vec![Reply::Lost; 5];
+        replies.extend([Reply::Declined, Reply::Lost, Reply::Declined]);
+        let id = trips.start(Trip { fail_at: Some(1), script: script(&[("undo:0", replies)]), ..Trip::default() });
+        let id = id.await.unwrap();
+        assert_eq!(trips.wait(&id).await.unwrap(), Status::Compensated);
+        check_settled(&id, Status::Compensated, &effects_of(&store, &id).await.unwrap()).unwrap();
+        trips.shutdown().await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_saga_taken_over_while_waiting_out_a_breaker_counts_no_interruption() {
+    for store in stores("handover").await {
+        let metrics = Metrics::new();
+        let first = trips(&store, &metrics).await;
+        let script = script(&[("do:0", vec![Reply::TurnedAway(2000)])]);
+        let id = first.start(Trip { script, ..Trip::default() }).await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // The first replica leaves while the saga waits: the attempt had not begun.
+        first.shutdown().await;
+        let second = trips(&store, &metrics).await;
+        assert_eq!(second.wait(&id).await.unwrap(), Status::Completed);
+        let history = second.history(&id).await.unwrap();
+        assert!(!history.iter().any(|entry| entry.kind.ends_with("interrupted")), "{:?}", kinds(&history));
+        let flight = history.iter().find(|entry| entry.kind == "step_completed").unwrap();
+        assert_eq!(flight.attempt, 1, "the wait used no attempt: {:?}", kinds(&history));
+        second.shutdown().await;
     }
 }
 

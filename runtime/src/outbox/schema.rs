@@ -40,12 +40,14 @@ const SAGA_TABLES: &str = r"
     );
     ";
 
-/// Sagas remember whether the step running may already have taken effect, and since when the step or
-/// compensation running has been tried (the compensation deadline counts from there).
+/// Sagas remember whether the step running may already have taken effect, since when the step or
+/// compensation running has been tried (the compensation deadline counts from there), and how many
+/// times in a row the other side refused a compensation.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 const SAGA_UNCERTAINTY: &str = r"
     alter table marty_saga add column uncertain boolean not null default false;
     alter table marty_saga add column step_started_at bigint not null default 0;
+    alter table marty_saga add column refusals integer not null default 0;
     update marty_saga set step_started_at = updated_at;
     ";
 

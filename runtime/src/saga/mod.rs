@@ -39,28 +39,36 @@
 //!   the call away, the connection was refused, or the other side answered that it did nothing (a
 //!   declined payment). Any other failure (a connection lost after the request was sent, a
 //!   timeout, `Unknown` or `Internal`, a proxy's 502/503/504, a crash during the attempt) leaves the
-//!   step uncertain, and the uncertainty stays with the step through its later attempts: when the
+//!   step uncertain, and so does a call Marty retried during the attempt (its last error speaks only
+//!   of its last try). The uncertainty stays with the step through its later attempts: when the
 //!   saga gives up, the step's own compensation runs before the others. **The orchestrator relies
 //!   on compensations that undo nothing when there is nothing to undo** (a refund that finds no
-//!   charge under the key succeeds). A step that makes several calls and fails on a later one has
-//!   applied the earlier ones: return [`StepError::uncertain`] then, or make one call per step.
+//!   charge under the key succeeds), and that leave a mark under the key when they find nothing,
+//!   so that the original, should it still arrive late (a slow server, not a dead one), does
+//!   nothing. A step that makes several calls and fails on a later one has applied the earlier
+//!   ones: return [`StepError::uncertain`] then, or make one call per step.
 //! - **Open breakers are waited out.** When Marty turns a step's or compensation's call away (the
 //!   breaker is open, the bulkhead is full: [`ErrorClass::TurnedAway`]), nothing reached the other
 //!   side, so the attempt does not count: the orchestrator waits the breaker's `retry_after` and
-//!   tries again, within the saga's `timeout` for a step (each attempt keeps its own `timeout`).
+//!   tries again, within the saga's `timeout` for a step (each attempt keeps its own `timeout`). A
+//!   saga without a `timeout` waits as long as the breaker keeps turning its calls away.
 //! - **Compensations outlast outages.** A compensation is retried, with exponential backoff and
 //!   through open breakers, until it succeeds or `[sagas] compensation_deadline` (default 5 minutes,
-//!   longer than every breaker's `open_for`) has passed since it began; sooner only when it failed
-//!   `compensation_attempts` times and the last error is not transient (the other side keeps
-//!   answering no). Then the saga is parked, listed by [`Orchestrator::parked`], and continues when
-//!   [`Orchestrator::resume`] is called. A short outage never parks a saga.
+//!   longer than every breaker's `open_for`) has passed since it began, counting only from an
+//!   attempt this replica made (time no replica drove it does not park it); sooner only when the
+//!   other side refused it ([`ErrorClass::Expected`], e.g. [`StepError::permanent`])
+//!   `compensation_attempts` times in a row. Then the saga is parked, listed by
+//!   [`Orchestrator::parked`], and continues when [`Orchestrator::resume`] is called. An outage
+//!   shorter than the deadline never parks a saga.
 //! - **Timeouts are deadlines in the database**, so a step or saga timeout that passed while no process
 //!   was running still fires when one resumes the saga.
-//! - **One owner at a time.** A replica owns the sagas it runs through a lease it renews; when it
-//!   dies, another replica takes them over once the lease expires (`[sagas] lease`). A replica with
-//!   a stable name (`[sagas] replica`, else `POD_NAME` or `HOSTNAME`) that restarts takes its own
-//!   sagas back at once. Every commit is fenced on the owner's run, so a replica that lost a saga
-//!   stops driving it.
+//! - **One owner at a time.** A replica owns the sagas it runs through a lease it renews every sixth
+//!   of a lease; when it dies, another replica takes them over once the lease expires (`[sagas]
+//!   lease`). A replica with a stable name (`[sagas] replica`, else `POD_NAME` or `HOSTNAME`) that
+//!   restarts takes its own sagas back as soon as its previous run has missed two renewals (a third
+//!   of the lease), and never from a run that still renews. Every commit is fenced on the owner's
+//!   run, so a replica that lost a saga stops driving it (an attempt it had under way may still
+//!   finish: the idempotency key makes that harmless).
 //! - **Resumed on startup**: every orchestrator looks for unfinished sagas with no live owner, at
 //!   start and every `[sagas] poll_interval`.
 
@@ -239,11 +247,12 @@ impl StepError {
         StepError { message: message.into(), class: ErrorClass::Transient, may_have_applied: true }
     }
 
-    /// A failure no retry will fix, answered before anything happened (payment declined, out of
-    /// stock): the saga compensates the steps before this one at once. If the attempt may have taken
-    /// effect all the same, say so with [`StepError::uncertain`].
+    /// A refusal no retry will fix, answered before anything happened (payment declined, out of
+    /// stock; an [`ErrorClass::Expected`] error): the saga compensates the steps before this one at
+    /// once, and a compensation refused `[sagas] compensation_attempts` times in a row parks the
+    /// saga. If the attempt may have taken effect all the same, say so with [`StepError::uncertain`].
     pub fn permanent(message: impl Into<String>) -> Self {
-        StepError { message: message.into(), class: ErrorClass::Failure, may_have_applied: false }
+        StepError { message: message.into(), class: ErrorClass::Expected, may_have_applied: false }
     }
 
     /// From any error that says what it is.

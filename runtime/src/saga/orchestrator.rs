@@ -19,8 +19,10 @@ use super::{Saga, StepContext, StepDefinition, StepError};
 use crate::events::{continue_trace, current_traceparent};
 use crate::events::{new_event_id, Message};
 use crate::metrics::{Metrics, SagaTypeMetrics, StepOutcome};
+use crate::policy::effects;
 use crate::store::Store;
 use crate::DependencyRegistry;
+use crate::{Classify, ErrorClass};
 use marty_config::SagasConfig;
 
 /// Where a saga is.
@@ -183,6 +185,9 @@ struct Inner<S: Saga> {
     /// This orchestrator's name in leases, new at every start (`<replica>/<saga>/<run>` when the
     /// replica has a stable name), so that fencing tells it from an earlier run of the same replica.
     owner: Arc<str>,
+    /// `<replica>/<saga>/`, when the replica has a stable name: an owner starting with it is an
+    /// earlier run of this replica.
+    replica_prefix: Option<String>,
     settings: SagasConfig,
     metrics: SagaTypeMetrics,
     stop: watch::Sender<bool>,
@@ -228,8 +233,9 @@ impl<S: Saga> Orchestrator<S> {
     }
 
     /// The orchestrator for `S` on `store`, with explicit settings, recording into `metrics`. With a
-    /// `replica` name in `settings`, it first takes back the unfinished sagas an earlier run of the
-    /// same replica owned, without waiting for their leases.
+    /// `replica` name in `settings`, it takes back the unfinished sagas an earlier run of the same
+    /// replica owned as soon as that run has missed two lease renewals, not once the whole lease ran
+    /// out.
     pub async fn with_store(
         store: Store,
         env: S::Env,
@@ -251,6 +257,7 @@ impl<S: Saga> Orchestrator<S> {
             store,
             env: Arc::new(env),
             owner: owner.into(),
+            replica_prefix,
             metrics: metrics.sagas().saga(definition.name, &step_names),
             settings,
             stop: watch::channel(false).0,
@@ -258,9 +265,6 @@ impl<S: Saga> Orchestrator<S> {
             waiters: Mutex::default(),
             background: Mutex::default(),
         });
-        if let Some(prefix) = &replica_prefix {
-            take_back(&inner, prefix).await?;
-        }
         let poller = tokio::spawn(take_over(inner.clone()));
         let leases = tokio::spawn(renew_leases(inner.clone()));
         lock(&inner.background).extend([poller, leases]);
@@ -305,6 +309,7 @@ impl<S: Saga> Orchestrator<S> {
             updated_at: now,
             uncertain: false,
             step_started_at: now,
+            refusals: 0,
         };
         let history = [
             Entry { seq: 1, at: now, step: None, kind: "started", attempt: 0, detail: None },
@@ -497,9 +502,16 @@ async fn reload<S: Saga>(inner: &Inner<S>, id: &str) -> Result<Option<Run<S>>, S
 async fn run_of<S: Saga>(inner: &Inner<S>, mut row: SagaRow) -> Result<Run<S>, SagaError> {
     let state = serde_json::from_str(&row.state)?;
     let seq = record::next_seq(&inner.store, &row.id).await?;
-    // A resumed parked saga records attempt 0: nothing was under way.
-    let interrupted = row.attempt > 0;
+    // The attempt may have been under way unless it was not due yet: the previous owner was waiting
+    // (a backoff, an open breaker) and starts an attempt only at `next_attempt_at`. Its lease ran
+    // out, or it missed renewals, long before now if it had started, so clock skew between replicas
+    // does not blur the line. A resumed parked saga records attempt 0: nothing was under way.
+    let interrupted = row.attempt > 0 && row.next_attempt_at <= now_millis();
     row.attempt = row.attempt.max(1);
+    if row.step_started_at == 0 {
+        // Written by a version before the column existed.
+        row.step_started_at = row.updated_at;
+    }
     Ok(Run { row, state, seq, interrupted, turned_away: 0 })
 }
 
@@ -553,14 +565,17 @@ async fn forward<S: Saga>(inner: &Inner<S>, run: &mut Run<S>) -> Result<Next, Sa
     let mut ctx = StepContext::new(inner.env.clone(), run.row.id.as_str().into(), step.name, run.row.attempt as u32);
     let span = tracing::info_span!("saga step", step = step.name, attempt = run.row.attempt);
     let started = Instant::now();
-    let result = within(limit, S::run_step(&mut run.state, index, &mut ctx)).instrument(span).await;
+    let result = within(limit, effects::watch(S::run_step(&mut run.state, index, &mut ctx))).instrument(span).await;
     let metrics = &inner.metrics.steps[index];
     let attempt = match result {
-        Some(Ok(())) => {
+        Some((Ok(()), _)) => {
             metrics.record(StepOutcome::Completed, started.elapsed());
             Attempt::Succeeded(ctx.take_outbox())
         }
-        Some(Err(error)) => {
+        Some((Err(error), retried)) => {
+            // A call the step retried may have taken effect on an earlier attempt, whatever the
+            // error of its last attempt says.
+            let error = if retried { error.uncertain() } else { error };
             if let Some(retry_after) = error.turned_away() {
                 metrics.record(StepOutcome::TurnedAway, started.elapsed());
                 return wait_out(inner, run, retry_after, &error).await;
@@ -619,6 +634,7 @@ fn start_step<S: Saga>(row: &mut SagaRow, index: usize, now: i64) {
     row.next_attempt_at = now;
     row.step_started_at = now;
     row.uncertain = false;
+    row.refusals = 0;
     row.step_deadline = S::DEFINITION.steps[index].timeout.map(|timeout| now + millis(timeout));
 }
 
@@ -725,8 +741,10 @@ async fn backward<S: Saga>(inner: &Inner<S>, run: &mut Run<S>) -> Result<Next, S
             "compensation_interrupted",
             Some("the previous owner stopped during this attempt".into()),
         );
+        // Whatever time passed while no replica drove it (an outage, every replica down) is not the
+        // compensation failing: it gets a new attempt before it can be parked.
         let error = StepError::transient("interrupted");
-        return compensation_failed(inner, run, error, vec![entry]).await;
+        return compensation_failed(inner, run, error, vec![entry], false).await;
     }
     wait_until(run.row.next_attempt_at).await;
     let mut ctx = StepContext::new(inner.env.clone(), run.row.id.as_str().into(), step.name, run.row.attempt as u32);
@@ -762,49 +780,54 @@ async fn backward<S: Saga>(inner: &Inner<S>, run: &mut Run<S>) -> Result<Next, S
         }
         Some(Err(error)) if error.turned_away().is_some() => {
             metrics.record(StepOutcome::TurnedAway, started.elapsed());
-            compensation_failed(inner, run, error, Vec::new()).await
+            compensation_failed(inner, run, error, Vec::new(), true).await
         }
         Some(Err(error)) => {
             metrics.record(StepOutcome::CompensationFailed, started.elapsed());
             let entry = run.entry(Some(step.name), "compensation_failed", Some(error.to_string()));
-            compensation_failed(inner, run, error, vec![entry]).await
+            compensation_failed(inner, run, error, vec![entry], true).await
         }
         None => {
             metrics.record(StepOutcome::CompensationFailed, started.elapsed());
             let detail = step.timeout.map(|timeout| format!("no answer within {timeout:?}"));
             let entry = run.entry(Some(step.name), "compensation_timed_out", detail);
-            compensation_failed(inner, run, StepError::transient("timed out"), vec![entry]).await
+            compensation_failed(inner, run, StepError::transient("timed out"), vec![entry], true).await
         }
     }
 }
 
 /// A compensation attempt failed, or Marty turned its call away: try again, or park the saga for an
 /// operator. A compensation must happen, so it is retried until `[sagas] compensation_deadline` has
-/// passed since it began, whatever the errors; it is parked sooner only after
-/// `compensation_attempts` failed attempts, the last of them not transient (the other side keeps
-/// answering no). Calls turned away are waited out and never count as attempts.
+/// passed since it began, whatever the errors; it is parked sooner only when the other side refused
+/// it (an `Expected` error: it answered, and the answer is no) `compensation_attempts` times in a
+/// row. Calls turned away are waited out and never count. `may_park` is false for an attempt that
+/// was interrupted (the previous owner stopped): it gets a new attempt first.
 async fn compensation_failed<S: Saga>(
     inner: &Inner<S>,
     run: &mut Run<S>,
     error: StepError,
     mut history: Vec<Entry>,
+    may_park: bool,
 ) -> Result<Next, SagaError> {
-    let step = &S::DEFINITION.steps[run.row.step as usize];
-    let settings = &inner.settings;
-    let now = now_millis();
-    let deadline_passed = now >= run.row.step_started_at.saturating_add(millis(settings.compensation_deadline));
-    let attempts = run.row.attempt as u32;
-    let answered_no =
-        error.turned_away().is_none() && !error.is_transient() && attempts >= settings.compensation_attempts;
-    if !deadline_passed && !answered_no {
-        if let Some(retry_after) = error.turned_away() {
+    if let Some(retry_after) = error.turned_away() {
+        if !may_park || !compensation_expired(inner, &run.row) {
             return wait_out(inner, run, retry_after, &error).await;
         }
-        run.turned_away = 0;
-        run.state = serde_json::from_str(&run.row.state)?;
-        let delay = backoff(settings, attempts);
-        let mut row = run.row.clone();
-        row.updated_at = now;
+    }
+    let step = &S::DEFINITION.steps[run.row.step as usize];
+    let settings = &inner.settings;
+    run.turned_away = 0;
+    run.state = serde_json::from_str(&run.row.state)?;
+    let now = now_millis();
+    let mut row = run.row.clone();
+    row.updated_at = now;
+    if error.turned_away().is_none() {
+        row.refusals = if error.classify() == ErrorClass::Expected { row.refusals + 1 } else { 0 };
+    }
+    let expired = compensation_expired(inner, &run.row);
+    let refused = row.refusals as u32 >= settings.compensation_attempts;
+    if !may_park || (!expired && !refused) {
+        let delay = backoff(settings, run.row.attempt as u32);
         row.attempt += 1;
         row.next_attempt_at = now + millis(delay);
         row.step_deadline = step.timeout.map(|timeout| row.next_attempt_at + millis(timeout));
@@ -816,21 +839,24 @@ async fn compensation_failed<S: Saga>(
         ));
         return commit(inner, run, row, history, &[], None).await;
     }
-    run.state = serde_json::from_str(&run.row.state)?;
-    let mut row = run.row.clone();
-    row.updated_at = now;
     row.status = Status::Parked.as_str().to_owned();
     row.step_deadline = None;
-    let reason = if deadline_passed {
+    let attempts = run.row.attempt;
+    let reason = if refused {
+        format!("compensation `{}` refused {} times in a row: {error}", step.name, row.refusals)
+    } else {
         let elapsed = Duration::from_millis((now - run.row.step_started_at).max(0) as u64);
         format!("compensation `{}` kept failing for {elapsed:.0?} ({attempts} attempts): {error}", step.name)
-    } else {
-        format!("compensation `{}` failed {attempts} times: {error}", step.name)
     };
     tracing::error!(saga.error = %reason, "saga parked for an operator");
     row.error = Some(reason.clone());
-    history.push(run.entry_at(Some(step.name), "parked", run.row.attempt, Some(reason)));
+    history.push(run.entry_at(Some(step.name), "parked", attempts, Some(reason)));
     commit(inner, run, row, history, &[], Some(Status::Parked)).await
+}
+
+/// Whether the compensation `row` is at has been tried for `[sagas] compensation_deadline`.
+fn compensation_expired<S: Saga>(inner: &Inner<S>, row: &SagaRow) -> bool {
+    now_millis() >= row.step_started_at.saturating_add(millis(inner.settings.compensation_deadline))
 }
 
 /// Marty turned a call of the attempt away (breaker open, bulkhead full): nothing reached the other
@@ -847,13 +873,17 @@ async fn wait_out<S: Saga>(
     run.state = serde_json::from_str(&run.row.state)?;
     run.turned_away += 1;
     let now = now_millis();
-    let wait = retry_after + backoff(&inner.settings, run.turned_away);
+    let wait = retry_after.saturating_add(backoff(&inner.settings, run.turned_away));
     let mut row = run.row.clone();
     row.updated_at = now;
     row.next_attempt_at = now + millis(wait);
     let compensating = row.status == Status::Compensating.as_str();
-    if let Some(deadline) = row.deadline.filter(|_| !compensating) {
-        row.next_attempt_at = row.next_attempt_at.min(deadline);
+    if !compensating {
+        // The step may have made a call that took effect before the one turned away.
+        row.uncertain |= error.may_have_applied();
+        if let Some(deadline) = row.deadline {
+            row.next_attempt_at = row.next_attempt_at.min(deadline);
+        }
     }
     row.step_deadline = step.timeout.map(|timeout| row.next_attempt_at + millis(timeout));
     let kind = if compensating { "compensation_waiting" } else { "step_waiting" };
@@ -910,24 +940,16 @@ impl<S> Run<S> {
     }
 }
 
-/// Takes back, at start, the unfinished sagas an earlier run of this replica owned (`prefix` is its
-/// `<replica>/<saga>/`): that run is gone, so waiting for its leases would only delay them. The
-/// attempts it left under way count as interrupted.
-async fn take_back<S: Saga>(inner: &Arc<Inner<S>>, prefix: &str) -> Result<(), SagaError> {
-    let lease_until = now_millis() + millis(inner.settings.lease);
-    let rows = record::reclaim(&inner.store, S::DEFINITION.name, &inner.owner, prefix, lease_until).await?;
-    if !rows.is_empty() {
-        tracing::info!(
-            saga = S::DEFINITION.name,
-            sagas = rows.len(),
-            "taking back the sagas of this replica's previous run"
-        );
-    }
+/// Drives the sagas this replica just took (`why` says how, for the log); one that cannot be loaded
+/// is left for another try.
+async fn drive_claimed<S: Saga>(inner: &Arc<Inner<S>>, rows: Vec<SagaRow>, why: &'static str) {
     for row in rows {
-        let run = run_of(inner, row).await?;
-        spawn_drive(inner.clone(), run);
+        tracing::info!(saga = S::DEFINITION.name, saga.id = %row.id, status = %row.status, why);
+        match run_of(inner, row).await {
+            Ok(run) => spawn_drive(inner.clone(), run),
+            Err(error) => tracing::warn!(%error, "cannot resume saga; another replica will try"),
+        }
     }
-    Ok(())
 }
 
 /// The replica's stable name where the platform gives one: `POD_NAME` (from the Kubernetes downward
@@ -939,25 +961,30 @@ fn replica_from_environment() -> Option<String> {
         .find(|name| marty_config::is_replica_name(name))
 }
 
-/// Takes over, at start and every poll interval, unfinished sagas that no live replica owns.
+/// Takes over, at start and every poll interval, unfinished sagas that no live replica owns: those
+/// of an earlier run of this replica once it has missed two renewals, any other once its lease ran
+/// out.
 async fn take_over<S: Saga>(inner: Arc<Inner<S>>) {
     let mut stop = inner.stop.subscribe();
     let poll = inner.settings.poll_interval;
+    let lease = millis(inner.settings.lease);
     loop {
         let now = now_millis();
-        let lease_until = now + millis(inner.settings.lease);
-        match record::claim(&inner.store, S::DEFINITION.name, &inner.owner, now, lease_until, now + millis(poll), 64)
+        if let Some(prefix) = &inner.replica_prefix {
+            // A live run renews every sixth of a lease: more than a third of a lease without a
+            // renewal means the run is gone (or a second replica runs under the same name).
+            let stale_before = now + lease * 2 / 3;
+            match record::reclaim(&inner.store, S::DEFINITION.name, &inner.owner, prefix, stale_before, now + lease)
+                .await
+            {
+                Ok(rows) => drive_claimed(&inner, rows, "taking back a saga of this replica's previous run").await,
+                Err(error) => tracing::warn!(%error, "cannot look for this replica's earlier sagas"),
+            }
+        }
+        match record::claim(&inner.store, S::DEFINITION.name, &inner.owner, now, now + lease, now + millis(poll), 64)
             .await
         {
-            Ok(rows) => {
-                for row in rows {
-                    tracing::info!(saga = S::DEFINITION.name, saga.id = %row.id, status = %row.status, "taking over saga");
-                    match run_of(&inner, row).await {
-                        Ok(run) => spawn_drive(inner.clone(), run),
-                        Err(error) => tracing::warn!(%error, "cannot resume saga; another replica will try"),
-                    }
-                }
-            }
+            Ok(rows) => drive_claimed(&inner, rows, "taking over saga").await,
             Err(error) => tracing::warn!(%error, "cannot look for sagas to take over"),
         }
         tokio::select! {
@@ -967,13 +994,14 @@ async fn take_over<S: Saga>(inner: Arc<Inner<S>>) {
     }
 }
 
-/// Renews this replica's leases every third of a lease.
+/// Renews this replica's leases every sixth of a lease (often enough that missing two renewals, a
+/// third of a lease, tells a restarted run of the same replica that this one is gone).
 async fn renew_leases<S: Saga>(inner: Arc<Inner<S>>) {
     let mut stop = inner.stop.subscribe();
     loop {
         tokio::select! {
             _ = stop.wait_for(|stopped| *stopped) => return,
-            _ = tokio::time::sleep(inner.settings.lease / 3) => {}
+            _ = tokio::time::sleep(inner.settings.lease / 6) => {}
         }
         let lease_until = now_millis() + millis(inner.settings.lease);
         if let Err(error) = record::renew(&inner.store, &inner.owner, lease_until).await {

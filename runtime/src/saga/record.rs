@@ -62,6 +62,8 @@ pub(super) struct SagaRow {
     pub(super) uncertain: bool,
     /// When the step or compensation now running got its first attempt.
     pub(super) step_started_at: i64,
+    /// How many times in a row the other side refused the compensation now running.
+    pub(super) refusals: i32,
 }
 
 type SagaTuple = (
@@ -80,10 +82,11 @@ type SagaTuple = (
     i64,
     bool,
     i64,
+    i32,
 );
 
 const COLUMNS: &str = "id, name, state, status, step, attempt, error, deadline, step_deadline, next_attempt_at, \
-    traceparent, created_at, updated_at, uncertain, step_started_at";
+    traceparent, created_at, updated_at, uncertain, step_started_at, refusals";
 
 impl From<SagaTuple> for SagaRow {
     fn from(row: SagaTuple) -> Self {
@@ -103,6 +106,7 @@ impl From<SagaTuple> for SagaRow {
             updated_at,
             uncertain,
             step_started_at,
+            refusals,
         ) = row;
         SagaRow {
             id,
@@ -120,6 +124,7 @@ impl From<SagaTuple> for SagaRow {
             updated_at,
             uncertain,
             step_started_at,
+            refusals,
         }
     }
 }
@@ -149,8 +154,9 @@ pub(super) async fn insert(
 ) -> Result<bool, sqlx::Error> {
     const INSERT: &str = "
         insert into marty_saga (id, name, state, status, step, attempt, error, deadline, step_deadline,
-            next_attempt_at, owner, lease_until, traceparent, created_at, updated_at, uncertain, step_started_at)
-        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)
+            next_attempt_at, owner, lease_until, traceparent, created_at, updated_at, uncertain, step_started_at,
+            refusals)
+        values ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18)
         on conflict (id) do nothing";
     on_store!(store, pool => {
         let mut tx = pool.begin().await?;
@@ -172,6 +178,7 @@ pub(super) async fn insert(
             .bind(row.updated_at)
             .bind(row.uncertain)
             .bind(row.step_started_at)
+            .bind(row.refusals)
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -203,7 +210,7 @@ pub(super) async fn commit(
             step_deadline = $8, next_attempt_at = $9, updated_at = $10,
             owner = case when $11 then null else owner end,
             lease_until = case when $11 then 0 else lease_until end,
-            uncertain = $12, step_started_at = $13
+            uncertain = $12, step_started_at = $13, refusals = $14
         where id = $1 and owner = $2";
     on_store!(store, pool => {
         let mut tx = pool.begin().await?;
@@ -221,6 +228,7 @@ pub(super) async fn commit(
             .bind(release)
             .bind(row.uncertain)
             .bind(row.step_started_at)
+            .bind(row.refusals)
             .execute(&mut *tx)
             .await?
             .rows_affected()
@@ -291,21 +299,22 @@ pub(super) async fn claim(
     })
 }
 
-/// Takes back, whatever their leases, the unfinished sagas of type `name` that an earlier run of this
-/// replica owned (an owner starting with `replica_prefix` other than `owner`): they become `owner`'s
-/// until `lease_until`.
+/// Takes back the unfinished sagas of type `name` that an earlier run of this replica owned (an owner
+/// starting with `replica_prefix` other than `owner`) and no longer renews (its lease ends before
+/// `stale_before`, though it has not run out): they become `owner`'s until `lease_until`.
 pub(super) async fn reclaim(
     store: &Store,
     name: &str,
     owner: &str,
     replica_prefix: &str,
+    stale_before: i64,
     lease_until: i64,
 ) -> Result<Vec<SagaRow>, sqlx::Error> {
     // `substr` rather than `like`: a replica name may hold `_`, which `like` reads as a wildcard.
     let sql = format!(
         "update marty_saga set owner = $1, lease_until = $2
          where name = $3 and status in ('running', 'compensating') and owner <> $1
-             and substr(owner, 1, $4) = $5
+             and substr(owner, 1, $4) = $5 and lease_until < $6
          returning {COLUMNS}"
     );
     on_store!(store, pool => {
@@ -315,6 +324,7 @@ pub(super) async fn reclaim(
             .bind(name)
             .bind(replica_prefix.chars().count() as i32)
             .bind(replica_prefix)
+            .bind(stale_before)
             .fetch_all(pool)
             .await?;
         Ok(rows.into_iter().map(SagaRow::from).collect())
@@ -370,8 +380,10 @@ pub(super) async fn parked(store: &Store, name: &str) -> Result<Vec<SagaRow>, sq
 /// Puts parked saga `id` back to compensating, its attempts reset, for any replica to take; `false`
 /// when it is not parked.
 pub(super) async fn resume(store: &Store, name: &str, id: &str, now: i64) -> Result<bool, sqlx::Error> {
-    const RESUME: &str = "update marty_saga set status = 'compensating', attempt = 1, next_attempt_at = $3,
-            step_deadline = null, owner = null, lease_until = 0, updated_at = $3, step_started_at = $3
+    // Attempt 0: nothing was under way, so the replica that takes it does not count an interruption.
+    const RESUME: &str = "update marty_saga set status = 'compensating', attempt = 0, next_attempt_at = $3,
+            step_deadline = null, owner = null, lease_until = 0, updated_at = $3, step_started_at = $3,
+            refusals = 0
         where id = $1 and name = $2 and status = 'parked'";
     on_store!(store, pool => {
         let mut tx = pool.begin().await?;
