@@ -11,6 +11,9 @@ use super::proto::inventory_server::{self, InventoryServer};
 use super::proto::{ReleaseReply, ReleaseRequest, ReserveReply, ReserveRequest};
 use super::{open_database, proto, StoreError};
 
+/// How a reservation refused for want of stock's error begins.
+pub const OUT_OF_STOCK: &str = "out of stock";
+
 /// What the demo sells, and how many of each: plenty, except the rare stamp.
 pub const STOCK: [(&str, i64); 4] = [("book", 1_000_000), ("lamp", 1_000_000), ("mug", 1_000_000), ("rare-stamp", 25)];
 
@@ -118,7 +121,7 @@ impl Inventory {
             .rows_affected();
             if taken == 0 {
                 // Dropping the transaction rolls the reservation back.
-                return Err(StoreError::Rejected(format!("not enough `{item}` in stock")));
+                return Err(StoreError::Rejected(format!("{OUT_OF_STOCK}: `{item}`")));
             }
         }
         let remaining: i64 = sqlx::query_scalar("select available from inventory_stock where item = $1")

@@ -21,9 +21,9 @@ use marty::axum::body::Bytes;
 use marty::axum::http::{Method, Request};
 use serde::Serialize;
 
-use super::inventory::{Reservation, STOCK};
+use super::inventory::{Reservation, OUT_OF_STOCK, STOCK};
 use super::orders::OrderView;
-use super::payments::Payment;
+use super::payments::{Payment, DECLINED};
 
 /// How much load.
 #[derive(Debug, Clone)]
@@ -257,7 +257,7 @@ async fn place_and_follow(client: &HttpClient, base: &str, index: usize) -> Resu
 
 /// Whether the business said no to `order` (the payments and inventory services' refusals).
 fn said_no(order: &OrderView) -> bool {
-    order.error.as_deref().is_some_and(|error| error.starts_with("card declined") || error.starts_with("not enough"))
+    order.error.as_deref().is_some_and(|error| error.starts_with(DECLINED) || error.starts_with(OUT_OF_STOCK))
 }
 
 fn outcome_is(outcome: &Result<OrderView, String>, status: &str) -> bool {

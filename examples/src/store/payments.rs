@@ -15,6 +15,9 @@ use super::{open_database, proto, OrderConfirmed, StoreError};
 /// Charges above this are declined: how the demo's load makes some orders compensate.
 pub const LIMIT_CENTS: i64 = 50_000;
 
+/// How a declined charge's error begins.
+pub const DECLINED: &str = "card declined";
+
 const SCHEMA: &str = "
     create table if not exists payments (id text primary key, order_id text not null, amount_cents bigint not null,
         status text not null);
@@ -95,7 +98,7 @@ impl Payments {
     #[database_call(dependency = "payments_db", config = "store.toml")]
     async fn charge(&self, id: &str, order_id: &str, amount_cents: i64) -> Result<(), StoreError> {
         if amount_cents > LIMIT_CENTS {
-            return Err(StoreError::Rejected(format!("card declined for {amount_cents} cents")));
+            return Err(StoreError::Rejected(format!("{DECLINED} for {amount_cents} cents")));
         }
         sqlx::query(
             "insert into payments (id, order_id, amount_cents, status) values ($1, $2, $3, 'charged')
