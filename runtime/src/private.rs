@@ -52,7 +52,9 @@ pub struct CallSite {
     retry: RetryOverride,
     config_path: &'static str,
     config_text: &'static str,
-    policy: OnceLock<Result<CallPolicy, Error>>,
+    /// Kept once resolved; a failure is not kept, so a configuration fixed later (see
+    /// [`DependencyRegistry::global_or_load`]) takes effect.
+    policy: OnceLock<CallPolicy>,
 }
 
 impl CallSite {
@@ -74,10 +76,11 @@ impl CallSite {
     /// The call site's policy, resolved from the global registry on first use and kept.
     #[inline]
     pub fn policy(&'static self) -> Result<&'static CallPolicy, Error> {
-        match self.policy.get_or_init(|| self.resolve()) {
-            Ok(policy) => Ok(policy),
-            Err(error) => Err(error.clone()),
+        if let Some(policy) = self.policy.get() {
+            return Ok(policy);
         }
+        let policy = self.resolve()?;
+        Ok(self.policy.get_or_init(|| policy))
     }
 
     fn resolve(&self) -> Result<CallPolicy, Error> {

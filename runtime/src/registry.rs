@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, Mutex, OnceLock, RwLock};
+use std::time::{Duration, Instant};
 
 use marty_config::{Config, ConfigError, ConfigErrors, DependencyKind, Origin};
 
@@ -21,7 +22,13 @@ pub struct DependencyRegistry {
     metrics: Arc<Metrics>,
 }
 
-static GLOBAL: OnceLock<Result<DependencyRegistry, Error>> = OnceLock::new();
+static GLOBAL: OnceLock<DependencyRegistry> = OnceLock::new();
+
+/// The last configuration that failed to load, and when: a failure is not kept for the life of the
+/// process (the file may be fixed, a variable set), but calls made meanwhile re-read it at most once
+/// per [`RELOAD_AFTER_FAILURE`].
+static LAST_FAILURE: Mutex<Option<(Instant, Error)>> = Mutex::new(None);
+const RELOAD_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 impl DependencyRegistry {
     /// Builds every `[dependencies.<name>]` of `config`, recording into a new [`Metrics`].
@@ -146,39 +153,46 @@ impl DependencyRegistry {
     /// Makes this registry the one the macros use. Call it at startup, before the first wrapped call;
     /// `Err` gives the registry back when one is already in place.
     pub fn install_global(self) -> Result<&'static DependencyRegistry, DependencyRegistry> {
-        let mut candidate = Some(self);
-        let installed = GLOBAL.get_or_init(|| Ok(candidate.take().expect("runs at most once")));
-        match (candidate, installed) {
-            (None, Ok(registry)) => Ok(registry),
-            (Some(rejected), _) => Err(rejected),
-            (None, Err(_)) => unreachable!("this call just installed an Ok registry"),
-        }
+        GLOBAL.set(self)?;
+        Ok(GLOBAL.get().expect("just installed"))
     }
 
     /// The registry the macros use, if one is installed (or was loaded by a first wrapped call).
     pub fn global() -> Option<&'static DependencyRegistry> {
-        GLOBAL.get().and_then(|registry| registry.as_ref().ok())
+        GLOBAL.get()
     }
 
     /// The global registry, loading it on first use: from the file `MARTY_CONFIG` names, else from
     /// `compiled_path` (the file the macros checked) if it exists, else from `embedded` (its text at
     /// compile time), always with `MARTY__` overrides and `${VAR}` expansion from the environment.
+    /// A configuration that does not load fails the call with its errors; the next call after
+    /// [`RELOAD_AFTER_FAILURE`] reads it again.
     pub(crate) fn global_or_load(compiled_path: &str, embedded: &str) -> Result<&'static DependencyRegistry, Error> {
-        GLOBAL
-            .get_or_init(|| {
-                let env = marty_config::Environment::from_process();
-                let loaded = match env.get(marty_config::CONFIG_PATH_VAR) {
-                    Some(path) => Self::load(Path::new(path)),
-                    None if Path::new(compiled_path).exists() => Self::load(Path::new(compiled_path)),
-                    None => Config::parse_at_startup(embedded, compiled_path, &env).map(Self::from_config),
-                };
-                loaded.map_err(|errors| {
-                    tracing::error!(%errors, "invalid Marty configuration; wrapped calls will fail until it is fixed");
-                    Error::Config(Arc::new(errors))
-                })
-            })
-            .as_ref()
-            .map_err(Clone::clone)
+        if let Some(registry) = GLOBAL.get() {
+            return Ok(registry);
+        }
+        let mut last_failure = LAST_FAILURE.lock().unwrap_or_else(|poison| poison.into_inner());
+        if let Some((_, error)) = last_failure.as_ref().filter(|(at, _)| at.elapsed() < RELOAD_AFTER_FAILURE) {
+            return Err(error.clone());
+        }
+        let env = marty_config::Environment::from_process();
+        let loaded = match env.get(marty_config::CONFIG_PATH_VAR) {
+            Some(path) => Self::load(Path::new(path)),
+            None if Path::new(compiled_path).exists() => Self::load(Path::new(compiled_path)),
+            None => Config::parse_at_startup(embedded, compiled_path, &env).map(Self::from_config),
+        };
+        match loaded {
+            Ok(registry) => {
+                *last_failure = None;
+                Ok(GLOBAL.get_or_init(|| registry))
+            }
+            Err(errors) => {
+                tracing::error!(%errors, "invalid Marty configuration; wrapped calls fail until it is fixed");
+                let error = Error::Config(Arc::new(errors));
+                *last_failure = Some((Instant::now(), error.clone()));
+                Err(error)
+            }
+        }
     }
 
     fn unknown_dependency(&self, name: &str) -> Error {

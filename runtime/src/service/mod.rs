@@ -69,7 +69,11 @@ pub trait Routes: Send + Sync + 'static {
 }
 
 /// Why a service could not start or stopped with an error.
-#[derive(Debug)]
+///
+/// Its `Debug` is its readable text, causes included, because `fn main() -> Result<(), ServeError>`
+/// prints the error it returns with `Debug`: a bad `marty.toml` then reads `Error: invalid Marty
+/// configuration:` and one `<file>:<line>: key ..` with its `help:` per problem. `{:#?}` shows the
+/// structure.
 pub enum ServeError {
     /// The configuration did not load: every problem, with file, line and key.
     Config(crate::Error),
@@ -89,7 +93,35 @@ impl std::fmt::Display for ServeError {
     }
 }
 
-impl std::error::Error for ServeError {}
+impl std::fmt::Debug for ServeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if f.alternate() {
+            return match self {
+                ServeError::Config(error) => f.debug_tuple("Config").field(error).finish(),
+                ServeError::Startup(error) => f.debug_tuple("Startup").field(error).finish(),
+                ServeError::Io(error) => f.debug_tuple("Io").field(error).finish(),
+            };
+        }
+        write!(f, "{self}")?;
+        // `Display` already includes the error it wraps; what caused that one follows.
+        let mut cause = std::error::Error::source(self).and_then(std::error::Error::source);
+        while let Some(error) = cause {
+            write!(f, "\n  caused by: {error}")?;
+            cause = error.source();
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ServeError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            ServeError::Config(error) => Some(error),
+            ServeError::Startup(error) => Some(error.as_ref()),
+            ServeError::Io(error) => Some(error),
+        }
+    }
+}
 
 /// The server for `service`, with the configuration loaded (or the installed registry).
 pub fn server<S: Routes>(service: S) -> Result<Server, ServeError> {
