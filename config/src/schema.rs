@@ -162,6 +162,31 @@ pub struct DependencyConfig {
     pub circuit_breaker: CircuitBreakerConfig,
     /// `retry = { ... }`.
     pub retry: RetryConfig,
+    /// `readiness`: whether this dependency's open breaker makes the service unready.
+    pub readiness: DependencyReadiness,
+}
+
+/// What a dependency's state does to the service's readiness (`readiness = ..`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DependencyReadiness {
+    /// `"reported"` (the default): `/readyz` shows its breaker, and the service stays ready while
+    /// it is open. One dependency's outage must not take every replica out of the load balancer:
+    /// an unready replica gets no traffic, so no call would ever close the breaker again.
+    #[default]
+    Reported,
+    /// `"required"`: the service is not ready while the breaker turns calls away; once `open_for`
+    /// has passed it reads ready again, so that trial calls can come.
+    Required,
+}
+
+impl DependencyReadiness {
+    /// The name written in `marty.toml`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            DependencyReadiness::Reported => "reported",
+            DependencyReadiness::Required => "required",
+        }
+    }
 }
 
 impl fmt::Debug for DependencyConfig {
@@ -175,6 +200,7 @@ impl fmt::Debug for DependencyConfig {
             .field("timeout", &self.timeout)
             .field("circuit_breaker", &self.circuit_breaker)
             .field("retry", &self.retry)
+            .field("readiness", &self.readiness)
             .finish()
     }
 }
@@ -192,6 +218,7 @@ impl DependencyConfig {
             timeout,
             circuit_breaker: CircuitBreakerConfig::defaults_for(timeout),
             retry: RetryConfig::default(),
+            readiness: DependencyReadiness::Reported,
         }
     }
 }
@@ -370,7 +397,8 @@ const SAGAS_KEYS: &[&str] = &[
     "backoff_max",
 ];
 const DEFAULT_COMPENSATION_DEADLINE: Duration = Duration::from_secs(300);
-const DEPENDENCY_KEYS: &[&str] = &["kind", "url", "max_concurrent", "max_wait", "timeout", "circuit_breaker", "retry"];
+const DEPENDENCY_KEYS: &[&str] =
+    &["kind", "url", "max_concurrent", "max_wait", "timeout", "circuit_breaker", "retry", "readiness"];
 const BREAKER_KEYS: &[&str] = &[
     "enabled",
     "failure_rate",
@@ -575,6 +603,10 @@ fn read_dependency(reader: &mut Reader<'_>, table: &Table<'_>, name: &str) -> Op
     }
     if let Some(retry) = reader.table(table, "retry") {
         read_retry(reader, &retry, &mut config.retry);
+    }
+    if let Some(readiness) = reader.choice(table, "readiness", &["reported", "required"]) {
+        config.readiness =
+            if readiness == "required" { DependencyReadiness::Required } else { DependencyReadiness::Reported };
     }
     Some(config)
 }

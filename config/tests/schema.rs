@@ -68,7 +68,7 @@ fn an_unknown_key_names_file_line_key_and_the_nearest_valid_key() {
     let errors = errors_of("[dependencies.orders_db]\nkind = \"database\"\nmax_concurent = 5\n");
     assert_eq!(
         errors,
-        ["marty.toml:3: key `dependencies.orders_db.max_concurent`: unknown key\n  help: did you mean `max_concurrent`? valid keys here: `kind`, `url`, `max_concurrent`, `max_wait`, `timeout`, `circuit_breaker`, `retry`"]
+        ["marty.toml:3: key `dependencies.orders_db.max_concurent`: unknown key\n  help: did you mean `max_concurrent`? valid keys here: `kind`, `url`, `max_concurrent`, `max_wait`, `timeout`, `circuit_breaker`, `retry`, `readiness`"]
     );
 }
 
@@ -164,7 +164,7 @@ fn a_bad_override_names_the_variable() {
     assert_eq!(errors[1].problem, "invalid duration `soon`: it must start with a whole number");
     assert_eq!(
         errors[0].to_string(),
-        "environment variable `MARTY__DEPENDENCIES__ORDERS_DB__MAX_CONCURENT` (overriding marty.toml): key `dependencies.orders_db.max_concurent`: unknown key\n  help: did you mean `max_concurrent`? valid keys here: `kind`, `url`, `max_concurrent`, `max_wait`, `timeout`, `circuit_breaker`, `retry`"
+        "environment variable `MARTY__DEPENDENCIES__ORDERS_DB__MAX_CONCURENT` (overriding marty.toml): key `dependencies.orders_db.max_concurent`: unknown key\n  help: did you mean `max_concurrent`? valid keys here: `kind`, `url`, `max_concurrent`, `max_wait`, `timeout`, `circuit_breaker`, `retry`, `readiness`"
     );
 }
 
@@ -293,4 +293,16 @@ fn a_replica_name_is_what_a_pod_name_is_made_of() {
         errors[0].starts_with("marty.toml:2: key `sagas.replica`: `orders 1/#2` is not a replica name"),
         "{errors:?}"
     );
+}
+
+#[test]
+fn a_dependency_is_reported_in_readiness_unless_declared_required() {
+    let base = "[dependencies.ledger]\nkind = \"api\"\n";
+    let reported = Config::parse(base, "marty.toml").unwrap();
+    assert_eq!(reported.dependencies["ledger"].readiness, marty_config::DependencyReadiness::Reported);
+    let required = Config::parse(&format!("{base}readiness = \"required\"\n"), "marty.toml").unwrap();
+    assert_eq!(required.dependencies["ledger"].readiness, marty_config::DependencyReadiness::Required);
+    let errors = errors_of(&format!("{base}readiness = \"requried\"\n"));
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert!(errors[0].contains("did you mean `required`?"), "{errors:?}");
 }

@@ -17,6 +17,22 @@ use tonic_reflection::pb::v1::ServerReflectionRequest;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_hybrid_orders");
 
+/// Waits until gRPC health reports `service` serving: it says `NOT_SERVING` while the service is
+/// still starting (its relay and consumers), as `/readyz` says "starting".
+async fn wait_until_serving(channel: Channel, service: &str) {
+    let mut health = HealthClient::new(channel);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let request = HealthCheckRequest { service: service.into() };
+        let status = health.check(request).await.expect("gRPC health answers").into_inner().status;
+        if status == ServingStatus::Serving as i32 {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "gRPC health of {service:?} never turned SERVING: {status}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_and_rest_share_one_port_with_health_and_reflection() {
     let service = tokio::task::spawn_blocking(|| Service::start(BINARY, "hybrid")).await.unwrap();
@@ -45,10 +61,8 @@ async fn grpc_and_rest_share_one_port_with_health_and_reflection() {
         tokio::task::spawn_blocking(move || support::wait_for_status(addr, "/orders/1/audit", 200)).await.unwrap();
     assert_eq!(audit.body, r#"{"order_id":1,"item":"book","applied":1}"#);
 
-    let mut health = HealthClient::new(channel.clone());
     for name in ["", "orders.v1.Orders"] {
-        let status = health.check(HealthCheckRequest { service: name.into() }).await.unwrap().into_inner().status;
-        assert_eq!(status, ServingStatus::Serving as i32, "health of {name:?}");
+        wait_until_serving(channel.clone(), name).await;
     }
 
     let mut reflection = ServerReflectionClient::new(channel);
@@ -89,13 +103,7 @@ async fn grpc_is_also_served_on_the_grpc_port_the_configuration_names() {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    let status = HealthClient::new(channel)
-        .check(HealthCheckRequest { service: String::new() })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(status, ServingStatus::Serving as i32);
+    wait_until_serving(channel, "").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -108,9 +116,7 @@ async fn the_grpc_example_serves_orders_health_and_the_builtin_http_endpoints() 
     let created =
         orders.create_order(CreateOrderRequest { item: "pen".into(), quantity: 3 }).await.unwrap().into_inner();
     assert_eq!(orders.get_order(GetOrderRequest { id: created.id }).await.unwrap().into_inner(), created);
-    let status =
-        HealthClient::new(channel).check(HealthCheckRequest { service: "orders.v1.Orders".into() }).await.unwrap();
-    assert_eq!(status.into_inner().status, ServingStatus::Serving as i32);
+    wait_until_serving(channel, "orders.v1.Orders").await;
     let addr = service.addr;
     let ready =
         tokio::task::spawn_blocking(move || support::request(addr, "GET", "/readyz", None).unwrap()).await.unwrap();
@@ -126,9 +132,9 @@ async fn on_sigterm_grpc_health_turns_not_serving_before_the_service_stops() {
     .await
     .unwrap();
     let channel = Channel::from_shared(format!("http://{}", service.addr)).unwrap().connect().await.unwrap();
+    wait_until_serving(channel.clone(), "orders.v1.Orders").await;
     let mut health = HealthClient::new(channel);
     let check = HealthCheckRequest { service: "orders.v1.Orders".into() };
-    assert_eq!(health.check(check.clone()).await.unwrap().into_inner().status, ServingStatus::Serving as i32);
 
     service.terminate();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);

@@ -184,6 +184,17 @@ impl CircuitBreaker {
         CircuitState::from_u8(self.state.load(Ordering::Acquire))
     }
 
+    /// Whether it turns calls away now: open, and `open_for` not yet over. An open breaker whose
+    /// `open_for` has passed lets the next call through as a trial (it turns half-open only when that
+    /// call arrives), so it does not count.
+    pub fn rejects_calls(&self) -> bool {
+        if self.state() != CircuitState::Open {
+            return false;
+        }
+        let inner = self.lock();
+        inner.state == CircuitState::Open && inner.opened_at.elapsed() < inner.config.open_for
+    }
+
     /// The configuration it runs with now.
     pub fn config(&self) -> CircuitBreakerConfig {
         self.lock().config.clone()

@@ -91,7 +91,11 @@ async fn open_rejects_immediately_with_the_time_left_then_half_opens_after_open_
         Err(Error::CircuitOpen { retry_after, .. }) => assert_eq!(retry_after, Duration::from_secs(6)),
         other => panic!("expected CircuitOpen, got {other:?}"),
     }
+    assert!(breaker.rejects_calls());
     tokio::time::advance(Duration::from_secs(6)).await;
+    // No call has come since: still open, but it would let the next one through.
+    assert_eq!(breaker.state(), CircuitState::Open);
+    assert!(!breaker.rejects_calls(), "past open_for, an open breaker turns no call away");
     let trial = breaker.try_acquire().expect("after open_for a trial call passes");
     assert_eq!(breaker.state(), CircuitState::HalfOpen);
     drop(trial);

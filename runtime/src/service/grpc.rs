@@ -1,10 +1,10 @@
 //! gRPC beside HTTP on one port: requests whose content type is `application/grpc` go to the gRPC
 //! services (tonic), everything else to the HTTP routes, both behind the same [`super::HttpLayer`].
-//! The standard `grpc.health.v1.Health` service follows readiness (`NOT_SERVING` while a
-//! dependency's breaker is open or the service drains), and reflection serves the descriptors given.
+//! The standard `grpc.health.v1.Health` service follows readiness (`NOT_SERVING` by the rule of
+//! `/readyz`: starting, draining, a failing probe, a required dependency down), and reflection
+//! serves the descriptors given.
 
 use std::convert::Infallible;
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -13,8 +13,7 @@ use tonic::server::NamedService;
 use tonic_health::ServingStatus;
 use tower_service::Service;
 
-use super::health::Readiness;
-use crate::registry::DependencyRegistry;
+use super::health::HealthState;
 
 /// The gRPC services of one service, built by `#[service(grpc(..))]` or by hand.
 #[derive(Debug, Default)]
@@ -89,23 +88,38 @@ pub(crate) fn is_grpc(request: &Request) -> bool {
         .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"))
 }
 
-/// Keeps gRPC health in step with readiness, for the whole server ("") and each service.
+/// Keeps gRPC health in step with readiness, for the whole server ("") and each service, by the same
+/// rule as `/readyz`: starting and draining show at once, breakers within 100 ms, and the probes are
+/// run once a second.
 pub(crate) async fn follow_readiness(
     reporter: tonic_health::server::HealthReporter,
     names: Vec<&'static str>,
-    registry: &'static DependencyRegistry,
-    readiness: Arc<Readiness>,
+    state: HealthState,
 ) {
+    const PROBE_EVERY: Duration = Duration::from_secs(1);
     let mut last = None;
+    let mut probed: Option<(tokio::time::Instant, bool)> = None;
     loop {
-        let ready = !readiness.is_draining() && super::health::open_breakers(registry).is_empty();
+        let probes_pass = match probed {
+            Some((at, passed)) if at.elapsed() < PROBE_EVERY => passed,
+            _ => {
+                let passed = super::health::probes_pass(&state).await;
+                probed = Some((tokio::time::Instant::now(), passed));
+                passed
+            }
+        };
+        let ready = probes_pass && super::health::ready_but_for_probes(&state);
         let status = if ready { ServingStatus::Serving } else { ServingStatus::NotServing };
         if last != Some(status) {
+            tracing::info!(serving = ready, "gRPC health follows readiness");
             for name in std::iter::once("").chain(names.iter().copied()) {
                 reporter.set_service_status(name, status).await;
             }
             last = Some(status);
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::select! {
+            () = state.readiness.changed() => {}
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
     }
 }

@@ -1,5 +1,9 @@
-//! `/healthz` (the process is alive) and `/readyz` (it should receive traffic: not draining, and no
-//! dependency's circuit breaker open).
+//! `/healthz` (the process is alive) and `/readyz` (this replica should receive traffic), and the
+//! one rule gRPC health follows too. Ready means: startup has finished (broker connected, Marty's
+//! tables migrated, relay and consumers started), the service is not draining, every
+//! `#[health_check]` passes, and no dependency declared `readiness = "required"` has a breaker that
+//! turns calls away. Other dependencies' breakers are shown, never counted: one dependency's outage
+//! must not take every replica out of its load balancer, where no call would ever close the breaker.
 
 use std::fmt;
 use std::future::Future;
@@ -12,20 +16,49 @@ use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 
-use crate::circuit_breaker::CircuitState;
+use marty_config::DependencyReadiness;
+
 use crate::registry::DependencyRegistry;
 
-/// Whether the service is draining (shutting down): readiness fails first, so load balancers stop
-/// sending traffic before the listener closes.
+/// Whether the service is still starting or already draining (shutting down): readiness fails in
+/// both, so load balancers send traffic only once everything runs, and stop before the listener
+/// closes.
 #[derive(Debug, Default)]
 pub struct Readiness {
+    starting: AtomicBool,
     draining: AtomicBool,
+    /// Wakes gRPC health at once when either flag changes, rather than at its next poll.
+    changed: tokio::sync::Notify,
 }
 
 impl Readiness {
+    /// Marks the service as starting: not ready until [`Readiness::finish_starting`].
+    pub fn begin_starting(&self) {
+        self.starting.store(true, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// Marks startup as done.
+    pub fn finish_starting(&self) {
+        self.starting.store(false, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// Completes when a flag changed since the last call (or at once, if one did meanwhile).
+    #[cfg(feature = "grpc")]
+    pub(crate) async fn changed(&self) {
+        self.changed.notified().await;
+    }
+
+    /// Whether startup is still under way.
+    pub fn is_starting(&self) -> bool {
+        self.starting.load(Ordering::SeqCst)
+    }
+
     /// Marks the service as shutting down.
     pub fn start_draining(&self) {
         self.draining.store(true, Ordering::SeqCst);
+        self.changed.notify_one();
     }
 
     /// Whether shutdown has begun.
@@ -90,53 +123,78 @@ pub(crate) async fn healthz() -> Response {
     json(StatusCode::OK, serde_json::json!({ "status": "ok" }))
 }
 
-/// The dependencies whose circuit breaker is open.
-pub(crate) fn open_breakers(registry: &DependencyRegistry) -> Vec<String> {
+/// Why the service is not ready, if it is not; the cheap part of the rule, without the probes.
+fn unready_because(state: &HealthState) -> Option<&'static str> {
+    if state.readiness.is_draining() {
+        Some("draining")
+    } else if state.readiness.is_starting() {
+        Some("starting")
+    } else {
+        None
+    }
+}
+
+/// The dependencies declared `readiness = "required"` whose breaker turns calls away now.
+fn required_down(registry: &DependencyRegistry) -> Vec<String> {
     let config = registry.config();
     config
         .dependencies
-        .keys()
-        .filter(|name| registry.dependency(name).is_some_and(|d| d.circuit_breaker().state() == CircuitState::Open))
-        .cloned()
+        .values()
+        .filter(|dependency| dependency.readiness == DependencyReadiness::Required)
+        .filter(|dependency| registry.dependency(&dependency.name).is_some_and(|d| d.circuit_breaker().rejects_calls()))
+        .map(|dependency| dependency.name.clone())
         .collect()
 }
 
+/// Runs every probe at once (the slowest bounds the wait): each one's result, by name.
+async fn run_checks(checks: &[HealthCheck]) -> Vec<(&'static str, Result<(), String>)> {
+    let running: Vec<_> = checks
+        .iter()
+        .map(|check| {
+            let check = check.clone();
+            (check.name, tokio::spawn(async move { check.run().await }))
+        })
+        .collect();
+    let mut results = Vec::with_capacity(running.len());
+    for (name, task) in running {
+        results.push((name, task.await.unwrap_or_else(|panic| Err(format!("the probe panicked: {panic}")))));
+    }
+    results
+}
+
+/// The readiness rule without the probes: started, not draining, no required dependency down.
+#[cfg(feature = "grpc")]
+pub(crate) fn ready_but_for_probes(state: &HealthState) -> bool {
+    unready_because(state).is_none() && required_down(state.registry).is_empty()
+}
+
+/// Whether every `#[health_check]` passes.
+#[cfg(feature = "grpc")]
+pub(crate) async fn probes_pass(state: &HealthState) -> bool {
+    run_checks(&state.checks).await.iter().all(|(_, result)| result.is_ok())
+}
+
 pub(crate) async fn readyz(State(state): State<HealthState>) -> Response {
-    let mut dependencies = serde_json::Map::new();
-    let down = open_breakers(state.registry);
     let config = state.registry.config();
+    let mut dependencies = serde_json::Map::new();
     // A BTreeMap: the dependencies come out sorted, so the JSON is stable.
-    for name in config.dependencies.keys() {
+    for (name, declared) in &config.dependencies {
         let Some(dependency) = state.registry.dependency(name) else { continue };
-        let circuit = dependency.circuit_breaker().state();
         dependencies.insert(
             name.to_owned(),
             serde_json::json!({
                 "kind": dependency.kind().as_str(),
-                "circuit": circuit.to_string(),
+                "readiness": declared.readiness.as_str(),
+                "circuit": dependency.circuit_breaker().state().to_string(),
                 "bulkhead_available": dependency.bulkhead().available(),
                 "max_concurrent": dependency.bulkhead().max_concurrent(),
             }),
         );
     }
-    // Probes run concurrently, so the slowest one bounds the answer.
-    let running: Vec<_> = state
-        .checks
-        .iter()
-        .map(|check| {
-            (
-                check.name,
-                tokio::spawn({
-                    let check = check.clone();
-                    async move { check.run().await }
-                }),
-            )
-        })
-        .collect();
+    let down = required_down(state.registry);
     let mut checks = serde_json::Map::new();
     let mut failing = Vec::new();
-    for (name, task) in running {
-        let result = task.await.unwrap_or_else(|panic| Err(format!("the probe panicked: {panic}")));
+    for (name, result) in run_checks(&state.checks).await {
         let entry = match &result {
             Ok(()) => serde_json::json!({ "status": "pass" }),
             Err(detail) => {
@@ -146,12 +204,12 @@ pub(crate) async fn readyz(State(state): State<HealthState>) -> Response {
         };
         checks.insert(name.to_owned(), entry);
     }
-    let draining = state.readiness.is_draining();
-    let (status, word) = match (draining, down.is_empty() && failing.is_empty()) {
-        (true, _) => (StatusCode::SERVICE_UNAVAILABLE, "draining"),
-        (false, false) => (StatusCode::SERVICE_UNAVAILABLE, "not_ready"),
-        (false, true) => (StatusCode::OK, "ready"),
+    let word = match unready_because(&state) {
+        Some(reason) => reason,
+        None if down.is_empty() && failing.is_empty() => "ready",
+        None => "not_ready",
     };
+    let status = if word == "ready" { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     json(
         status,
         serde_json::json!({ "status": word, "down": down, "failing_checks": failing, "dependencies": dependencies, "checks": checks }),

@@ -231,13 +231,18 @@ impl Server {
         self.http_routes().layer(HttpLayer::new(self.registry.metrics().clone()))
     }
 
-    /// User routes and built-in endpoints, before the layer every request passes.
-    fn http_routes(&self) -> Router {
-        let health = health::HealthState {
+    /// What the readiness rule reads, for `/readyz` and gRPC health.
+    fn health_state(&self) -> health::HealthState {
+        health::HealthState {
             registry: self.registry,
             readiness: self.readiness.clone(),
             checks: Arc::new(self.checks.clone()),
-        };
+        }
+    }
+
+    /// User routes and built-in endpoints, before the layer every request passes.
+    fn http_routes(&self) -> Router {
+        let health = self.health_state();
         let builtin = Router::new()
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
@@ -256,14 +261,15 @@ impl Server {
     /// The service every connection is served by: HTTP routes, and gRPC services when there are
     /// some, each behind [`HttpLayer`] (inside the router, so it sees the matched route); plus the
     /// task that keeps gRPC health in step.
-    fn connection_service(self) -> (grpc_dispatch::Dispatch, Option<tokio::task::JoinHandle<()>>) {
+    #[cfg_attr(not(feature = "grpc"), allow(unused_mut))]
+    fn connection_service(mut self) -> (grpc_dispatch::Dispatch, Option<tokio::task::JoinHandle<()>>) {
         let observe = HttpLayer::new(self.registry.metrics().clone());
         let http = self.http_routes().layer(observe.clone());
         #[cfg(feature = "grpc")]
-        if let Some(services) = self.grpc {
+        if let Some(services) = self.grpc.take() {
             let names = services.names().to_vec();
             let (grpc, reporter) = services.into_router();
-            let health = tokio::spawn(grpc::follow_readiness(reporter, names, self.registry, self.readiness.clone()));
+            let health = tokio::spawn(grpc::follow_readiness(reporter, names, self.health_state()));
             return (grpc_dispatch::Dispatch::Hybrid { http, grpc: grpc.layer(observe) }, Some(health));
         }
         (grpc_dispatch::Dispatch::Http(http), None)
@@ -293,7 +299,11 @@ impl Server {
         self.serve_listeners(listener, None, signal).await
     }
 
-    /// Serves every request on `listener`, and on `second` too when given (`[grpc] addr`).
+    /// Serves every request on `listener`, and on `second` too when given (`[grpc] addr`). Startup
+    /// (the broker, Marty's tables, the relay and the consumers) runs while the listeners already
+    /// answer: `/healthz` says alive and `/readyz` "starting" until it is done, so an orchestrator
+    /// neither kills a slow start nor sends it traffic. A startup that fails stops the server.
+    #[cfg_attr(not(feature = "events"), allow(unused_mut))]
     async fn serve_listeners(
         mut self,
         listener: TcpListener,
@@ -303,19 +313,22 @@ impl Server {
         let config = self.registry.config();
         let (drain_delay, shutdown_timeout) = (config.service.drain_delay, config.service.shutdown_timeout);
         let readiness = self.readiness.clone();
+        readiness.begin_starting();
         // Flips to true when the listeners must stop accepting; every listener and the in-flight
         // deadline wait on it.
         let (stop_accepting, stopped) = tokio::sync::watch::channel(false);
-        let shutdown = tokio::spawn(async move {
-            signal.await;
-            readiness.start_draining();
-            tracing::info!(?drain_delay, "shutdown requested: readiness is now 503");
-            tokio::time::sleep(drain_delay).await;
-            tracing::info!(?shutdown_timeout, "no longer accepting connections; waiting for in-flight requests");
-            let _ = stop_accepting.send(true);
+        let stop_accepting = Arc::new(stop_accepting);
+        let shutdown = tokio::spawn({
+            let (readiness, stop_accepting) = (readiness.clone(), stop_accepting.clone());
+            async move {
+                signal.await;
+                readiness.start_draining();
+                tracing::info!(?drain_delay, "shutdown requested: readiness is now 503");
+                tokio::time::sleep(drain_delay).await;
+                tracing::info!(?shutdown_timeout, "no longer accepting connections; waiting for in-flight requests");
+                stop_accepting.send_replace(true);
+            }
         });
-        #[cfg(feature = "events")]
-        let events_stop = stopped.clone();
         let graceful = move || {
             let mut stopped = stopped.clone();
             async move {
@@ -324,7 +337,9 @@ impl Server {
         };
         let registry = self.registry;
         #[cfg(feature = "events")]
-        let events = events::start(registry, std::mem::take(&mut self.handlers), events_stop).await?;
+        let startup = events::start(registry, std::mem::take(&mut self.handlers), stop_accepting.subscribe());
+        #[cfg(not(feature = "events"))]
+        let startup = std::future::ready(Ok::<(), std::io::Error>(()));
         let (service, grpc_health) = self.connection_service();
         let serve = |listener: TcpListener, graceful| {
             axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service.clone()))
@@ -346,23 +361,57 @@ impl Server {
         #[cfg(not(unix))]
         let hangups = None;
         let reloads = tokio::spawn(reload_on_change(registry, hangups));
+        let stop_background = move || {
+            reloads.abort();
+            shutdown.abort();
+            if let Some(grpc_health) = &grpc_health {
+                grpc_health.abort();
+            }
+        };
+        tokio::pin!(server);
+        let started = tokio::select! {
+            // Startup first: a service with nothing to start is ready before its first connection.
+            biased;
+            started = startup => started,
+            // Stopped (or failed) before startup finished: nothing was started to wait for.
+            result = &mut server => {
+                stop_background();
+                crate::telemetry::shutdown();
+                return result;
+            }
+        };
+        #[cfg_attr(not(feature = "events"), allow(clippy::let_unit_value))]
+        let events = match started {
+            Ok(events) => {
+                readiness.finish_starting();
+                tracing::info!("started: readiness follows the dependencies and probes now");
+                events
+            }
+            Err(error) => {
+                tracing::error!(%error, "startup failed; stopping");
+                readiness.start_draining();
+                stop_accepting.send_replace(true);
+                let _ = tokio::time::timeout(shutdown_timeout, &mut server).await;
+                stop_background();
+                crate::telemetry::shutdown();
+                return Err(error);
+            }
+        };
         let result = tokio::select! {
-            result = server => result,
+            result = &mut server => result,
             () = async { deadline.await; tokio::time::sleep(shutdown_timeout).await } => {
                 tracing::warn!(?shutdown_timeout, "in-flight requests did not finish in time; stopping anyway");
                 Ok(())
             }
         };
-        reloads.abort();
-        shutdown.abort();
+        stop_background();
         #[cfg(feature = "events")]
         events.finish(shutdown_timeout).await;
+        #[cfg(not(feature = "events"))]
+        let () = events;
         // After the requests that may start sagas: their replicas elsewhere continue them at once.
         #[cfg(any(feature = "postgres", feature = "sqlite"))]
         crate::saga::shutdown_all().await;
-        if let Some(grpc_health) = grpc_health {
-            grpc_health.abort();
-        }
         crate::telemetry::shutdown();
         result
     }
