@@ -40,15 +40,17 @@ pub struct ServiceConfig {
     /// The service's name in telemetry; defaults to the crate name where the macros know it.
     pub name: Option<String>,
     /// After SIGTERM, how long readiness reports 503 while requests are still served, so load
-    /// balancers stop routing here before the listener closes (default `0s`).
-    pub drain_delay: Duration,
+    /// balancers stop routing here before the listener closes. Unset, the runtime picks where the
+    /// service runs: 5 s in Kubernetes (endpoints take a few seconds to drop a pod), 0 elsewhere
+    /// (a terminal's Ctrl-C stops at once).
+    pub drain_delay: Option<Duration>,
     /// How long in-flight requests get to finish once the listener closes (default `30s`).
     pub shutdown_timeout: Duration,
 }
 
 impl Default for ServiceConfig {
     fn default() -> Self {
-        ServiceConfig { name: None, drain_delay: Duration::ZERO, shutdown_timeout: Duration::from_secs(30) }
+        ServiceConfig { name: None, drain_delay: None, shutdown_timeout: Duration::from_secs(30) }
     }
 }
 
@@ -420,7 +422,7 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
             let defaults = ServiceConfig::default();
             ServiceConfig {
                 name: reader.string(&table, "name"),
-                drain_delay: reader.duration(&table, "drain_delay").unwrap_or(defaults.drain_delay),
+                drain_delay: reader.duration(&table, "drain_delay").or(defaults.drain_delay),
                 shutdown_timeout: reader.duration(&table, "shutdown_timeout").unwrap_or(defaults.shutdown_timeout),
             }
         }

@@ -248,3 +248,34 @@ fn the_same_binary_runs_on_postgresql_and_nats_by_configuration_alone() {
     assert_eq!(audit.body, format!(r#"{{"order_id":{id},"item":"lamp","applied":1}}"#));
     assert!(stream_messages(&nats) > before, "the event went through JetStream");
 }
+
+/// With no `drain_delay` in the file, a service in Kubernetes (every pod has
+/// `KUBERNETES_SERVICE_HOST`) keeps answering after SIGTERM, readiness 503, while endpoints drop it;
+/// on a terminal it stops at once.
+#[test]
+fn an_unset_drain_delay_fits_where_the_service_runs() {
+    let original = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/marty.toml")).unwrap();
+    let unset: String =
+        original.lines().filter(|line| !line.starts_with("drain_delay")).map(|line| format!("{line}\n")).collect();
+    assert_ne!(unset, original, "the example's file sets drain_delay");
+    let config = std::env::temp_dir().join(format!("marty-drain-default-{}.toml", std::process::id()));
+    std::fs::write(&config, unset).unwrap();
+    for (in_kubernetes, expected) in [(true, r#""drain_delay":"5s""#), (false, r#""drain_delay":"0ns""#)] {
+        let log_path = std::env::temp_dir().join(format!("marty-drain-{in_kubernetes}-{}.jsonl", std::process::id()));
+        let log = Stdio::from(std::fs::File::create(&log_path).unwrap());
+        let env: Vec<(&str, String)> =
+            if in_kubernetes { vec![("KUBERNETES_SERVICE_HOST", "10.96.0.1".to_owned())] } else { Vec::new() };
+        let mut service = Service::start_with_env(BINARY, "drain-default", log, Some(&config), &env);
+        service.terminate();
+        if in_kubernetes {
+            // Still listening after SIGTERM: readiness says draining.
+            let draining = support::wait_for_status(service.addr, "/readyz", 503);
+            assert!(draining.body.contains(r#""status":"draining""#), "{draining:?}");
+        }
+        let status = service.child.wait().unwrap();
+        assert!(status.success(), "graceful shutdown exits 0, got {status}");
+        let logs = std::fs::read_to_string(&log_path).unwrap();
+        let line = logs.lines().find(|line| line.contains("shutdown requested")).expect("the shutdown is logged");
+        assert!(line.contains(expected), "in Kubernetes: {in_kubernetes}: {line}");
+    }
+}

@@ -311,7 +311,7 @@ impl Server {
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
         let config = self.registry.config();
-        let (drain_delay, shutdown_timeout) = (config.service.drain_delay, config.service.shutdown_timeout);
+        let (drain_delay, shutdown_timeout) = (drain_delay(&config.service), config.service.shutdown_timeout);
         let readiness = self.readiness.clone();
         readiness.begin_starting();
         // Flips to true when the listeners must stop accepting; every listener and the in-flight
@@ -455,6 +455,17 @@ impl RunningServer {
         }
         self.task.await.map_err(std::io::Error::other)?
     }
+}
+
+/// `[service] drain_delay`, or where it is unset, what fits where the service runs: 5 s in
+/// Kubernetes, whose endpoints take a few seconds to stop routing to a terminating pod (every pod has
+/// `KUBERNETES_SERVICE_HOST`), else 0, so Ctrl-C on a terminal stops at once.
+fn drain_delay(service: &marty_config::ServiceConfig) -> std::time::Duration {
+    const IN_KUBERNETES: std::time::Duration = std::time::Duration::from_secs(5);
+    service.drain_delay.unwrap_or_else(|| match std::env::var_os("KUBERNETES_SERVICE_HOST") {
+        Some(_) => IN_KUBERNETES,
+        None => std::time::Duration::ZERO,
+    })
 }
 
 /// Completes on SIGTERM (how orchestrators stop a process) or SIGINT (Ctrl-C).
