@@ -809,8 +809,9 @@ async fn compensation_failed<S: Saga>(
     mut history: Vec<Entry>,
     may_park: bool,
 ) -> Result<Next, SagaError> {
+    let expired = compensation_expired(inner, &run.row);
     if let Some(retry_after) = error.turned_away() {
-        if !may_park || !compensation_expired(inner, &run.row) {
+        if !may_park || !expired {
             return wait_out(inner, run, retry_after, &error).await;
         }
     }
@@ -824,7 +825,6 @@ async fn compensation_failed<S: Saga>(
     if error.turned_away().is_none() {
         row.refusals = if error.classify() == ErrorClass::Expected { row.refusals + 1 } else { 0 };
     }
-    let expired = compensation_expired(inner, &run.row);
     let refused = row.refusals as u32 >= settings.compensation_attempts;
     if !may_park || (!expired && !refused) {
         let delay = backoff(settings, run.row.attempt as u32);
@@ -968,9 +968,12 @@ async fn take_over<S: Saga>(inner: Arc<Inner<S>>) {
     let mut stop = inner.stop.subscribe();
     let poll = inner.settings.poll_interval;
     let lease = millis(inner.settings.lease);
+    // An earlier run's leases were last renewed before this run started, so they have all run out
+    // a lease later; from then on the plain claim below finds those sagas, and reclaiming stops.
+    let reclaim_until = now_millis() + lease;
     loop {
         let now = now_millis();
-        if let Some(prefix) = &inner.replica_prefix {
+        if let Some(prefix) = inner.replica_prefix.as_ref().filter(|_| now <= reclaim_until) {
             // A live run renews every sixth of a lease: more than a third of a lease without a
             // renewal means the run is gone (or a second replica runs under the same name).
             let stale_before = now + lease * 2 / 3;
