@@ -39,6 +39,15 @@ pub fn init(service: &str, config: &TelemetryConfig) -> bool {
     installed
 }
 
+/// What a panic said, for the log: its message when it was a string (as `panic!` makes it).
+pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
+    payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("a non-string panic payload")
+}
+
 /// Flushes and stops trace export; call before the process exits (the service does on shutdown).
 pub fn shutdown() {
     otel::shutdown();

@@ -77,11 +77,9 @@ async fn main() {
                 }
             });
             let options = HandlerOptions::default().concurrency(4).ack_wait(Duration::from_secs(2)).max_attempts(3);
-            EventHandler::new(<Credited as marty::Event>::TOPIC, &group, "reliability", options, invoke).start(
-                broker,
-                EventMetrics::default(),
-                shutdown,
-            )
+            EventHandler::new(<Credited as marty::Event>::TOPIC, &group, "reliability", options, invoke)
+                .start(broker, EventMetrics::default(), shutdown)
+                .await
         }
         other => panic!("unknown mode {other}"),
     };

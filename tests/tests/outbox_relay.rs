@@ -210,7 +210,8 @@ async fn the_inbox_turns_a_redelivered_event_into_a_duplicate_and_poison_is_dead
     let effects = Arc::new(std::sync::Mutex::new(Vec::new()));
     let metrics = EventMetrics::default();
     let (stop, shutdown) = watch::channel(false);
-    let consumer = ledger_handler(pool, "ledger", effects.clone()).start(broker.clone(), metrics.clone(), shutdown);
+    let consumer =
+        ledger_handler(pool, "ledger", effects.clone()).start(broker.clone(), metrics.clone(), shutdown).await;
     let event = Message::from_event(&Credited { account: "a".into(), seq: 1 }).unwrap();
     let poison = Message { payload: b"{\"account\": 7}".to_vec(), id: marty::events::new_event_id(), ..event.clone() };
     for message in [event.clone(), event.clone(), poison.clone()] {
@@ -231,6 +232,44 @@ async fn the_inbox_turns_a_redelivered_event_into_a_duplicate_and_poison_is_dead
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].message.id, poison.id);
     assert!(dead[0].reason.contains("undecodable"), "{}", dead[0].reason);
+    stop.send(true).unwrap();
+    consumer.await.unwrap();
+}
+
+/// A handler that panics on one event fails that attempt, like an error: retried, then
+/// dead-lettered, while the consumer goes on with the others.
+#[tokio::test]
+async fn a_handler_that_panics_fails_its_attempt_and_the_consumer_goes_on() {
+    let broker = Arc::new(MemoryBroker::new());
+    let handled = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let invoke: marty::events::Invoke = Arc::new({
+        let handled = handled.clone();
+        move |message: Message| {
+            let handled = handled.clone();
+            Box::pin(async move {
+                let event: Credited = marty::Event::decode(&message.payload).unwrap();
+                assert!(event.account != "poison", "the handler has a bug");
+                handled.lock().unwrap().push(event.seq);
+                Ok(Handled::Done)
+            })
+        }
+    });
+    let options = HandlerOptions::default().concurrency(1).max_attempts(2).backoff(Duration::ZERO, Duration::ZERO);
+    let metrics = EventMetrics::default();
+    let (stop, shutdown) = watch::channel(false);
+    let consumer = EventHandler::new("accounts.credited", "ledger", "ledger", options, invoke)
+        .start(broker.clone(), metrics.clone(), shutdown)
+        .await;
+    let poison = Message::from_event(&Credited { account: "poison".into(), seq: 0 }).unwrap();
+    let fine = Message::from_event(&Credited { account: "fine".into(), seq: 1 }).unwrap();
+    let acks = broker.publish(&[poison.clone(), fine]).await;
+    assert_eq!(acks, [Ok(()), Ok(())], "both settled: one handled, one dead-lettered");
+    assert_eq!(*handled.lock().unwrap(), [1], "the event after the panicking one was handled");
+    assert_eq!(metrics.consumed("accounts.credited", "ledger", "retried"), 1);
+    let dead = broker.dead_letters();
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].message.id, poison.id);
+    assert!(dead[0].reason.contains("the handler panicked: the handler has a bug"), "{}", dead[0].reason);
     stop.send(true).unwrap();
     consumer.await.unwrap();
 }

@@ -32,10 +32,21 @@ impl Service {
         config: Option<&std::path::Path>,
         env: &[(&str, String)],
     ) -> Service {
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let dir = std::env::temp_dir().join(format!("marty-rest-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
+        Self::start_in(binary, &dir, stdout, config, env)
+    }
+
+    /// Starts `binary` with its database in `dir`, kept from an earlier run if there was one.
+    pub fn start_in(
+        binary: &str,
+        dir: &std::path::Path,
+        stdout: Stdio,
+        config: Option<&std::path::Path>,
+        env: &[(&str, String)],
+    ) -> Service {
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let child = Command::new(binary)
             .env("MARTY__HTTP__ADDR", addr.to_string())
             .env("MARTY__DEPENDENCIES__ORDERS_DB__URL", format!("sqlite://{}/orders.db?mode=rwc", dir.display()))

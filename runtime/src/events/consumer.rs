@@ -15,7 +15,7 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use super::broker::{Broker, Delivery, SubscribeOptions};
+use super::broker::{Broker, Delivery, SubscribeOptions, Subscription};
 use super::{message, Message};
 use crate::events::BoxFuture;
 use crate::metrics::{ConsumerMetrics, EventMetrics};
@@ -143,36 +143,39 @@ impl EventHandler {
         EventHandler { topic: topic.into(), group: group.into(), name, options, invoke }
     }
 
-    /// Subscribes and handles deliveries until `shutdown` turns true; deliveries in flight then
-    /// finish their current attempt, and those not started are left for the broker to redeliver.
-    pub fn start(
+    /// Subscribes (retrying while the broker cannot be reached), then handles deliveries in the
+    /// background until `shutdown` turns true; deliveries in flight then finish their current
+    /// attempt, and those not started are left for the broker to redeliver. Returns once subscribed,
+    /// so what is published after it reaches this group; or, if `shutdown` came first, a finished
+    /// task.
+    pub async fn start(
         self,
         broker: Arc<dyn Broker>,
         metrics: EventMetrics,
-        shutdown: watch::Receiver<bool>,
+        mut shutdown: watch::Receiver<bool>,
     ) -> JoinHandle<()> {
-        tokio::spawn(self.run(broker, metrics, shutdown))
-    }
-
-    async fn run(self, broker: Arc<dyn Broker>, metrics: EventMetrics, mut shutdown: watch::Receiver<bool>) {
-        let metrics = metrics.consumer(&self.topic, &self.group);
-        let handler = Arc::new(self);
         let options =
-            SubscribeOptions { max_in_flight: handler.options.concurrency * 16, ack_wait: handler.options.ack_wait };
+            SubscribeOptions { max_in_flight: self.options.concurrency * 16, ack_wait: self.options.ack_wait };
         let mut retry_in = Duration::from_millis(100);
-        let mut subscription = loop {
-            match broker.subscribe(&handler.topic, &handler.group, options.clone()).await {
+        let subscription = loop {
+            match broker.subscribe(&self.topic, &self.group, options.clone()).await {
                 Ok(subscription) => break subscription,
                 Err(error) => {
-                    tracing::warn!(%error, topic = %handler.topic, group = %handler.group, "cannot subscribe; retrying");
+                    tracing::warn!(%error, topic = %self.topic, group = %self.group, "cannot subscribe; retrying");
                     tokio::select! {
                         () = tokio::time::sleep(retry_in) => {}
-                        _ = shutdown.wait_for(|stop| *stop) => return,
+                        _ = shutdown.wait_for(|stop| *stop) => return tokio::spawn(async {}),
                     }
                     retry_in = (retry_in * 2).min(Duration::from_secs(5));
                 }
             }
         };
+        tokio::spawn(self.run(subscription, metrics, shutdown))
+    }
+
+    async fn run(self, mut subscription: Subscription, metrics: EventMetrics, mut shutdown: watch::Receiver<bool>) {
+        let metrics = metrics.consumer(&self.topic, &self.group);
+        let handler = Arc::new(self);
         let lanes: Vec<_> = (0..handler.options.concurrency)
             .map(|_| {
                 let (sender, receiver) = mpsc::channel::<Delivery>(16);
@@ -239,7 +242,18 @@ async fn handle(handler: &EventHandler, metrics: &ConsumerMetrics, delivery: Del
         loop {
             let started = Instant::now();
             let outcome = {
-                let attempt = (handler.invoke)(delivery.message.clone());
+                // Its own task, so a handler that panics fails this attempt and not the consumer.
+                let attempt = tokio::spawn((handler.invoke)(delivery.message.clone()).in_current_span());
+                let attempt = async {
+                    attempt.await.unwrap_or_else(|failed| {
+                        let panic =
+                            failed.try_into_panic().map(|panic| crate::telemetry::panic_message(&*panic).to_owned());
+                        Err(HandlerError::Failed(format!(
+                            "the handler panicked: {}",
+                            panic.as_deref().unwrap_or("cancelled")
+                        )))
+                    })
+                };
                 tokio::pin!(attempt);
                 let mut progress = tokio::time::interval(handler.options.ack_wait / 2);
                 progress.tick().await;

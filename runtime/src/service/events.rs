@@ -27,6 +27,13 @@ pub(super) async fn start(
         return Ok(EventTasks { tasks });
     }
     let broker = broker::connect(config.events.as_ref()).await.map_err(std::io::Error::other)?;
+    // Consumers subscribe first: the in-process broker acknowledges a relayed event only once
+    // every group subscribed to its topic has handled it, so none may be missing when the relay
+    // starts.
+    for handler in handlers {
+        tracing::info!(topic = %handler.topic, group = %handler.group, handler = handler.name, "consuming");
+        tasks.push(handler.start(broker.clone(), registry.metrics().events().clone(), stop.clone()).await);
+    }
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     if let Some(outbox) = relay {
         let store = crate::store::get(&outbox.store)
@@ -41,15 +48,13 @@ pub(super) async fn start(
     if relay.is_some() {
         return Err(std::io::Error::other("`[outbox]` needs marty's `postgres` or `sqlite` feature"));
     }
-    for handler in handlers {
-        tracing::info!(topic = %handler.topic, group = %handler.group, handler = handler.name, "consuming");
-        tasks.push(handler.start(broker.clone(), registry.metrics().events().clone(), stop.clone()));
-    }
     Ok(EventTasks { tasks })
 }
 
 impl EventTasks {
-    /// Waits up to `timeout` for the consumers and relay to finish what they hold.
+    /// Waits up to `timeout` for the consumers and relay to finish what they hold. The relay may be
+    /// waiting for the in-process broker's acknowledgements: those come, or fail, as the consumers
+    /// stop, and the relay then keeps what was not handled in the outbox.
     pub(super) async fn finish(self, timeout: Duration) {
         let all = async {
             for task in self.tasks {

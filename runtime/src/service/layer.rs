@@ -214,11 +214,7 @@ fn rewrite_rejection(response: Response, cx: &mut Context<'_>) -> Response {
 }
 
 fn panic_response(span: &tracing::Span, panic: Box<dyn Any + Send>) -> Response {
-    let message = panic
-        .downcast_ref::<String>()
-        .map(String::as_str)
-        .or_else(|| panic.downcast_ref::<&str>().copied())
-        .unwrap_or("a non-string panic payload");
+    let message = crate::telemetry::panic_message(&*panic);
     tracing::error!(parent: span, panic = message, "a request handler panicked");
     Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the request failed unexpectedly").into_response()
 }
