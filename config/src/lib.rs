@@ -23,7 +23,7 @@ pub use duration::{format_duration, parse_duration, DurationError, DURATION_HELP
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use schema::{
     is_replica_name, Backoff, Broker, CircuitBreakerConfig, Config, DependencyConfig, DependencyKind,
-    DependencyReadiness, EventsConfig, ListenerConfig, LogFormat, OutboxConfig, RetryConfig, SagasConfig,
+    DependencyReadiness, EventsConfig, HttpConfig, ListenerConfig, LogFormat, OutboxConfig, RetryConfig, SagasConfig,
     ServiceConfig, TelemetryConfig,
 };
 pub use tree::ENV_PREFIX;

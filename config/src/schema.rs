@@ -17,10 +17,14 @@ pub struct Config {
     pub file: String,
     /// `[service]`.
     pub service: ServiceConfig,
-    /// `[http]`, when the service serves HTTP.
-    pub http: Option<ListenerConfig>,
-    /// `[grpc]`, when the service serves gRPC.
+    /// `[http]`: where the service listens and the limits every connection gets (defaults when
+    /// absent).
+    pub http: HttpConfig,
+    /// `[grpc]`, when gRPC has a port of its own (same limits as `[http]`).
     pub grpc: Option<ListenerConfig>,
+    /// `[management]`, when `/healthz`, `/readyz`, `/metrics` and gRPC reflection have a port of
+    /// their own, away from the API.
+    pub management: Option<ListenerConfig>,
     /// `[telemetry]`.
     pub telemetry: TelemetryConfig,
     /// `[dependencies.<name>]`, by name.
@@ -54,12 +58,52 @@ impl Default for ServiceConfig {
     }
 }
 
-/// `[http]` or `[grpc]`.
+/// `[grpc]` or `[management]`.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
 pub struct ListenerConfig {
     /// The socket address to listen on.
     pub addr: SocketAddr,
+}
+
+/// `[http]`: the listener and what it allows each client, so slow or silent clients cannot hold
+/// the service's connections (slowloris) or memory.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct HttpConfig {
+    /// The socket address to listen on (default `127.0.0.1:8080`).
+    pub addr: SocketAddr,
+    /// How long a client has to send a complete request head, from its first byte (or from the
+    /// connection's opening): default `10s`.
+    pub header_read_timeout: Duration,
+    /// How long a request's body may take to arrive in full, from its head: default `30s`. gRPC
+    /// streams are exempt (they are kept alive by HTTP/2 pings and `idle_timeout`).
+    pub body_timeout: Duration,
+    /// How long a connection with no request in flight is kept open: default `60s` (above the
+    /// usual load balancer's idle timeout, so it is the balancer that closes first).
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait to be accepted. Unset: 10,000, or three quarters of the
+    /// process's open-file limit when that is lower.
+    pub max_connections: Option<usize>,
+    /// The largest request body, in bytes (default 2 MiB); a larger declared `Content-Length` is
+    /// refused before any of it is read.
+    pub max_body_bytes: usize,
+    /// The largest request head (request line and headers), in bytes (default 32 KiB).
+    pub max_header_bytes: usize,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            header_read_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: None,
+            max_body_bytes: 2 * 1024 * 1024,
+            max_header_bytes: 32 * 1024,
+        }
+    }
 }
 
 /// `[telemetry]`.
@@ -388,7 +432,17 @@ impl Default for SagasConfig {
     }
 }
 
-const ROOT_KEYS: &[&str] = &["service", "http", "grpc", "telemetry", "dependencies", "events", "outbox", "sagas"];
+const ROOT_KEYS: &[&str] =
+    &["service", "http", "grpc", "management", "telemetry", "dependencies", "events", "outbox", "sagas"];
+const HTTP_KEYS: &[&str] = &[
+    "addr",
+    "header_read_timeout",
+    "body_timeout",
+    "idle_timeout",
+    "max_connections",
+    "max_body_bytes",
+    "max_header_bytes",
+];
 const SAGAS_KEYS: &[&str] = &[
     "lease",
     "poll_interval",
@@ -428,8 +482,9 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         }
         None => ServiceConfig::default(),
     };
-    let http = read_listener(reader, root, "http");
+    let http = read_http(reader, root);
     let grpc = read_listener(reader, root, "grpc");
+    let management = read_listener(reader, root, "management");
     let telemetry = match reader.table(root, "telemetry") {
         Some(table) => {
             reader.deny_unknown_keys(&table, &["log_format", "otlp_endpoint"]);
@@ -480,7 +535,7 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         Some(OutboxConfig { store, batch_size, poll_interval, max_attempts, retention })
     });
     let sagas = read_sagas(reader, root, &dependencies);
-    Config { file: file.to_owned(), service, http, grpc, telemetry, dependencies, events, outbox, sagas }
+    Config { file: file.to_owned(), service, http, grpc, management, telemetry, dependencies, events, outbox, sagas }
 }
 
 fn read_sagas(
@@ -564,15 +619,39 @@ pub fn is_replica_name(name: &str) -> bool {
 fn read_listener(reader: &mut Reader<'_>, root: &Table<'_>, section: &str) -> Option<ListenerConfig> {
     let table = reader.table(root, section)?;
     reader.deny_unknown_keys(&table, &["addr"]);
-    let text = reader.string(&table, "addr")?;
+    Some(ListenerConfig { addr: read_addr(reader, &table)? })
+}
+
+fn read_addr(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<SocketAddr> {
+    let text = reader.string(table, "addr")?;
     match text.parse() {
-        Ok(addr) => Some(ListenerConfig { addr }),
+        Ok(addr) => Some(addr),
         Err(_) => {
-            let origin = reader.origin_of(&table, "addr").clone();
+            let origin = reader.origin_of(table, "addr").clone();
             let help = Some("write an IP address and port, e.g. `addr = \"127.0.0.1:8080\"`".to_owned());
-            reader.error(&origin, &join(section, "addr"), format!("invalid socket address `{text}`"), help);
+            reader.error(&origin, &join(&table.path, "addr"), format!("invalid socket address `{text}`"), help);
             None
         }
+    }
+}
+
+fn read_http(reader: &mut Reader<'_>, root: &Table<'_>) -> HttpConfig {
+    let defaults = HttpConfig::default();
+    let Some(table) = reader.table(root, "http") else { return defaults };
+    reader.deny_unknown_keys(&table, HTTP_KEYS);
+    let limit = |reader: &mut Reader<'_>, key, min, max, default: usize| {
+        reader.integer(&table, key, min, max).map_or(default, |value| value as usize)
+    };
+    HttpConfig {
+        addr: read_addr(reader, &table).unwrap_or(defaults.addr),
+        header_read_timeout: positive_duration(reader, &table, "header_read_timeout")
+            .unwrap_or(defaults.header_read_timeout),
+        body_timeout: positive_duration(reader, &table, "body_timeout").unwrap_or(defaults.body_timeout),
+        idle_timeout: positive_duration(reader, &table, "idle_timeout").unwrap_or(defaults.idle_timeout),
+        max_connections: reader.integer(&table, "max_connections", 1, 10_000_000).map(|value| value as usize),
+        max_body_bytes: limit(reader, "max_body_bytes", 0, 1 << 40, defaults.max_body_bytes),
+        // hyper's read buffer cannot be smaller than 8 KiB.
+        max_header_bytes: limit(reader, "max_header_bytes", 8192, 1 << 20, defaults.max_header_bytes),
     }
 }
 

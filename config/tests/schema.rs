@@ -60,7 +60,7 @@ fn the_documented_example_parses_with_kind_defaults() {
         "slow calls default to the timeout"
     );
     assert_eq!(config.outbox.unwrap().store, "orders_db");
-    assert_eq!(config.http.unwrap().addr.port(), 8080);
+    assert_eq!(config.http.addr.port(), 8080);
 }
 
 #[test]

@@ -65,15 +65,7 @@ async fn grpc_and_rest_share_one_port_with_health_and_reflection() {
         wait_until_serving(channel.clone(), name).await;
     }
 
-    let mut reflection = ServerReflectionClient::new(channel);
-    let request = ServerReflectionRequest {
-        host: String::new(),
-        message_request: Some(MessageRequest::ListServices(String::new())),
-    };
-    let mut responses = reflection.server_reflection_info(tokio_stream::once(request)).await.unwrap().into_inner();
-    let response = responses.message().await.unwrap().expect("one answer");
-    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("{response:?}") };
-    let names: Vec<String> = list.service.into_iter().map(|service| service.name).collect();
+    let names = reflected_services(channel).await.expect("reflection answers");
     assert!(
         names.contains(&"orders.v1.Orders".to_owned()) && names.contains(&"grpc.health.v1.Health".to_owned()),
         "{names:?}"
@@ -84,6 +76,41 @@ async fn grpc_and_rest_share_one_port_with_health_and_reflection() {
         .unwrap()
         .body;
     assert!(metrics.contains(r#"http_route="/orders.v1.Orders/{*rest}""#), "gRPC calls are measured too: {metrics}");
+}
+
+/// The services gRPC reflection lists on `channel`.
+async fn reflected_services(channel: Channel) -> Result<Vec<String>, tonic::Status> {
+    let mut reflection = ServerReflectionClient::new(channel);
+    let request = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut responses = reflection.server_reflection_info(tokio_stream::once(request)).await?.into_inner();
+    let response = responses.message().await?.expect("one answer");
+    let Some(MessageResponse::ListServicesResponse(list)) = response.message_response else { panic!("{response:?}") };
+    Ok(list.service.into_iter().map(|service| service.name).collect())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_management_port_reflection_and_health_endpoints_move_there() {
+    let management = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let env = [("MARTY__MANAGEMENT__ADDR", management.to_string())];
+    let service = tokio::task::spawn_blocking(move || {
+        Service::start_with_env(BINARY, "hybrid-management", std::process::Stdio::null(), None, &env)
+    })
+    .await
+    .unwrap();
+    tokio::task::spawn_blocking(move || support::wait_for_status(management, "/readyz", 200)).await.unwrap();
+    let api = Channel::from_shared(format!("http://{}", service.addr)).unwrap().connect().await.unwrap();
+    let operations = Channel::from_shared(format!("http://{management}")).unwrap().connect().await.unwrap();
+    let names = reflected_services(operations.clone()).await.expect("reflection answers on the management port");
+    assert!(names.contains(&"orders.v1.Orders".to_owned()), "{names:?}");
+    let gone = reflected_services(api.clone()).await.unwrap_err();
+    assert_eq!(gone.code(), tonic::Code::Unimplemented, "reflection left the API port: {gone:?}");
+    wait_until_serving(operations, "orders.v1.Orders").await;
+    wait_until_serving(api.clone(), "orders.v1.Orders").await;
+    let created = OrdersClient::new(api).create_order(CreateOrderRequest { item: "lamp".into(), quantity: 1 }).await;
+    assert!(created.is_ok(), "{created:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -148,4 +175,63 @@ async fn on_sigterm_grpc_health_turns_not_serving_before_the_service_stops() {
     }
     let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap()).await.unwrap();
     assert!(exit.success(), "graceful shutdown exits 0");
+}
+
+/// Sends request messages as raw bytes, to see how the service answers ones no client would build.
+#[derive(Debug, Clone, Copy)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = Vec<u8>;
+    type Decode = Vec<u8>;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+
+    fn decoder(&mut self) -> RawCodec {
+        RawCodec
+    }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Vec<u8>, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        prost::bytes::BufMut::put_slice(dst, &item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = Vec<u8>;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<Vec<u8>>, tonic::Status> {
+        let bytes = prost::bytes::Buf::chunk(src).to_vec();
+        prost::bytes::Buf::advance(src, bytes.len());
+        Ok(Some(bytes))
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_and_oversized_messages_get_the_status_codes_the_grpc_spec_gives() {
+    let service = tokio::task::spawn_blocking(|| Service::start(BINARY, "hybrid-bad-messages")).await.unwrap();
+    let channel =
+        Channel::from_shared(format!("http://{}", service.addr)).unwrap().connect().await.expect("gRPC connects");
+    let call = |message: Vec<u8>| {
+        let mut grpc = tonic::client::Grpc::new(channel.clone());
+        async move {
+            grpc.ready().await.unwrap();
+            let path = tonic::codegen::http::uri::PathAndQuery::from_static("/orders.v1.Orders/CreateOrder");
+            grpc.unary(tonic::Request::new(message), path, RawCodec).await.unwrap_err()
+        }
+    };
+    let undecodable = call(vec![0xff, 0xff, 0xff]).await;
+    assert_eq!(undecodable.code(), tonic::Code::InvalidArgument, "{undecodable:?}");
+    let oversized = call(vec![0x0a; 5 * 1024 * 1024]).await;
+    assert_eq!(oversized.code(), tonic::Code::ResourceExhausted, "{oversized:?}");
 }

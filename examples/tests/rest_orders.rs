@@ -48,7 +48,7 @@ fn routes_health_metrics_and_every_error_as_problem_json() {
         422,
         "quantity must be positive",
     );
-    assert_problem(&service.request("GET", "/no/such/route", None), 404, "no route for `/no/such/route`");
+    assert_problem(&service.request("GET", "/no/such/route", None), 404, "no route matches the request");
     let not_allowed = service.request("DELETE", "/orders/1", None);
     assert_problem(&not_allowed, 405, "method not allowed");
     assert_eq!(not_allowed.header("allow"), Some("GET,HEAD"));
@@ -140,8 +140,10 @@ fn logs_are_json_lines_and_a_failed_request_names_its_request_id() {
         logs.lines().all(|line| line.starts_with('{') && line.ends_with('}')),
         "every line is a JSON object:\n{logs}"
     );
-    let panic_line =
-        logs.lines().find(|line| line.contains("a request handler panicked")).expect("the panic is logged");
+    let panic_line = logs.lines().find(|line| line.contains(r#""message":"panicked""#)).expect("the panic is logged");
+    assert!(panic_line.contains(r#""panic":"the report generator has a bug""#), "{panic_line}");
+    assert!(panic_line.contains(r#""location":"examples/src/bin/rest_orders.rs:"#), "{panic_line}");
+    assert!(panic_line.contains(r#""backtrace":""#), "the backtrace is a field of the one line: {panic_line}");
     assert!(panic_line.contains(&format!(r#""request_id":"{request_id}""#)), "{panic_line}");
     assert!(panic_line.contains(r#""http.route":"/reports/broken""#), "{panic_line}");
     assert!(

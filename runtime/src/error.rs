@@ -90,19 +90,49 @@ impl fmt::Display for Error {
 
 impl std::error::Error for Error {}
 
+#[cfg(any(feature = "http", feature = "tonic"))]
+impl Error {
+    /// Writes what a client is not told: which dependency failed and how. Throttled per dependency
+    /// and kind, so a flood of shed requests writes one line a window with the count.
+    pub(crate) fn log_for_operators(&self) {
+        static LINES: std::sync::OnceLock<crate::throttled_log::Throttle<(Arc<str>, u16)>> = std::sync::OnceLock::new();
+        let lines = LINES.get_or_init(|| crate::throttled_log::Throttle::new(crate::throttled_log::WINDOW));
+        let key = (self.dependency().map_or_else(|| Arc::from(""), Arc::from), self.http_status());
+        let Some(count) = lines.hit_for(key) else { return };
+        let window = marty_config::format_duration(crate::throttled_log::WINDOW);
+        match self {
+            Error::Config(errors) => {
+                tracing::error!(%errors, count, "{count} requests failed on invalid configuration in the last {window}")
+            }
+            Error::Rejected { dependency, .. } | Error::CircuitOpen { dependency, .. } => tracing::warn!(
+                dependency = &**dependency,
+                count,
+                latest = %self,
+                "{count} calls to `{dependency}` turned away in the last {window}"
+            ),
+            Error::Timeout { dependency, .. } => tracing::warn!(
+                dependency = &**dependency,
+                count,
+                latest = %self,
+                "{count} calls to `{dependency}` timed out in the last {window}"
+            ),
+        }
+    }
+}
+
 /// The gRPC status a framework error answers with: shed load and open breakers are `UNAVAILABLE`
-/// (clients may retry), timeouts `DEADLINE_EXCEEDED`, configuration problems `INTERNAL` (details stay
-/// in the service's logs).
+/// (clients may retry), timeouts `DEADLINE_EXCEEDED`, configuration problems `INTERNAL`. The message
+/// says nothing of the service's insides; those go to the log ([`Error::log_for_operators`]).
 #[cfg(feature = "tonic")]
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
+        error.log_for_operators();
         match &error {
-            Error::Rejected { .. } | Error::CircuitOpen { .. } => tonic::Status::unavailable(error.to_string()),
-            Error::Timeout { .. } => tonic::Status::deadline_exceeded(error.to_string()),
-            Error::Config(errors) => {
-                tracing::error!(%errors, "call failed on invalid configuration");
-                tonic::Status::internal("the service is misconfigured")
+            Error::Rejected { .. } | Error::CircuitOpen { .. } => {
+                tonic::Status::unavailable("the service cannot take this call now; try again later")
             }
+            Error::Timeout { .. } => tonic::Status::deadline_exceeded("the call did not complete in time"),
+            Error::Config(_) => tonic::Status::internal("the call failed unexpectedly"),
         }
     }
 }
@@ -166,6 +196,6 @@ mod tests {
         let slow = Error::Timeout { dependency, timeout: Duration::from_secs(1) };
         let status = tonic::Status::from(slow);
         assert_eq!(status.code(), tonic::Code::DeadlineExceeded);
-        assert!(status.message().contains("timed out after 1s"), "{}", status.message());
+        assert!(!status.message().contains("db"), "no internals for clients: {}", status.message());
     }
 }

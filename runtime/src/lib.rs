@@ -41,6 +41,8 @@ pub mod store;
 mod stripe;
 #[cfg(feature = "http")]
 pub mod telemetry;
+#[cfg(any(feature = "http", feature = "tonic"))]
+mod throttled_log;
 pub mod timeout;
 
 #[doc(hidden)]

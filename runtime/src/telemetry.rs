@@ -31,12 +31,29 @@ pub fn init(service: &str, config: &TelemetryConfig) -> bool {
         LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init().is_ok(),
     };
     if installed {
+        log_panics();
         tracing::info!(service, log_format = ?config.log_format, otlp_endpoint = endpoint.as_deref(), "telemetry initialised");
         if endpoint.is_some() && !cfg!(feature = "otel") {
             tracing::warn!("OTLP export needs marty's `otel` feature; traces stay in the logs");
         }
     }
     installed
+}
+
+/// Replaces the default panic hook, which writes several lines of text to stderr, with one log event:
+/// an ERROR line (JSON with the JSON format) with the message, where it happened and the backtrace
+/// as fields, inside the span of the request or event being handled.
+fn log_panics() {
+    std::panic::set_hook(Box::new(|panic| {
+        let location = panic.location().map(|location| format!("{}:{}", location.file(), location.line()));
+        let backtrace = std::backtrace::Backtrace::force_capture();
+        tracing::error!(
+            panic = panic_message(panic.payload()),
+            location = location.as_deref().unwrap_or("unknown"),
+            backtrace = %backtrace,
+            "panicked"
+        );
+    }));
 }
 
 /// What a panic said, for the log: its message when it was a string (as `panic!` makes it).

@@ -97,6 +97,9 @@ async fn trip(addr: std::net::SocketAddr, get: &str) {
     }
     let short_circuited = http::get(addr, get).await;
     assert_eq!(short_circuited.status, 503, "an open breaker answers 503: {short_circuited:?}");
+    let body = &short_circuited.body;
+    assert!(body.contains(r#""type":"urn:marty:problem:unavailable""#) && body.contains(r#""instance":""#), "{body}");
+    assert!(!body.contains("sqlite") && !body.contains("breaker"), "no internals for clients: {body}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

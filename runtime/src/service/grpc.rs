@@ -56,28 +56,75 @@ impl GrpcServices {
         &self.names
     }
 
-    /// The gRPC router (services, health, reflection) and the health reporter to keep in step.
-    pub(crate) fn into_router(self) -> (Router, tonic_health::server::HealthReporter) {
+    /// The gRPC router (services, health, and reflection unless `reflection_apart`), the router of
+    /// the management port when `reflection_apart` (health and reflection), and the health reporter
+    /// to keep in step.
+    pub(crate) fn into_routers(
+        self,
+        reflection_apart: bool,
+    ) -> (Router, Option<Router>, tonic_health::server::HealthReporter) {
         let (reporter, health) = tonic_health::server::health_reporter();
-        let mut routes = match self.routes {
-            Some(routes) => routes.add_service(health),
-            None => tonic::service::Routes::new(health),
+        let reflection = self.reflection_service();
+        let mut api = match self.routes {
+            Some(routes) => routes.add_service(health.clone()),
+            None => tonic::service::Routes::new(health.clone()),
         };
-        if !self.descriptors.is_empty() {
-            let mut reflection = tonic_reflection::server::Builder::configure()
-                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
-            for descriptors in self.descriptors {
-                reflection = reflection.register_encoded_file_descriptor_set(descriptors);
-            }
-            match reflection.build_v1() {
-                Ok(reflection) => routes = routes.add_service(reflection),
-                Err(error) => {
-                    tracing::error!(%error, "gRPC reflection disabled: the file descriptor set does not decode")
+        let management = match (reflection_apart, reflection) {
+            (true, reflection) => {
+                let mut management = tonic::service::Routes::new(health);
+                if let Some(reflection) = reflection {
+                    management = management.add_service(reflection);
                 }
+                Some(management.into_axum_router())
             }
-        }
-        (routes.into_axum_router(), reporter)
+            (false, Some(reflection)) => {
+                api = api.add_service(reflection);
+                None
+            }
+            (false, None) => None,
+        };
+        (api.into_axum_router(), management, reporter)
     }
+
+    fn reflection_service(
+        &self,
+    ) -> Option<tonic_reflection::server::v1::ServerReflectionServer<impl tonic_reflection::server::v1::ServerReflection>>
+    {
+        if self.descriptors.is_empty() {
+            return None;
+        }
+        let mut reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET);
+        for descriptors in &self.descriptors {
+            reflection = reflection.register_encoded_file_descriptor_set(descriptors);
+        }
+        reflection
+            .build_v1()
+            .inspect_err(
+                |error| tracing::error!(%error, "gRPC reflection disabled: the file descriptor set does not decode"),
+            )
+            .ok()
+    }
+}
+
+/// Puts right the two status codes tonic answers a bad request message with, as the gRPC status code
+/// guide has them: a message that does not decode is the client's `INVALID_ARGUMENT` (tonic says
+/// `INTERNAL`, which reads as the server's fault), and one over the size limit is
+/// `RESOURCE_EXHAUSTED` (tonic says `OUT_OF_RANGE`). Both come back before the handler runs, as a
+/// trailers-only response carrying the tonic `Status`.
+pub(crate) async fn spec_status_codes(mut response: axum::response::Response) -> axum::response::Response {
+    let Some(status) = response.extensions().get::<tonic::Status>() else { return response };
+    let code = match status.code() {
+        tonic::Code::Internal if status.message().starts_with("failed to decode Protobuf message") => {
+            tonic::Code::InvalidArgument
+        }
+        tonic::Code::OutOfRange if status.message().starts_with("Error, decoded message length too large") => {
+            tonic::Code::ResourceExhausted
+        }
+        _ => return response,
+    };
+    response.headers_mut().insert("grpc-status", http::HeaderValue::from(code as i32));
+    response
 }
 
 /// Whether a request is gRPC (any `application/grpc` content type, `+proto` and the like included).

@@ -23,9 +23,10 @@ use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::problem::Problem;
+use super::problem::{PendingInstance, Problem, ProblemType};
 use super::REQUEST_ID;
 use crate::metrics::Metrics;
+use crate::throttled_log::{Throttle, WINDOW};
 
 /// Observes and protects every request; see the module docs.
 #[derive(Debug, Clone)]
@@ -72,14 +73,11 @@ where
         let method = method_label(request.method());
         let route =
             request.extensions().get::<MatchedPath>().map_or_else(unmatched, |matched| route_label(matched.as_str()));
-        let request_id = match request.headers().get(REQUEST_ID).filter(|id| id.len() <= 128) {
-            Some(id) => id.clone(),
-            None => {
-                let generated = generate_request_id();
-                request.headers_mut().insert(REQUEST_ID, generated.clone());
-                generated
-            }
-        };
+        let request_id = request_id_of(request.headers()).unwrap_or_else(|| {
+            let generated = generate_request_id();
+            request.headers_mut().insert(REQUEST_ID, generated.clone());
+            generated
+        });
         let span = tracing::info_span!(
             "http.request",
             http.request.method = method,
@@ -154,7 +152,7 @@ where
         };
         let response = match polled {
             Ok(Poll::Pending) => return Poll::Pending,
-            Ok(Poll::Ready(Ok(response))) => rewrite_rejection(response, cx),
+            Ok(Poll::Ready(Ok(response))) => rewrite_rejection(response, cx, &observed.request_id),
             Ok(Poll::Ready(Err(never))) => match never {},
             Err(panic) => panic_response(&observed.span, panic),
         };
@@ -167,7 +165,19 @@ fn finish(observed: Observed, mut response: Response) -> Response {
     let status = response.status();
     observed.span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
-        tracing::warn!(parent: &observed.span, status = status.as_u16(), "request failed");
+        static LINES: std::sync::OnceLock<Throttle<(&'static str, Arc<str>, u16)>> = std::sync::OnceLock::new();
+        let lines = LINES.get_or_init(|| Throttle::new(WINDOW));
+        if let Some(count) = lines.hit_for((observed.method, observed.route.clone(), status.as_u16())) {
+            let window = marty_config::format_duration(WINDOW);
+            let (method, route) = (observed.method, &observed.route);
+            tracing::warn!(parent: &observed.span, status = status.as_u16(), count, "{count} requests to {method} {route} answered {status} in the last {window}");
+        }
+    }
+    if let Some(PendingInstance(problem)) = response.extensions_mut().remove::<PendingInstance>() {
+        // Rendered by a handler that did not know the request id: render again with it.
+        let headers = std::mem::take(response.headers_mut());
+        response = problem.response_for(&observed.request_id);
+        response.headers_mut().extend(headers);
     }
     response.headers_mut().insert(REQUEST_ID, observed.request_id);
     observed.metrics.record_http_request(observed.method, observed.route, status.as_u16(), observed.start.elapsed());
@@ -186,7 +196,7 @@ const REJECTION_STATUSES: [StatusCode; 5] = [
 /// Rewrites plain-text client errors (axum's rejections: malformed JSON, missing fields, oversized
 /// bodies, wrong content type, wrong method) as problem+json with the same status and message. A
 /// handler that wants another shape returns JSON or a [`Problem`], which passes through untouched.
-fn rewrite_rejection(response: Response, cx: &mut Context<'_>) -> Response {
+fn rewrite_rejection(response: Response, cx: &mut Context<'_>, request_id: &HeaderValue) -> Response {
     let content_type = response.headers().get(header::CONTENT_TYPE).and_then(|value| value.to_str().ok());
     let from_axum = content_type.is_none_or(|value| value.starts_with("text/plain"));
     if !from_axum || !REJECTION_STATUSES.contains(&response.status()) {
@@ -206,7 +216,8 @@ fn rewrite_rejection(response: Response, cx: &mut Context<'_>) -> Response {
     } else {
         String::from_utf8_lossy(&text).into_owned()
     };
-    let mut problem = Problem::new(parts.status, detail).into_response();
+    let kind = ProblemType::of_client_error(parts.status);
+    let mut problem = Problem::marty(parts.status, kind, detail).response_for(request_id);
     if let Some(allow) = parts.headers.get(header::ALLOW) {
         problem.headers_mut().insert(header::ALLOW, allow.clone());
     }
@@ -214,9 +225,11 @@ fn rewrite_rejection(response: Response, cx: &mut Context<'_>) -> Response {
 }
 
 fn panic_response(span: &tracing::Span, panic: Box<dyn Any + Send>) -> Response {
+    // The panic hook logged it with its backtrace (one JSON line, inside this request's span).
     let message = crate::telemetry::panic_message(&*panic);
-    tracing::error!(parent: span, panic = message, "a request handler panicked");
-    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, "the request failed unexpectedly").into_response()
+    tracing::debug!(parent: span, panic = message, "the request's handler panicked; answering 500");
+    Problem::marty(StatusCode::INTERNAL_SERVER_ERROR, ProblemType::Internal, "the request failed unexpectedly")
+        .into_response()
 }
 
 /// The W3C Trace Context header (<https://www.w3.org/TR/trace-context/#traceparent-header>).
@@ -240,8 +253,17 @@ fn trace_id_of(header: &HeaderValue) -> Option<&str> {
     valid.then_some(trace_id)
 }
 
+/// The client's `x-request-id`, when it is one to keep: 1 to 128 characters of letters, digits and
+/// `-_.:=+/` (UUIDs, ULIDs, trace ids, base64). Anything else, which could forge or break log lines
+/// and headers downstream, is replaced by a generated id.
+pub(in crate::service) fn request_id_of(headers: &axum::http::HeaderMap) -> Option<HeaderValue> {
+    let id = headers.get(REQUEST_ID)?;
+    let safe = |byte: &u8| byte.is_ascii_alphanumeric() || b"-_.:=+/".contains(byte);
+    ((1..=128).contains(&id.len()) && id.as_bytes().iter().all(safe)).then(|| id.clone())
+}
+
 /// 16 hex digits from a fast random source; unique enough to find a request's lines in the logs.
-fn generate_request_id() -> HeaderValue {
+pub(in crate::service) fn generate_request_id() -> HeaderValue {
     const HEX: &[u8; 16] = b"0123456789abcdef";
     let mut value = fastrand::u64(..);
     let mut digits = [0u8; 16];

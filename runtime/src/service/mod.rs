@@ -16,9 +16,10 @@ mod events;
 mod grpc;
 mod health;
 mod layer;
+mod listener;
 mod problem;
 
-use std::future::{Future, IntoFuture};
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -33,7 +34,7 @@ use tokio::sync::oneshot;
 pub use grpc::GrpcServices;
 pub use health::{HealthCheck, Readiness};
 pub use layer::{HttpLayer, HttpService};
-pub use problem::{Problem, PROBLEM_JSON};
+pub use problem::{Problem, ProblemType, PROBLEM_JSON};
 
 use crate::metrics::Metrics;
 use crate::registry::DependencyRegistry;
@@ -223,7 +224,7 @@ impl Server {
 
     /// The address `[http] addr` configures (default `127.0.0.1:8080`).
     pub fn configured_addr(&self) -> SocketAddr {
-        self.registry.config().http.as_ref().map_or_else(|| SocketAddr::from(([127, 0, 0, 1], 8080)), |http| http.addr)
+        self.registry.config().http.addr
     }
 
     /// The complete application: user routes, built-in endpoints, and the layers every request passes.
@@ -242,13 +243,17 @@ impl Server {
 
     /// User routes and built-in endpoints, before the layer every request passes.
     fn http_routes(&self) -> Router {
+        self.routes.clone().merge(self.operations_routes()).fallback(errors::not_found)
+    }
+
+    /// The built-in endpoints: liveness, readiness and metrics.
+    fn operations_routes(&self) -> Router {
         let health = self.health_state();
-        let builtin = Router::new()
+        Router::new()
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .with_state(health)
-            .route("/metrics", get(render_metrics).with_state(self.registry.metrics().clone()));
-        self.routes.clone().merge(builtin).fallback(errors::not_found)
+            .route("/metrics", get(render_metrics).with_state(self.registry.metrics().clone()))
     }
 
     /// Serves these gRPC services on the same port (requests with an `application/grpc` content type).
@@ -258,21 +263,39 @@ impl Server {
         self
     }
 
-    /// The service every connection is served by: HTTP routes, and gRPC services when there are
-    /// some, each behind [`HttpLayer`] (inside the router, so it sees the matched route); plus the
-    /// task that keeps gRPC health in step.
+    /// What connections are served by: HTTP routes, and gRPC services when there are some, each
+    /// behind [`HttpLayer`] (inside the router, so it sees the matched route); with `management`,
+    /// a second service for the management port holding the built-in endpoints (and gRPC health
+    /// and reflection), which then leave the API. Plus the task that keeps gRPC health in step.
     #[cfg_attr(not(feature = "grpc"), allow(unused_mut))]
-    fn connection_service(mut self) -> (grpc_dispatch::Dispatch, Option<tokio::task::JoinHandle<()>>) {
+    fn connection_services(mut self, management: bool) -> ConnectionServices {
         let observe = HttpLayer::new(self.registry.metrics().clone());
-        let http = self.http_routes().layer(observe.clone());
+        let body_limit = axum::extract::DefaultBodyLimit::max(self.registry.config().http.max_body_bytes);
+        let api_routes = match management {
+            true => self.routes.clone().fallback(errors::not_found),
+            false => self.http_routes(),
+        };
+        let http = api_routes.layer(body_limit).layer(observe.clone());
+        let management_http =
+            management.then(|| self.operations_routes().fallback(errors::not_found).layer(observe.clone()));
         #[cfg(feature = "grpc")]
         if let Some(services) = self.grpc.take() {
             let names = services.names().to_vec();
-            let (grpc, reporter) = services.into_router();
+            let (grpc, management_grpc, reporter) = services.into_routers(management);
+            let grpc = grpc.layer(axum::middleware::map_response(grpc::spec_status_codes));
             let health = tokio::spawn(grpc::follow_readiness(reporter, names, self.health_state()));
-            return (grpc_dispatch::Dispatch::Hybrid { http, grpc: grpc.layer(observe) }, Some(health));
+            let api = grpc_dispatch::Dispatch::Hybrid { http, grpc: grpc.layer(observe.clone()) };
+            let management = management_http.map(|http| match management_grpc {
+                Some(grpc) => grpc_dispatch::Dispatch::Hybrid { http, grpc: grpc.layer(observe) },
+                None => grpc_dispatch::Dispatch::Http(http),
+            });
+            return ConnectionServices { api, management, grpc_health: Some(health) };
         }
-        (grpc_dispatch::Dispatch::Http(http), None)
+        ConnectionServices {
+            api: grpc_dispatch::Dispatch::Http(http),
+            management: management_http.map(grpc_dispatch::Dispatch::Http),
+            grpc_health: None,
+        }
     }
 
     /// Binds `[http] addr` and serves until SIGTERM or SIGINT, then shuts down gracefully.
@@ -329,7 +352,7 @@ impl Server {
                 stop_accepting.send_replace(true);
             }
         });
-        let graceful = move || {
+        let deadline = {
             let mut stopped = stopped.clone();
             async move {
                 let _ = stopped.wait_for(|stopped| *stopped).await;
@@ -340,20 +363,32 @@ impl Server {
         let startup = events::start(registry, std::mem::take(&mut self.handlers), stop_accepting.subscribe());
         #[cfg(not(feature = "events"))]
         let startup = std::future::ready(Ok::<(), std::io::Error>(()));
-        let (service, grpc_health) = self.connection_service();
-        let serve = |listener: TcpListener, graceful| {
-            axum::serve(listener, axum::ServiceExt::<axum::extract::Request>::into_make_service(service.clone()))
-                .with_graceful_shutdown(graceful)
-                .into_future()
-        };
-        let first = serve(listener, graceful());
-        let second = second.map(|second| serve(second, graceful()));
-        let deadline = graceful();
-        let server = async move {
-            match second {
-                Some(second) => tokio::try_join!(first, second).map(|_| ()),
-                None => first.await,
+        let management = match &config.management {
+            Some(management) => {
+                let listener = TcpListener::bind(management.addr).await?;
+                tracing::info!(addr = %listener.local_addr()?, "serving /healthz, /readyz and /metrics on [management] addr");
+                Some(listener)
             }
+            None => None,
+        };
+        let limits = Arc::new(listener::Limits::from_config(&config.http));
+        tracing::info!(?limits, "connection limits");
+        let services = self.connection_services(management.is_some());
+        let grpc_health = services.grpc_health;
+        let serve = |listener: TcpListener, service: grpc_dispatch::Dispatch| {
+            listener::serve(listener, service, limits.clone(), stopped.clone())
+        };
+        let first = serve(listener, services.api.clone());
+        let second = second.map(|second| serve(second, services.api));
+        let third = management.zip(services.management).map(|(listener, service)| serve(listener, service));
+        let server = async move {
+            let optional = |serving: Option<_>| async move {
+                match serving {
+                    Some(serving) => serving.await,
+                    None => Ok(()),
+                }
+            };
+            tokio::try_join!(first, optional(second), optional(third)).map(|_| ())
         };
         // Registered before serving, so a SIGHUP can never meet the default action (terminate).
         #[cfg(unix)]
@@ -542,6 +577,13 @@ async fn reload_on_change(registry: &'static DependencyRegistry, mut hangups: Op
 async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(axum::http::header::CONTENT_TYPE, content_type)], metrics.render()).into_response()
+}
+
+/// The services of [`Server::connection_services`].
+struct ConnectionServices {
+    api: grpc_dispatch::Dispatch,
+    management: Option<grpc_dispatch::Dispatch>,
+    grpc_health: Option<tokio::task::JoinHandle<()>>,
 }
 
 /// What connections are served by: the HTTP router alone, or HTTP and gRPC by content type.
