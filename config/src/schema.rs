@@ -198,9 +198,14 @@ pub struct DependencyConfig {
     pub kind: DependencyKind,
     /// Where it is, after `${VAR}` expansion; never printed by `Debug`, since it may carry a password.
     pub url: Option<String>,
-    /// Bulkhead: how many calls may run at once.
+    /// Bulkhead: how many calls may run at once. Unset, a database dependency takes the size of
+    /// the pool the service hands Marty (`marty::store::register`, `register_pool`), so calls queue
+    /// for a permit rather than for a connection; else the kind's default.
     pub max_concurrent: usize,
-    /// Bulkhead: how long a call may wait for a permit before it is rejected (counts against `timeout`).
+    /// `max_concurrent` was not written: the runtime may size the bulkhead from a registered pool.
+    pub max_concurrent_unset: bool,
+    /// Bulkhead: how long a call may wait for a permit before it is rejected (counts against
+    /// `timeout`). Unset: a quarter of `timeout`, so a burst queues briefly instead of being shed.
     pub max_wait: Duration,
     /// How long one attempt may take, bulkhead wait included.
     pub timeout: Duration,
@@ -260,7 +265,8 @@ impl DependencyConfig {
             kind,
             url: None,
             max_concurrent: kind.default_max_concurrent(),
-            max_wait: Duration::ZERO,
+            max_concurrent_unset: true,
+            max_wait: timeout / 4,
             timeout,
             circuit_breaker: CircuitBreakerConfig::defaults_for(timeout),
             retry: RetryConfig::default(),
@@ -671,14 +677,13 @@ fn read_dependency(reader: &mut Reader<'_>, table: &Table<'_>, name: &str) -> Op
     config.url = reader.string(table, "url");
     if let Some(n) = reader.integer(table, "max_concurrent", 1, 1_000_000) {
         config.max_concurrent = n as usize;
-    }
-    if let Some(wait) = reader.duration(table, "max_wait") {
-        config.max_wait = wait;
+        config.max_concurrent_unset = false;
     }
     if let Some(timeout) = positive_duration(reader, table, "timeout") {
         config.timeout = timeout;
         config.circuit_breaker.slow_call_duration = timeout;
     }
+    config.max_wait = reader.duration(table, "max_wait").unwrap_or(config.timeout / 4);
     if let Some(breaker) = reader.table(table, "circuit_breaker") {
         read_breaker(reader, &breaker, &mut config.circuit_breaker);
     }

@@ -281,3 +281,41 @@ fn an_unset_drain_delay_fits_where_the_service_runs() {
         assert!(line.contains(expected), "in Kubernetes: {in_kubernetes}: {line}");
     }
 }
+
+/// An overloaded service does not fill its disk: requests shed by a full bulkhead are logged as one
+/// summary line a window ("N calls to `orders_db` turned away in the last 10s"), not a line each.
+#[test]
+fn shed_requests_are_logged_as_a_summary_a_window_not_a_line_each() {
+    let log_path = std::env::temp_dir().join(format!("marty-rest-shed-{}.jsonl", std::process::id()));
+    let log = std::fs::File::create(&log_path).unwrap();
+    let one_permit = [
+        ("MARTY__DEPENDENCIES__ORDERS_DB__MAX_CONCURRENT", "1".to_owned()),
+        ("MARTY__DEPENDENCIES__ORDERS_DB__MAX_WAIT", "0ms".to_owned()),
+    ];
+    let mut service = Service::start_with_env(BINARY, "shed-log", Stdio::from(log), None, &one_permit);
+    support::wait_for_status(service.addr, "/readyz", 200);
+    let addr = service.addr;
+    let clients: Vec<_> = (0..16)
+        .map(|_| {
+            std::thread::spawn(move || {
+                (0..25)
+                    .filter(|_| {
+                        let body = Some(r#"{"item":"pen","quantity":1}"#);
+                        support::request(addr, "POST", "/orders", body).is_ok_and(|response| response.status == 503)
+                    })
+                    .count()
+            })
+        })
+        .collect();
+    let shed: usize = clients.into_iter().map(|client| client.join().unwrap()).sum();
+    service.terminate();
+    service.child.wait().unwrap();
+    assert!(shed >= 20, "one permit and 16 clients shed requests: {shed}");
+    let logs = std::fs::read_to_string(&log_path).unwrap();
+    let turned_away: Vec<&str> = logs.lines().filter(|line| line.contains("turned away in the last 10s")).collect();
+    assert!((1..=2).contains(&turned_away.len()), "{shed} shed, logged as:\n{}", turned_away.join("\n"));
+    assert!(turned_away[0].contains(r#""dependency":"orders_db""#), "{}", turned_away[0]);
+    let answered = logs.lines().filter(|line| line.contains("answered 503 Service Unavailable")).count();
+    assert!((1..=2).contains(&answered), "{answered} summary lines for {shed} shed requests");
+    assert!(logs.lines().count() < 40, "{shed} shed requests wrote {} lines", logs.lines().count());
+}

@@ -44,6 +44,13 @@ fn stores() -> &'static Mutex<HashMap<String, Store>> {
 /// Marty's tables in it.
 pub async fn register(name: &str, pool: impl Into<Store>) -> Result<Store, sqlx::Error> {
     let store = pool.into();
+    let connections = match &store {
+        #[cfg(feature = "postgres")]
+        Store::Postgres(pool) => pool.options().get_max_connections(),
+        #[cfg(feature = "sqlite")]
+        Store::Sqlite(pool) => pool.options().get_max_connections(),
+    };
+    size_bulkhead(name, connections);
     crate::outbox::schema::migrate(&store).await?;
     stores().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name.to_owned(), store.clone());
     Ok(store)
@@ -97,6 +104,7 @@ fn typed_pools() -> &'static TypedPools {
 /// service that talks to its database through `sqlx::Any` (so PostgreSQL or SQLite is a matter of
 /// configuration). The outbox relay still connects its own pool from the dependency's `url`.
 pub fn register_pool<DB: sqlx::Database>(name: &str, pool: sqlx::Pool<DB>) {
+    size_bulkhead(name, pool.options().get_max_connections());
     let mut pools = typed_pools().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
     pools.insert((name.to_owned(), TypeId::of::<DB>()), Box::new(pool));
 }
@@ -130,4 +138,12 @@ pub(crate) fn unsupported(backend: &str) -> sqlx::Error {
 
 fn config_error(problem: String) -> sqlx::Error {
     sqlx::Error::Configuration(problem.into())
+}
+
+/// Sizes dependency `name`'s bulkhead from the pool registered for it (see
+/// [`crate::policy::Dependency::size_from_pool`]).
+fn size_bulkhead(name: &str, connections: u32) {
+    if let Some(dependency) = DependencyRegistry::global().and_then(|registry| registry.dependency(name)) {
+        dependency.size_from_pool(connections as usize);
+    }
 }

@@ -48,6 +48,8 @@ pub struct Dependency {
     bulkhead: Arc<Bulkhead>,
     breaker: Arc<CircuitBreaker>,
     budget: RetryBudget,
+    /// The size of the pool the service registered for this dependency (0: none).
+    pool_size: std::sync::atomic::AtomicUsize,
 }
 
 impl Dependency {
@@ -61,6 +63,7 @@ impl Dependency {
             bulkhead: Arc::new(Bulkhead::new(name.clone(), config.max_concurrent, config.max_wait)),
             breaker: Arc::new(CircuitBreaker::new(name.clone(), config.circuit_breaker.clone())),
             budget: RetryBudget::new(config.retry.budget),
+            pool_size: std::sync::atomic::AtomicUsize::new(0),
             name,
             config: RwLock::new(config),
         }
@@ -70,12 +73,16 @@ impl Dependency {
     /// bulkhead resizes (calls beyond a smaller limit finish; new ones wait for room), the breaker
     /// keeps its state under new thresholds, new attempts use the new timeout and retry. The kind
     /// cannot change (call sites were checked against it).
-    pub fn reconfigure(&self, config: DependencyConfig) -> Result<(), String> {
+    pub fn reconfigure(&self, mut config: DependencyConfig) -> Result<(), String> {
         if config.kind != self.kind {
             return Err(format!(
                 "`{}` cannot change kind from `{}` to `{}` without a restart",
                 self.name, self.kind, config.kind
             ));
+        }
+        let pool_size = self.pool_size.load(Ordering::Relaxed);
+        if config.max_concurrent_unset && pool_size > 0 {
+            config.max_concurrent = pool_size;
         }
         self.bulkhead.reconfigure(config.max_concurrent, config.max_wait);
         self.breaker.reconfigure(config.circuit_breaker.clone());
@@ -84,6 +91,21 @@ impl Dependency {
         *self.retry.write().unwrap_or_else(|poison| poison.into_inner()) = RetryPolicy::from_config(&config.retry);
         *self.config.write().unwrap_or_else(|poison| poison.into_inner()) = config;
         Ok(())
+    }
+
+    /// The service handed Marty a pool of `connections` for this dependency: a bulkhead whose size
+    /// `marty.toml` does not set takes it, so a call holding a permit never waits for a connection
+    /// and calls beyond the pool queue in the bulkhead (for `max_wait`) where they are measured.
+    pub fn size_from_pool(&self, connections: usize) {
+        if connections == 0 {
+            return;
+        }
+        self.pool_size.store(connections, Ordering::Relaxed);
+        let config = self.config();
+        if config.max_concurrent_unset && config.max_concurrent != connections {
+            tracing::info!(dependency = &*self.name, connections, "bulkhead sized from the registered pool");
+            let _ = self.reconfigure(config);
+        }
     }
 
     /// The name under `[dependencies]`.

@@ -282,3 +282,28 @@ async fn a_reload_changes_limits_for_new_calls_and_lets_calls_in_flight_finish()
     release.notify_waiters();
     assert_eq!(in_flight.await.unwrap().unwrap(), "finished", "the call in flight during the reload completed");
 }
+
+#[test]
+fn an_unset_bulkhead_takes_the_registered_pools_size_and_keeps_it_across_reloads_and_max_wait_is_a_share_of_the_timeout(
+) {
+    let registry = registry(
+        r#"[dependencies.db]
+        kind = "database"
+        timeout = "2s"
+        [dependencies.sized]
+        kind = "database"
+        max_concurrent = 5"#,
+    );
+    let db = registry.dependency("db").unwrap();
+    assert_eq!(db.config().max_wait, Duration::from_millis(500), "a quarter of the timeout");
+    assert_eq!(db.bulkhead().max_concurrent(), 10, "the kind's default until a pool is registered");
+    db.size_from_pool(25);
+    assert_eq!((db.bulkhead().max_concurrent(), db.config().max_concurrent), (25, 25));
+    db.reconfigure(marty_config::DependencyConfig::with_defaults("db", marty_config::DependencyKind::Database))
+        .unwrap();
+    assert_eq!(db.bulkhead().max_concurrent(), 25, "a reload that leaves it unset keeps the pool's size");
+
+    let sized = registry.dependency("sized").unwrap();
+    sized.size_from_pool(25);
+    assert_eq!(sized.bulkhead().max_concurrent(), 5, "a size written in marty.toml wins");
+}

@@ -8,8 +8,8 @@
 //!   client cannot stretch the shutdown; the others finish their requests and close.
 
 use std::convert::Infallible;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
@@ -17,7 +17,7 @@ use axum::response::Response;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto::Builder;
 use tokio::net::TcpStream;
-use tokio::sync::{watch, OwnedSemaphorePermit};
+use tokio::sync::{oneshot, watch, OwnedSemaphorePermit};
 use tokio::time::Instant;
 use tower_service::Service;
 
@@ -25,41 +25,46 @@ use super::request::Requests;
 use super::wire::WatchedIo;
 use super::Limits;
 
-/// What the timeouts of one connection read: requests in flight and when it last went quiet.
+/// What the timeouts of one connection read: requests in flight and when it last went quiet. Kept
+/// in atomics (times as nanoseconds since the connection opened), since every request and every
+/// read of an idle connection touch it.
 #[derive(Debug)]
 pub(super) struct Activity {
+    opened: Instant,
     in_flight: AtomicUsize,
+    /// When the connection opened or its last request finished.
+    quiet_since: AtomicU64,
+    /// When the first byte of a next request head arrived (HTTP/1, nothing in flight); 0: none.
+    head_started: AtomicU64,
+    /// A request was served on it.
+    served: AtomicBool,
     /// The client sent the HTTP/2 preface: reads while idle are pings, not a request head.
     http2: AtomicBool,
     /// A request was refused while its body was still coming: read and drop what follows for a
     /// moment before closing, so the client reads the answer instead of a reset.
     linger: AtomicBool,
-    times: Mutex<Times>,
-}
-
-#[derive(Debug)]
-struct Times {
-    /// When the connection opened or its last request finished.
-    quiet_since: Instant,
-    /// When the first byte of a next request head arrived (HTTP/1, nothing in flight).
-    head_started: Option<Instant>,
-    /// A request was served on it.
-    served: bool,
 }
 
 impl Activity {
     fn new() -> Self {
-        let times = Times { quiet_since: Instant::now(), head_started: None, served: false };
         Activity {
+            opened: Instant::now(),
             in_flight: AtomicUsize::new(0),
+            quiet_since: AtomicU64::new(0),
+            head_started: AtomicU64::new(0),
+            served: AtomicBool::new(false),
             http2: AtomicBool::new(false),
             linger: AtomicBool::new(false),
-            times: Mutex::new(times),
         }
     }
 
-    fn times(&self) -> std::sync::MutexGuard<'_, Times> {
-        self.times.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    /// Now, as nanoseconds since the connection opened (at least 1, so 0 can mean "none").
+    fn now(&self) -> u64 {
+        u64::try_from(self.opened.elapsed().as_nanos()).unwrap_or(u64::MAX).max(1)
+    }
+
+    fn at(&self, nanos: u64) -> Instant {
+        self.opened + Duration::from_nanos(nanos)
     }
 
     pub(super) fn is_http2(&self) -> bool {
@@ -81,27 +86,29 @@ impl Activity {
         if first && (bytes.starts_with(PREFACE) || PREFACE.starts_with(bytes)) {
             self.http2.store(true, Ordering::Relaxed);
         }
-        if self.in_flight.load(Ordering::Acquire) == 0 && !self.is_http2() {
-            let mut times = self.times();
-            times.head_started.get_or_insert_with(Instant::now);
+        if self.in_flight.load(Ordering::Acquire) == 0
+            && !self.is_http2()
+            && self.head_started.load(Ordering::Relaxed) == 0
+        {
+            let _ = self.head_started.compare_exchange(0, self.now(), Ordering::Relaxed, Ordering::Relaxed);
         }
     }
 
     /// A request's head is complete and its handling begins.
     pub(super) fn request_started(&self) {
         self.in_flight.fetch_add(1, Ordering::AcqRel);
-        let mut times = self.times();
-        times.head_started = None;
-        times.served = true;
+        self.head_started.store(0, Ordering::Relaxed);
+        if !self.served.load(Ordering::Relaxed) {
+            self.served.store(true, Ordering::Relaxed);
+        }
     }
 
     /// A request's response has been sent (or abandoned).
     pub(super) fn request_finished(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let mut times = self.times();
-            times.quiet_since = Instant::now();
-            times.head_started = None;
-        }
+        // Times first: the watchdog reads them once it sees nothing in flight.
+        self.head_started.store(0, Ordering::Relaxed);
+        self.quiet_since.store(self.now(), Ordering::Relaxed);
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
     }
 
     fn in_flight(&self) -> usize {
@@ -113,12 +120,13 @@ impl Activity {
         if self.in_flight() > 0 {
             return None;
         }
-        let times = self.times();
-        Some(match times.head_started {
-            Some(started) => started + limits.header_read_timeout,
-            // A real HTTP/2 client (it sent the preface) may idle before its first call.
-            None if times.served || self.is_http2() => times.quiet_since + limits.idle_timeout,
-            None => times.quiet_since + limits.header_read_timeout,
+        let quiet_since = self.at(self.quiet_since.load(Ordering::Relaxed));
+        Some(match self.head_started.load(Ordering::Relaxed) {
+            0 if self.served.load(Ordering::Relaxed) || self.is_http2() => quiet_since + limits.idle_timeout,
+            // A real HTTP/2 client (it sent the preface) may idle before its first call; a fresh
+            // connection that has sent nothing gets only the header-read timeout.
+            0 => quiet_since + limits.header_read_timeout,
+            started => self.at(started) + limits.header_read_timeout,
         })
     }
 }
@@ -128,7 +136,7 @@ pub(super) async fn serve<S>(
     stream: TcpStream,
     service: S,
     limits: Arc<Limits>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
 ) where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -141,31 +149,67 @@ pub(super) async fn serve<S>(
     let builder = builder(&limits);
     let connection = builder.serve_connection_with_upgrades(io, requests);
     tokio::pin!(connection);
-    let mut stopping = false;
-    loop {
-        // While requests run there is no deadline; look again now and then (soon when stopping).
-        let recheck = if stopping { Duration::from_millis(100) } else { limits.header_read_timeout };
-        let wake = activity.deadline(&limits).unwrap_or_else(|| Instant::now() + recheck);
-        tokio::select! {
-            _ = connection.as_mut() => return,
-            () = tokio::time::sleep_until(wake) => {
-                let expired = activity.deadline(&limits).is_some_and(|deadline| deadline <= Instant::now());
-                if expired || (stopping && activity.in_flight() == 0) {
-                    break;
-                }
-            }
-            _ = stop.wait_for(|stop| *stop), if !stopping => {
-                if activity.in_flight() == 0 {
-                    return;
-                }
-                stopping = true;
-                connection.as_mut().graceful_shutdown();
-            }
+    // The timeouts are watched by a task of their own: this one is woken for every read and write,
+    // and a oneshot is the cheapest thing to poll beside the connection each time.
+    let (tell, mut told) = oneshot::channel();
+    tokio::spawn(watch_over(activity, limits, stop, tell));
+    let close_now = tokio::select! {
+        biased;
+        _ = connection.as_mut() => return,
+        verdict = &mut told => verdict,
+    };
+    match close_now {
+        // Shutdown with requests in flight: they finish, then the connection closes.
+        Ok(Verdict::FinishAndClose) => {
+            connection.as_mut().graceful_shutdown();
+            let _ = connection.await;
         }
+        // Quiet: HTTP/2 clients get a GOAWAY, then the socket closes.
+        Ok(Verdict::CloseQuiet) => {
+            connection.as_mut().graceful_shutdown();
+            let _ = tokio::time::timeout(Duration::from_millis(500), connection).await;
+        }
+        Ok(Verdict::DropNow) | Err(_) => {}
     }
-    // Closing a quiet connection: HTTP/2 clients get a GOAWAY, then the socket closes.
-    connection.as_mut().graceful_shutdown();
-    let _ = tokio::time::timeout(Duration::from_secs(1), connection).await;
+}
+
+/// What the watchdog decided for a connection.
+#[derive(Debug)]
+enum Verdict {
+    /// A timeout ran out with nothing in flight.
+    CloseQuiet,
+    /// Shutdown, nothing in flight: close at once, so no idle or half-sent client holds it up.
+    DropNow,
+    /// Shutdown with requests in flight.
+    FinishAndClose,
+}
+
+/// Sleeps until the connection's deadline (looking again while requests run) or shutdown, and
+/// tells the connection's task what to do; ends with the connection (`tell` closed).
+async fn watch_over(
+    activity: Arc<Activity>,
+    limits: Arc<Limits>,
+    mut stop: watch::Receiver<bool>,
+    mut tell: oneshot::Sender<Verdict>,
+) {
+    loop {
+        let wake = activity.deadline(&limits).unwrap_or_else(|| Instant::now() + limits.header_read_timeout);
+        let verdict = tokio::select! {
+            () = tell.closed() => return,
+            () = tokio::time::sleep_until(wake) => {
+                match activity.deadline(&limits) {
+                    Some(deadline) if deadline <= Instant::now() => Verdict::CloseQuiet,
+                    _ => continue,
+                }
+            }
+            _ = stop.wait_for(|stop| *stop) => match activity.in_flight() {
+                0 => Verdict::DropNow,
+                _ => Verdict::FinishAndClose,
+            },
+        };
+        let _ = tell.send(verdict);
+        return;
+    }
 }
 
 fn builder(limits: &Limits) -> Builder<TokioExecutor> {

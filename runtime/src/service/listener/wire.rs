@@ -180,9 +180,7 @@ async fn linger(mut stream: TcpStream) {
     use tokio::io::AsyncReadExt;
     const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
     let mut sink = [0u8; 8192];
-    let drain = async {
-        while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {}
-    };
+    let drain = async { while matches!(stream.read(&mut sink).await, Ok(read) if read > 0) {} };
     let _ = tokio::time::timeout(LINGER, drain).await;
 }
 
