@@ -235,3 +235,31 @@ async fn undecodable_and_oversized_messages_get_the_status_codes_the_grpc_spec_g
     let oversized = call(vec![0x0a; 5 * 1024 * 1024]).await;
     assert_eq!(oversized.code(), tonic::Code::ResourceExhausted, "{oversized:?}");
 }
+
+/// An HTTP/2 connection with no stream open is closed after `[http] idle_timeout` (with a GOAWAY),
+/// as an idle HTTP/1 one is; pings do not count as activity.
+#[test]
+fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
+    use std::io::{Read, Write};
+    let env = [
+        ("MARTY__HTTP__IDLE_TIMEOUT", "1s".to_owned()),
+        ("MARTY__HTTP__HEADER_READ_TIMEOUT", "60s".to_owned()),
+    ];
+    let service = Service::start_with_env(BINARY, "hybrid-idle", std::process::Stdio::null(), None, &env);
+    let mut stream = std::net::TcpStream::connect(service.addr).unwrap();
+    // The client preface and an empty SETTINGS frame, then silence.
+    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00").unwrap();
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(20))).unwrap();
+    let mut received = Vec::new();
+    let closed = stream.read_to_end(&mut received);
+    assert!(closed.is_ok(), "closed by the server, not by the 20 s read timeout: {closed:?}");
+    // Frame type 7 is GOAWAY: a 9-byte header whose fourth byte is the type.
+    let mut frames = received.as_slice();
+    let mut types = Vec::new();
+    while frames.len() >= 9 {
+        let length = usize::from(frames[0]) << 16 | usize::from(frames[1]) << 8 | usize::from(frames[2]);
+        types.push(frames[3]);
+        frames = &frames[(9 + length).min(frames.len())..];
+    }
+    assert!(types.contains(&7), "a GOAWAY before closing: frame types {types:?}");
+}
