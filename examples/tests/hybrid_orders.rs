@@ -241,10 +241,7 @@ async fn undecodable_and_oversized_messages_get_the_status_codes_the_grpc_spec_g
 #[test]
 fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     use std::io::{Read, Write};
-    let env = [
-        ("MARTY__HTTP__IDLE_TIMEOUT", "1s".to_owned()),
-        ("MARTY__HTTP__HEADER_READ_TIMEOUT", "60s".to_owned()),
-    ];
+    let env = [("MARTY__HTTP__IDLE_TIMEOUT", "1s".to_owned()), ("MARTY__HTTP__HEADER_READ_TIMEOUT", "60s".to_owned())];
     let service = Service::start_with_env(BINARY, "hybrid-idle", std::process::Stdio::null(), None, &env);
     let mut stream = std::net::TcpStream::connect(service.addr).unwrap();
     // The client preface and an empty SETTINGS frame, then silence.
