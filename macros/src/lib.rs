@@ -154,6 +154,10 @@ pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `marty.toml`.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
+    if !cfg!(feature = "http") {
+        let inner = &["get", "post", "put", "patch", "delete", "health_check", "event_handler"];
+        return feature_missing(item, "#[service]", "`http` feature (on by default)", "marty = \"0.1\"", inner);
+    }
     service::expand(args.into(), item.into()).into()
 }
 
@@ -204,7 +208,28 @@ pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `store` that is not a database dependency of `marty.toml`.
 #[proc_macro_attribute]
 pub fn saga(args: TokenStream, item: TokenStream) -> TokenStream {
+    if !cfg!(feature = "storage") {
+        let enable = "marty = { version = \"0.1\", features = [\"sqlite\"] }";
+        return feature_missing(item, "#[saga]", "`sqlite` or `postgres` feature", enable, &["saga_step"]);
+    }
     saga::expand(args.into(), item.into()).into()
+}
+
+/// One error, on the attribute, naming the feature of `marty` that `attribute` needs; the item is
+/// kept (without its inner attributes, which would each add an error of their own), so the rest of
+/// the crate is still checked.
+fn feature_missing(item: TokenStream, attribute: &str, feature: &str, enable: &str, inner: &[&str]) -> TokenStream {
+    let message = format!("{attribute} needs marty's {feature}\nhelp: in Cargo.toml: `{enable}`");
+    let mut item = proc_macro2::TokenStream::from(item);
+    if let Ok(mut block) = syn::parse2::<syn::ItemImpl>(item.clone()) {
+        for member in &mut block.items {
+            if let syn::ImplItem::Fn(method) = member {
+                method.attrs.retain(|attr| !inner.iter().any(|name| attr.path().is_ident(name)));
+            }
+        }
+        item = quote::quote!(#block);
+    }
+    quote::quote!(::core::compile_error!(#message); #item).into()
 }
 
 /// Marks a step of a `#[saga]`; see `saga`.
@@ -267,5 +292,9 @@ route_attribute!(get, post, put, patch, delete, health_check, event_handler);
 /// generic events, unions.
 #[proc_macro_derive(Event, attributes(event))]
 pub fn derive_event(input: TokenStream) -> TokenStream {
+    if !cfg!(feature = "events") {
+        let message = "#[derive(Event)] needs marty's `events` feature (on by default)\nhelp: in Cargo.toml: `marty = { version = \"0.1\", features = [\"events\"] }`";
+        return quote::quote!(::core::compile_error!(#message);).into();
+    }
     event::expand(input.into()).into()
 }
