@@ -107,6 +107,12 @@ where
 fn refusal<B>(request: &hyper::Request<B>, status: StatusCode, kind: ProblemType, detail: &str) -> Response {
     let request_id = crate::service::layer::request_id_of(request.headers())
         .unwrap_or_else(crate::service::layer::generate_request_id);
+    closing_problem(request_id, status, kind, detail)
+}
+
+/// A problem that ends the connection (what the client is still sending is not read), carrying
+/// `request_id` as its `instance` and its `x-request-id`.
+fn closing_problem(request_id: HeaderValue, status: StatusCode, kind: ProblemType, detail: &str) -> Response {
     let mut response =
         Problem::marty(status, kind, detail).instance(request_id.to_str().unwrap_or_default()).into_response();
     response.headers_mut().insert(crate::service::REQUEST_ID, request_id);
@@ -157,17 +163,13 @@ where
 /// The application's answer to a request whose body ran out of time, replaced by a 408 that keeps
 /// its request id.
 fn body_timeout(answered: Response) -> Response {
+    let request_id = answered
+        .headers()
+        .get(crate::service::REQUEST_ID)
+        .cloned()
+        .unwrap_or_else(crate::service::layer::generate_request_id);
     let detail = "the request body did not arrive in time";
-    let mut response = Problem::marty(StatusCode::REQUEST_TIMEOUT, ProblemType::RequestTimeout, detail);
-    if let Some(request_id) = answered.headers().get(crate::service::REQUEST_ID) {
-        response = response.instance(request_id.to_str().unwrap_or_default());
-    }
-    let mut response = response.into_response();
-    if let Some(request_id) = answered.headers().get(crate::service::REQUEST_ID) {
-        response.headers_mut().insert(crate::service::REQUEST_ID, request_id.clone());
-    }
-    response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
-    response
+    closing_problem(request_id, StatusCode::REQUEST_TIMEOUT, ProblemType::RequestTimeout, detail)
 }
 
 pin_project_lite::pin_project! {
