@@ -335,11 +335,13 @@ async fn a_saga_taken_over_while_waiting_out_a_breaker_counts_no_interruption() 
     for store in stores("handover").await {
         let metrics = Metrics::new();
         let first = trips(&store, &metrics).await;
-        let script = script(&[("do:0", vec![Reply::TurnedAway(2000)])]);
+        let script = script(&[("do:0", vec![Reply::TurnedAway(1000)])]);
         let id = first.start(Trip { script, ..Trip::default() }).await.unwrap();
         tokio::time::sleep(Duration::from_millis(300)).await;
-        // The first replica leaves while the saga waits: the attempt had not begun.
+        // The first replica leaves while the saga waits: the attempt had not begun, and it had not
+        // when the second replica comes, after the attempt was due.
         first.shutdown().await;
+        tokio::time::sleep(Duration::from_millis(1500)).await;
         let second = trips(&store, &metrics).await;
         assert_eq!(second.wait(&id).await.unwrap(), Status::Completed);
         let history = second.history(&id).await.unwrap();

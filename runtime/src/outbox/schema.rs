@@ -51,6 +51,15 @@ const SAGA_UNCERTAINTY: &str = r"
     update marty_saga set step_started_at = updated_at;
     ";
 
+/// Sagas remember when they last changed hands, so a replica taking one over knows whether its attempt
+/// may have begun. A saga released by an earlier version counts as released just now: its attempt may
+/// have been under way (the cautious reading, the one that version made).
+#[cfg(any(feature = "postgres", feature = "sqlite"))]
+const SAGA_HAND_OVER: &str = r"
+    alter table marty_saga add column handed_over_at bigint not null default 0;
+    update marty_saga set handed_over_at = 9223372036854775807 where owner is null;
+    ";
+
 /// PostgreSQL migrations, in order; never edit one that has shipped, add the next.
 #[cfg(feature = "postgres")]
 const POSTGRES: &[&str] = &[
@@ -95,6 +104,8 @@ const POSTGRES: &[&str] = &[
     SAGA_TABLES,
     // 3: saga steps' uncertainty and start time.
     SAGA_UNCERTAINTY,
+    // 4: when a saga last changed hands.
+    SAGA_HAND_OVER,
 ];
 
 /// SQLite migrations, in order. Times are Unix seconds (REAL).
@@ -133,6 +144,8 @@ const SQLITE: &[&str] = &[
     SAGA_TABLES,
     // 3: saga steps' uncertainty and start time.
     SAGA_UNCERTAINTY,
+    // 4: when a saga last changed hands.
+    SAGA_HAND_OVER,
 ];
 
 /// Brings `store`'s Marty tables up to date.

@@ -310,6 +310,7 @@ impl<S: Saga> Orchestrator<S> {
             uncertain: false,
             step_started_at: now,
             refusals: 0,
+            handed_over_at: 0,
         };
         let history = [
             Entry { seq: 1, at: now, step: None, kind: "started", attempt: 0, detail: None },
@@ -408,7 +409,7 @@ impl<S: Saga> Orchestrator<S> {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if let Err(error) = record::release(&inner.store, &inner.owner).await {
+        if let Err(error) = record::release(&inner.store, &inner.owner, now_millis()).await {
             tracing::warn!(%error, "could not release saga leases; other replicas take over when they expire");
         }
     }
@@ -486,14 +487,14 @@ async fn drive<S: Saga>(inner: &Arc<Inner<S>>, mut run: Run<S>) {
 
 /// The stored saga, as a run of this replica's; `None` when it is not ours any more, or settled.
 async fn reload<S: Saga>(inner: &Inner<S>, id: &str) -> Result<Option<Run<S>>, SagaError> {
-    let Some(row) = record::load(&inner.store, S::DEFINITION.name, id).await? else { return Ok(None) };
-    if Status::parse(&row.status).is_none_or(Status::is_settled) {
-        return Ok(None);
-    }
-    // Renewing is how we learn whether we still own it.
+    // Renewing is how we learn whether we still own it; it records the hand-over `run_of` reads.
     let now = now_millis();
     let owned = record::claim_one(&inner.store, id, &inner.owner, now, now + millis(inner.settings.lease)).await?;
     if !owned {
+        return Ok(None);
+    }
+    let Some(row) = record::load(&inner.store, S::DEFINITION.name, id).await? else { return Ok(None) };
+    if Status::parse(&row.status).is_none_or(Status::is_settled) {
         return Ok(None);
     }
     run_of(inner, row).await.map(Some)
@@ -502,11 +503,14 @@ async fn reload<S: Saga>(inner: &Inner<S>, id: &str) -> Result<Option<Run<S>>, S
 async fn run_of<S: Saga>(inner: &Inner<S>, mut row: SagaRow) -> Result<Run<S>, SagaError> {
     let state = serde_json::from_str(&row.state)?;
     let seq = record::next_seq(&inner.store, &row.id).await?;
-    // The attempt may have been under way unless it was not due yet: the previous owner was waiting
-    // (a backoff, an open breaker) and starts an attempt only at `next_attempt_at`. Its lease ran
-    // out, or it missed renewals, long before now if it had started, so clock skew between replicas
-    // does not blur the line. A resumed parked saga records attempt 0: nothing was under way.
-    let interrupted = row.attempt > 0 && row.next_attempt_at <= now_millis();
+    // The attempt may have been under way unless it was not due when the saga changed hands: the
+    // previous owner was waiting (a backoff, an open breaker) and starts an attempt only at
+    // `next_attempt_at`. A saga taken from an owner that stopped renewing changed hands now, long
+    // after its attempt if it had started one, so clock skew between replicas does not blur the
+    // line; one its owner released (a clean shutdown) changed hands then, by the owner's own clock,
+    // however late another replica takes it. A resumed parked saga records attempt 0: nothing was
+    // under way.
+    let interrupted = row.attempt > 0 && row.next_attempt_at <= row.handed_over_at;
     row.attempt = row.attempt.max(1);
     if row.step_started_at == 0 {
         // Written by a version before the column existed.
@@ -977,8 +981,16 @@ async fn take_over<S: Saga>(inner: Arc<Inner<S>>) {
             // A live run renews every sixth of a lease: more than a third of a lease without a
             // renewal means the run is gone (or a second replica runs under the same name).
             let stale_before = now + lease * 2 / 3;
-            match record::reclaim(&inner.store, S::DEFINITION.name, &inner.owner, prefix, stale_before, now + lease)
-                .await
+            match record::reclaim(
+                &inner.store,
+                S::DEFINITION.name,
+                &inner.owner,
+                prefix,
+                now,
+                stale_before,
+                now + lease,
+            )
+            .await
             {
                 Ok(rows) => drive_claimed(&inner, rows, "taking back a saga of this replica's previous run").await,
                 Err(error) => tracing::warn!(%error, "cannot look for this replica's earlier sagas"),

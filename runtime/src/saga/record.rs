@@ -64,68 +64,43 @@ pub(super) struct SagaRow {
     pub(super) step_started_at: i64,
     /// How many times in a row the other side refused the compensation now running.
     pub(super) refusals: i32,
+    /// When the saga last changed hands: the time its owner released it (a clean shutdown), or the
+    /// time a replica took it from one that stopped renewing its lease. An attempt due by then may
+    /// have been under way; one due later had not begun. Read only after a claim.
+    pub(super) handed_over_at: i64,
 }
 
-type SagaTuple = (
-    String,
-    String,
-    String,
-    String,
-    i32,
-    i32,
-    Option<String>,
-    Option<i64>,
-    Option<i64>,
-    i64,
-    Option<String>,
-    i64,
-    i64,
-    bool,
-    i64,
-    i32,
-);
-
 const COLUMNS: &str = "id, name, state, status, step, attempt, error, deadline, step_deadline, next_attempt_at, \
-    traceparent, created_at, updated_at, uncertain, step_started_at, refusals";
+    traceparent, created_at, updated_at, uncertain, step_started_at, refusals, handed_over_at";
 
-impl From<SagaTuple> for SagaRow {
-    fn from(row: SagaTuple) -> Self {
-        let (
-            id,
-            name,
-            state,
-            status,
-            step,
-            attempt,
-            error,
-            deadline,
-            step_deadline,
-            next_attempt_at,
-            traceparent,
-            created_at,
-            updated_at,
-            uncertain,
-            step_started_at,
-            refusals,
-        ) = row;
-        SagaRow {
-            id,
-            name,
-            state,
-            status,
-            step,
-            attempt,
-            error,
-            deadline,
-            step_deadline,
-            next_attempt_at,
-            traceparent,
-            created_at,
-            updated_at,
-            uncertain,
-            step_started_at,
-            refusals,
-        }
+impl<'r, R: sqlx::Row> sqlx::FromRow<'r, R> for SagaRow
+where
+    &'static str: sqlx::ColumnIndex<R>,
+    String: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i32: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    bool: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    fn from_row(row: &'r R) -> Result<Self, sqlx::Error> {
+        Ok(SagaRow {
+            id: row.try_get("id")?,
+            name: row.try_get("name")?,
+            state: row.try_get("state")?,
+            status: row.try_get("status")?,
+            step: row.try_get("step")?,
+            attempt: row.try_get("attempt")?,
+            error: row.try_get("error")?,
+            deadline: row.try_get("deadline")?,
+            step_deadline: row.try_get("step_deadline")?,
+            next_attempt_at: row.try_get("next_attempt_at")?,
+            traceparent: row.try_get("traceparent")?,
+            created_at: row.try_get("created_at")?,
+            updated_at: row.try_get("updated_at")?,
+            uncertain: row.try_get("uncertain")?,
+            step_started_at: row.try_get("step_started_at")?,
+            refusals: row.try_get("refusals")?,
+            handed_over_at: row.try_get("handed_over_at")?,
+        })
     }
 }
 
@@ -251,15 +226,20 @@ pub(super) async fn commit(
 pub(super) async fn load(store: &Store, name: &str, id: &str) -> Result<Option<SagaRow>, sqlx::Error> {
     let sql = format!("select {COLUMNS} from marty_saga where id = $1 and name = $2");
     on_store!(store, pool => {
-        let row: Option<SagaTuple> =
-            sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(name).fetch_optional(pool).await?;
-        Ok(row.map(SagaRow::from))
+        sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).bind(name).fetch_optional(pool).await
     })
 }
 
 /// The next history sequence number of saga `id`.
 pub(super) async fn next_seq(store: &Store, id: &str) -> Result<i32, sqlx::Error> {
     on_store!(store, pool => sqlx::query_scalar(NEXT_SEQ).bind(id).fetch_one(pool).await)
+}
+
+/// What a claim sets, `now` being its parameter for the time (SQL reads the row as it was before the
+/// update): a saga released by its owner keeps the time of the release; one taken from an owner that
+/// stopped renewing (or reloaded by its own owner) is handed over now.
+fn handed_over(now: &str) -> String {
+    format!("handed_over_at = case when owner is null then handed_over_at else {now} end")
 }
 
 /// Takes over up to `limit` unfinished sagas of type `name` that no replica holds a live lease on and
@@ -276,17 +256,18 @@ pub(super) async fn claim(
     // The outer `lease_until < $3` is checked again on the locked row (PostgreSQL re-evaluates it
     // after waiting for a concurrent claim; SQLite has one writer), so two replicas never both win.
     let sql = format!(
-        "update marty_saga set owner = $1, lease_until = $2
+        "update marty_saga set {}, owner = $1, lease_until = $2
          where id in (
              select id from marty_saga
              where name = $4 and status in ('running', 'compensating') and lease_until < $3
                  and next_attempt_at <= $5
              order by next_attempt_at limit $6)
            and lease_until < $3
-         returning {COLUMNS}"
+         returning {COLUMNS}",
+        handed_over("$3")
     );
     on_store!(store, pool => {
-        let rows: Vec<SagaTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(owner)
             .bind(lease_until)
             .bind(now)
@@ -294,8 +275,7 @@ pub(super) async fn claim(
             .bind(due_by)
             .bind(limit)
             .fetch_all(pool)
-            .await?;
-        Ok(rows.into_iter().map(SagaRow::from).collect())
+            .await
     })
 }
 
@@ -307,32 +287,34 @@ pub(super) async fn reclaim(
     name: &str,
     owner: &str,
     replica_prefix: &str,
+    now: i64,
     stale_before: i64,
     lease_until: i64,
 ) -> Result<Vec<SagaRow>, sqlx::Error> {
     // `substr` rather than `like`: a replica name may hold `_`, which `like` reads as a wildcard.
     let sql = format!(
-        "update marty_saga set owner = $1, lease_until = $2
+        "update marty_saga set {}, owner = $1, lease_until = $2
          where name = $3 and status in ('running', 'compensating') and owner <> $1
              and substr(owner, 1, $4) = $5 and lease_until < $6
-         returning {COLUMNS}"
+         returning {COLUMNS}",
+        handed_over("$7")
     );
     on_store!(store, pool => {
-        let rows: Vec<SagaTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql))
+        sqlx::query_as(sqlx::AssertSqlSafe(sql))
             .bind(owner)
             .bind(lease_until)
             .bind(name)
             .bind(replica_prefix.chars().count() as i32)
             .bind(replica_prefix)
             .bind(stale_before)
+            .bind(now)
             .fetch_all(pool)
-            .await?;
-        Ok(rows.into_iter().map(SagaRow::from).collect())
+            .await
     })
 }
 
-/// Makes saga `id` `owner`'s until `lease_until` if it is already, or its lease has expired; whether
-/// it is now.
+/// Makes unfinished saga `id` `owner`'s until `lease_until` if it is already, or its lease has
+/// expired; whether it is now.
 pub(super) async fn claim_one(
     store: &Store,
     id: &str,
@@ -340,10 +322,13 @@ pub(super) async fn claim_one(
     now: i64,
     lease_until: i64,
 ) -> Result<bool, sqlx::Error> {
-    const CLAIM: &str = "update marty_saga set owner = $2, lease_until = $4
-        where id = $1 and (owner = $2 or lease_until < $3)";
+    let sql = format!(
+        "update marty_saga set {}, owner = $2, lease_until = $4
+         where id = $1 and status in ('running', 'compensating') and (owner = $2 or lease_until < $3)",
+        handed_over("$3")
+    );
     on_store!(store, pool => {
-        let claimed = sqlx::query(CLAIM).bind(id).bind(owner).bind(now).bind(lease_until).execute(pool).await?;
+        let claimed = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(id).bind(owner).bind(now).bind(lease_until).execute(pool).await?;
         Ok(claimed.rows_affected() == 1)
     })
 }
@@ -355,10 +340,11 @@ pub(super) async fn renew(store: &Store, owner: &str, lease_until: i64) -> Resul
     on_store!(store, pool => Ok(sqlx::query(RENEW).bind(owner).bind(lease_until).execute(pool).await?.rows_affected()))
 }
 
-/// Gives up `owner`'s leases, so other replicas take its sagas over at once.
-pub(super) async fn release(store: &Store, owner: &str) -> Result<(), sqlx::Error> {
-    const RELEASE: &str = "update marty_saga set owner = null, lease_until = 0 where owner = $1";
-    on_store!(store, pool => sqlx::query(RELEASE).bind(owner).execute(pool).await.map(drop))
+/// Gives up `owner`'s leases, so other replicas take its sagas over at once, and records when
+/// (`now`): an attempt due later had not begun.
+pub(super) async fn release(store: &Store, owner: &str, now: i64) -> Result<(), sqlx::Error> {
+    const RELEASE: &str = "update marty_saga set owner = null, lease_until = 0, handed_over_at = $2 where owner = $1";
+    on_store!(store, pool => sqlx::query(RELEASE).bind(owner).bind(now).execute(pool).await.map(drop))
 }
 
 /// Saga `id`'s history, oldest first.
@@ -371,10 +357,7 @@ pub(super) async fn history(store: &Store, id: &str) -> Result<Vec<EntryRow>, sq
 /// The parked sagas of type `name`, oldest first.
 pub(super) async fn parked(store: &Store, name: &str) -> Result<Vec<SagaRow>, sqlx::Error> {
     let sql = format!("select {COLUMNS} from marty_saga where name = $1 and status = 'parked' order by created_at");
-    on_store!(store, pool => {
-        let rows: Vec<SagaTuple> = sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(name).fetch_all(pool).await?;
-        Ok(rows.into_iter().map(SagaRow::from).collect())
-    })
+    on_store!(store, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(name).fetch_all(pool).await)
 }
 
 /// Puts parked saga `id` back to compensating, its attempts reset, for any replica to take; `false`
