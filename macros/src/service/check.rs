@@ -69,7 +69,12 @@ pub(super) fn validate(
         _ => None,
     });
     let name = name.unwrap_or_else(|| std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "service".to_owned()));
-    let grpc: Vec<syn::Path> = args.grpc.map(|paths| paths.iter().cloned().collect()).unwrap_or_default();
+    let mut grpc: Vec<syn::Path> = args.grpc.map(|paths| paths.iter().cloned().collect()).unwrap_or_default();
+    if let (Some(server), false) = (grpc.first(), cfg!(feature = "grpc")) {
+        let help = "in Cargo.toml: `marty = { version = \"0.1\", features = [\"grpc\"] }`";
+        errors.push(error(server.span(), "`grpc(..)` needs marty's `grpc` feature", help));
+        grpc.clear();
+    }
     let reflection = args.reflection.map(|arg| arg.path);
     if let (Some(path), true) = (&reflection, grpc.is_empty()) {
         let help = "name the gRPC servers it describes: `grpc(OrdersServer), reflection = FILE_DESCRIPTOR_SET`";

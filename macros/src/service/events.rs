@@ -113,6 +113,16 @@ pub(crate) fn check(
     errors: &mut Accumulator,
 ) -> Vec<Handler> {
     let mut handlers = Vec::new();
+    if !cfg!(feature = "events") {
+        if let Some(first) = methods.first() {
+            errors.push(error(
+                first.attr_span,
+                "`#[event_handler]` needs marty's `events` feature (on by default)",
+                "in Cargo.toml: `marty = { version = \"0.1\", features = [\"events\"] }`",
+            ));
+        }
+        return handlers;
+    }
     let mut seen: HashMap<(String, String), Span> = HashMap::new();
     for method in methods {
         let Some(handler) = check_one(method, config, errors) else { continue };
