@@ -3,13 +3,16 @@
 //! This crate is shared by `marty-macros` (which reads the file when your code compiles) and `marty`
 //! (which reads it again at startup), so a configuration that compiles is a configuration that starts.
 //! The two differ in one way only: at startup, `MARTY__...` environment variables override keys and
-//! `${VAR}` in strings expands from the environment; when compiling, the file is checked as written.
+//! `${VAR}` (or `${VAR:-default}`) in strings expands from the environment; when compiling, the file
+//! is checked as written. `[app]` holds the application's own settings, read into its serde type at
+//! startup ([`AppSettings::get`]).
 //!
 //! Every error names the file, the line (or the overriding environment variable) and the key, says
 //! what is wrong and how to fix it, and validation reports every error, not just the first.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+mod app;
 mod duration;
 mod error;
 mod read;
@@ -19,6 +22,7 @@ mod tree;
 
 use std::path::Path;
 
+pub use app::AppSettings;
 pub use duration::{format_duration, parse_duration, DurationError, DURATION_HELP};
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use schema::{
@@ -61,6 +65,11 @@ impl Environment {
     /// Exactly these variables; for tests and embedding.
     pub fn from_pairs<K: Into<String>, V: Into<String>>(pairs: impl IntoIterator<Item = (K, V)>) -> Self {
         Environment { vars: pairs.into_iter().map(|(k, v)| (k.into(), v.into())).collect() }
+    }
+
+    /// The names of the variables, in no particular order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.vars.iter().map(|(name, _)| name.as_str())
     }
 
     /// The value of one variable.

@@ -79,6 +79,40 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// The free-form table `key` (for `[app]`), its strings expanded at startup; only its being a
+    /// table is checked here.
+    pub(crate) fn free_form(&mut self, table: &Table<'_>, key: &str) -> Option<Node> {
+        self.table(table, key)?;
+        let mut node = find(table, key)?.clone();
+        if let Some(lookup) = self.expand {
+            self.expand_strings(&mut node, &join(&table.path, key), lookup);
+        }
+        Some(node)
+    }
+
+    fn expand_strings(&mut self, node: &mut Node, path: &str, lookup: &dyn Fn(&str) -> Option<String>) {
+        match &mut node.value {
+            Value::String(text) => match expand_env(text, lookup) {
+                Ok(expanded) => *text = expanded,
+                Err(problem) => {
+                    let help = "set the variable in the service's environment, or give it a default: `${VAR:-value}`";
+                    self.error(&node.origin, path, problem, Some(help.to_owned()));
+                }
+            },
+            Value::Table(entries) => {
+                for (key, child) in entries {
+                    self.expand_strings(child, &join(path, key), lookup);
+                }
+            }
+            Value::Array(items) => {
+                for (index, child) in items.iter_mut().enumerate() {
+                    self.expand_strings(child, &join(path, &index.to_string()), lookup);
+                }
+            }
+            _ => {}
+        }
+    }
+
     /// The entries of a table whose keys are names the user chose (e.g. `[dependencies.*]`).
     pub(crate) fn named_entries<'n>(&self, table: &Table<'n>) -> &'n [(String, Node)] {
         table.entries
@@ -119,8 +153,9 @@ impl<'a> Reader<'a> {
         match expand_env(text, lookup) {
             Ok(expanded) => Some(expanded),
             Err(problem) => {
-                let help =
-                    Some("set the variable in the service's environment, or write the value in the file".to_owned());
+                let help = Some(
+                    "set the variable in the service's environment, or give it a default: `${VAR:-value}`".to_owned(),
+                );
                 self.error(&node.origin, &join(&table.path, key), problem, help);
                 None
             }
@@ -151,7 +186,8 @@ impl<'a> Reader<'a> {
         // `${VAR}` works in durations too; when compiling, such a value is only known at startup.
         let text = match self.expand {
             Some(lookup) => self.expanded(table, key, node, text, lookup)?,
-            None if text.contains("${") => return None,
+            // When compiling, a value made only of variables with defaults is checked with them.
+            None if text.contains("${") => expand_env(text, &|_| None).ok()?,
             None => text.clone(),
         };
         match parse_duration(&text) {
@@ -240,8 +276,9 @@ pub(crate) fn join(parent: &str, key: &str) -> String {
     }
 }
 
-/// Replaces each `${NAME}` with the variable's value; `$$` writes a literal `$`.
-fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+/// Replaces each `${NAME}` with the variable's value, and `${NAME:-default}` with it or, when it is
+/// unset or empty, with `default` (as a shell does); `$$` writes a literal `$`.
+pub(crate) fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
     let mut out = String::with_capacity(text.len());
     let mut rest = text;
     while let Some(dollar) = rest.find('$') {
@@ -252,8 +289,15 @@ fn expand_env(text: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Str
             rest = after;
         } else if let Some(after) = rest.strip_prefix("${") {
             let end = after.find('}').ok_or_else(|| format!("unterminated `${{` in `{text}`"))?;
-            let name = &after[..end];
-            let value = lookup(name).ok_or_else(|| format!("environment variable `{name}` is not set"))?;
+            let (name, default) = match after[..end].split_once(":-") {
+                Some((name, default)) => (name, Some(default)),
+                None => (&after[..end], None),
+            };
+            let value = match (lookup(name).filter(|value| !value.is_empty() || default.is_none()), default) {
+                (Some(value), _) => value,
+                (None, Some(default)) => default.to_owned(),
+                (None, None) => return Err(format!("environment variable `{name}` is not set")),
+            };
             out.push_str(&value);
             rest = &after[end + 1..];
         } else {
@@ -279,5 +323,19 @@ mod tests {
         assert_eq!(expand_env("cost: $$5", &lookup).unwrap(), "cost: $5");
         assert_eq!(expand_env("${MISSING}", &lookup).unwrap_err(), "environment variable `MISSING` is not set");
         assert!(expand_env("${OPEN", &lookup).is_err());
+    }
+
+    #[test]
+    fn a_default_stands_in_for_an_unset_or_empty_variable() {
+        let lookup = |name: &str| match name {
+            "PORT" => Some("9000".to_owned()),
+            "EMPTY" => Some(String::new()),
+            _ => None,
+        };
+        assert_eq!(expand_env("0.0.0.0:${PORT:-8080}", &lookup).unwrap(), "0.0.0.0:9000");
+        assert_eq!(expand_env("0.0.0.0:${MISSING:-8080}", &lookup).unwrap(), "0.0.0.0:8080");
+        assert_eq!(expand_env("${EMPTY:-fallback}", &lookup).unwrap(), "fallback");
+        assert_eq!(expand_env("[${EMPTY}]", &lookup).unwrap(), "[]");
+        assert_eq!(expand_env("${MISSING:-}", &lookup).unwrap(), "");
     }
 }

@@ -6,6 +6,7 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use crate::app::AppSettings;
 use crate::read::{join, Reader, Table};
 use crate::suggest;
 
@@ -35,6 +36,8 @@ pub struct Config {
     pub outbox: Option<OutboxConfig>,
     /// `[sagas]`: how the saga orchestrator shares and retries work (defaults when absent).
     pub sagas: SagasConfig,
+    /// `[app]`: the application's own settings; read them with `config.app.get::<YourSettings>()`.
+    pub app: AppSettings,
 }
 
 /// `[service]`.
@@ -439,7 +442,7 @@ impl Default for SagasConfig {
 }
 
 const ROOT_KEYS: &[&str] =
-    &["service", "http", "grpc", "management", "telemetry", "dependencies", "events", "outbox", "sagas"];
+    &["service", "http", "grpc", "management", "telemetry", "dependencies", "events", "outbox", "sagas", "app"];
 const HTTP_KEYS: &[&str] = &[
     "addr",
     "header_read_timeout",
@@ -541,7 +544,20 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         Some(OutboxConfig { store, batch_size, poll_interval, max_attempts, retention })
     });
     let sagas = read_sagas(reader, root, &dependencies);
-    Config { file: file.to_owned(), service, http, grpc, management, telemetry, dependencies, events, outbox, sagas }
+    let app = AppSettings::new(file, reader.free_form(root, "app"));
+    Config {
+        file: file.to_owned(),
+        service,
+        http,
+        grpc,
+        management,
+        telemetry,
+        dependencies,
+        events,
+        outbox,
+        sagas,
+        app,
+    }
 }
 
 fn read_sagas(

@@ -18,7 +18,9 @@ pub(crate) enum Value {
     Integer(i64),
     Float(f64),
     Bool(bool),
-    /// A TOML type the schema never uses (arrays, datetimes); named for the error message.
+    /// Only `[app]` reads arrays; Marty's own keys never take one.
+    Array(Vec<Node>),
+    /// A TOML type the schema never uses (datetimes, arrays of tables); named for the error message.
     Other(&'static str),
 }
 
@@ -30,6 +32,7 @@ impl Value {
             Value::Integer(_) => "an integer",
             Value::Float(_) => "a float",
             Value::Bool(_) => "a boolean",
+            Value::Array(_) => "an array",
             Value::Other(name) => name,
         }
     }
@@ -83,7 +86,15 @@ fn value_from_toml(text: &str, value: &toml_edit::Value) -> Value {
         toml_edit::Value::Float(f) => Value::Float(*f.value()),
         toml_edit::Value::Boolean(b) => Value::Bool(*b.value()),
         toml_edit::Value::Datetime(_) => Value::Other("a datetime"),
-        toml_edit::Value::Array(_) => Value::Other("an array"),
+        toml_edit::Value::Array(array) => Value::Array(
+            array
+                .iter()
+                .map(|item| {
+                    let origin = Origin::Line(item.span().map_or(1, |span| line_of(text, span.start)));
+                    Node { value: value_from_toml(text, item), origin }
+                })
+                .collect(),
+        ),
         toml_edit::Value::InlineTable(table) => Value::Table(
             table
                 .iter()

@@ -227,6 +227,9 @@ impl OrderStore {
     }
 }
 
+/// Why an example could not build its state: its store, or its `[app]` settings.
+pub type StartupError = Box<dyn std::error::Error + Send + Sync>;
+
 /// Each example's `main`: builds the service's state from its configuration, serves it until
 /// SIGTERM or SIGINT, and exits non-zero with the reason when the configuration is invalid or the
 /// store cannot be opened.
@@ -234,7 +237,7 @@ pub async fn run<S, F, Fut>(build: F) -> ExitCode
 where
     S: Routes,
     F: FnOnce(&'static DependencyRegistry) -> Fut,
-    Fut: Future<Output = Result<S, sqlx::Error>>,
+    Fut: Future<Output = Result<S, StartupError>>,
 {
     let server = match marty::service::server_with(build).await {
         Ok(server) => server,

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::io::Read;
 use std::net::TcpStream;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -204,6 +205,59 @@ fn a_bad_configuration_stops_startup_with_file_line_and_key_and_a_nonzero_exit()
     assert!(
         stderr.contains("environment variable `MARTY__DEPENDENCIES__ORDERS_DB__TIMEOUT`")
             && stderr.contains("key `dependencies.orders_db.timeout`: invalid duration `soon`"),
+        "{stderr}"
+    );
+}
+
+/// A configuration named by a relative `MARTY_CONFIG`, with `${VAR:-default}` values and `[app]`
+/// settings: the service finds it from its working directory, uses the defaults, enforces its own
+/// setting, and its first log lines say which file and which overrides it used.
+#[test]
+fn the_startup_log_names_the_configuration_and_its_overrides_and_app_settings_apply() {
+    let dir = std::env::temp_dir().join(format!("marty-rest-provenance-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(dir.join("conf")).unwrap();
+    let example = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/marty.toml")).unwrap();
+    let config = example
+        .replace("max_quantity = 1000", "max_quantity = 5")
+        .replace("url = \"sqlite://orders.db?mode=rwc\"", "url = \"${ORDERS_DB_URL:-sqlite://orders.db?mode=rwc}\"");
+    assert_ne!(config, example.replace("max_quantity = 1000", "max_quantity = 5"), "the example's url line moved");
+    std::fs::write(dir.join("conf/orders.toml"), config).unwrap();
+    let mut command = Command::new(BINARY);
+    command.current_dir(&dir).env("MARTY_CONFIG", "conf/orders.toml").env_remove("ORDERS_DB_URL");
+    command.env_remove("MARTY__DEPENDENCIES__ORDERS_DB__URL").stdout(Stdio::piped());
+    let mut service = Service::spawn(command);
+
+    assert_eq!(service.request("POST", "/orders", Some(r#"{"item":"pen","quantity":6}"#)).status, 422);
+    assert_eq!(service.request("POST", "/orders", Some(r#"{"item":"pen","quantity":5}"#)).status, 201);
+    assert!(dir.join("orders.db").exists(), "the default URL, relative to the working directory, was used");
+
+    service.terminate();
+    let mut logs = String::new();
+    service.child.stdout.take().unwrap().read_to_string(&mut logs).unwrap();
+    let loaded = logs.lines().find(|line| line.contains("configuration loaded")).unwrap_or_else(|| panic!("{logs}"));
+    let log: serde_json::Value = serde_json::from_str(loaded).unwrap();
+    let fields = &log["fields"];
+    assert_eq!(fields["config.file"], dir.join("conf/orders.toml").display().to_string(), "{loaded}");
+    assert_eq!(fields["config.found"], "named by MARTY_CONFIG");
+    let overrides = fields["config.overrides"].as_str().unwrap();
+    assert!(overrides.contains("MARTY__HTTP__ADDR") && overrides.contains("MARTY__TELEMETRY__LOG_FORMAT"), "{loaded}");
+    assert!(!loaded.contains(&service.addr.to_string()), "override values may be secrets: {loaded}");
+}
+
+#[test]
+fn an_app_setting_its_type_refuses_stops_startup_with_file_line_and_key() {
+    let output = Command::new(BINARY)
+        .env("MARTY__APP__MAX_QUANTITY", "lots")
+        .env("MARTY__HTTP__ADDR", "127.0.0.1:0")
+        .env_remove("MARTY_CONFIG")
+        .output()
+        .expect("run the example");
+    assert!(!output.status.success(), "a service whose [app] settings do not fit must not start");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("environment variable `MARTY__APP__MAX_QUANTITY`")
+            && stderr.contains("key `app.max_quantity`: invalid type: string \"lots\", expected i64"),
         "{stderr}"
     );
 }

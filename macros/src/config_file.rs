@@ -28,13 +28,18 @@ thread_local! {
     static CACHE: RefCell<HashMap<PathBuf, (String, Rc<FileState>)>> = RefCell::new(HashMap::new());
 }
 
-/// Where the configuration is: `config = ".."` if given, else `MARTY_CONFIG`, else `marty.toml`, each
-/// relative to the crate's `Cargo.toml`.
+/// Where the configuration is: `config = ".."` if given, relative to the crate's `Cargo.toml` (it is
+/// written in the source, like `include_str!`); else `MARTY_CONFIG`, read as the runtime reads it:
+/// relative to the working directory, which cargo sets to the workspace root (the package's root
+/// outside a workspace), where `cargo run` starts too; else `marty.toml` beside `Cargo.toml`.
 pub(crate) fn locate(explicit: Option<&str>) -> (PathBuf, PathBuf) {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap_or_else(|| ".".into()));
-    let from_env = std::env::var(CONFIG_PATH_VAR).ok();
-    let relative = explicit.map(str::to_owned).or(from_env).unwrap_or_else(|| DEFAULT_FILE.to_owned());
-    (manifest_dir.join(relative), manifest_dir)
+    let path = match (explicit, std::env::var_os(CONFIG_PATH_VAR)) {
+        (Some(explicit), _) => manifest_dir.join(explicit),
+        (None, Some(from_env)) => absolute(Path::new(&from_env)),
+        (None, None) => manifest_dir.join(DEFAULT_FILE),
+    };
+    (path, manifest_dir)
 }
 
 pub(crate) fn load(explicit: Option<&str>) -> ConfigFile {
@@ -62,4 +67,14 @@ pub(crate) fn load(explicit: Option<&str>) -> ConfigFile {
 
 fn absolute(path: &Path) -> PathBuf {
     std::path::absolute(path).unwrap_or_else(|_| path.to_owned())
+}
+
+/// The file's text as it compiled, for the runtime to fall back to. `include_str!` makes cargo
+/// rebuild the crate when the file changes, and `option_env!` when `MARTY_CONFIG` does (a proc
+/// macro cannot declare what it read, but the code it writes can).
+pub(crate) fn embedded_text(core: &proc_macro2::TokenStream, path: &str) -> proc_macro2::TokenStream {
+    quote::quote!({
+        let _ = #core::option_env!("MARTY_CONFIG");
+        #core::include_str!(#path)
+    })
 }

@@ -18,8 +18,26 @@ pub struct DependencyRegistry {
     config: RwLock<Arc<Config>>,
     /// The file the configuration came from, re-read by [`Self::reload_from_source`].
     source: Option<PathBuf>,
+    /// How the configuration was found and which `MARTY__` variables overrode it, for the startup log.
+    provenance: Provenance,
     dependencies: HashMap<String, Arc<Dependency>>,
     metrics: Arc<Metrics>,
+}
+
+/// How a configuration was found, and what overrode it.
+#[derive(Debug, Default)]
+struct Provenance {
+    found: &'static str,
+    overrides: Vec<String>,
+}
+
+impl Provenance {
+    fn of(env: &marty_config::Environment, found: &'static str) -> Self {
+        let mut overrides: Vec<String> =
+            env.names().filter(|name| name.starts_with(marty_config::ENV_PREFIX)).map(str::to_owned).collect();
+        overrides.sort();
+        Provenance { found, overrides }
+    }
 }
 
 static GLOBAL: OnceLock<DependencyRegistry> = OnceLock::new();
@@ -43,15 +61,36 @@ impl DependencyRegistry {
                 (dependency_config.name.clone(), dependency)
             })
             .collect();
-        DependencyRegistry { config: RwLock::new(Arc::new(config)), source: None, dependencies, metrics }
+        let provenance = Provenance::default();
+        DependencyRegistry { config: RwLock::new(Arc::new(config)), source: None, provenance, dependencies, metrics }
     }
 
     /// Loads a configuration file as at startup (with `MARTY__` overrides and `${VAR}` expansion); the
     /// registry can re-read it later with [`Self::reload_from_source`].
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let mut registry = Config::load(path).map(Self::from_config)?;
-        registry.source = Some(path.to_owned());
+        registry.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_owned()));
+        registry.provenance = Provenance::of(&marty_config::Environment::from_process(), "loaded by the service");
         Ok(registry)
+    }
+
+    /// Logs where the configuration came from: the file (as an absolute path) and how it was chosen,
+    /// or the text compiled in, and the names of the `MARTY__` variables that overrode it (not their
+    /// values: they may be secrets). The servers call it once logging is up.
+    pub fn log_provenance(&self) {
+        let Provenance { found, overrides } = &self.provenance;
+        let overrides = overrides.join(", ");
+        match &self.source {
+            Some(path) => {
+                tracing::info!(config.file = %path.display(), config.found = found, config.overrides = %overrides, "configuration loaded")
+            }
+            None => tracing::info!(
+                config.file = %self.config().file,
+                config.found = found,
+                config.overrides = %overrides,
+                "configuration loaded from the text compiled in",
+            ),
+        }
     }
 
     /// The configuration in force (the latest one reloaded).
@@ -176,13 +215,19 @@ impl DependencyRegistry {
             return Err(error.clone());
         }
         let env = marty_config::Environment::from_process();
-        let loaded = match env.get(marty_config::CONFIG_PATH_VAR) {
-            Some(path) => Self::load(Path::new(path)),
-            None if Path::new(compiled_path).exists() => Self::load(Path::new(compiled_path)),
-            None => Config::parse_at_startup(embedded, compiled_path, &env).map(Self::from_config),
+        let (loaded, found) = match env.get(marty_config::CONFIG_PATH_VAR) {
+            Some(path) => (Self::load(Path::new(path)), "named by MARTY_CONFIG"),
+            None if Path::new(compiled_path).exists() => {
+                (Self::load(Path::new(compiled_path)), "the file checked at compile time")
+            }
+            None => (
+                Config::parse_at_startup(embedded, compiled_path, &env).map(Self::from_config),
+                "compiled in: the file checked at compile time is not on this machine",
+            ),
         };
         match loaded {
-            Ok(registry) => {
+            Ok(mut registry) => {
+                registry.provenance = Provenance::of(&env, found);
                 *last_failure = None;
                 Ok(GLOBAL.get_or_init(|| registry))
             }

@@ -21,12 +21,23 @@ use marty_examples::{AppError, AuditEntry, NewOrder, Order, OrderPlaced, OrderSt
 
 struct Orders {
     store: OrderStore,
+    limits: OrderLimits,
+}
+
+/// The service's own settings, from `[app]` in `marty.toml`: checked at startup with the file, line
+/// and key of a value that does not fit (`MARTY__APP__MAX_QUANTITY` overrides it).
+#[derive(serde::Deserialize)]
+struct OrderLimits {
+    max_quantity: i64,
 }
 
 #[service]
 impl Orders {
     #[post("/orders")]
     async fn create_order(&self, Json(new): Json<NewOrder>) -> Result<(StatusCode, Json<Order>), AppError> {
+        if new.quantity > self.limits.max_quantity {
+            return Err(AppError::Invalid("quantity is over the limit in [app] max_quantity"));
+        }
         Ok((StatusCode::CREATED, Json(self.store.create(&new).await?)))
     }
 
@@ -69,5 +80,9 @@ impl Orders {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    marty_examples::run(|registry| async move { Ok(Orders { store: OrderStore::open(registry).await? }) }).await
+    marty_examples::run(|registry| async move {
+        let limits = registry.config().app.get::<OrderLimits>()?;
+        Ok(Orders { store: OrderStore::open(registry).await?, limits })
+    })
+    .await
 }

@@ -46,16 +46,24 @@ impl Service {
         config: Option<&std::path::Path>,
         env: &[(&str, String)],
     ) -> Service {
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let child = Command::new(binary)
-            .env("MARTY__HTTP__ADDR", addr.to_string())
+        let mut command = Command::new(binary);
+        command
             .env("MARTY__DEPENDENCIES__ORDERS_DB__URL", format!("sqlite://{}/orders.db?mode=rwc", dir.display()))
-            .env("MARTY__TELEMETRY__LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
             .env_remove("MARTY_CONFIG")
             .envs(config.map(|path| ("MARTY_CONFIG", path)))
             .envs(env.iter().map(|(key, value)| (*key, value)))
-            .stdout(stdout)
+            .stdout(stdout);
+        Self::spawn(command)
+    }
+
+    /// Runs `command` on a free loopback port (`MARTY__HTTP__ADDR`), logging JSON lines at `info`,
+    /// and returns once it listens.
+    pub fn spawn(mut command: Command) -> Service {
+        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let child = command
+            .env("MARTY__HTTP__ADDR", addr.to_string())
+            .env("MARTY__TELEMETRY__LOG_FORMAT", "json")
+            .env("RUST_LOG", "info")
             .stderr(Stdio::null())
             .spawn()
             .expect("start the example");

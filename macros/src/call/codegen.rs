@@ -124,6 +124,7 @@ fn emit_call_site(model: &CallModel, paths: &Paths, name: &syn::Ident) -> TokenS
         }
     };
     let path = model.config_path.display().to_string();
+    let embedded = crate::config_file::embedded_text(&core, &path);
     quote! {
         #[doc(hidden)]
         static #name: #call_site = #call_site::new(
@@ -133,9 +134,7 @@ fn emit_call_site(model: &CallModel, paths: &Paths, name: &syn::Ident) -> TokenS
             #timeout,
             #retry,
             #path,
-            // Embeds the file as it compiled (the runtime falls back to it) and makes cargo rebuild
-            // this crate when the file changes.
-            #core::include_str!(#path),
+            #embedded,
         );
     }
 }

@@ -18,6 +18,7 @@ pub(super) fn emit(model: &SagaModel) -> TokenStream {
     let (name, store) = (&model.name, &model.store);
     let timeout = option_duration(&core, model.timeout);
     let path = model.config_path.display().to_string();
+    let embedded = crate::config_file::embedded_text(&core, &path);
     let index = format_ident!("__marty_index", span = Span::mixed_site());
     let ctx = format_ident!("__marty_ctx", span = Span::mixed_site());
     let definitions = model.steps.iter().map(|step| {
@@ -92,7 +93,7 @@ pub(super) fn emit(model: &SagaModel) -> TokenStream {
                     store: #store,
                     timeout: #timeout,
                     steps: &[#(#definitions),*],
-                    config: (#path, #core::include_str!(#path)),
+                    config: (#path, #embedded),
                 };
 
                 #run_step {

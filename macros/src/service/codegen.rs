@@ -16,6 +16,7 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
     let name = &model.name;
     let config_path = model.config_path.display().to_string();
     let core = paths.core();
+    let embedded = crate::config_file::embedded_text(&core, &config_path);
 
     let service = format_ident!("__marty_service", span = Span::mixed_site());
     let router = format_ident!("__marty_router", span = Span::mixed_site());
@@ -39,7 +40,7 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
             #[automatically_derived]
             impl #private::Routes for #self_ty {
                 const NAME: &'static str = #name;
-                const CONFIG: (&'static str, &'static str) = (#config_path, #core::include_str!(#config_path));
+                const CONFIG: (&'static str, &'static str) = (#config_path, #embedded);
 
                 fn routes(self: #private::Arc<Self>) -> #private::Router {
                     let #router = #private::Router::new();

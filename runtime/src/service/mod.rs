@@ -124,11 +124,22 @@ impl std::error::Error for ServeError {
     }
 }
 
-/// The server for `service`, with the configuration loaded (or the installed registry).
+/// The server for `service`, with the configuration loaded (or the installed registry) and logging
+/// started.
 pub fn server<S: Routes>(service: S) -> Result<Server, ServeError> {
+    let registry = load_and_start_logging::<S>()?;
+    Ok(server_for(Arc::new(service), registry))
+}
+
+/// The configuration, then logging ([`crate::telemetry`]), then a log line saying where the
+/// configuration came from.
+fn load_and_start_logging<S: Routes>() -> Result<&'static DependencyRegistry, ServeError> {
     let (path, text) = S::CONFIG;
     let registry = DependencyRegistry::global_or_load(path, text).map_err(ServeError::Config)?;
-    Ok(server_for(Arc::new(service), registry))
+    if crate::telemetry::init(S::NAME, &registry.config().telemetry) {
+        registry.log_provenance();
+    }
+    Ok(registry)
 }
 
 fn server_for<S: Routes>(service: Arc<S>, registry: &'static DependencyRegistry) -> Server {
@@ -151,9 +162,7 @@ where
     Fut: Future<Output = Result<S, E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let (path, text) = S::CONFIG;
-    let registry = DependencyRegistry::global_or_load(path, text).map_err(ServeError::Config)?;
-    crate::telemetry::init(S::NAME, &registry.config().telemetry);
+    let registry = load_and_start_logging::<S>()?;
     let service = build(registry).await.map_err(|error| ServeError::Startup(error.into()))?;
     Ok(server_for(Arc::new(service), registry))
 }
@@ -163,7 +172,6 @@ where
 /// anything is bound.
 pub async fn serve<S: Routes>(service: S) -> Result<(), ServeError> {
     let server = server(service)?;
-    crate::telemetry::init(S::NAME, &server.registry.config().telemetry);
     server.serve().await.map_err(ServeError::Io)
 }
 
