@@ -19,7 +19,7 @@ pub struct DependencyRegistry {
     /// The file the configuration came from, re-read by [`Self::reload_from_source`].
     source: Option<PathBuf>,
     /// How the configuration was found and which `MARTY__` variables overrode it, for the startup log.
-    provenance: Provenance,
+    provenance: Box<Provenance>,
     dependencies: HashMap<String, Arc<Dependency>>,
     metrics: Arc<Metrics>,
 }
@@ -61,7 +61,7 @@ impl DependencyRegistry {
                 (dependency_config.name.clone(), dependency)
             })
             .collect();
-        let provenance = Provenance::default();
+        let provenance = Box::default();
         DependencyRegistry { config: RwLock::new(Arc::new(config)), source: None, provenance, dependencies, metrics }
     }
 
@@ -70,7 +70,8 @@ impl DependencyRegistry {
     pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
         let mut registry = Config::load(path).map(Self::from_config)?;
         registry.source = Some(std::path::absolute(path).unwrap_or_else(|_| path.to_owned()));
-        registry.provenance = Provenance::of(&marty_config::Environment::from_process(), "loaded by the service");
+        registry.provenance =
+            Box::new(Provenance::of(&marty_config::Environment::from_process(), "loaded by the service"));
         Ok(registry)
     }
 
@@ -78,7 +79,7 @@ impl DependencyRegistry {
     /// or the text compiled in, and the names of the `MARTY__` variables that overrode it (not their
     /// values: they may be secrets). The servers call it once logging is up.
     pub fn log_provenance(&self) {
-        let Provenance { found, overrides } = &self.provenance;
+        let Provenance { found, overrides } = &*self.provenance;
         let overrides = overrides.join(", ");
         match &self.source {
             Some(path) => {
@@ -227,7 +228,7 @@ impl DependencyRegistry {
         };
         match loaded {
             Ok(mut registry) => {
-                registry.provenance = Provenance::of(&env, found);
+                registry.provenance = Box::new(Provenance::of(&env, found));
                 *last_failure = None;
                 Ok(GLOBAL.get_or_init(|| registry))
             }
