@@ -34,3 +34,23 @@ pub async fn pool_in_schema(url: &str, schema: &str, max_connections: u32) -> Re
         .connect(url)
         .await
 }
+
+/// An empty SQLite file and, when `MARTY_TEST_POSTGRES_URL` is set (`.ci/run` sets it), an empty
+/// PostgreSQL schema, both named after `name`: pools with none of Marty's tables yet.
+pub async fn empty_stores(name: &str) -> Vec<marty::store::Store> {
+    let dir = std::env::temp_dir().join(format!("marty-stores-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("create the test's directory");
+    let path = dir.join(format!("{name}.db"));
+    let _ = std::fs::remove_file(&path);
+    let sqlite = marty::store::connect(&format!("sqlite://{}?mode=rwc", path.display())).await.expect("open SQLite");
+    let mut stores = vec![sqlite];
+    match std::env::var("MARTY_TEST_POSTGRES_URL") {
+        Ok(url) => {
+            let schema = format!("stores_{name}");
+            fresh_schema(&url, &schema).await.expect("create the schema");
+            stores.push(marty::store::Store::Postgres(pool_in_schema(&url, &schema, 4).await.expect("connect")));
+        }
+        Err(_) => eprintln!("PostgreSQL skipped: MARTY_TEST_POSTGRES_URL is not set (.ci/run sets it)"),
+    }
+    stores
+}

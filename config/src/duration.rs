@@ -1,4 +1,5 @@
-//! Durations as people write them in `marty.toml` and in attributes: `"250ms"`, `"10s"`, `"2m"`, `"1h"`.
+//! Durations as people write them in `marty.toml` and in attributes: `"250ms"`, `"10s"`, `"2m"`, `"1h"`,
+//! `"7d"`.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ const UNITS: &[(&str, u64)] = &[
     ("s", 1_000_000_000),
     ("m", 60_000_000_000),
     ("h", 3_600_000_000_000),
+    ("d", 86_400_000_000_000),
 ];
 
 /// Why a duration did not parse; its `Display` is the `help:` a user needs.
@@ -27,9 +29,9 @@ impl std::fmt::Display for DurationError {
 
 /// The hint shown with every malformed duration.
 pub const DURATION_HELP: &str =
-    "write a whole number followed by a unit (`ns`, `us`, `ms`, `s`, `m` or `h`), e.g. `\"250ms\"` or `\"10s\"`";
+    "write a whole number followed by a unit (`ns`, `us`, `ms`, `s`, `m`, `h` or `d`), e.g. `\"250ms\"` or `\"10s\"`";
 
-/// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`, `"0ms"`. One number and one unit: no fractions, no spaces,
+/// Parses `"250ms"`, `"10s"`, `"2m"`, `"1h"`, `"7d"`, `"0ms"`. One number and one unit: no fractions, no spaces,
 /// no compound forms, so what a reviewer reads is what the service does.
 pub fn parse_duration(text: &str) -> Result<Duration, DurationError> {
     let digits_end = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
@@ -75,6 +77,7 @@ mod tests {
         assert_eq!(parse_duration("10s"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("7d"), Ok(Duration::from_secs(7 * 86_400)));
         assert_eq!(parse_duration("7us"), Ok(Duration::from_micros(7)));
         assert_eq!(parse_duration("0ms"), Ok(Duration::ZERO));
     }
@@ -91,6 +94,7 @@ mod tests {
     fn formats_in_the_largest_exact_unit() {
         assert_eq!(format_duration(Duration::from_millis(1500)), "1500ms");
         assert_eq!(format_duration(Duration::from_secs(120)), "2m");
-        assert_eq!(format_duration(Duration::ZERO), "0h");
+        assert_eq!(format_duration(Duration::from_secs(86_400)), "1d");
+        assert_eq!(format_duration(Duration::ZERO), "0d");
     }
 }

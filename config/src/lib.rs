@@ -28,7 +28,7 @@ pub use error::{ConfigError, ConfigErrors, Origin};
 pub use schema::{
     is_replica_name, Backoff, Broker, CircuitBreakerConfig, Config, DependencyConfig, DependencyKind,
     DependencyReadiness, EventsConfig, HttpConfig, ListenerConfig, LogFormat, OutboxConfig, RetryConfig, SagasConfig,
-    ServiceConfig, TelemetryConfig,
+    ServiceConfig, StorageConfig, TelemetryConfig,
 };
 pub use tree::ENV_PREFIX;
 

@@ -36,6 +36,8 @@ pub struct Config {
     pub outbox: Option<OutboxConfig>,
     /// `[sagas]`: how the saga orchestrator shares and retries work (defaults when absent).
     pub sagas: SagasConfig,
+    /// `[storage]`: how Marty's tables are created and pruned (defaults when absent).
+    pub storage: StorageConfig,
     /// `[app]`: the application's own settings; read them with `config.app.get::<YourSettings>()`.
     pub app: AppSettings,
 }
@@ -397,6 +399,33 @@ pub struct OutboxConfig {
     pub retention: Duration,
 }
 
+/// `[storage]`: operating Marty's tables (outbox, inbox, sagas) in the service's database.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct StorageConfig {
+    /// Whether Marty creates and upgrades its tables on first use (default `true`). Teams that own
+    /// their migrations set `false`, apply `marty::schema`'s DDL with their tool, and Marty only
+    /// checks at startup that the tables are at the version it needs.
+    pub migrate: bool,
+    /// How long the inbox remembers an event it handled, so a redelivery is recognised (default
+    /// `7d`). Keep it longer than a broker may redeliver a message: past it, a redelivered event is
+    /// handled again.
+    pub inbox_retention: Duration,
+    /// How long a finished saga (completed or compensated) and its history are kept (default `30d`).
+    /// Running and parked sagas are never pruned.
+    pub saga_retention: Duration,
+}
+
+impl Default for StorageConfig {
+    fn default() -> Self {
+        StorageConfig {
+            migrate: true,
+            inbox_retention: Duration::from_secs(7 * 86_400),
+            saga_retention: Duration::from_secs(30 * 86_400),
+        }
+    }
+}
+
 /// `[sagas]`.
 #[derive(Debug, Clone, PartialEq)]
 #[non_exhaustive]
@@ -441,8 +470,19 @@ impl Default for SagasConfig {
     }
 }
 
-const ROOT_KEYS: &[&str] =
-    &["service", "http", "grpc", "management", "telemetry", "dependencies", "events", "outbox", "sagas", "app"];
+const ROOT_KEYS: &[&str] = &[
+    "service",
+    "http",
+    "grpc",
+    "management",
+    "telemetry",
+    "dependencies",
+    "events",
+    "outbox",
+    "sagas",
+    "storage",
+    "app",
+];
 const HTTP_KEYS: &[&str] = &[
     "addr",
     "header_read_timeout",
@@ -544,6 +584,7 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         Some(OutboxConfig { store, batch_size, poll_interval, max_attempts, retention })
     });
     let sagas = read_sagas(reader, root, &dependencies);
+    let storage = read_storage(reader, root);
     let app = AppSettings::new(file, reader.free_form(root, "app"));
     Config {
         file: file.to_owned(),
@@ -556,7 +597,32 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         events,
         outbox,
         sagas,
+        storage,
         app,
+    }
+}
+
+fn read_storage(reader: &mut Reader<'_>, root: &Table<'_>) -> StorageConfig {
+    let defaults = StorageConfig::default();
+    let Some(table) = reader.table(root, "storage") else { return defaults };
+    reader.deny_unknown_keys(&table, &["migrate", "inbox_retention", "saga_retention"]);
+    let mut retention = |key: &str, default: Duration| match reader.duration(&table, key) {
+        Some(duration) if duration < Duration::from_secs(1) => {
+            let origin = reader.origin_of(&table, key).clone();
+            let help =
+                Some(format!("keep them at least a second, e.g. `{key} = \"{}\"`", crate::format_duration(default)));
+            reader.error(&origin, &join("storage", key), "must be at least one second", help);
+            default
+        }
+        Some(duration) => duration,
+        None => default,
+    };
+    let inbox_retention = retention("inbox_retention", defaults.inbox_retention);
+    let saga_retention = retention("saga_retention", defaults.saga_retention);
+    StorageConfig {
+        migrate: reader.boolean(&table, "migrate").unwrap_or(defaults.migrate),
+        inbox_retention,
+        saga_retention,
     }
 }
 

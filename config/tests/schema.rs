@@ -96,7 +96,7 @@ fn every_error_is_reported_in_one_pass() {
     let text = "[dependencies.db]\nkind = \"database\"\ntimeout = \"10x\"\nmax_concurrent = 0\ncircuit_breaker = { failure_rate = 1.5, window = 5, min_calls = 10 }\n[dependencies.other]\nkind = \"queue\"\n";
     let errors = errors_of(text);
     assert_eq!(errors.len(), 5, "{errors:#?}");
-    assert_eq!(errors[0], "marty.toml:3: key `dependencies.db.timeout`: invalid duration `10x`: unknown unit `x`\n  help: write a whole number followed by a unit (`ns`, `us`, `ms`, `s`, `m` or `h`), e.g. `\"250ms\"` or `\"10s\"`");
+    assert_eq!(errors[0], "marty.toml:3: key `dependencies.db.timeout`: invalid duration `10x`: unknown unit `x`\n  help: write a whole number followed by a unit (`ns`, `us`, `ms`, `s`, `m`, `h` or `d`), e.g. `\"250ms\"` or `\"10s\"`");
     assert_eq!(
         errors[1],
         "marty.toml:4: key `dependencies.db.max_concurrent`: 0 is out of range: it must be between 1 and 1000000"

@@ -24,7 +24,6 @@
 //! - sent rows are deleted once acknowledged, or kept for `retention` when one is set.
 
 mod relay;
-pub(crate) mod schema;
 
 use std::fmt;
 

@@ -246,7 +246,7 @@ impl<S: Saga> Orchestrator<S> {
         if definition.steps.is_empty() {
             return Err(SagaError::Config(format!("saga `{}` has no steps", definition.name)));
         }
-        crate::outbox::schema::migrate(&store).await?;
+        crate::store::schema::prepare(&store).await?;
         let step_names: Vec<&'static str> = definition.steps.iter().map(|step| step.name).collect();
         let replica_prefix = settings.replica.as_ref().map(|replica| format!("{replica}/{}/", definition.name));
         let owner = match &replica_prefix {

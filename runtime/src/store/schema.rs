@@ -1,12 +1,16 @@
-//! Marty's tables, created by embedded migrations on first use. Each migration runs once per
-//! database, recorded in `marty_schema`; on PostgreSQL an advisory lock keeps replicas starting
-//! together from running one twice. (Not sqlx's `_sqlx_migrations`: that table is the service's.)
+//! Marty's tables (outbox, inbox, sagas), created by embedded migrations on first use. Each
+//! migration runs once per database, recorded in `marty_schema`; on PostgreSQL an advisory lock
+//! keeps replicas starting together from running one twice. (Not sqlx's `_sqlx_migrations`: that
+//! table is the service's.)
+//!
+//! Teams that own their migrations (sqlx-cli, refinery, Flyway) take the DDL as text from
+//! [`ddl`] or [`migrations`], set `[storage] migrate = false`, and Marty only checks at startup that
+//! the tables are at the version it needs.
 
 use super::Store;
 
 /// The saga tables, the same on both databases: times are Unix milliseconds written by the
 /// replicas, and SQLite reads `bigint` as an integer.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
 const SAGA_TABLES: &str = r"
     create table if not exists marty_saga (
         id text primary key,
@@ -43,7 +47,6 @@ const SAGA_TABLES: &str = r"
 /// Sagas remember whether the step running may already have taken effect, since when the step or
 /// compensation running has been tried (the compensation deadline counts from there), and how many
 /// times in a row the other side refused a compensation.
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
 const SAGA_UNCERTAINTY: &str = r"
     alter table marty_saga add column uncertain boolean not null default false;
     alter table marty_saga add column step_started_at bigint not null default 0;
@@ -54,14 +57,19 @@ const SAGA_UNCERTAINTY: &str = r"
 /// Sagas remember when they last changed hands, so a replica taking one over knows whether its attempt
 /// may have begun. A saga released by an earlier version counts as released just now: its attempt may
 /// have been under way (the cautious reading, the one that version made).
-#[cfg(any(feature = "postgres", feature = "sqlite"))]
 const SAGA_HAND_OVER: &str = r"
     alter table marty_saga add column handed_over_at bigint not null default 0;
     update marty_saga set handed_over_at = 9223372036854775807 where owner is null;
     ";
 
+/// Pruning finds old inbox records and finished sagas by time.
+const RETENTION_INDEXES: &str = r"
+    create index if not exists marty_inbox_handled_at on marty_inbox (handled_at);
+    create index if not exists marty_saga_finished on marty_saga (updated_at)
+        where status in ('completed', 'compensated');
+    ";
+
 /// PostgreSQL migrations, in order; never edit one that has shipped, add the next.
-#[cfg(feature = "postgres")]
 const POSTGRES: &[&str] = &[
     // 1: outbox and inbox.
     r"
@@ -106,10 +114,11 @@ const POSTGRES: &[&str] = &[
     SAGA_UNCERTAINTY,
     // 4: when a saga last changed hands.
     SAGA_HAND_OVER,
+    // 5: what pruning looks up.
+    RETENTION_INDEXES,
 ];
 
 /// SQLite migrations, in order. Times are Unix seconds (REAL).
-#[cfg(feature = "sqlite")]
 const SQLITE: &[&str] = &[
     // 1: outbox and inbox.
     r"
@@ -146,26 +155,149 @@ const SQLITE: &[&str] = &[
     SAGA_UNCERTAINTY,
     // 4: when a saga last changed hands.
     SAGA_HAND_OVER,
+    // 5: what pruning looks up.
+    RETENTION_INDEXES,
 ];
 
-/// Brings `store`'s Marty tables up to date.
-pub(crate) async fn migrate(store: &Store) -> Result<(), sqlx::Error> {
+/// A database Marty keeps its tables in, for the DDL text.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Database {
+    /// PostgreSQL.
+    Postgres,
+    /// SQLite.
+    Sqlite,
+}
+
+/// One migration as text, ending with the statement that records its version in `marty_schema`.
+#[derive(Debug, Clone)]
+pub struct Migration {
+    /// Its number, from 1; [`version`] is the last.
+    pub version: u32,
+    /// The SQL, several statements.
+    pub sql: String,
+}
+
+const SCHEMA_TABLE: &str =
+    "create table if not exists marty_schema (component text primary key, version integer not null);";
+
+fn steps(database: Database) -> &'static [&'static str] {
+    match database {
+        Database::Postgres => POSTGRES,
+        Database::Sqlite => SQLITE,
+    }
+}
+
+/// The version of Marty's tables this build needs.
+pub fn version(database: Database) -> u32 {
+    steps(database).len() as u32
+}
+
+/// Every migration, in order, each with its version marker: apply those past the version your
+/// database is at (`select version from marty_schema where component = 'events'`).
+pub fn migrations(database: Database) -> Vec<Migration> {
+    steps(database)
+        .iter()
+        .enumerate()
+        .map(|(index, sql)| {
+            let version = index as u32 + 1;
+            let sql = format!(
+                "{SCHEMA_TABLE}\n{}\ninsert into marty_schema (component, version) values ('events', {version})\n    \
+                 on conflict (component) do update set version = excluded.version;\n",
+                sql.trim_end()
+            );
+            Migration { version, sql }
+        })
+        .collect()
+}
+
+/// The DDL of all of Marty's tables at [`version`], for an empty database: what the embedded
+/// migrations run, as one script.
+pub fn ddl(database: Database) -> String {
+    let header = format!(
+        "-- Marty's tables ({}), version {}: the outbox, the inbox and the sagas.\n",
+        match database {
+            Database::Postgres => "PostgreSQL",
+            Database::Sqlite => "SQLite",
+        },
+        version(database)
+    );
+    std::iter::once(header).chain(migrations(database).into_iter().map(|migration| migration.sql)).collect()
+}
+
+/// Creates or upgrades Marty's tables in `store`, or with `[storage] migrate = false` checks that
+/// they are at the version this build needs.
+pub(crate) async fn prepare(store: &Store) -> Result<(), sqlx::Error> {
+    if super::storage_config().migrate {
+        migrate(store).await
+    } else {
+        verify(store).await
+    }
+}
+
+/// The version `store`'s tables are at (0 before the first migration).
+async fn applied_version(store: &Store) -> Result<u32, sqlx::Error> {
+    let version: Result<Option<i64>, sqlx::Error> = match store {
+        #[cfg(feature = "postgres")]
+        Store::Postgres(pool) => {
+            sqlx::query_scalar("select cast(version as bigint) from marty_schema where component = 'events'")
+                .fetch_optional(pool)
+                .await
+        }
+        #[cfg(feature = "sqlite")]
+        Store::Sqlite(pool) => {
+            sqlx::query_scalar("select version from marty_schema where component = 'events'").fetch_optional(pool).await
+        }
+    };
+    match version {
+        Ok(version) => Ok(version.unwrap_or(0) as u32),
+        // No `marty_schema` table: nothing was ever applied.
+        Err(sqlx::Error::Database(error)) if error.message().contains("marty_schema") => Ok(0),
+        Err(error) => Err(error),
+    }
+}
+
+async fn verify(store: &Store) -> Result<(), sqlx::Error> {
+    let database = match store {
+        #[cfg(feature = "postgres")]
+        Store::Postgres(_) => Database::Postgres,
+        #[cfg(feature = "sqlite")]
+        Store::Sqlite(_) => Database::Sqlite,
+    };
+    let (applied, needed) = (applied_version(store).await?, version(database));
+    if applied >= needed {
+        return Ok(());
+    }
+    Err(sqlx::Error::Configuration(
+        format!(
+            "Marty's tables are at version {applied}, and this build needs version {needed}; with \
+             `[storage] migrate = false` Marty does not create them: apply migrations {} to {needed} from \
+             `marty::store::schema::migrations(Database::{database:?})` (or all of `ddl(..)` on an empty \
+             database) with your migration tool, or set `[storage] migrate = true`",
+            applied + 1
+        )
+        .into(),
+    ))
+}
+
+/// Brings `store`'s Marty tables up to date. Never lowers the recorded version: during a rolling
+/// deploy, a replica of the previous release starting after the new one migrated finds a newer
+/// schema, which only ever adds to what it uses.
+async fn migrate(store: &Store) -> Result<(), sqlx::Error> {
     match store {
         #[cfg(feature = "postgres")]
         Store::Postgres(pool) => {
             let mut tx = pool.begin().await?;
             sqlx::query("select pg_advisory_xact_lock(hashtext('marty_schema'))").execute(&mut *tx).await?;
-            sqlx::query(
-                "create table if not exists marty_schema (component text primary key, version integer not null)",
-            )
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(SCHEMA_TABLE).execute(&mut *tx).await?;
             let applied: Option<i32> =
                 sqlx::query_scalar("select version from marty_schema where component = 'events'")
                     .fetch_optional(&mut *tx)
                     .await?;
             let applied = applied.unwrap_or(0) as usize;
-            for migration in POSTGRES.iter().skip(applied) {
+            if applied >= POSTGRES.len() {
+                return tx.commit().await;
+            }
+            for migration in &POSTGRES[applied..] {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(*migration)).execute(&mut *tx).await?;
             }
             sqlx::query(
@@ -182,17 +314,16 @@ pub(crate) async fn migrate(store: &Store) -> Result<(), sqlx::Error> {
             // IMMEDIATE: take the write lock first, so a replica migrating at once waits for it
             // instead of failing on a snapshot that went stale between the read and the write.
             let mut tx = pool.begin_with("BEGIN IMMEDIATE").await?;
-            sqlx::query(
-                "create table if not exists marty_schema (component text primary key, version integer not null)",
-            )
-            .execute(&mut *tx)
-            .await?;
+            sqlx::query(SCHEMA_TABLE).execute(&mut *tx).await?;
             let applied: Option<i64> =
                 sqlx::query_scalar("select version from marty_schema where component = 'events'")
                     .fetch_optional(&mut *tx)
                     .await?;
             let applied = applied.unwrap_or(0) as usize;
-            for migration in SQLITE.iter().skip(applied) {
+            if applied >= SQLITE.len() {
+                return tx.commit().await;
+            }
+            for migration in &SQLITE[applied..] {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(*migration)).execute(&mut *tx).await?;
             }
             sqlx::query(

@@ -1,7 +1,11 @@
-//! The databases the outbox, the inbox and (later) sagas keep their tables in: a database
-//! dependency of `marty.toml`, reached through a sqlx pool. A service hands over the pool it already
-//! has with [`register`] (an in-memory SQLite database only exists in its own pool); otherwise the
-//! first use connects one from the dependency's `url`. Marty's tables are created on first use.
+//! The databases the outbox, the inbox and sagas keep their tables in: a database dependency of
+//! `marty.toml`, reached through a sqlx pool. A service hands over the pool it already has with
+//! [`register`] (an in-memory SQLite database only exists in its own pool); otherwise the first use
+//! connects one from the dependency's `url`. Marty's tables are created on first use ([`schema`];
+//! `[storage] migrate`), and what they no longer need is pruned in the background ([`prune`]).
+
+pub mod prune;
+pub mod schema;
 
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
@@ -51,7 +55,8 @@ pub async fn register(name: &str, pool: impl Into<Store>) -> Result<Store, sqlx:
         Store::Sqlite(pool) => pool.options().get_max_connections(),
     };
     size_bulkhead(name, connections);
-    crate::outbox::schema::migrate(&store).await?;
+    schema::prepare(&store).await?;
+    prune::spawn_pruner(name, &store);
     stores().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name.to_owned(), store.clone());
     Ok(store)
 }
@@ -134,6 +139,11 @@ pub async fn pool<DB: crate::inbox::InboxDatabase>(name: &str) -> Result<sqlx::P
 #[allow(dead_code)]
 pub(crate) fn unsupported(backend: &str) -> sqlx::Error {
     config_error(format!("marty keeps its outbox and inbox in PostgreSQL or SQLite, not {backend}"))
+}
+
+/// `[storage]` from the configuration in force, or its defaults when none is loaded.
+pub(crate) fn storage_config() -> marty_config::StorageConfig {
+    DependencyRegistry::global().map(|registry| registry.config().storage.clone()).unwrap_or_default()
 }
 
 fn config_error(problem: String) -> sqlx::Error {
