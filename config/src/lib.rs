@@ -27,8 +27,8 @@ pub use duration::{format_duration, parse_duration, DurationError, DURATION_HELP
 pub use error::{ConfigError, ConfigErrors, Origin};
 pub use schema::{
     is_replica_name, Backoff, Broker, CircuitBreakerConfig, Config, DependencyConfig, DependencyKind,
-    DependencyReadiness, EventsConfig, HttpConfig, ListenerConfig, LogFormat, OutboxConfig, RetryConfig, SagasConfig,
-    ServiceConfig, StorageConfig, TelemetryConfig,
+    DependencyReadiness, EventsConfig, HttpConfig, KafkaConfig, ListenerConfig, LogFormat, NatsConfig, NatsStorage,
+    OutboxConfig, QueueType, RabbitMqConfig, RetryConfig, SagasConfig, ServiceConfig, StorageConfig, TelemetryConfig,
 };
 pub use tree::ENV_PREFIX;
 

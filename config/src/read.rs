@@ -247,6 +247,22 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A string, number or boolean as text (librdkafka's properties are all text); strings expand
+    /// `${VAR}` at startup.
+    pub(crate) fn scalar_text(&mut self, table: &Table<'_>, key: &str) -> Option<String> {
+        let node = find(table, key)?;
+        match &node.value {
+            Value::String(_) => self.string(table, key),
+            Value::Integer(number) => Some(number.to_string()),
+            Value::Float(number) => Some(number.to_string()),
+            Value::Bool(flag) => Some(flag.to_string()),
+            _ => {
+                self.type_error(table, key, node, "a string, number or boolean", "\"value\"");
+                None
+            }
+        }
+    }
+
     pub(crate) fn has(&self, table: &Table<'_>, key: &str) -> bool {
         find(table, key).is_some()
     }

@@ -380,6 +380,101 @@ pub struct EventsConfig {
     pub broker: Broker,
     /// Where it is (not needed for `memory`).
     pub url: Option<String>,
+    /// `[events.nats]`: the JetStream streams Marty creates, and how it authenticates.
+    pub nats: NatsConfig,
+    /// `[events.rabbitmq]`: the queues Marty declares.
+    pub rabbitmq: RabbitMqConfig,
+    /// `[events.kafka]`: the topics Marty creates, and librdkafka's own properties.
+    pub kafka: KafkaConfig,
+}
+
+/// `[events.nats]`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct NatsConfig {
+    /// Copies of each stream in the JetStream cluster, 1 to 5 (default 1; 3 in a production cluster).
+    pub replicas: u32,
+    /// Where streams keep messages: `"file"` (default) or `"memory"`.
+    pub storage: NatsStorage,
+    /// How long a stream keeps a message (default `7d`): past it, an unconsumed event is gone.
+    pub max_age: Duration,
+    /// A NATS credentials file (JWT and NKey seed), for accounts that require one.
+    pub credentials: Option<String>,
+    /// A CA certificate (PEM) to trust for `tls://` servers, beside the system roots.
+    pub tls_ca: Option<String>,
+    /// A client certificate and its key (PEM), for servers that verify clients (mTLS).
+    pub tls_client: Option<(String, String)>,
+}
+
+/// Where a JetStream stream keeps its messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NatsStorage {
+    /// On disk: survives a server restart.
+    File,
+    /// In memory: faster, lost with the server.
+    Memory,
+}
+
+impl Default for NatsConfig {
+    fn default() -> Self {
+        NatsConfig {
+            replicas: 1,
+            storage: NatsStorage::File,
+            max_age: Duration::from_secs(7 * 86_400),
+            credentials: None,
+            tls_ca: None,
+            tls_client: None,
+        }
+    }
+}
+
+/// `[events.rabbitmq]`.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct RabbitMqConfig {
+    /// The type of the queues Marty declares (default quorum: replicated, and what RabbitMQ
+    /// recommends for data that must not be lost). A queue that already exists keeps its type.
+    pub queue_type: QueueType,
+}
+
+/// A RabbitMQ queue type.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum QueueType {
+    /// Raft-replicated, durable (the default).
+    #[default]
+    Quorum,
+    /// The classic queue.
+    Classic,
+}
+
+impl QueueType {
+    /// The `x-queue-type` argument's value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            QueueType::Quorum => "quorum",
+            QueueType::Classic => "classic",
+        }
+    }
+}
+
+/// `[events.kafka]`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct KafkaConfig {
+    /// Partitions of each topic Marty creates (default 3); existing topics are left as they are.
+    pub partitions: i32,
+    /// Replicas of each partition of a topic Marty creates (default 1; 3 in a production cluster).
+    pub replication_factor: i32,
+    /// librdkafka properties for every client Marty makes (producer, consumers, admin): TLS and SASL
+    /// (`"security.protocol" = "SASL_SSL"`, `"sasl.mechanism" = "SCRAM-SHA-512"`, ...), tuning. `${VAR}`
+    /// expands in values, for secrets.
+    pub properties: Vec<(String, String)>,
+}
+
+impl Default for KafkaConfig {
+    fn default() -> Self {
+        KafkaConfig { partitions: 3, replication_factor: 1, properties: Vec::new() }
+    }
 }
 
 /// `[outbox]`.
@@ -557,14 +652,17 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         }
     }
     let events = reader.table(root, "events").and_then(|table| {
-        reader.deny_unknown_keys(&table, &["broker", "url"]);
+        reader.deny_unknown_keys(&table, &["broker", "url", "nats", "rabbitmq", "kafka"]);
+        let nats = read_nats(reader, &table);
+        let rabbitmq = read_rabbitmq(reader, &table);
+        let kafka = read_kafka(reader, &table);
         let broker = match reader.choice(&table, "broker", &["memory", "nats", "rabbitmq", "kafka"])?.as_str() {
             "nats" => Broker::Nats,
             "rabbitmq" => Broker::RabbitMq,
             "kafka" => Broker::Kafka,
             _ => Broker::Memory,
         };
-        Some(EventsConfig { broker, url: reader.string(&table, "url") })
+        Some(EventsConfig { broker, url: reader.string(&table, "url"), nats, rabbitmq, kafka })
     });
     let outbox = reader.table(root, "outbox").and_then(|table| {
         reader.deny_unknown_keys(&table, &["store", "batch_size", "poll_interval", "max_attempts", "retention"]);
@@ -599,6 +697,87 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         sagas,
         storage,
         app,
+    }
+}
+
+fn read_nats(reader: &mut Reader<'_>, events: &Table<'_>) -> NatsConfig {
+    let defaults = NatsConfig::default();
+    let Some(table) = reader.table(events, "nats") else { return defaults };
+    reader.deny_unknown_keys(
+        &table,
+        &["replicas", "storage", "max_age", "credentials", "tls_ca", "tls_client_cert", "tls_client_key"],
+    );
+    let storage = match reader.choice(&table, "storage", &["file", "memory"]).as_deref() {
+        Some("memory") => NatsStorage::Memory,
+        _ => NatsStorage::File,
+    };
+    let tls_client = match (reader.string(&table, "tls_client_cert"), reader.string(&table, "tls_client_key")) {
+        (Some(cert), Some(key)) => Some((cert, key)),
+        (None, None) => None,
+        (cert, _) => {
+            let (given, missing) = if cert.is_some() { ("cert", "key") } else { ("key", "cert") };
+            let origin = reader.origin_of(&table, &format!("tls_client_{given}")).clone();
+            let help = Some(format!("add `tls_client_{missing} = \"/path/to/client-{missing}.pem\"`"));
+            reader.error(
+                &origin,
+                &format!("events.nats.tls_client_{given}"),
+                format!("a client {given} without its {missing}"),
+                help,
+            );
+            None
+        }
+    };
+    NatsConfig {
+        replicas: reader.integer(&table, "replicas", 1, 5).map_or(defaults.replicas, |replicas| replicas as u32),
+        storage,
+        max_age: reader.duration(&table, "max_age").unwrap_or(defaults.max_age),
+        credentials: reader.string(&table, "credentials"),
+        tls_ca: reader.string(&table, "tls_ca"),
+        tls_client,
+    }
+}
+
+fn read_rabbitmq(reader: &mut Reader<'_>, events: &Table<'_>) -> RabbitMqConfig {
+    let Some(table) = reader.table(events, "rabbitmq") else { return RabbitMqConfig::default() };
+    reader.deny_unknown_keys(&table, &["queue_type"]);
+    let queue_type = match reader.choice(&table, "queue_type", &["quorum", "classic"]).as_deref() {
+        Some("classic") => QueueType::Classic,
+        _ => QueueType::Quorum,
+    };
+    RabbitMqConfig { queue_type }
+}
+
+fn read_kafka(reader: &mut Reader<'_>, events: &Table<'_>) -> KafkaConfig {
+    let defaults = KafkaConfig::default();
+    let Some(table) = reader.table(events, "kafka") else { return defaults };
+    reader.deny_unknown_keys(&table, &["partitions", "replication_factor", "properties"]);
+    let properties = reader.table(&table, "properties").map_or_else(Vec::new, |properties| {
+        let names: Vec<String> = reader.named_entries(&properties).iter().map(|(name, _)| name.clone()).collect();
+        names.into_iter().filter_map(|name| Some((name.clone(), reader.scalar_text(&properties, &name)?))).collect()
+    });
+    // What Marty's delivery guarantees rest on: offsets stored only once settled, an idempotent
+    // producer acknowledged by every in-sync replica.
+    let reserved = [
+        "bootstrap.servers",
+        "group.id",
+        "enable.auto.commit",
+        "enable.auto.offset.store",
+        "enable.idempotence",
+        "acks",
+    ];
+    for (name, _) in properties.iter().filter(|(name, _)| reserved.contains(&name.as_str())) {
+        let origin = reader.origin_of(&table, "properties").clone();
+        let help = Some(
+            "Marty sets it: `bootstrap.servers` comes from `[events] url`, the rest from how Marty delivers".to_owned(),
+        );
+        reader.error(&origin, &format!("events.kafka.properties.{name}"), "Marty sets this property itself", help);
+    }
+    KafkaConfig {
+        partitions: reader.integer(&table, "partitions", 1, 100_000).map_or(defaults.partitions, |n| n as i32),
+        replication_factor: reader
+            .integer(&table, "replication_factor", 1, i64::from(i16::MAX))
+            .map_or(defaults.replication_factor, |n| n as i32),
+        properties,
     }
 }
 

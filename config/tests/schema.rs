@@ -306,3 +306,63 @@ fn a_dependency_is_reported_in_readiness_unless_declared_required() {
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert!(errors[0].contains("did you mean `required`?"), "{errors:?}");
 }
+
+#[test]
+fn broker_topology_and_credentials_are_read_and_checked() {
+    let text = r#"
+[events]
+broker = "kafka"
+url = "kafka-0:9093"
+
+[events.kafka]
+partitions = 12
+replication_factor = 3
+properties = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "SCRAM-SHA-512", "sasl.password" = "${KAFKA_PASSWORD}", "socket.keepalive.enable" = true }
+
+[events.nats]
+replicas = 3
+storage = "memory"
+max_age = "1d"
+credentials = "/etc/nats/orders.creds"
+tls_ca = "/etc/nats/ca.pem"
+
+[events.rabbitmq]
+queue_type = "classic"
+"#;
+    let env = Environment::from_pairs([("KAFKA_PASSWORD", "s3cret")]);
+    let events = Config::parse_at_startup(text, "marty.toml", &env).unwrap().events.unwrap();
+    assert_eq!((events.kafka.partitions, events.kafka.replication_factor), (12, 3));
+    assert!(events.kafka.properties.contains(&("sasl.password".to_owned(), "s3cret".to_owned())));
+    assert!(events.kafka.properties.contains(&("socket.keepalive.enable".to_owned(), "true".to_owned())));
+    assert_eq!(events.nats.replicas, 3);
+    assert_eq!(events.nats.storage, marty_config::NatsStorage::Memory);
+    assert_eq!(events.nats.max_age, Duration::from_secs(86_400));
+    assert_eq!(events.nats.credentials.as_deref(), Some("/etc/nats/orders.creds"));
+    assert_eq!(events.rabbitmq.queue_type, marty_config::QueueType::Classic);
+
+    let defaults = Config::parse("[events]\nbroker = \"rabbitmq\"\n", "marty.toml").unwrap().events.unwrap();
+    assert_eq!(defaults.rabbitmq.queue_type, marty_config::QueueType::Quorum, "quorum queues unless told");
+    assert_eq!((defaults.kafka.partitions, defaults.kafka.replication_factor, defaults.nats.replicas), (3, 1, 1));
+
+    let wrong = r#"
+[events]
+broker = "nats"
+[events.nats]
+replicas = 7
+tls_client_cert = "/etc/nats/client.pem"
+[events.rabbitmq]
+queue_type = "quorom"
+[events.kafka]
+properties = { "acks" = "1" }
+"#;
+    let errors: Vec<String> = Config::parse(wrong, "marty.toml").unwrap_err().iter().map(ToString::to_string).collect();
+    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert!(errors[0].starts_with("marty.toml:5: key `events.nats.replicas`"), "{}", errors[0]);
+    assert!(errors[1].contains("key `events.nats.tls_client_cert`: a client cert without its key"), "{}", errors[1]);
+    assert!(
+        errors[2].contains("unknown value `quorom`") && errors[2].contains("did you mean `quorum`?"),
+        "{}",
+        errors[2]
+    );
+    assert!(errors[3].contains("key `events.kafka.properties.acks`: Marty sets this property itself"), "{}", errors[3]);
+}

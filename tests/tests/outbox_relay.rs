@@ -509,7 +509,12 @@ fn kafka_keeps_each_key_in_order_and_dead_letters_with_the_reason() {
 }
 
 async fn kafka_in_order_and_dead_letters(port: u16) {
-    let broker = marty::events::broker::KafkaBroker::connect(&format!("127.0.0.1:{port}")).unwrap();
+    // `[events.kafka]` as a user writes it: the topics Marty creates get 5 partitions, and every
+    // client carries the properties.
+    let text = "[events]\nbroker = \"kafka\"\n[events.kafka]\npartitions = 5\nproperties = { \"client.id\" = \"marty-test\" }\n";
+    let kafka = marty::config::Config::parse(text, "marty.toml").unwrap().events.unwrap().kafka;
+    let bootstrap = format!("127.0.0.1:{port}");
+    let broker = marty::events::broker::KafkaBroker::connect_with(&bootstrap, &kafka).unwrap();
     let sent: Vec<Message> = (0..6)
         .map(|seq| Message::from_event(&Credited { account: format!("acct-{}", seq % 2), seq }).unwrap())
         .collect();
@@ -527,6 +532,14 @@ async fn kafka_in_order_and_dead_letters(port: u16) {
             delivery.ack().await.unwrap();
         }
     }
+    let partitions = tokio::task::spawn_blocking(move || {
+        use rdkafka::consumer::Consumer;
+        let client: rdkafka::consumer::BaseConsumer =
+            rdkafka::ClientConfig::new().set("bootstrap.servers", &bootstrap).create().unwrap();
+        let metadata = client.fetch_metadata(Some("accounts.credited"), Duration::from_secs(20)).unwrap();
+        metadata.topics()[0].partitions().len()
+    });
+    assert_eq!(partitions.await.unwrap(), 5, "the topic was created with `[events.kafka] partitions`");
     let by_key = sequences(&seen);
     assert_eq!(by_key["acct-0"], [0, 2, 4], "one key, one partition, in order");
     assert_eq!(by_key["acct-1"], [1, 3, 5]);

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
+use marty_config::KafkaConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::config::ClientConfig;
@@ -34,7 +35,8 @@ pub struct KafkaBroker {
     admin: AdminClient<DefaultClientContext>,
     /// Topics this process has made sure of.
     topics: Mutex<HashSet<String>>,
-    partitions: i32,
+    /// Topics, and librdkafka properties for every client.
+    config: KafkaConfig,
 }
 
 impl std::fmt::Debug for KafkaBroker {
@@ -74,26 +76,29 @@ fn headers_of(message: &Message) -> OwnedHeaders {
 }
 
 impl KafkaBroker {
-    /// Connects to the `bootstrap` servers (`127.0.0.1:9092`, or `kafka://127.0.0.1:9092`).
+    /// Connects to the `bootstrap` servers (`127.0.0.1:9092`, or `kafka://127.0.0.1:9092`) with
+    /// `[events.kafka]`'s defaults.
     pub fn connect(bootstrap: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(bootstrap, &KafkaConfig::default())
+    }
+
+    /// Connects with `kafka`: its librdkafka properties (TLS, SASL) on every client, and the
+    /// partitions and replication factor of the topics it creates.
+    pub fn connect_with(bootstrap: &str, kafka: &KafkaConfig) -> Result<Self, BrokerError> {
         let bootstrap = bootstrap.trim_start_matches("kafka://").to_owned();
-        let mut config = ClientConfig::new();
-        config
-            .set("bootstrap.servers", &bootstrap)
-            .set("enable.idempotence", "true")
-            .set("acks", "all")
-            .set("linger.ms", "1")
-            .set("message.timeout.ms", "10000");
-        let producer: FutureProducer = config.create().map_err(unavailable)?;
-        let admin = ClientConfig::new().set("bootstrap.servers", &bootstrap).create().map_err(unavailable)?;
-        Ok(KafkaBroker { bootstrap, producer, admin, topics: Mutex::new(HashSet::new()), partitions: 3 })
+        // Idempotent and acknowledged by every in-sync replica: what "nothing lost" needs.
+        let producing =
+            [("enable.idempotence", "true"), ("acks", "all"), ("linger.ms", "1"), ("message.timeout.ms", "10000")];
+        let producer: FutureProducer = client_config(&bootstrap, &producing, kafka).create().map_err(unavailable)?;
+        let admin = client_config(&bootstrap, &[], kafka).create().map_err(unavailable)?;
+        Ok(KafkaBroker { bootstrap, producer, admin, topics: Mutex::new(HashSet::new()), config: kafka.clone() })
     }
 
     async fn ensure_topic(&self, topic: &str) -> Result<(), BrokerError> {
         if self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).contains(topic) {
             return Ok(());
         }
-        let new = NewTopic::new(topic, self.partitions, TopicReplication::Fixed(1));
+        let new = NewTopic::new(topic, self.config.partitions, TopicReplication::Fixed(self.config.replication_factor));
         let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
         let results = self.admin.create_topics([&new], &options).await.map_err(unavailable)?;
         for result in results {
@@ -107,6 +112,20 @@ impl KafkaBroker {
         self.topics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(topic.to_owned());
         Ok(())
     }
+}
+
+/// A client's configuration: the servers, Marty's `settings` for that client, then the user's
+/// properties (`[events.kafka] properties`, which may not name what delivery depends on).
+fn client_config(bootstrap: &str, settings: &[(&str, &str)], kafka: &KafkaConfig) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    for (name, value) in settings {
+        config.set(*name, *value);
+    }
+    for (name, value) in &kafka.properties {
+        config.set(name, value);
+    }
+    config
 }
 
 impl super::Broker for KafkaBroker {
@@ -157,14 +176,15 @@ impl super::Broker for KafkaBroker {
         Box::pin(async move {
             self.ensure_topic(&topic).await?;
             self.ensure_topic(DEAD_LETTER_TOPIC).await?;
-            let consumer: StreamConsumer = ClientConfig::new()
-                .set("bootstrap.servers", &self.bootstrap)
-                .set("group.id", &group)
-                .set("enable.auto.commit", "true")
-                .set("enable.auto.offset.store", "false")
-                .set("auto.offset.reset", "earliest")
-                .create()
-                .map_err(unavailable)?;
+            // Offsets are stored only for settled messages, and committed in the background.
+            let consuming = [
+                ("group.id", group.as_str()),
+                ("enable.auto.commit", "true"),
+                ("enable.auto.offset.store", "false"),
+                ("auto.offset.reset", "earliest"),
+            ];
+            let consumer: StreamConsumer =
+                client_config(&self.bootstrap, &consuming, &self.config).create().map_err(unavailable)?;
             consumer.subscribe(&[&topic]).map_err(unavailable)?;
             let consumer = Arc::new(consumer);
             let offsets = Arc::new(Mutex::new(Offsets::default()));

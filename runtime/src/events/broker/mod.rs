@@ -176,21 +176,21 @@ pub async fn connect(config: Option<&marty_config::EventsConfig>) -> Result<Arc<
         #[cfg(feature = "nats")]
         Kind::Nats => {
             let url = config.url.as_deref().unwrap_or("nats://127.0.0.1:4222");
-            Ok(Arc::new(NatsBroker::connect(url).await?))
+            Ok(Arc::new(NatsBroker::connect_with(url, &config.nats).await?))
         }
         #[cfg(not(feature = "nats"))]
         Kind::Nats => Err(not_built("nats", "nats")),
         #[cfg(feature = "rabbitmq")]
         Kind::RabbitMq => {
             let url = config.url.as_deref().unwrap_or("amqp://guest:guest@127.0.0.1:5672/%2f");
-            Ok(Arc::new(RabbitMqBroker::connect(url).await?))
+            Ok(Arc::new(RabbitMqBroker::connect_with(url, &config.rabbitmq).await?))
         }
         #[cfg(not(feature = "rabbitmq"))]
         Kind::RabbitMq => Err(not_built("rabbitmq", "rabbitmq")),
         #[cfg(feature = "kafka")]
         Kind::Kafka => {
             let url = config.url.as_deref().unwrap_or("127.0.0.1:9092");
-            Ok(Arc::new(KafkaBroker::connect(url)?))
+            Ok(Arc::new(KafkaBroker::connect_with(url, &config.kafka)?))
         }
         #[cfg(not(feature = "kafka"))]
         Kind::Kafka => Err(not_built("kafka", "kafka")),

@@ -16,6 +16,7 @@ use async_nats::jetstream::stream;
 use async_nats::jetstream::AckKind;
 use async_nats::HeaderMap;
 use futures_util::StreamExt;
+use marty_config::{NatsConfig, NatsStorage};
 use tokio::sync::mpsc;
 
 use super::{BrokerError, Delivery, Settle, Settlement, SubscribeOptions, Subscription};
@@ -31,6 +32,8 @@ const DEAD_LETTER_SUBJECTS: &str = "marty.dead_letter.>";
 #[derive(Debug)]
 pub struct NatsBroker {
     jetstream: Context,
+    /// How the streams Marty creates are made.
+    streams_config: NatsConfig,
     /// Topics whose stream this process has made sure of.
     streams: Mutex<HashSet<String>>,
     /// Times the connection dropped: a subscription that sees it change starts over.
@@ -38,11 +41,30 @@ pub struct NatsBroker {
 }
 
 impl NatsBroker {
-    /// Connects to `url` (`nats://127.0.0.1:4222`); reconnects on its own afterwards.
+    /// Connects to `url` (`nats://127.0.0.1:4222`) with `[events.nats]`'s defaults; reconnects on its
+    /// own afterwards.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
+        Self::connect_with(url, &NatsConfig::default()).await
+    }
+
+    /// Connects to `url` with `config`: its credentials file and TLS certificates, and the
+    /// replicas, storage and age of the streams it creates.
+    pub async fn connect_with(url: &str, config: &NatsConfig) -> Result<Self, BrokerError> {
         let disconnects = Arc::new(AtomicU64::new(0));
         let counter = disconnects.clone();
-        let client = async_nats::ConnectOptions::new()
+        let mut options = match &config.credentials {
+            Some(path) => async_nats::ConnectOptions::with_credentials_file(path).await.map_err(|error| {
+                BrokerError::Unavailable(format!("cannot read the NATS credentials file `{path}`: {error}"))
+            })?,
+            None => async_nats::ConnectOptions::new(),
+        };
+        if let Some(ca) = &config.tls_ca {
+            options = options.add_root_certificates(ca.into()).require_tls(true);
+        }
+        if let Some((cert, key)) = &config.tls_client {
+            options = options.add_client_certificate(cert.into(), key.into()).require_tls(true);
+        }
+        let client = options
             .event_callback(move |event| {
                 if matches!(event, async_nats::Event::Disconnected) {
                     counter.fetch_add(1, Ordering::SeqCst);
@@ -60,7 +82,7 @@ impl NatsBroker {
             .max_ack_inflight(20_000)
             .backpressure_on_inflight(true)
             .build(client);
-        Ok(NatsBroker { jetstream, streams: Mutex::new(HashSet::new()), disconnects })
+        Ok(NatsBroker { jetstream, streams_config: config.clone(), streams: Mutex::new(HashSet::new()), disconnects })
     }
 
     /// The JetStream stream that holds `topic`: its name can hold neither dots nor wildcards.
@@ -72,9 +94,13 @@ impl NatsBroker {
         let config = stream::Config {
             name,
             subjects,
-            storage: stream::StorageType::File,
+            storage: match self.streams_config.storage {
+                NatsStorage::File => stream::StorageType::File,
+                NatsStorage::Memory => stream::StorageType::Memory,
+            },
+            num_replicas: self.streams_config.replicas as usize,
             duplicate_window: Duration::from_secs(120),
-            max_age: Duration::from_secs(7 * 24 * 3600),
+            max_age: self.streams_config.max_age,
             ..Default::default()
         };
         self.jetstream

@@ -20,6 +20,7 @@ use lapin::options::{
 };
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
+use marty_config::{QueueType, RabbitMqConfig};
 use tokio::sync::{mpsc, Mutex};
 
 use super::{BrokerError, Delivery, Settle, Settlement, SubscribeOptions, Subscription};
@@ -37,6 +38,8 @@ pub const DEAD_LETTER_QUEUE: &str = "marty.dead_letter";
 #[derive(Debug)]
 pub struct RabbitMqBroker {
     url: String,
+    /// The type of the queues it declares.
+    queue_type: QueueType,
     /// The publishing channel (confirm mode), reopened after a failure.
     publisher: Mutex<Option<(Connection, Channel)>>,
 }
@@ -46,20 +49,17 @@ fn unavailable(error: lapin::Error) -> BrokerError {
 }
 
 /// A channel in confirm mode with Marty's exchanges and dead-letter queue declared.
-async fn open(url: &str) -> Result<(Connection, Channel), BrokerError> {
+async fn open(url: &str, queue_type: QueueType) -> Result<(Connection, Channel), BrokerError> {
     let connection = Connection::connect(url, ConnectionProperties::default())
         .await
         .map_err(|error| BrokerError::Unavailable(format!("cannot connect to RabbitMQ: {error}")))?;
     let channel = connection.create_channel().await.map_err(unavailable)?;
-    channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
     let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     for (exchange, kind) in [(EXCHANGE, ExchangeKind::Topic), (DEAD_LETTER_EXCHANGE, ExchangeKind::Topic)] {
         channel.exchange_declare(exchange.into(), kind, durable, FieldTable::default()).await.map_err(unavailable)?;
     }
-    channel
-        .queue_declare(DEAD_LETTER_QUEUE.into(), QueueDeclareOptions::durable(), FieldTable::default())
-        .await
-        .map_err(unavailable)?;
+    let channel = declare_queue(&connection, channel, DEAD_LETTER_QUEUE, queue_type, FieldTable::default()).await?;
+    channel.confirm_select(ConfirmSelectOptions::default()).await.map_err(unavailable)?;
     channel
         .queue_bind(
             DEAD_LETTER_QUEUE.into(),
@@ -120,14 +120,20 @@ impl RabbitMqBroker {
     /// A broker that is down is not an error here: a service starts anyway, publishing reconnects
     /// (the outbox keeps events meanwhile) and subscriptions retry.
     pub async fn connect(url: &str) -> Result<Self, BrokerError> {
-        let opened = match open(url).await {
+        Self::connect_with(url, &RabbitMqConfig::default()).await
+    }
+
+    /// Connects to `url` (`amqps://` for TLS) with `config`: the type of the queues it declares.
+    pub async fn connect_with(url: &str, config: &RabbitMqConfig) -> Result<Self, BrokerError> {
+        let queue_type = config.queue_type;
+        let opened = match open(url, queue_type).await {
             Ok(opened) => Some(opened),
             Err(error) => {
                 tracing::warn!(%error, "RabbitMQ unavailable at startup; retrying as events flow");
                 None
             }
         };
-        Ok(RabbitMqBroker { url: url.to_owned(), publisher: Mutex::new(opened) })
+        Ok(RabbitMqBroker { url: url.to_owned(), queue_type, publisher: Mutex::new(opened) })
     }
 
     /// The queue group `group` reads `topic` from.
@@ -144,7 +150,7 @@ impl super::Broker for RabbitMqBroker {
                 .as_ref()
                 .is_some_and(|(connection, channel)| connection.status().connected() && channel.status().connected())
             {
-                *publisher = match open(&self.url).await {
+                *publisher = match open(&self.url, self.queue_type).await {
                     Ok(opened) => Some(opened),
                     Err(error) => return messages.iter().map(|_| Err(error.clone())).collect(),
                 };
@@ -177,10 +183,10 @@ impl super::Broker for RabbitMqBroker {
         group: &str,
         options: SubscribeOptions,
     ) -> BoxFuture<'_, Result<Subscription, BrokerError>> {
-        let (topic, group, url) = (topic.to_owned(), group.to_owned(), self.url.clone());
+        let (topic, group, url, queue_type) = (topic.to_owned(), group.to_owned(), self.url.clone(), self.queue_type);
         Box::pin(async move {
             // The queue exists (and is bound) before this returns, so what is published from now on reaches it.
-            let first = consume(&url, &topic, &group, &options).await?;
+            let first = consume(&url, queue_type, &topic, &group, &options).await?;
             let (deliveries, receiver) = mpsc::channel(options.max_in_flight.max(1));
             tokio::spawn(async move {
                 let mut opened = Some(first);
@@ -188,7 +194,7 @@ impl super::Broker for RabbitMqBroker {
                 loop {
                     let (connection, channel, mut consumer) = match opened.take() {
                         Some(opened) => opened,
-                        None => match consume(&url, &topic, &group, &options).await {
+                        None => match consume(&url, queue_type, &topic, &group, &options).await {
                             Ok(opened) => opened,
                             Err(error) => {
                                 tracing::warn!(%error, topic, group, "RabbitMQ unavailable; resubscribing");
@@ -217,23 +223,51 @@ impl super::Broker for RabbitMqBroker {
     }
 }
 
+/// Declares durable queue `name` of `queue_type`, with `arguments`. RabbitMQ cannot change the type
+/// of a queue that exists: declaring it with another type fails and closes the channel. Such a queue
+/// (made by an earlier release, or by hand) is kept as it is, checked on a new channel, and the log
+/// says so; that channel is the one to go on with.
+async fn declare_queue(
+    connection: &Connection,
+    channel: Channel,
+    name: &str,
+    queue_type: QueueType,
+    mut arguments: FieldTable,
+) -> Result<Channel, BrokerError> {
+    arguments.insert("x-queue-type".into(), text(queue_type.as_str()));
+    match channel.queue_declare(name.into(), QueueDeclareOptions::durable(), arguments).await {
+        Ok(_) => Ok(channel),
+        Err(error) if matches!(error.kind(), lapin::ErrorKind::ProtocolError(amqp) if amqp.get_id() == 406) => {
+            let channel = connection.create_channel().await.map_err(unavailable)?;
+            let exists = QueueDeclareOptions { passive: true, durable: true, ..QueueDeclareOptions::default() };
+            channel.queue_declare(name.into(), exists, FieldTable::default()).await.map_err(unavailable)?;
+            tracing::warn!(
+                queue = name,
+                wanted = queue_type.as_str(),
+                %error,
+                "the queue exists with other arguments (another type?); it is kept as it is",
+            );
+            Ok(channel)
+        }
+        Err(error) => Err(unavailable(error)),
+    }
+}
+
 /// A connection, its channel and a consumer on group `group`'s queue for `topic`.
 async fn consume(
     url: &str,
+    queue_type: QueueType,
     topic: &str,
     group: &str,
     options: &SubscribeOptions,
 ) -> Result<(Connection, Channel, lapin::Consumer), BrokerError> {
-    let (connection, channel) = open(url).await?;
-    let prefetch = u16::try_from(options.max_in_flight).unwrap_or(u16::MAX);
-    channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(unavailable)?;
+    let (connection, channel) = open(url, queue_type).await?;
     let queue = RabbitMqBroker::queue_name(topic, group);
     let mut arguments = FieldTable::default();
     arguments.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
-    channel
-        .queue_declare(queue.as_str().into(), QueueDeclareOptions::durable(), arguments)
-        .await
-        .map_err(unavailable)?;
+    let channel = declare_queue(&connection, channel, &queue, queue_type, arguments).await?;
+    let prefetch = u16::try_from(options.max_in_flight).unwrap_or(u16::MAX);
+    channel.basic_qos(prefetch, BasicQosOptions::default()).await.map_err(unavailable)?;
     channel
         .queue_bind(
             queue.as_str().into(),

@@ -1,0 +1,233 @@
+//! `[events.nats]`, `[events.rabbitmq]` and `[events.kafka]` reach the brokers: JetStream streams get
+//! the configured storage, replicas and age; RabbitMQ queues are quorum queues unless configured,
+//! and a queue an earlier release declared as classic keeps working; a NATS server that requires
+//! TLS with client certificates is reached with the configured CA and certificate, and refuses a
+//! client without one. Needs `MARTY_TEST_NATS_URL`, `MARTY_TEST_NATS_SERVER`,
+//! `MARTY_TEST_RABBITMQ_URL` and `MARTY_TEST_RABBITMQCTL` (.ci/run sets them) and `openssl`.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use marty::config::{Config, NatsConfig, RabbitMqConfig};
+use marty::events::broker::{NatsBroker, RabbitMqBroker};
+use marty::events::{Broker, Message, SubscribeOptions};
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Serialize, Deserialize, marty::Event)]
+#[event(topic = "topology.placed")]
+struct Placed {
+    order_id: i64,
+}
+
+fn required(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is needed (.ci/run sets it)"))
+}
+
+/// `[events.<broker>]` as a user writes it, read by the same code as at startup.
+fn events_config(table: &str) -> marty::config::EventsConfig {
+    let text = format!("[events]\nbroker = \"memory\"\n{table}");
+    Config::parse(&text, "marty.toml").unwrap().events.unwrap()
+}
+
+fn message(topic: &str) -> Message {
+    Message { topic: topic.to_owned(), ..Message::from_event(&Placed { order_id: 1 }).unwrap() }
+}
+
+/// Publishes one message to `topic` and reads it back as `group`.
+async fn round_trip(broker: &dyn Broker, topic: &str, group: &str) {
+    let mut subscription = broker.subscribe(topic, group, SubscribeOptions::default()).await.unwrap();
+    let sent = message(topic);
+    let acks = broker.publish(std::slice::from_ref(&sent)).await;
+    assert!(acks.iter().all(Result::is_ok), "{acks:?}");
+    let delivery = tokio::time::timeout(Duration::from_secs(20), subscription.next()).await.unwrap().unwrap();
+    assert_eq!(delivery.message.id, sent.id);
+    delivery.ack().await.unwrap();
+}
+
+#[tokio::test]
+async fn jetstream_streams_take_their_storage_replicas_and_age_from_the_configuration() {
+    let url = required("MARTY_TEST_NATS_URL");
+    let config = events_config("[events.nats]\nstorage = \"memory\"\nmax_age = \"2h\"\nreplicas = 1\n").nats;
+    let broker = NatsBroker::connect_with(&url, &config).await.unwrap();
+    let topic = format!("topology.nats{}", &marty::events::new_event_id()[24..]);
+    round_trip(&broker, &topic, "audit").await;
+    let jetstream = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let mut stream = jetstream.get_stream(NatsBroker::stream_name(&topic)).await.unwrap();
+    let info = stream.info().await.unwrap();
+    assert_eq!(info.config.storage, async_nats::jetstream::stream::StorageType::Memory);
+    assert_eq!(info.config.max_age, Duration::from_secs(7200));
+    assert_eq!(info.config.num_replicas, 1);
+}
+
+/// The queues of the vhost and their types, as `rabbitmqctl` lists them.
+fn queue_types(ctl: &str) -> Vec<(String, String)> {
+    let output = Command::new(ctl).args(["-q", "list_queues", "name", "type"]).output().expect("run rabbitmqctl");
+    assert!(output.status.success(), "rabbitmqctl: {}", String::from_utf8_lossy(&output.stderr));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .filter_map(|line| line.split_once('\t').map(|(name, kind)| (name.to_owned(), kind.trim().to_owned())))
+        .collect()
+}
+
+#[tokio::test]
+async fn rabbitmq_queues_are_quorum_unless_configured_and_a_classic_queue_from_before_is_kept() {
+    let (url, ctl) = (required("MARTY_TEST_RABBITMQ_URL"), required("MARTY_TEST_RABBITMQCTL"));
+    let run = &marty::events::new_event_id()[24..];
+    let topic = format!("topology.rabbit{run}");
+    let broker = RabbitMqBroker::connect_with(&url, &RabbitMqConfig::default()).await.unwrap();
+    round_trip(&broker, &topic, &format!("quorum{run}")).await;
+
+    // A queue an earlier release declared, classic, with its dead-letter exchange.
+    let legacy = format!("legacy{run}");
+    let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.unwrap();
+    let channel = connection.create_channel().await.unwrap();
+    let mut arguments = lapin::types::FieldTable::default();
+    arguments.insert("x-dead-letter-exchange".into(), lapin::types::AMQPValue::LongString("marty.dead_letter".into()));
+    let queue = RabbitMqBroker::queue_name(&topic, &legacy);
+    let durable = lapin::options::QueueDeclareOptions::durable();
+    channel.queue_declare(queue.as_str().into(), durable, arguments).await.unwrap();
+    round_trip(&broker, &topic, &legacy).await;
+
+    let classic = events_config("[events.rabbitmq]\nqueue_type = \"classic\"\n").rabbitmq;
+    let classic_broker = RabbitMqBroker::connect_with(&url, &classic).await.unwrap();
+    round_trip(&classic_broker, &topic, &format!("classic{run}")).await;
+
+    let types = queue_types(&ctl);
+    let type_of = |group: &str| {
+        let name = RabbitMqBroker::queue_name(&topic, &format!("{group}{run}"));
+        types.iter().find(|(queue, _)| *queue == name).map(|(_, kind)| kind.clone())
+    };
+    assert_eq!(type_of("quorum").as_deref(), Some("quorum"), "{types:?}");
+    assert_eq!(type_of("legacy").as_deref(), Some("classic"), "kept as it was: {types:?}");
+    assert_eq!(type_of("classic").as_deref(), Some("classic"), "{types:?}");
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with `openssl` in `dir`.
+fn certificates(dir: &Path) {
+    let openssl = |args: &[&str]| {
+        let status = Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status();
+        assert!(status.expect("openssl is installed").success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=marty-test-ca",
+        "-keyout",
+        "ca-key.pem",
+        "-out",
+        "ca.pem",
+    ]);
+    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
+    for name in ["server", "client"] {
+        let (key, csr, cert) = (format!("{name}-key.pem"), format!("{name}.csr"), format!("{name}.pem"));
+        openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            &format!("/CN={name}"),
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+        ]);
+        openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            "san.ext",
+            "-out",
+            &cert,
+        ]);
+    }
+}
+
+/// A `nats-server` of the test's own that requires TLS and verifies client certificates.
+struct TlsNats {
+    child: Child,
+    port: u16,
+    dir: PathBuf,
+}
+
+impl TlsNats {
+    fn start(binary: &str) -> TlsNats {
+        let dir = std::env::temp_dir().join(format!("marty-nats-tls-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        certificates(&dir);
+        let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let config = format!(
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{store}\" }}\n\
+             tls {{ cert_file: \"{d}/server.pem\", key_file: \"{d}/server-key.pem\", ca_file: \"{d}/ca.pem\", verify: true }}\n",
+            store = dir.join("js").display(),
+            d = dir.display()
+        );
+        std::fs::write(dir.join("nats.conf"), config).unwrap();
+        let child = Command::new(binary)
+            .args(["-c", &dir.join("nats.conf").display().to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start nats-server");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "nats-server did not start");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        TlsNats { child, port, dir }
+    }
+
+    fn url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port)
+    }
+
+    fn path(&self, file: &str) -> String {
+        self.dir.join(file).display().to_string()
+    }
+}
+
+impl Drop for TlsNats {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_server_that_requires_client_certificates_is_reached_with_the_configured_ones() {
+    let server = tokio::task::block_in_place(|| TlsNats::start(&required("MARTY_TEST_NATS_SERVER")));
+    let table = format!(
+        "[events.nats]\ntls_ca = \"{}\"\ntls_client_cert = \"{}\"\ntls_client_key = \"{}\"\n",
+        server.path("ca.pem"),
+        server.path("client.pem"),
+        server.path("client-key.pem")
+    );
+    let broker = NatsBroker::connect_with(&server.url(), &events_config(&table).nats).await.unwrap();
+    round_trip(&broker, "topology.tls", "audit").await;
+
+    // Trusting the CA is not enough: the server wants a client certificate.
+    let mut only_ca: NatsConfig = events_config(&table).nats;
+    only_ca.tls_client = None;
+    let refused = NatsBroker::connect_with(&server.url(), &only_ca).await.unwrap();
+    let acks = refused.publish(&[message("topology.tls")]).await;
+    assert!(matches!(&acks[0], Err(marty::events::BrokerError::Unavailable(_))), "{acks:?}");
+}
