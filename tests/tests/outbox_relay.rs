@@ -508,6 +508,21 @@ fn kafka_keeps_each_key_in_order_and_dead_letters_with_the_reason() {
     drop(tansu);
 }
 
+/// With `kafka-tls`, the clients take TLS and SASL settings (without it, librdkafka refuses them:
+/// "OpenSSL not available at build time").
+#[test]
+fn kafka_clients_take_tls_and_sasl_properties() {
+    let text = r#"
+[events]
+broker = "kafka"
+[events.kafka]
+properties = { "security.protocol" = "SASL_SSL", "sasl.mechanism" = "SCRAM-SHA-512", "sasl.username" = "orders", "sasl.password" = "secret" }
+"#;
+    let kafka = marty::config::Config::parse(text, "marty.toml").unwrap().events.unwrap().kafka;
+    let broker = marty::events::broker::KafkaBroker::connect_with("127.0.0.1:9", &kafka);
+    assert!(broker.is_ok(), "{:?}", broker.err());
+}
+
 async fn kafka_in_order_and_dead_letters(port: u16) {
     // `[events.kafka]` as a user writes it: the topics Marty creates get 5 partitions, and every
     // client carries the properties.
