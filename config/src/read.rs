@@ -263,6 +263,43 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// An array of 1 to `max` positive numbers, each larger than the one before (histogram bounds).
+    pub(crate) fn increasing_numbers(&mut self, table: &Table<'_>, key: &str, max: usize) -> Option<Vec<f64>> {
+        let node = find(table, key)?;
+        let example = "[0.005, 0.05, 0.5, 5.0]";
+        let Value::Array(items) = &node.value else {
+            self.type_error(table, key, node, "an array of numbers", example);
+            return None;
+        };
+        let numbers: Option<Vec<f64>> = items
+            .iter()
+            .map(|item| match item.value {
+                Value::Float(number) => Some(number),
+                Value::Integer(number) => Some(number as f64),
+                _ => None,
+            })
+            .collect();
+        let problem = match &numbers {
+            None => Some("every bound must be a number of seconds".to_owned()),
+            Some(numbers) if numbers.is_empty() || numbers.len() > max => {
+                Some(format!("give 1 to {max} bounds, not {}", numbers.len()))
+            }
+            Some(numbers) if numbers[0] <= 0.0 => Some("bounds must be above zero".to_owned()),
+            Some(numbers) => numbers
+                .windows(2)
+                .find(|pair| pair[1] <= pair[0])
+                .map(|pair| format!("bounds must increase: {} comes after {}", pair[1], pair[0])),
+        };
+        match problem {
+            None => numbers,
+            Some(problem) => {
+                let help = Some(format!("write increasing seconds, e.g. `{key} = {example}`"));
+                self.error(&node.origin, &join(&table.path, key), problem, help);
+                None
+            }
+        }
+    }
+
     pub(crate) fn has(&self, table: &Table<'_>, key: &str) -> bool {
         find(table, key).is_some()
     }

@@ -366,3 +366,22 @@ properties = { "acks" = "1" }
     );
     assert!(errors[3].contains("key `events.kafka.properties.acks`: Marty sets this property itself"), "{}", errors[3]);
 }
+
+#[test]
+fn histogram_buckets_are_increasing_seconds() {
+    let config = Config::parse("[telemetry]\nhistogram_buckets = [0.01, 0.1, 1, 10]\n", "marty.toml").unwrap();
+    assert_eq!(config.telemetry.histogram_buckets, Some(vec![0.01, 0.1, 1.0, 10.0]));
+    assert_eq!(Config::parse("", "marty.toml").unwrap().telemetry.histogram_buckets, None);
+    for (value, problem) in [
+        ("[0.1, 0.1]", "bounds must increase: 0.1 comes after 0.1"),
+        ("[0, 1]", "bounds must be above zero"),
+        ("[]", "give 1 to 30 bounds, not 0"),
+        ("[\"1s\"]", "every bound must be a number of seconds"),
+        ("\"0.1\"", "expected an array of numbers, found a string"),
+    ] {
+        let text = format!("[telemetry]\nhistogram_buckets = {value}\n");
+        let errors = Config::parse(&text, "marty.toml").unwrap_err().to_string();
+        assert!(errors.starts_with("marty.toml:2: key `telemetry.histogram_buckets`: "), "{errors}");
+        assert!(errors.contains(problem), "{value}: {errors}");
+    }
+}

@@ -209,9 +209,10 @@ fn a_bad_configuration_stops_startup_with_file_line_and_key_and_a_nonzero_exit()
     );
 }
 
-/// A configuration named by a relative `MARTY_CONFIG`, with `${VAR:-default}` values and `[app]`
-/// settings: the service finds it from its working directory, uses the defaults, enforces its own
-/// setting, and its first log lines say which file and which overrides it used.
+/// A configuration named by a relative `MARTY_CONFIG`, with `${VAR:-default}` values, `[app]`
+/// settings and histogram buckets: the service finds it from its working directory, uses the
+/// defaults, enforces its own setting, serves its own metric and the process's beside Marty's, and
+/// its first log lines say which file and which overrides it used.
 #[test]
 fn the_startup_log_names_the_configuration_and_its_overrides_and_app_settings_apply() {
     let dir = std::env::temp_dir().join(format!("marty-rest-provenance-{}", std::process::id()));
@@ -222,6 +223,7 @@ fn the_startup_log_names_the_configuration_and_its_overrides_and_app_settings_ap
         .replace("max_quantity = 1000", "max_quantity = 5")
         .replace("url = \"sqlite://orders.db?mode=rwc\"", "url = \"${ORDERS_DB_URL:-sqlite://orders.db?mode=rwc}\"");
     assert_ne!(config, example.replace("max_quantity = 1000", "max_quantity = 5"), "the example's url line moved");
+    let config = format!("{config}\n[telemetry]\nhistogram_buckets = [0.05, 0.5]\n");
     std::fs::write(dir.join("conf/orders.toml"), config).unwrap();
     let mut command = Command::new(BINARY);
     command.current_dir(&dir).env("MARTY_CONFIG", "conf/orders.toml").env_remove("ORDERS_DB_URL");
@@ -231,6 +233,11 @@ fn the_startup_log_names_the_configuration_and_its_overrides_and_app_settings_ap
     assert_eq!(service.request("POST", "/orders", Some(r#"{"item":"pen","quantity":6}"#)).status, 422);
     assert_eq!(service.request("POST", "/orders", Some(r#"{"item":"pen","quantity":5}"#)).status, 201);
     assert!(dir.join("orders.db").exists(), "the default URL, relative to the working directory, was used");
+    // The service's own counter, the process metrics, and histograms with the configured buckets.
+    let metrics = service.request("GET", "/metrics", None).body;
+    assert!(metrics.contains("\norders_created_total 1\n"), "{metrics}");
+    assert!(metrics.contains("\nprocess_open_fds ") && metrics.contains("\nprocess_cpu_seconds_total "), "{metrics}");
+    assert!(metrics.contains("_bucket{le=\"0.05\"") && !metrics.contains("le=\"0.0005\""), "{metrics}");
 
     service.terminate();
     let mut logs = String::new();

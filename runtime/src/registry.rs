@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use marty_config::{Config, ConfigError, ConfigErrors, DependencyKind, Origin};
 
 use crate::error::Error;
-use crate::metrics::Metrics;
+use crate::metrics::{Buckets, Metrics};
 use crate::policy::{CallPolicy, Dependency};
 
 /// The dependencies of one service, built from its configuration.
@@ -51,7 +51,8 @@ const RELOAD_AFTER_FAILURE: Duration = Duration::from_secs(1);
 impl DependencyRegistry {
     /// Builds every `[dependencies.<name>]` of `config`, recording into a new [`Metrics`].
     pub fn from_config(config: Config) -> Self {
-        let metrics = Arc::new(Metrics::new());
+        let buckets = config.telemetry.histogram_buckets.as_deref().map(Buckets::from_seconds).unwrap_or_default();
+        let metrics = Arc::new(Metrics::with_buckets(buckets));
         let dependencies = config
             .dependencies
             .values()

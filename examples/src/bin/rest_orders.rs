@@ -16,12 +16,15 @@ use std::time::Duration;
 
 use marty::axum::extract::{Json, Path};
 use marty::axum::http::StatusCode;
+use marty::prometheus_client::metrics::counter::Counter;
 use marty::service;
 use marty_examples::{AppError, AuditEntry, NewOrder, Order, OrderPlaced, OrderStore};
 
 struct Orders {
     store: OrderStore,
     limits: OrderLimits,
+    /// The service's own metric, in `/metrics` beside Marty's.
+    created: Counter,
 }
 
 /// The service's own settings, from `[app]` in `marty.toml`: checked at startup with the file, line
@@ -38,7 +41,9 @@ impl Orders {
         if new.quantity > self.limits.max_quantity {
             return Err(AppError::Invalid("quantity is over the limit in [app] max_quantity"));
         }
-        Ok((StatusCode::CREATED, Json(self.store.create(&new).await?)))
+        let order = self.store.create(&new).await?;
+        self.created.inc();
+        Ok((StatusCode::CREATED, Json(order)))
     }
 
     #[get("/orders/{id}")]
@@ -82,7 +87,9 @@ impl Orders {
 async fn main() -> ExitCode {
     marty_examples::run(|registry| async move {
         let limits = registry.config().app.get::<OrderLimits>()?;
-        Ok(Orders { store: OrderStore::open(registry).await?, limits })
+        let created = Counter::default();
+        registry.metrics().register("orders_created", "Orders created", created.clone());
+        Ok(Orders { store: OrderStore::open(registry).await?, limits, created })
     })
     .await
 }

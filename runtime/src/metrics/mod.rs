@@ -16,6 +16,12 @@
 //!   `marty_sagas_compensated_total{saga}`, `marty_sagas_parked_total{saga}`,
 //!   `marty_saga_steps_total{saga,step,outcome}` (`completed`, `failed`, `timed_out`, `compensated`,
 //!   `compensation_failed`, `turned_away`) and `marty_saga_step_duration_seconds{saga,step}`.
+//! - `process_*`: CPU, memory, open files and threads of the process ([`process`], Linux).
+//!
+//! The service's own metrics go in the same exposition: [`Metrics::register`]. Histogram buckets are
+//! `[telemetry] histogram_buckets` (seconds), the same for every Marty histogram.
+
+pub mod process;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -25,9 +31,10 @@ use std::time::Duration;
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::family::{Family, MetricConstructor};
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::registry::Metric;
 use prometheus_client::registry::Registry;
 
 use crate::bulkhead::Bulkhead;
@@ -82,12 +89,14 @@ struct OperationLabels {
 pub struct Metrics {
     registry: Registry,
     calls: Family<CallLabels, StripedCounter>,
-    durations: Family<OperationLabels, LatencyHistogram>,
+    durations: Histograms<OperationLabels>,
     retries: Family<OperationLabels, Counter>,
-    http_requests: Family<HttpLabels, LatencyHistogram>,
+    http_requests: Histograms<HttpLabels>,
     policies: Arc<PolicyGauges>,
     events: EventMetrics,
     sagas: SagaMetrics,
+    /// The service's own metrics ([`Metrics::register`]), encoded after Marty's.
+    own: Mutex<Registry>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -109,14 +118,14 @@ struct StepOutcomeLabels {
 }
 
 /// The saga metric families.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct SagaMetrics {
     started: Family<SagaLabels, Counter>,
     completed: Family<SagaLabels, Counter>,
     compensated: Family<SagaLabels, Counter>,
     parked: Family<SagaLabels, Counter>,
     steps: Family<StepOutcomeLabels, Counter>,
-    step_durations: Family<StepLabels, LatencyHistogram>,
+    step_durations: Histograms<StepLabels>,
 }
 
 impl SagaMetrics {
@@ -215,10 +224,10 @@ struct ConsumedLabels {
 }
 
 /// The event metrics: consumers and the outbox relay.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct EventMetrics {
     consumed: Family<ConsumedLabels, Counter>,
-    handler_durations: Family<ConsumerLabels, LatencyHistogram>,
+    handler_durations: Histograms<ConsumerLabels>,
     /// Events the broker acknowledged.
     pub outbox_published: Counter,
     /// Publish attempts the broker did not acknowledge.
@@ -292,14 +301,58 @@ impl Default for Metrics {
     }
 }
 
+impl Default for SagaMetrics {
+    fn default() -> Self {
+        Self::with_buckets(&Buckets::default())
+    }
+}
+
+impl SagaMetrics {
+    fn with_buckets(buckets: &Buckets) -> Self {
+        SagaMetrics {
+            started: Family::default(),
+            completed: Family::default(),
+            compensated: Family::default(),
+            parked: Family::default(),
+            steps: Family::default(),
+            step_durations: histograms(buckets),
+        }
+    }
+}
+
+impl Default for EventMetrics {
+    fn default() -> Self {
+        Self::with_buckets(&Buckets::default())
+    }
+}
+
+impl EventMetrics {
+    fn with_buckets(buckets: &Buckets) -> Self {
+        EventMetrics {
+            consumed: Family::default(),
+            handler_durations: histograms(buckets),
+            outbox_published: Counter::default(),
+            outbox_failed: Counter::default(),
+            outbox_pending: Gauge::default(),
+            outbox_parked: Gauge::default(),
+            outbox_lag_seconds: Gauge::default(),
+        }
+    }
+}
+
 impl Metrics {
-    /// An empty registry with Marty's metric families.
+    /// An empty registry with Marty's metric families and the default histogram buckets.
     pub fn new() -> Self {
+        Self::with_buckets(Buckets::default())
+    }
+
+    /// An empty registry with Marty's metric families, whose histograms count into `buckets`.
+    pub fn with_buckets(buckets: Buckets) -> Self {
         let mut registry = Registry::default();
         let calls = Family::default();
-        let durations = Family::default();
+        let durations = histograms(&buckets);
         let retries = Family::default();
-        let http_requests = Family::default();
+        let http_requests = histograms(&buckets);
         let policies = Arc::new(PolicyGauges::default());
         registry.register("marty_calls", "Attempts to call a dependency, by outcome", calls.clone());
         registry.register(
@@ -314,7 +367,7 @@ impl Metrics {
             http_requests.clone(),
         );
         registry.register_collector(Box::new(policies.clone()));
-        let events = EventMetrics::default();
+        let events = EventMetrics::with_buckets(&buckets);
         registry.register("marty_events_consumed", "Deliveries to event handlers, by outcome", events.consumed.clone());
         registry.register(
             "marty_event_handler_duration_seconds",
@@ -346,7 +399,7 @@ impl Metrics {
             "Age of the oldest pending outbox event",
             events.outbox_lag_seconds.clone(),
         );
-        let sagas = SagaMetrics::default();
+        let sagas = SagaMetrics::with_buckets(&buckets);
         registry.register("marty_sagas_started", "Sagas started", sagas.started.clone());
         registry.register("marty_sagas_completed", "Sagas that ran every step", sagas.completed.clone());
         registry.register("marty_sagas_compensated", "Sagas undone by their compensations", sagas.compensated.clone());
@@ -357,7 +410,9 @@ impl Metrics {
             "Duration of saga step and compensation attempts",
             sagas.step_durations.clone(),
         );
-        Metrics { registry, calls, durations, retries, http_requests, policies, events, sagas }
+        registry.register_collector(Box::new(process::ProcessMetrics));
+        let own = Mutex::new(Registry::default());
+        Metrics { registry, calls, durations, retries, http_requests, policies, events, sagas, own }
     }
 
     /// The saga metrics.
@@ -402,14 +457,32 @@ impl Metrics {
         &self.events
     }
 
-    /// The Prometheus / OpenMetrics text exposition of every metric.
+    /// The Prometheus / OpenMetrics text exposition of every metric: Marty's, then the service's.
     pub fn render(&self) -> String {
+        use prometheus_client::encoding::text;
         let mut out = String::new();
-        prometheus_client::encoding::text::encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        let own = self.own.lock().unwrap_or_else(|poison| poison.into_inner());
+        text::encode_registry(&mut out, &self.registry)
+            .and_then(|()| text::encode_registry(&mut out, &own))
+            .and_then(|()| text::encode_eof(&mut out))
+            .expect("writing to a String cannot fail");
         out
     }
 
-    /// The underlying registry, to register the service's own metrics beside Marty's.
+    /// Registers one of the service's own metrics (a prometheus-client `Counter`, `Gauge`,
+    /// `Histogram`, or a `Family` of them) in the exposition `/metrics` serves. Keep a clone to
+    /// record into: metrics are handles to shared values. Names follow Prometheus' rules, and a
+    /// counter's `_total` suffix is added when encoded.
+    pub fn register(&self, name: impl Into<String>, help: impl Into<String>, metric: impl Metric) {
+        self.own.lock().unwrap_or_else(|poison| poison.into_inner()).register(name, help, metric);
+    }
+
+    /// Registers a collector of the service's own, asked for its metrics at every scrape.
+    pub fn register_collector(&self, collector: Box<dyn Collector>) {
+        self.own.lock().unwrap_or_else(|poison| poison.into_inner()).register_collector(collector);
+    }
+
+    /// Marty's registry (the service's own metrics are in [`Self::register`]'s, encoded after it).
     pub fn registry(&self) -> &Registry {
         &self.registry
     }
@@ -477,43 +550,85 @@ impl EncodeMetric for StripedCounter {
     }
 }
 
-/// Upper bounds in seconds: 0.5 ms to 10 s, the range that separates a cache hit from a stuck query.
-const BUCKETS: [f64; 14] = [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-/// The same bounds in nanoseconds, so recording compares integers.
-const BUCKETS_NANOS: [u64; 14] = {
-    let mut nanos = [0u64; 14];
-    let micros = [
-        500u64, 1_000, 2_500, 5_000, 10_000, 25_000, 50_000, 100_000, 250_000, 500_000, 1_000_000, 2_500_000,
-        5_000_000, 10_000_000,
-    ];
-    let mut i = 0;
-    while i < 14 {
-        nanos[i] = micros[i] * 1_000;
-        i += 1;
+/// The most bucket bounds a histogram may have (`[telemetry] histogram_buckets`).
+pub const MAX_BUCKETS: usize = 30;
+
+/// Default upper bounds in seconds: 0.5 ms to 10 s, the range that separates a cache hit from a
+/// stuck query.
+const DEFAULT_BUCKETS: [f64; 14] =
+    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// The upper bounds every histogram of one [`Metrics`] counts into, kept in nanoseconds so that
+/// recording compares integers.
+#[derive(Debug, Clone)]
+pub struct Buckets {
+    nanos: Arc<[u64]>,
+}
+
+impl Default for Buckets {
+    fn default() -> Self {
+        Buckets::from_seconds(&DEFAULT_BUCKETS)
     }
-    nanos
-};
+}
+
+impl Buckets {
+    /// Bounds in seconds, increasing (as `[telemetry] histogram_buckets` checks); at most
+    /// [`MAX_BUCKETS`] are kept.
+    pub fn from_seconds(seconds: &[f64]) -> Self {
+        let nanos: Vec<u64> = seconds.iter().take(MAX_BUCKETS).map(|bound| (bound * 1e9).round() as u64).collect();
+        Buckets { nanos: nanos.into() }
+    }
+
+    /// The bounds in seconds.
+    pub fn seconds(&self) -> impl Iterator<Item = f64> + '_ {
+        self.nanos.iter().map(|&nanos| nanos as f64 / 1e9)
+    }
+}
+
+/// A family of histograms with one [`Metrics`]' buckets.
+type Histograms<L> = Family<L, LatencyHistogram, HistogramMaker>;
+
+fn histograms<L: Clone + std::hash::Hash + Eq>(buckets: &Buckets) -> Histograms<L> {
+    Family::new_with_constructor(HistogramMaker(buckets.clone()))
+}
+
+/// Makes the histograms of a family, with the family's buckets.
+#[derive(Debug, Clone)]
+struct HistogramMaker(Buckets);
+
+impl MetricConstructor<LatencyHistogram> for HistogramMaker {
+    fn new_metric(&self) -> LatencyHistogram {
+        LatencyHistogram::with_buckets(self.0.clone())
+    }
+}
 
 /// A lock-free latency histogram, striped like [`StripedCounter`]: prometheus-client's own takes a
 /// mutex per observation, which serialises every worker thread calling the same dependency.
 #[derive(Debug, Clone, Default)]
 pub struct LatencyHistogram {
+    buckets: Buckets,
     stripes: Arc<[Padded<HistogramCells>; STRIPES]>,
 }
 
 #[derive(Debug, Default)]
 struct HistogramCells {
-    /// Per-bucket (not cumulative) counts; the last is `+Inf`.
-    buckets: [AtomicU64; 15],
+    /// Per-bucket (not cumulative) counts; the one after the last bound is `+Inf`.
+    buckets: [AtomicU64; MAX_BUCKETS + 1],
     sum_nanos: AtomicU64,
 }
 
 impl LatencyHistogram {
+    /// A histogram counting into `buckets`.
+    pub fn with_buckets(buckets: Buckets) -> Self {
+        LatencyHistogram { buckets, stripes: Arc::default() }
+    }
+
     /// Records one duration.
     #[inline]
     pub fn observe(&self, elapsed: Duration) {
         let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let bucket = BUCKETS_NANOS.iter().position(|&bound| nanos <= bound).unwrap_or(BUCKETS_NANOS.len());
+        let bounds = &self.buckets.nanos;
+        let bucket = bounds.iter().position(|&bound| nanos <= bound).unwrap_or(bounds.len());
         let cells = &self.stripes[stripe::current()].0;
         cells.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
@@ -526,15 +641,18 @@ impl TypedMetric for LatencyHistogram {
 
 impl EncodeMetric for LatencyHistogram {
     fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
-        let mut counts = [0u64; 15];
+        let used = self.buckets.nanos.len() + 1;
+        let mut counts = [0u64; MAX_BUCKETS + 1];
         let mut sum_nanos = 0u64;
         for stripe in self.stripes.iter() {
-            for (count, cell) in counts.iter_mut().zip(&stripe.0.buckets) {
+            for (count, cell) in counts[..used].iter_mut().zip(&stripe.0.buckets) {
                 *count += cell.load(Ordering::Relaxed);
             }
             sum_nanos = sum_nanos.wrapping_add(stripe.0.sum_nanos.load(Ordering::Relaxed));
         }
-        let buckets: Vec<(f64, u64)> = BUCKETS.iter().copied().chain([f64::INFINITY]).zip(counts).collect();
+        let counts = &counts[..used];
+        let buckets: Vec<(f64, u64)> =
+            self.buckets.seconds().chain([f64::INFINITY]).zip(counts.iter().copied()).collect();
         let sum = sum_nanos as f64 / 1e9;
         encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
     }
@@ -586,5 +704,44 @@ impl Collector for PolicyGauges {
             ConstGauge::new(bulkhead.available() as i64).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use prometheus_client::metrics::counter::Counter;
+
+    use super::{Buckets, Metrics};
+
+    #[test]
+    fn the_services_own_metrics_and_process_metrics_are_in_the_exposition_once() {
+        let metrics = Metrics::new();
+        let created: Counter = Counter::default();
+        metrics.register("orders_created", "Orders created", created.clone());
+        created.inc_by(3);
+        let text = metrics.render();
+        assert!(text.contains("# TYPE orders_created counter\norders_created_total 3\n"), "{text}");
+        if cfg!(target_os = "linux") {
+            assert!(text.contains("process_resident_memory_bytes ") && text.contains("process_open_fds "), "{text}");
+        }
+        assert_eq!(text.matches("# EOF").count(), 1);
+        assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn histograms_count_into_the_configured_buckets() {
+        let metrics = Metrics::with_buckets(Buckets::from_seconds(&[0.1, 1.0]));
+        metrics.record_http_request("GET", "/orders".into(), 200, Duration::from_millis(50));
+        metrics.record_http_request("GET", "/orders".into(), 200, Duration::from_millis(500));
+        metrics.record_http_request("GET", "/orders".into(), 200, Duration::from_secs(5));
+        let text = metrics.render();
+        let bucket = |le: &str| format!("_bucket{{le=\"{le}\",http_request_method=\"GET\"");
+        for (le, count) in [("0.1", 1), ("1.0", 2), ("+Inf", 3)] {
+            let line = text.lines().find(|line| line.contains(&bucket(le))).unwrap_or_else(|| panic!("{text}"));
+            assert!(line.ends_with(&format!(" {count}")), "{line}");
+        }
+        assert!(!text.contains(&bucket("0.005")), "only the configured bounds: {text}");
     }
 }
