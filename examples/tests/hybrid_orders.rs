@@ -75,7 +75,18 @@ async fn grpc_and_rest_share_one_port_with_health_and_reflection() {
         .await
         .unwrap()
         .body;
-    assert!(metrics.contains(r#"http_route="/orders.v1.Orders/{*rest}""#), "gRPC calls are measured too: {metrics}");
+    // gRPC calls are measured per method and status, not as one HTTP route answered 200.
+    let count = |method: &str, status: i32| {
+        let labels =
+            format!(r#"{{rpc_service="orders.v1.Orders",rpc_method="{method}",rpc_grpc_status_code="{status}"}}"#);
+        let line = format!("rpc_server_call_duration_seconds_count{labels} ");
+        metrics.lines().find_map(|text| text.strip_prefix(line.as_str())).map(|value| value.trim().to_owned())
+    };
+    assert_eq!(count("CreateOrder", 0).as_deref(), Some("1"), "{metrics}");
+    assert_eq!(count("GetOrder", 0).as_deref(), Some("1"), "{metrics}");
+    assert_eq!(count("GetOrder", 5).as_deref(), Some("1"), "NOT_FOUND: {metrics}");
+    assert_eq!(count("CreateOrder", 3).as_deref(), Some("1"), "INVALID_ARGUMENT: {metrics}");
+    assert!(!metrics.contains(r#"http_route="/orders.v1.Orders/{*rest}""#), "{metrics}");
 }
 
 /// The services gRPC reflection lists on `channel`.

@@ -1,11 +1,13 @@
 //! Traces leave the service over OTLP: an OTLP/gRPC collector inside the test receives the spans of a
-//! request, and they continue the trace the caller started (W3C `traceparent`).
+//! request, and they continue the trace the caller started (W3C `traceparent` and `tracestate`). The
+//! spans follow OpenTelemetry's conventions: names, kinds, attributes, error status, and the
+//! resource from `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`.
 
 mod support;
 
 use std::time::{Duration, Instant};
 
-use marty_tests::otlp::{hex, Collector, Span};
+use marty_tests::otlp::{attribute, hex, Collector, Span, SpanKind, StatusCode};
 use support::Service;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_rest_orders");
@@ -16,7 +18,11 @@ const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
 async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
     let (collector_addr, collector) = Collector::start().await;
 
-    let env = [("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}"))];
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}")),
+        ("OTEL_SERVICE_NAME", "orders-api".to_owned()),
+        ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test,service.version=1.2.3".to_owned()),
+    ];
     let mut service = tokio::task::spawn_blocking(move || {
         Service::start_with_env(BINARY, "otlp", std::process::Stdio::null(), None, &env)
     })
@@ -30,7 +36,7 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
             "POST",
             "/orders",
             Some(r#"{"item":"book","quantity":1}"#),
-            &[("traceparent", &traceparent)],
+            &[("traceparent", &traceparent), ("tracestate", "vendor=abc")],
         )
     })
     .await
@@ -56,19 +62,52 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let spans = collector.spans();
-        let request = spans.iter().find(|span| span.name == "http.request");
+        let request = spans.iter().find(|span| span.name == "POST /orders");
         let call = spans.iter().find(|span| span.name == "marty.call");
-        let consume = spans.iter().find(|span| span.name == "consume orders.placed");
-        if let (Some(request), Some(call), Some(consume)) = (request, call, consume) {
-            assert_eq!(hex(&consume.trace_id), TRACE_ID, "the event's handler is in the request's trace");
-            assert_eq!(consume.parent_span_id, call.span_id, "a child of the call that wrote the outbox row");
+        let publish = spans.iter().find(|span| span.name == "publish orders.placed");
+        let consume = spans.iter().find(|span| span.name == "process orders.placed");
+        let broken = spans.iter().find(|span| span.name == "GET /reports/broken");
+        if let (Some(request), Some(call), Some(publish), Some(consume), Some(broken)) =
+            (request, call, publish, consume, broken)
+        {
             assert_eq!(hex(&request.trace_id), TRACE_ID, "the request continues the caller's trace");
             assert_eq!(hex(&request.parent_span_id), PARENT_SPAN_ID, "and is a child of the caller's span");
+            assert_eq!(request.trace_state, "vendor=abc", "with the caller's tracestate");
             assert_eq!(hex(&call.trace_id), TRACE_ID, "the database call is in the same trace");
             assert_eq!(call.parent_span_id, request.span_id, "and is a child of the request");
-            let attribute =
-                |key: &str| call.attributes.iter().find(|kv| kv.key == key).map(|kv| format!("{:?}", kv.value));
-            assert!(attribute("dependency").is_some_and(|v| v.contains("orders_db")), "{:?}", call.attributes);
+            assert_eq!(publish.parent_span_id, call.span_id, "the event is created in the call that wrote it");
+            assert_eq!(hex(&consume.trace_id), TRACE_ID, "the event's handler is in the request's trace");
+            assert_eq!(consume.parent_span_id, publish.span_id, "a child of the span that created the event");
+
+            assert_eq!(request.kind, SpanKind::Server as i32);
+            for (key, value) in [
+                ("http.request.method", "POST"),
+                ("http.route", "/orders"),
+                ("url.path", "/orders"),
+                ("url.scheme", "http"),
+                ("http.response.status_code", "201"),
+            ] {
+                assert_eq!(attribute(request, key).as_deref(), Some(value), "{key}: {:?}", request.attributes);
+            }
+            assert_eq!(broken.status.as_ref().map(|status| status.code), Some(StatusCode::Error as i32), "5xx");
+            assert_ne!(request.status.as_ref().map(|status| status.code), Some(StatusCode::Error as i32));
+
+            assert_eq!(call.kind, SpanKind::Client as i32);
+            assert_eq!(attribute(call, "peer.service").as_deref(), Some("orders_db"), "{:?}", call.attributes);
+            assert_eq!(attribute(call, "db.system").as_deref(), Some("sqlite"), "{:?}", call.attributes);
+
+            assert_eq!(publish.kind, SpanKind::Producer as i32);
+            assert_eq!(consume.kind, SpanKind::Consumer as i32);
+            for span in [publish, consume] {
+                assert_eq!(attribute(span, "messaging.destination.name").as_deref(), Some("orders.placed"));
+                assert_eq!(attribute(span, "messaging.message.id"), attribute(publish, "messaging.message.id"));
+            }
+            assert_eq!(attribute(consume, "messaging.consumer.group.name").as_deref(), Some("order-audit"));
+
+            let resource = collector.resource_attributes();
+            for expected in ["service.name=orders-api", "deployment.environment.name=test", "service.version=1.2.3"] {
+                assert!(resource.iter().any(|attribute| attribute == expected), "{expected}: {resource:?}");
+            }
             return;
         }
         assert!(Instant::now() < deadline, "the collector did not receive the three spans: {spans:#?}");
@@ -100,10 +139,14 @@ async fn a_saga_runs_in_the_trace_of_the_request_that_started_it() {
         let spans = collector.spans();
         let steps: Vec<&Span> = spans.iter().filter(|span| span.name == "saga step").collect();
         let start = spans.iter().find(|span| span.name == "saga start");
-        let consume = spans.iter().find(|span| span.name == "consume store.order_confirmed");
+        let consume = spans.iter().find(|span| span.name == "process store.order_confirmed");
         if let (Some(start), Some(consume), 3) = (start, consume, steps.len()) {
             let request = spans.iter().find(|span| span.span_id == start.parent_span_id).expect("the start's parent");
-            assert_eq!(request.name, "http.request", "the saga starts in the request that placed the order");
+            assert!(
+                request.name.starts_with("POST /"),
+                "the saga starts in the request that placed the order: {}",
+                request.name
+            );
             for span in steps.iter().copied().chain([consume]) {
                 assert_eq!(hex(&span.trace_id), hex(&request.trace_id), "{} is in the saga's trace", span.name);
             }

@@ -378,5 +378,7 @@ fn shed_requests_are_logged_as_a_summary_a_window_not_a_line_each() {
     assert!(turned_away[0].contains(r#""dependency":"orders_db""#), "{}", turned_away[0]);
     let answered = logs.lines().filter(|line| line.contains("answered 503 Service Unavailable")).count();
     assert!((1..=2).contains(&answered), "{answered} summary lines for {shed} shed requests");
-    assert!(logs.lines().count() < 40, "{shed} shed requests wrote {} lines", logs.lines().count());
+    // Orders that got through are each audited with a line of the example's own: not counted.
+    let marty_lines = logs.lines().filter(|line| !line.contains("auditing a placed order")).count();
+    assert!(marty_lines < 40, "{shed} shed requests wrote {marty_lines} lines");
 }

@@ -5,7 +5,12 @@
 //!   its `request_id` and, when the caller sent one, its W3C `trace_id`.
 //! - Traces (feature `otel`): when `OTEL_EXPORTER_OTLP_ENDPOINT` (the standard variable) or
 //!   `[telemetry] otlp_endpoint` is set, spans are exported over OTLP/gRPC, an incoming
-//!   `traceparent` becomes their parent, and [`shutdown`] flushes what is buffered. Without the
+//!   `traceparent` (with its `tracestate`) becomes their parent, and [`shutdown`] flushes what is
+//!   buffered. The resource follows `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`; the service's
+//!   name stands in for an unset `service.name`. Spans follow OpenTelemetry's conventions: an HTTP
+//!   server span is named `GET /orders/{id}`, has kind server, the `http.*` and `url.*` attributes
+//!   and an error status on 5xx; a call is a client span with `peer.service` (and `db.system`);
+//!   events are created in a producer span and handled in a consumer span with `messaging.*`. Without the
 //!   feature, a configured endpoint is reported in the log rather than ignored silently.
 
 use marty_config::{LogFormat, TelemetryConfig};
@@ -118,7 +123,7 @@ where
 pub(crate) mod otel {
     use std::sync::OnceLock;
 
-    use opentelemetry::propagation::{Extractor, TextMapPropagator};
+    use opentelemetry::propagation::TextMapPropagator;
     use opentelemetry::trace::TracerProvider as _;
     use opentelemetry_otlp::WithExportConfig;
     use opentelemetry_sdk::propagation::TraceContextPropagator;
@@ -141,11 +146,26 @@ pub(crate) mod otel {
                 return None;
             }
         };
-        let resource = opentelemetry_sdk::Resource::builder_empty().with_service_name(service.to_owned()).build();
+        // The standard detectors: `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` describe the
+        // service where the platform sets them, and the service's own name stands in otherwise.
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if !service_named_by_environment() {
+            resource = resource.with_service_name(service.to_owned());
+        }
+        let resource = resource.build();
         let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
         let tracer = provider.tracer("marty");
         let _ = PROVIDER.set(provider);
         Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    }
+
+    /// Whether `OTEL_SERVICE_NAME`, or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, names the service.
+    fn service_named_by_environment() -> bool {
+        let set = |name: &str| std::env::var(name).ok().filter(|value| !value.trim().is_empty());
+        set("OTEL_SERVICE_NAME").is_some()
+            || set("OTEL_RESOURCE_ATTRIBUTES").is_some_and(|attributes| {
+                attributes.split(',').any(|pair| pair.split('=').next().is_some_and(|key| key.trim() == "service.name"))
+            })
     }
 
     pub(crate) fn shutdown() {
@@ -158,7 +178,7 @@ pub(crate) mod otel {
 
     pub(crate) fn inject(headers: &mut http::HeaderMap) {
         let context = tracing::Span::current().context();
-        TraceContextPropagator::new().inject_context(&context, &mut HeadersMut(headers));
+        TraceContextPropagator::new().inject_context(&context, &mut opentelemetry_http::HeaderInjector(headers));
     }
 
     /// The trace id OpenTelemetry gave `span`, when it is exporting.
@@ -170,34 +190,10 @@ pub(crate) mod otel {
         span_context.is_valid().then(|| span_context.trace_id().to_string())
     }
 
-    struct HeadersMut<'a>(&'a mut http::HeaderMap);
-
-    impl opentelemetry::propagation::Injector for HeadersMut<'_> {
-        fn set(&mut self, key: &str, value: String) {
-            if let (Ok(name), Ok(value)) =
-                (http::HeaderName::from_bytes(key.as_bytes()), http::HeaderValue::from_str(&value))
-            {
-                self.0.insert(name, value);
-            }
-        }
-    }
-
     /// Makes the caller's W3C trace context (`traceparent`, `tracestate`) the parent of `span`.
     pub(crate) fn continue_trace(span: &tracing::Span, headers: &http::HeaderMap) {
-        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        let parent = TraceContextPropagator::new().extract(&opentelemetry_http::HeaderExtractor(headers));
         let _ = span.set_parent(parent);
-    }
-
-    struct Headers<'a>(&'a http::HeaderMap);
-
-    impl Extractor for Headers<'_> {
-        fn get(&self, key: &str) -> Option<&str> {
-            self.0.get(key).and_then(|value| value.to_str().ok())
-        }
-
-        fn keys(&self) -> Vec<&str> {
-            self.0.keys().map(http::HeaderName::as_str).collect()
-        }
     }
 }
 

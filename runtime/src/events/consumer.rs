@@ -221,9 +221,15 @@ async fn lane(handler: Arc<EventHandler>, metrics: ConsumerMetrics, mut deliveri
 /// Handles one delivery to the end: acknowledged, or dead-lettered with the reason.
 async fn handle(handler: &EventHandler, metrics: &ConsumerMetrics, delivery: Delivery) {
     let message = &delivery.message;
+    // OpenTelemetry's consumer span for a handler processing one message.
     let span = tracing::info_span!(
         "event",
-        otel.name = %format_args!("consume {}", handler.topic),
+        otel.name = %format_args!("process {}", handler.topic),
+        otel.kind = "consumer",
+        messaging.operation.type = "process",
+        messaging.destination.name = %handler.topic,
+        messaging.consumer.group.name = %handler.group,
+        messaging.message.id = %message.id,
         handler = handler.name,
         topic = %handler.topic,
         group = %handler.group,

@@ -5,6 +5,8 @@
 //!   (`success`, `error`, `timeout`, `rejected`, `short_circuited`).
 //! - `marty_call_duration_seconds{dependency,operation}`: attempts that reached the dependency.
 //! - `marty_retries_total{dependency,operation}`.
+//! - `http_server_request_duration_seconds{http_request_method,http_route,http_response_status_code}`
+//!   and `rpc_server_call_duration_seconds{rpc_service,rpc_method,rpc_grpc_status_code}` (gRPC).
 //! - `marty_circuit_state{dependency}` (0 closed, 1 open, 2 half-open) and
 //!   `marty_bulkhead_available{dependency}`: read from the live policies at scrape time.
 //! - `marty_events_consumed_total{topic,group,outcome}` (`handled`, `duplicate`, `retried`,
@@ -92,6 +94,7 @@ pub struct Metrics {
     durations: Histograms<OperationLabels>,
     retries: Family<OperationLabels, Counter>,
     http_requests: Histograms<HttpLabels>,
+    rpc_calls: Histograms<RpcLabels>,
     policies: Arc<PolicyGauges>,
     events: EventMetrics,
     sagas: SagaMetrics,
@@ -289,6 +292,13 @@ struct HttpLabels {
     http_response_status_code: u16,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RpcLabels {
+    rpc_service: Arc<str>,
+    rpc_method: Arc<str>,
+    rpc_grpc_status_code: i32,
+}
+
 impl fmt::Debug for Metrics {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Metrics").finish_non_exhaustive()
@@ -353,6 +363,7 @@ impl Metrics {
         let durations = histograms(&buckets);
         let retries = Family::default();
         let http_requests = histograms(&buckets);
+        let rpc_calls = histograms(&buckets);
         let policies = Arc::new(PolicyGauges::default());
         registry.register("marty_calls", "Attempts to call a dependency, by outcome", calls.clone());
         registry.register(
@@ -365,6 +376,11 @@ impl Metrics {
             "http_server_request_duration_seconds",
             "Duration of HTTP server requests (OpenTelemetry http.server.request.duration)",
             http_requests.clone(),
+        );
+        registry.register(
+            "rpc_server_call_duration_seconds",
+            "Duration of gRPC calls served, to the end of the response (OpenTelemetry rpc.server.call.duration)",
+            rpc_calls.clone(),
         );
         registry.register_collector(Box::new(policies.clone()));
         let events = EventMetrics::with_buckets(&buckets);
@@ -412,7 +428,7 @@ impl Metrics {
         );
         registry.register_collector(Box::new(process::ProcessMetrics));
         let own = Mutex::new(Registry::default());
-        Metrics { registry, calls, durations, retries, http_requests, policies, events, sagas, own }
+        Metrics { registry, calls, durations, retries, http_requests, rpc_calls, policies, events, sagas, own }
     }
 
     /// The saga metrics.
@@ -445,6 +461,17 @@ impl Metrics {
     pub fn record_http_request(&self, method: &'static str, route: Arc<str>, status: u16, elapsed: Duration) {
         let labels = HttpLabels { http_request_method: method, http_route: route, http_response_status_code: status };
         self.http_requests.get_or_create(&labels).observe(elapsed);
+    }
+
+    /// Records one gRPC call served, with its `grpc-status` code.
+    #[cfg(feature = "http")]
+    pub(crate) fn record_rpc(&self, method: &crate::service::rpc::RpcMethod, status: i32, elapsed: Duration) {
+        let labels = RpcLabels {
+            rpc_service: method.service.clone(),
+            rpc_method: method.method.clone(),
+            rpc_grpc_status_code: status,
+        };
+        self.rpc_calls.get_or_create(&labels).observe(elapsed);
     }
 
     /// Reports a dependency's breaker state and free bulkhead permits at every scrape, while they live.

@@ -27,6 +27,8 @@ mod relay;
 
 use std::fmt;
 
+use tracing::Instrument;
+
 pub use relay::{Relay, RelayOptions};
 
 use crate::events::{BoxFuture, Event, Message};
@@ -138,8 +140,18 @@ where
     T: OutboxTransaction + ?Sized,
     E: Event,
 {
-    let message = Message::from_event(event).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
-    tx.insert_outbox_row(&message).await
+    // OpenTelemetry's producer span for creating a message; the consumer's span is its child.
+    let span = tracing::info_span!(
+        "event.publish",
+        otel.name = %format_args!("publish {}", E::TOPIC),
+        otel.kind = "producer",
+        messaging.operation.type = "create",
+        messaging.destination.name = E::TOPIC,
+        messaging.message.id = tracing::field::Empty,
+    );
+    let message = span.in_scope(|| Message::from_event(event)).map_err(|error| sqlx::Error::Encode(Box::new(error)))?;
+    span.record("messaging.message.id", message.id.as_str());
+    tx.insert_outbox_row(&message).instrument(span).await
 }
 
 /// An outbox row the relay gave up on.

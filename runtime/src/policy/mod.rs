@@ -50,6 +50,24 @@ pub struct Dependency {
     budget: RetryBudget,
     /// The size of the pool the service registered for this dependency (0: none).
     pool_size: std::sync::atomic::AtomicUsize,
+    /// OpenTelemetry's `db.system` of a database or cache, from its URL's scheme.
+    db_system: Option<&'static str>,
+}
+
+/// OpenTelemetry's `db.system` for a database or cache dependency whose URL names a known one.
+fn db_system(config: &DependencyConfig) -> Option<&'static str> {
+    if !matches!(config.kind, DependencyKind::Database | DependencyKind::Cache) {
+        return None;
+    }
+    let scheme = config.url.as_deref()?.split(':').next()?;
+    Some(match scheme {
+        "postgres" | "postgresql" => "postgresql",
+        "sqlite" => "sqlite",
+        "mysql" | "mariadb" => "mysql",
+        "redis" | "rediss" => "redis",
+        "mongodb" | "mongodb+srv" => "mongodb",
+        _ => return None,
+    })
 }
 
 impl Dependency {
@@ -64,6 +82,7 @@ impl Dependency {
             breaker: Arc::new(CircuitBreaker::new(name.clone(), config.circuit_breaker.clone())),
             budget: RetryBudget::new(config.retry.budget),
             pool_size: std::sync::atomic::AtomicUsize::new(0),
+            db_system: db_system(&config),
             name,
             config: RwLock::new(config),
         }
@@ -217,8 +236,12 @@ impl CallPolicy {
     #[inline]
     pub fn begin(&self) -> Call<'_> {
         self.dependency.budget.deposit();
+        // A client span: `peer.service` is the dependency, as OpenTelemetry's service graphs read it.
         let span = tracing::info_span!(
             "marty.call",
+            otel.kind = "client",
+            peer.service = %self.dependency.name,
+            db.system = self.dependency.db_system,
             dependency = %self.dependency.name,
             operation = %self.operation,
             attempt = tracing::field::Empty,

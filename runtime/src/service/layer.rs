@@ -78,10 +78,26 @@ where
             request.headers_mut().insert(REQUEST_ID, generated.clone());
             generated
         });
+        // OpenTelemetry's HTTP server span: `GET /orders/{id}` (the method alone when no route
+        // matched, so raw paths never become span names), kind server.
+        // A gRPC call is named after its method: `orders.v1.Orders/Get`.
+        let matched = request.extensions().get::<MatchedPath>().is_some();
+        let rpc = super::rpc::method_of(&request);
         let span = tracing::info_span!(
             "http.request",
+            otel.name = %SpanName { method, route: matched.then_some(&*route), rpc: rpc.as_ref() },
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+            rpc.system = rpc.as_ref().map(|_| "grpc"),
+            rpc.service = rpc.as_ref().map(|rpc| &*rpc.service),
+            rpc.method = rpc.as_ref().map(|rpc| &*rpc.method),
+            rpc.grpc.status_code = tracing::field::Empty,
             http.request.method = method,
             http.route = &*route,
+            url.path = request.uri().path(),
+            url.scheme = "http",
+            network.protocol.version = protocol_version(request.version()),
+            user_agent.original = request.headers().get(header::USER_AGENT).and_then(|agent| agent.to_str().ok()),
             request_id = %String::from_utf8_lossy(request_id.as_bytes()),
             trace_id = tracing::field::Empty,
             http.response.status_code = tracing::field::Empty,
@@ -107,7 +123,7 @@ where
         };
         ResponseFuture {
             inner,
-            observed: Some(Observed { start, method, route, request_id, span, metrics: self.metrics.clone() }),
+            observed: Some(Observed { start, method, route, rpc, request_id, span, metrics: self.metrics.clone() }),
         }
     }
 }
@@ -116,6 +132,8 @@ struct Observed {
     start: Instant,
     method: &'static str,
     route: Arc<str>,
+    /// The gRPC method, for a gRPC call: measured as one, to the end of its response.
+    rpc: Option<super::rpc::RpcMethod>,
     request_id: HeaderValue,
     span: tracing::Span,
     metrics: Arc<Metrics>,
@@ -165,6 +183,7 @@ fn finish(observed: Observed, mut response: Response) -> Response {
     let status = response.status();
     observed.span.record("http.response.status_code", status.as_u16());
     if status.is_server_error() {
+        observed.span.record("otel.status_code", "ERROR");
         static LINES: std::sync::OnceLock<Throttle<(&'static str, Arc<str>, u16)>> = std::sync::OnceLock::new();
         let lines = LINES.get_or_init(|| Throttle::new(WINDOW));
         if let Some(count) = lines.hit_for((observed.method, observed.route.clone(), status.as_u16())) {
@@ -180,6 +199,9 @@ fn finish(observed: Observed, mut response: Response) -> Response {
         response.headers_mut().extend(headers);
     }
     response.headers_mut().insert(REQUEST_ID, observed.request_id);
+    if let Some(rpc) = observed.rpc {
+        return super::rpc::observe(rpc, response, observed.span, observed.metrics, observed.start);
+    }
     observed.metrics.record_http_request(observed.method, observed.route, status.as_u16(), observed.start.elapsed());
     response
 }
@@ -308,6 +330,34 @@ fn route_label(template: &str) -> Arc<str> {
 }
 
 /// The route label of requests no route matched.
+/// An HTTP server span's name, written only when a subscriber records it.
+struct SpanName<'a> {
+    method: &'static str,
+    route: Option<&'a str>,
+    rpc: Option<&'a super::rpc::RpcMethod>,
+}
+
+impl std::fmt::Display for SpanName<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (self.rpc, self.route) {
+            (Some(rpc), _) => write!(f, "{rpc}"),
+            (None, Some(route)) => write!(f, "{} {route}", self.method),
+            (None, None) => f.write_str(self.method),
+        }
+    }
+}
+
+/// `network.protocol.version`: `1.1`, `2`, ...
+fn protocol_version(version: http::Version) -> &'static str {
+    match version {
+        http::Version::HTTP_09 => "0.9",
+        http::Version::HTTP_10 => "1.0",
+        http::Version::HTTP_2 => "2",
+        http::Version::HTTP_3 => "3",
+        _ => "1.1",
+    }
+}
+
 fn unmatched() -> Arc<str> {
     route_label("unmatched")
 }

@@ -18,6 +18,7 @@ mod health;
 mod layer;
 mod listener;
 mod problem;
+pub(crate) mod rpc;
 
 use std::future::Future;
 use std::net::SocketAddr;
