@@ -1,5 +1,6 @@
 //! An order placed over HTTP writes its row and its event in one PostgreSQL transaction; the relay
-//! publishes the event to NATS JetStream and the consumer records it through the inbox.
+//! publishes the event to NATS JetStream and the consumer records it through the inbox. The pool
+//! connects over TLS (`sslmode=require`).
 //! Needs `MARTY_TEST_POSTGRES_URL` and `MARTY_TEST_NATS_URL` (`.ci/run` sets them).
 
 use std::time::{Duration, Instant};
@@ -49,7 +50,14 @@ impl Orders {
 async fn main() {
     let url = std::env::var("MARTY_TEST_POSTGRES_URL").expect("MARTY_TEST_POSTGRES_URL is set");
     std::env::var("MARTY_TEST_NATS_URL").expect("MARTY_TEST_NATS_URL is set");
-    let pool = PgPool::connect(&url).await.unwrap();
+    // Over TLS, as a production database asks: the `postgres` feature brings sqlx's rustls.
+    let separator = if url.contains('?') { '&' } else { '?' };
+    let pool = PgPool::connect(&format!("{url}{separator}sslmode=require")).await.expect("PostgreSQL over TLS");
+    let encrypted: bool = sqlx::query_scalar("select ssl from pg_stat_ssl where pid = pg_backend_pid()")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert!(encrypted, "the connection is encrypted");
     sqlx::raw_sql(
         "create table if not exists user_crate_orders (id bigint primary key);
          create table if not exists user_crate_audit (order_id bigint primary key);",
