@@ -1,5 +1,5 @@
-//! An OTLP/gRPC collector inside a test: it keeps every span it is sent, so a test can check the
-//! traces a service or an orchestrator exported.
+//! An OTLP collector inside a test, over gRPC or `http/protobuf`: it keeps every span it is sent, so
+//! a test can check the traces a service or an orchestrator exported.
 
 use std::sync::{Arc, Mutex};
 
@@ -31,6 +31,73 @@ impl Collector {
         (addr, collector)
     }
 
+    /// The same collector over OTLP `http/protobuf`: `POST /v1/traces`, HTTP/1.1, kept alive.
+    pub async fn start_http() -> (std::net::SocketAddr, Collector) {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the collector");
+        let addr = listener.local_addr().expect("its address");
+        let collector = Collector::default();
+        let accepting = collector.clone();
+        tokio::spawn(async move {
+            while let Ok((connection, _)) = listener.accept().await {
+                tokio::spawn(accepting.clone().serve_http(connection));
+            }
+        });
+        (addr, collector)
+    }
+
+    async fn serve_http(self, mut connection: tokio::net::TcpStream) {
+        use prost::Message as _;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut buffer = Vec::new();
+        loop {
+            let head_end = loop {
+                if let Some(end) = buffer.windows(4).position(|window| window == b"\r\n\r\n") {
+                    break end + 4;
+                }
+                let mut chunk = [0u8; 8192];
+                match connection.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                }
+            };
+            let head = String::from_utf8_lossy(&buffer[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|line| line.strip_prefix("content-length:"))
+                .and_then(|value| value.trim().parse().ok())
+                .unwrap_or(0);
+            while buffer.len() < head_end + length {
+                let mut chunk = [0u8; 8192];
+                match connection.read(&mut chunk).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(read) => buffer.extend_from_slice(&chunk[..read]),
+                }
+            }
+            let body: Vec<u8> = buffer.drain(..head_end + length).skip(head_end).collect();
+            let status = match (head.starts_with("post /v1/traces "), ExportTraceServiceRequest::decode(&body[..])) {
+                (true, Ok(request)) => {
+                    self.keep(request);
+                    "200 OK"
+                }
+                _ => "400 Bad Request",
+            };
+            let response =
+                format!("HTTP/1.1 {status}\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n");
+            if connection.write_all(response.as_bytes()).await.is_err() {
+                return;
+            }
+        }
+    }
+
+    fn keep(&self, request: ExportTraceServiceRequest) {
+        for resource_spans in request.resource_spans {
+            let attributes = resource_spans.resource.map(|resource| resource.attributes).unwrap_or_default();
+            self.resources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(attributes);
+            let spans = resource_spans.scope_spans.into_iter().flat_map(|scope| scope.spans);
+            self.spans.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(spans);
+        }
+    }
+
     /// The spans received so far.
     pub fn spans(&self) -> Vec<Span> {
         self.spans.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone()
@@ -49,12 +116,7 @@ impl TraceService for Collector {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
-        for resource_spans in request.into_inner().resource_spans {
-            let attributes = resource_spans.resource.map(|resource| resource.attributes).unwrap_or_default();
-            self.resources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(attributes);
-            let spans = resource_spans.scope_spans.into_iter().flat_map(|scope| scope.spans);
-            self.spans.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(spans);
-        }
+        self.keep(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse { partial_success: None }))
     }
 }

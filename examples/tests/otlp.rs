@@ -115,6 +115,34 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
     }
 }
 
+/// The same spans over OTLP `http/protobuf`, when `OTEL_EXPORTER_OTLP_PROTOCOL` says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn spans_go_over_http_protobuf_when_the_protocol_says_so() {
+    let (collector_addr, collector) = Collector::start_http().await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}")),
+        ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
+    ];
+    let mut service = tokio::task::spawn_blocking(move || {
+        Service::start_with_env(BINARY, "otlp-http", std::process::Stdio::null(), None, &env)
+    })
+    .await
+    .unwrap();
+    let addr = service.addr;
+    let found = tokio::task::spawn_blocking(move || support::request(addr, "GET", "/orders/42", None).unwrap());
+    assert_eq!(found.await.unwrap().status, 404);
+    service.terminate();
+    let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap()).await.unwrap();
+    assert!(exit.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !collector.spans().iter().any(|span| span.name == "GET /orders/{id}") {
+        assert!(Instant::now() < deadline, "no request span over http/protobuf: {:#?}", collector.spans());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let resource = collector.resource_attributes();
+    assert!(resource.iter().any(|attribute| attribute == "service.name=marty-examples"), "{resource:?}");
+}
+
 /// One trace per saga: the store demo places one order; the request that started it, its saga's
 /// steps (run by the orchestrator's own task) and the consumer of the event the last step published
 /// all share one trace.

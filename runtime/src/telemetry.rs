@@ -4,7 +4,8 @@
 //!   by `RUST_LOG` (default `info`), each line carrying its spans' fields, so a request's lines share
 //!   its `request_id` and, when the caller sent one, its W3C `trace_id`.
 //! - Traces (feature `otel`): when `OTEL_EXPORTER_OTLP_ENDPOINT` (the standard variable) or
-//!   `[telemetry] otlp_endpoint` is set, spans are exported over OTLP/gRPC, an incoming
+//!   `[telemetry] otlp_endpoint` is set, spans are exported over OTLP (gRPC, or `http/protobuf` as
+//!   `OTEL_EXPORTER_OTLP_PROTOCOL` says), an incoming
 //!   `traceparent` (with its `tracestate`) becomes their parent, and [`shutdown`] flushes what is
 //!   buffered. The resource follows `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES`; the service's
 //!   name stands in for an unset `service.name`. Spans follow OpenTelemetry's conventions: an HTTP
@@ -139,7 +140,7 @@ pub(crate) mod otel {
         S: tracing::Subscriber + for<'span> tracing_subscriber::registry::LookupSpan<'span>,
     {
         let endpoint = endpoint?;
-        let exporter = match opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build() {
+        let exporter = match span_exporter(endpoint) {
             Ok(exporter) => exporter,
             Err(error) => {
                 eprintln!("marty: OTLP export to {endpoint} disabled: {error}");
@@ -157,6 +158,30 @@ pub(crate) mod otel {
         let tracer = provider.tracer("marty");
         let _ = PROVIDER.set(provider);
         Some(tracing_opentelemetry::layer().with_tracer(tracer))
+    }
+
+    /// The span exporter for `endpoint`, over the protocol `OTEL_EXPORTER_OTLP_TRACES_PROTOCOL` or
+    /// `OTEL_EXPORTER_OTLP_PROTOCOL` names: `grpc` (the default) or `http/protobuf`, whose traces go
+    /// to `<endpoint>/v1/traces` as the specification says.
+    fn span_exporter(endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, String> {
+        let protocol = ["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]
+            .into_iter()
+            .find_map(|name| std::env::var(name).ok().filter(|value| !value.trim().is_empty()))
+            .unwrap_or_else(|| "grpc".to_owned());
+        let built = match protocol.trim() {
+            "grpc" => opentelemetry_otlp::SpanExporter::builder().with_tonic().with_endpoint(endpoint).build(),
+            "http/protobuf" => opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_protocol(opentelemetry_otlp::Protocol::HttpBinary)
+                .with_endpoint(format!("{}/v1/traces", endpoint.trim_end_matches('/')))
+                .build(),
+            other => {
+                return Err(format!(
+                    "OTEL_EXPORTER_OTLP_PROTOCOL `{other}` is not supported: use `grpc` or `http/protobuf`"
+                ))
+            }
+        };
+        built.map_err(|error| error.to_string())
     }
 
     /// Whether `OTEL_SERVICE_NAME`, or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, names the service.
