@@ -78,6 +78,7 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
             assert_eq!(publish.parent_span_id, call.span_id, "the event is created in the call that wrote it");
             assert_eq!(hex(&consume.trace_id), TRACE_ID, "the event's handler is in the request's trace");
             assert_eq!(consume.parent_span_id, publish.span_id, "a child of the span that created the event");
+            assert_eq!(consume.trace_state, "vendor=abc", "the tracestate travelled with the event");
 
             assert_eq!(request.kind, SpanKind::Server as i32);
             for (key, value) in [

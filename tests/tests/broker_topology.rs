@@ -31,8 +31,14 @@ fn events_config(table: &str) -> marty::config::EventsConfig {
     Config::parse(&text, "marty.toml").unwrap().events.unwrap()
 }
 
+/// A message with a trace context, whose headers must survive the trip too.
 fn message(topic: &str) -> Message {
-    Message { topic: topic.to_owned(), ..Message::from_event(&Placed { order_id: 1 }).unwrap() }
+    Message {
+        topic: topic.to_owned(),
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+        tracestate: Some("vendor=abc".to_owned()),
+        ..Message::from_event(&Placed { order_id: 1 }).unwrap()
+    }
 }
 
 /// Publishes one message to `topic` and reads it back as `group`.
@@ -42,7 +48,7 @@ async fn round_trip(broker: &dyn Broker, topic: &str, group: &str) {
     let acks = broker.publish(std::slice::from_ref(&sent)).await;
     assert!(acks.iter().all(Result::is_ok), "{acks:?}");
     let delivery = tokio::time::timeout(Duration::from_secs(20), subscription.next()).await.unwrap().unwrap();
-    assert_eq!(delivery.message.id, sent.id);
+    assert_eq!(delivery.message, sent, "id, key, version, payload and trace context arrive as sent");
     delivery.ack().await.unwrap();
 }
 

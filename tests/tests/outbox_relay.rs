@@ -530,8 +530,13 @@ async fn kafka_in_order_and_dead_letters(port: u16) {
     let kafka = marty::config::Config::parse(text, "marty.toml").unwrap().events.unwrap().kafka;
     let bootstrap = format!("127.0.0.1:{port}");
     let broker = marty::events::broker::KafkaBroker::connect_with(&bootstrap, &kafka).unwrap();
+    let traced = |message: Message| Message {
+        traceparent: Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01".to_owned()),
+        tracestate: Some("vendor=abc".to_owned()),
+        ..message
+    };
     let sent: Vec<Message> = (0..6)
-        .map(|seq| Message::from_event(&Credited { account: format!("acct-{}", seq % 2), seq }).unwrap())
+        .map(|seq| traced(Message::from_event(&Credited { account: format!("acct-{}", seq % 2), seq }).unwrap()))
         .collect();
     let acks = broker.publish(&sent).await;
     assert!(acks.iter().all(Result::is_ok), "{acks:?}");

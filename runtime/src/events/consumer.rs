@@ -237,7 +237,7 @@ async fn handle(handler: &EventHandler, metrics: &ConsumerMetrics, delivery: Del
         key = message.key.as_deref().unwrap_or(""),
         delivered = delivery.delivered,
     );
-    message::continue_trace(&span, message.traceparent.as_deref());
+    message::continue_trace(&span, message.traceparent.as_deref(), message.tracestate.as_deref());
     async {
         if delivery.delivered > handler.options.max_deliveries {
             let reason = format!("delivered {} times without being settled", delivery.delivered);

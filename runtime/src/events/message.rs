@@ -19,18 +19,22 @@ pub struct Message {
     pub payload: Vec<u8>,
     /// The publisher's W3C `traceparent`, so the consumer continues its trace.
     pub traceparent: Option<String>,
+    /// The vendors' W3C `tracestate` that travels with it.
+    pub tracestate: Option<String>,
 }
 
 impl Message {
     /// `event` encoded, with a fresh id and the current span's trace context.
     pub fn from_event<E: Event>(event: &E) -> Result<Self, EventError> {
+        let (traceparent, tracestate) = current_trace_context();
         Ok(Message {
             id: new_event_id(),
             topic: E::TOPIC.to_owned(),
             key: event.key(),
             version: E::VERSION,
             payload: event.encode()?,
-            traceparent: current_traceparent(),
+            traceparent,
+            tracestate,
         })
     }
 }
@@ -45,6 +49,8 @@ pub mod headers {
     pub const VERSION: &str = "marty-version";
     /// The publisher's trace context.
     pub const TRACEPARENT: &str = "traceparent";
+    /// The W3C `tracestate` that goes with it.
+    pub const TRACESTATE: &str = "tracestate";
     /// Why a dead-lettered message was given up on.
     pub const DEAD_LETTER_REASON: &str = "marty-dead-letter-reason";
     /// The consumer group that gave up on a dead-lettered message.
@@ -58,20 +64,25 @@ pub fn new_event_id() -> String {
     uuid::Uuid::now_v7().to_string()
 }
 
-/// The current span's `traceparent`, when OpenTelemetry is exporting it.
-pub(crate) fn current_traceparent() -> Option<String> {
+/// The current span's `traceparent` and `tracestate`, when OpenTelemetry is exporting.
+pub(crate) fn current_trace_context() -> (Option<String>, Option<String>) {
     let mut headers = http::HeaderMap::new();
     crate::telemetry::inject_trace_context(&mut headers);
-    headers.get("traceparent").and_then(|value| value.to_str().ok()).map(str::to_owned)
+    let header = |name: &str| headers.get(name).and_then(|value| value.to_str().ok()).map(str::to_owned);
+    (header(headers::TRACEPARENT), header(headers::TRACESTATE).filter(|state| !state.is_empty()))
 }
 
-/// Makes `traceparent` the parent of `span`, so a consumer continues the publisher's trace.
-pub(crate) fn continue_trace(span: &tracing::Span, traceparent: Option<&str>) {
+/// Makes `traceparent` (with its `tracestate`) the parent of `span`, so a consumer continues the
+/// publisher's trace.
+pub(crate) fn continue_trace(span: &tracing::Span, traceparent: Option<&str>, tracestate: Option<&str>) {
     let Some(value) = traceparent.and_then(|value| http::HeaderValue::from_str(value).ok()) else {
         return;
     };
     let mut headers = http::HeaderMap::new();
-    headers.insert("traceparent", value);
+    headers.insert(headers::TRACEPARENT, value);
+    if let Some(state) = tracestate.and_then(|value| http::HeaderValue::from_str(value).ok()) {
+        headers.insert(headers::TRACESTATE, state);
+    }
     crate::telemetry::otel::continue_trace(span, &headers);
 }
 

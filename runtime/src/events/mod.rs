@@ -22,7 +22,7 @@ pub use broker::{Broker, BrokerError, Delivery, MemoryBroker, SubscribeOptions, 
 pub use consumer::{EventHandler, Handled, HandlerError, HandlerOptions, Invoke};
 // The saga driver continues traces the way consumers do.
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
-pub(crate) use message::{continue_trace, current_traceparent};
+pub(crate) use message::{continue_trace, current_trace_context};
 pub use message::{headers, new_event_id, Message};
 
 /// A boxed future borrowing for `'a`, what the object-safe broker traits return.

@@ -45,14 +45,15 @@ pub trait OutboxTransaction: Send {
 #[cfg(any(feature = "postgres", feature = "any"))]
 const INSERT_POSTGRES: &str = "
     with row as (
-        insert into marty_outbox (event_id, topic, key, version, payload, traceparent)
-        values ($1, $2, $3, $4, $5, $6)
+        insert into marty_outbox (event_id, topic, key, version, payload, traceparent, tracestate)
+        values ($1, $2, $3, $4, $5, $6, $7)
     )
     select pg_notify('marty_outbox', '') from marty_relay_wake where sleeping limit 1";
 
 #[cfg(any(feature = "sqlite", feature = "any"))]
 const INSERT_SQLITE: &str = "
-    insert into marty_outbox (event_id, topic, key, version, payload, traceparent) values (?, ?, ?, ?, ?, ?)";
+    insert into marty_outbox (event_id, topic, key, version, payload, traceparent, tracestate)
+    values (?, ?, ?, ?, ?, ?, ?)";
 
 #[cfg(feature = "postgres")]
 impl OutboxTransaction for sqlx::PgConnection {
@@ -65,6 +66,7 @@ impl OutboxTransaction for sqlx::PgConnection {
                 .bind(message.version as i32)
                 .bind(&message.payload)
                 .bind(&message.traceparent)
+                .bind(&message.tracestate)
                 .execute(self)
                 .await
                 .map(drop)
@@ -83,6 +85,7 @@ impl OutboxTransaction for sqlx::SqliteConnection {
                 .bind(message.version as i64)
                 .bind(&message.payload)
                 .bind(&message.traceparent)
+                .bind(&message.tracestate)
                 .execute(self)
                 .await?;
             // SQLite has no commit notification: tell this process's relay to look (it looks again
@@ -111,6 +114,7 @@ impl OutboxTransaction for sqlx::AnyConnection {
                 .bind(message.version as i32)
                 .bind(&message.payload)
                 .bind(&message.traceparent)
+                .bind(&message.tracestate)
                 .execute(self)
                 .await?;
             if sqlite {

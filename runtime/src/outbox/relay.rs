@@ -414,15 +414,23 @@ impl Relay {
     }
 }
 
-type Row = (i64, String, String, Option<String>, i32, Vec<u8>, Option<String>, i32);
+type Row = (i64, String, String, Option<String>, i32, Vec<u8>, Option<String>, Option<String>, i32);
 
 fn taken_of(mut rows: Vec<Row>) -> Taken {
     rows.sort_unstable_by_key(|row| row.0);
     let mut taken = Taken { ids: Vec::new(), messages: Vec::new(), attempts: Vec::new() };
-    for (id, event_id, topic, key, version, payload, traceparent, attempts) in rows {
+    for (id, event_id, topic, key, version, payload, traceparent, tracestate, attempts) in rows {
         taken.ids.push(id);
         taken.attempts.push(attempts);
-        taken.messages.push(Message { id: event_id, topic, key, version: version as u32, payload, traceparent });
+        taken.messages.push(Message {
+            id: event_id,
+            topic,
+            key,
+            version: version as u32,
+            payload,
+            traceparent,
+            tracestate,
+        });
     }
     taken
 }
@@ -442,7 +450,7 @@ impl Relay {
                 limit $1
                 for update skip locked
             )
-            select o.id, o.event_id, o.topic, o.key, o.version, o.payload, o.traceparent, o.attempts
+            select o.id, o.event_id, o.topic, o.key, o.version, o.payload, o.traceparent, o.tracestate, o.attempts
             from batch b join marty_outbox o on o.id = b.id
             where b.key is null or not exists (
                 select 1 from marty_outbox p
@@ -511,7 +519,7 @@ impl Relay {
                         and (p.claimed_until >= ?1 or p.next_attempt_at > ?1)))
                 order by o.id
                 limit ?3)
-            returning id, event_id, topic, key, version, payload, traceparent, attempts";
+            returning id, event_id, topic, key, version, payload, traceparent, tracestate, attempts";
         let now = unix_now();
         let rows: Vec<Row> = sqlx::query_as(CLAIM)
             .bind(now)

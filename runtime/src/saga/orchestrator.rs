@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use super::record::{self, Entry, SagaRow};
 use super::{Saga, StepContext, StepDefinition, StepError};
-use crate::events::{continue_trace, current_traceparent};
+use crate::events::{continue_trace, current_trace_context};
 use crate::events::{new_event_id, Message};
 use crate::metrics::{Metrics, SagaTypeMetrics, StepOutcome};
 use crate::policy::effects;
@@ -291,7 +291,7 @@ impl<S: Saga> Orchestrator<S> {
         let definition = S::DEFINITION;
         let now = now_millis();
         let span = tracing::info_span!("saga start", saga = definition.name, saga.id = %id);
-        let traceparent = span.in_scope(current_traceparent);
+        let (traceparent, _) = span.in_scope(current_trace_context);
         let first = &definition.steps[0];
         let row = SagaRow {
             id: id.to_owned(),
@@ -441,7 +441,7 @@ fn spawn_drive<S: Saga>(inner: Arc<Inner<S>>, run: Run<S>) {
         return;
     }
     let span = tracing::info_span!("saga", saga = S::DEFINITION.name, saga.id = %id);
-    continue_trace(&span, run.row.traceparent.as_deref());
+    continue_trace(&span, run.row.traceparent.as_deref(), None);
     tokio::spawn(
         async move {
             drive(&inner, run).await;

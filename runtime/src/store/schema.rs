@@ -69,6 +69,9 @@ const RETENTION_INDEXES: &str = r"
         where status in ('completed', 'compensated');
     ";
 
+/// Events carry the W3C `tracestate` with their `traceparent`.
+const OUTBOX_TRACESTATE: &str = "alter table marty_outbox add column tracestate text;";
+
 /// PostgreSQL migrations, in order; never edit one that has shipped, add the next.
 const POSTGRES: &[&str] = &[
     // 1: outbox and inbox.
@@ -116,6 +119,8 @@ const POSTGRES: &[&str] = &[
     SAGA_HAND_OVER,
     // 5: what pruning looks up.
     RETENTION_INDEXES,
+    // 6: tracestate beside traceparent.
+    OUTBOX_TRACESTATE,
 ];
 
 /// SQLite migrations, in order. Times are Unix seconds (REAL).
@@ -157,6 +162,8 @@ const SQLITE: &[&str] = &[
     SAGA_HAND_OVER,
     // 5: what pruning looks up.
     RETENTION_INDEXES,
+    // 6: tracestate beside traceparent.
+    OUTBOX_TRACESTATE,
 ];
 
 /// A database Marty keeps its tables in, for the DDL text.

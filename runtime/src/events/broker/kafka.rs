@@ -69,6 +69,9 @@ fn headers_of(message: &Message) -> OwnedHeaders {
     if let Some(key) = &message.key {
         map = map.insert(Header { key: headers::KEY, value: Some(key.as_str()) });
     }
+    if let Some(tracestate) = &message.tracestate {
+        map = map.insert(Header { key: headers::TRACESTATE, value: Some(tracestate.as_str()) });
+    }
     if let Some(traceparent) = &message.traceparent {
         map = map.insert(Header { key: headers::TRACEPARENT, value: Some(traceparent.as_str()) });
     }
@@ -236,6 +239,7 @@ fn message_of(record: &rdkafka::message::BorrowedMessage<'_>, topic: &str) -> Me
         version: header(headers::VERSION).and_then(|version| version.parse().ok()).unwrap_or(1),
         payload: record.payload().unwrap_or_default().to_vec(),
         traceparent: header(headers::TRACEPARENT),
+        tracestate: header(headers::TRACESTATE),
     }
 }
 

@@ -272,6 +272,7 @@ mod tests {
             version: 1,
             payload: b"{}".to_vec(),
             traceparent: None,
+            tracestate: None,
         }
     }
 

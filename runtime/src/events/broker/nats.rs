@@ -128,6 +128,9 @@ fn headers_of(message: &Message) -> HeaderMap {
     if let Some(key) = &message.key {
         map.insert(headers::KEY, key.as_str());
     }
+    if let Some(tracestate) = &message.tracestate {
+        map.insert(headers::TRACESTATE, tracestate.as_str());
+    }
     if let Some(traceparent) = &message.traceparent {
         map.insert(headers::TRACEPARENT, traceparent.as_str());
     }
@@ -365,6 +368,7 @@ fn message_of(raw: &async_nats::jetstream::Message, topic: &str) -> Message {
         version: header(headers::VERSION).and_then(|version| version.parse().ok()).unwrap_or(1),
         payload: raw.payload.to_vec(),
         traceparent: header(headers::TRACEPARENT),
+        tracestate: header(headers::TRACESTATE),
     }
 }
 

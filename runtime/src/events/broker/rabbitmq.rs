@@ -84,6 +84,9 @@ fn properties_of(message: &Message) -> BasicProperties {
     if let Some(key) = &message.key {
         table.insert(headers::KEY.into(), text(key));
     }
+    if let Some(tracestate) = &message.tracestate {
+        table.insert(headers::TRACESTATE.into(), text(tracestate));
+    }
     if let Some(traceparent) = &message.traceparent {
         table.insert(headers::TRACEPARENT.into(), text(traceparent));
     }
@@ -307,6 +310,7 @@ fn message_of(raw: &AmqpDelivery, topic: &str) -> Message {
         version: header(headers::VERSION).and_then(|version| version.parse().ok()).unwrap_or(1),
         payload: raw.data.clone(),
         traceparent: header(headers::TRACEPARENT),
+        tracestate: header(headers::TRACESTATE),
     }
 }
 
