@@ -72,10 +72,8 @@ const RETENTION_INDEXES: &str = r"
 /// Events carry the W3C `tracestate` with their `traceparent`.
 const OUTBOX_TRACESTATE: &str = "alter table marty_outbox add column tracestate text;";
 
-/// PostgreSQL migrations, in order; never edit one that has shipped, add the next.
-const POSTGRES: &[&str] = &[
-    // 1: outbox and inbox.
-    r"
+/// Migration 1 on PostgreSQL: the outbox and the inbox.
+const OUTBOX_POSTGRES: &str = r"
     create table if not exists marty_outbox (
         id bigserial primary key,
         event_id text not null,
@@ -110,23 +108,10 @@ const POSTGRES: &[&str] = &[
         handled_at timestamptz not null default now(),
         primary key (consumer_group, event_id)
     );
-    ",
-    // 2: sagas.
-    SAGA_TABLES,
-    // 3: saga steps' uncertainty and start time.
-    SAGA_UNCERTAINTY,
-    // 4: when a saga last changed hands.
-    SAGA_HAND_OVER,
-    // 5: what pruning looks up.
-    RETENTION_INDEXES,
-    // 6: tracestate beside traceparent.
-    OUTBOX_TRACESTATE,
-];
+";
 
-/// SQLite migrations, in order. Times are Unix seconds (REAL).
-const SQLITE: &[&str] = &[
-    // 1: outbox and inbox.
-    r"
+/// Migration 1 on SQLite: the outbox and the inbox. Times are Unix seconds (REAL).
+const OUTBOX_SQLITE: &str = r"
     create table if not exists marty_outbox (
         id integer primary key autoincrement,
         event_id text not null,
@@ -153,18 +138,7 @@ const SQLITE: &[&str] = &[
         handled_at real not null default ((julianday('now') - 2440587.5) * 86400.0),
         primary key (consumer_group, event_id)
     );
-    ",
-    // 2: sagas.
-    SAGA_TABLES,
-    // 3: saga steps' uncertainty and start time.
-    SAGA_UNCERTAINTY,
-    // 4: when a saga last changed hands.
-    SAGA_HAND_OVER,
-    // 5: what pruning looks up.
-    RETENTION_INDEXES,
-    // 6: tracestate beside traceparent.
-    OUTBOX_TRACESTATE,
-];
+";
 
 /// A database Marty keeps its tables in, for the DDL text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -187,11 +161,27 @@ pub struct Migration {
 const SCHEMA_TABLE: &str =
     "create table if not exists marty_schema (component text primary key, version integer not null);";
 
-fn steps(database: Database) -> &'static [&'static str] {
-    match database {
-        Database::Postgres => POSTGRES,
-        Database::Sqlite => SQLITE,
-    }
+/// Migrations 2 on, the same on both databases. Never edit one that has shipped: add the next.
+const SHARED: &[&str] = &[
+    // 2: sagas.
+    SAGA_TABLES,
+    // 3: saga steps' uncertainty and start time.
+    SAGA_UNCERTAINTY,
+    // 4: when a saga last changed hands.
+    SAGA_HAND_OVER,
+    // 5: what pruning looks up.
+    RETENTION_INDEXES,
+    // 6: tracestate beside traceparent.
+    OUTBOX_TRACESTATE,
+];
+
+/// Every migration of `database`, in order.
+fn steps(database: Database) -> Vec<&'static str> {
+    let first = match database {
+        Database::Postgres => OUTBOX_POSTGRES,
+        Database::Sqlite => OUTBOX_SQLITE,
+    };
+    std::iter::once(first).chain(SHARED.iter().copied()).collect()
 }
 
 /// The version of Marty's tables this build needs.
@@ -300,18 +290,18 @@ async fn migrate(store: &Store) -> Result<(), sqlx::Error> {
                 sqlx::query_scalar("select version from marty_schema where component = 'events'")
                     .fetch_optional(&mut *tx)
                     .await?;
-            let applied = applied.unwrap_or(0) as usize;
-            if applied >= POSTGRES.len() {
+            let (applied, steps) = (applied.unwrap_or(0) as usize, steps(Database::Postgres));
+            if applied >= steps.len() {
                 return tx.commit().await;
             }
-            for migration in &POSTGRES[applied..] {
+            for migration in &steps[applied..] {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(*migration)).execute(&mut *tx).await?;
             }
             sqlx::query(
                 "insert into marty_schema (component, version) values ('events', $1)
                  on conflict (component) do update set version = excluded.version",
             )
-            .bind(POSTGRES.len() as i32)
+            .bind(steps.len() as i32)
             .execute(&mut *tx)
             .await?;
             tx.commit().await
@@ -326,18 +316,18 @@ async fn migrate(store: &Store) -> Result<(), sqlx::Error> {
                 sqlx::query_scalar("select version from marty_schema where component = 'events'")
                     .fetch_optional(&mut *tx)
                     .await?;
-            let applied = applied.unwrap_or(0) as usize;
-            if applied >= SQLITE.len() {
+            let (applied, steps) = (applied.unwrap_or(0) as usize, steps(Database::Sqlite));
+            if applied >= steps.len() {
                 return tx.commit().await;
             }
-            for migration in &SQLITE[applied..] {
+            for migration in &steps[applied..] {
                 sqlx::raw_sql(sqlx::AssertSqlSafe(*migration)).execute(&mut *tx).await?;
             }
             sqlx::query(
                 "insert into marty_schema (component, version) values ('events', ?)
                  on conflict (component) do update set version = excluded.version",
             )
-            .bind(SQLITE.len() as i64)
+            .bind(steps.len() as i64)
             .execute(&mut *tx)
             .await?;
             tx.commit().await
