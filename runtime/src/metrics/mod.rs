@@ -463,14 +463,10 @@ impl Metrics {
         self.http_requests.get_or_create(&labels).observe(elapsed);
     }
 
-    /// Records one gRPC call served, with its `grpc-status` code.
-    #[cfg(feature = "http")]
-    pub(crate) fn record_rpc(&self, method: &crate::service::rpc::RpcMethod, status: i32, elapsed: Duration) {
-        let labels = RpcLabels {
-            rpc_service: method.service.clone(),
-            rpc_method: method.method.clone(),
-            rpc_grpc_status_code: status,
-        };
+    /// Records one gRPC call served (`service`/`method`), with its `grpc-status` code.
+    pub fn record_rpc(&self, service: &Arc<str>, method: &Arc<str>, status: i32, elapsed: Duration) {
+        let labels =
+            RpcLabels { rpc_service: service.clone(), rpc_method: method.clone(), rpc_grpc_status_code: status };
         self.rpc_calls.get_or_create(&labels).observe(elapsed);
     }
 

@@ -7,8 +7,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -33,11 +32,14 @@ impl std::fmt::Display for RpcMethod {
 }
 
 /// Distinct `(service, method)` labels a process keeps; past it, methods read `_OTHER`. Clients
-/// choose the path, and a flood of made-up method names must not grow the metrics without bound.
+/// choose the path, and a flood of made-up method names must grow neither the metrics nor memory.
 const MAX_METHODS: usize = 1_000;
-static METHODS_SEEN: AtomicUsize = AtomicUsize::new(0);
+
+/// The methods admitted as labels, process-wide (looked up only when a thread's cache misses).
+static ADMITTED: Mutex<Option<HashMap<(String, String), RpcMethod>>> = Mutex::new(None);
 
 thread_local! {
+    /// Each thread's copy of the admitted methods it has served: no lock on the request path.
     static LABELS: RefCell<HashMap<(String, String), RpcMethod>> = RefCell::new(HashMap::new());
 }
 
@@ -51,19 +53,31 @@ pub(crate) fn method_of(request: &Request) -> Option<RpcMethod> {
     if !grpc || service.is_empty() || method.is_empty() || method.contains('/') {
         return None;
     }
-    LABELS.with(|labels| {
-        let mut labels = labels.borrow_mut();
-        if let Some(known) = labels.get(&(service.to_owned(), method.to_owned())) {
-            return Some(known.clone());
+    let key = (service.to_owned(), method.to_owned());
+    if let Some(known) = LABELS.with(|labels| labels.borrow().get(&key).cloned()) {
+        return Some(known);
+    }
+    let admitted = {
+        let mut admitted = ADMITTED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let admitted = admitted.get_or_insert_with(HashMap::new);
+        match admitted.get(&key) {
+            Some(known) => Some(known.clone()),
+            None if admitted.len() < MAX_METHODS => {
+                let label = RpcMethod { service: service.into(), method: method.into() };
+                admitted.insert(key.clone(), label.clone());
+                Some(label)
+            }
+            None => None,
         }
-        let label = if METHODS_SEEN.fetch_add(1, Ordering::Relaxed) < MAX_METHODS {
-            RpcMethod { service: service.into(), method: method.into() }
-        } else {
-            RpcMethod { service: service.into(), method: "_OTHER".into() }
-        };
-        labels.insert((service.to_owned(), method.to_owned()), label.clone());
-        Some(label)
-    })
+    };
+    match admitted {
+        Some(label) => {
+            LABELS.with(|labels| labels.borrow_mut().insert(key, label.clone()));
+            Some(label)
+        }
+        // Past the limit: counted as `_OTHER`, and remembered nowhere.
+        None => Some(RpcMethod { service: service.into(), method: "_OTHER".into() }),
+    }
 }
 
 /// The answer to `method`, measured until its body ends (or is dropped, when the client goes).
@@ -103,7 +117,7 @@ impl Drop for Call {
         if matches!(status, 2 | 4 | 12 | 13 | 14 | 15) {
             self.span.record("otel.status_code", "ERROR");
         }
-        self.metrics.record_rpc(&self.method, status, self.start.elapsed());
+        self.metrics.record_rpc(&self.method.service, &self.method.method, status, self.start.elapsed());
     }
 }
 
@@ -141,5 +155,32 @@ impl http_body::Body for ObservedBody {
 
     fn size_hint(&self) -> http_body::SizeHint {
         self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn call(path: &str) -> Request {
+        http::Request::post(path).header("content-type", "application/grpc").body(Body::empty()).unwrap()
+    }
+
+    #[test]
+    fn methods_past_the_limit_read_other_and_are_not_kept() {
+        let named = method_of(&call("/orders.v1.Orders/GetOrder")).unwrap();
+        assert_eq!(named.to_string(), "orders.v1.Orders/GetOrder");
+        assert!(method_of(&call("/orders.v1.Orders")).is_none() && method_of(&call("/a/b/c")).is_none());
+        let plain = http::Request::post("/orders.v1.Orders/GetOrder").body(Body::empty()).unwrap();
+        assert!(method_of(&plain).is_none(), "not gRPC without its content type");
+        for index in 0..MAX_METHODS + 50 {
+            method_of(&call(&format!("/flood.Service/Made{index}"))).unwrap();
+        }
+        let late = method_of(&call("/orders.v1.Orders/Late")).unwrap();
+        assert_eq!(&*late.method, "_OTHER");
+        assert_eq!(&*method_of(&call("/orders.v1.Orders/GetOrder")).unwrap().method, "GetOrder", "admitted earlier");
+        let admitted = ADMITTED.lock().unwrap().as_ref().map_or(0, HashMap::len);
+        assert_eq!(admitted, MAX_METHODS);
+        assert!(LABELS.with(|labels| labels.borrow().len()) <= MAX_METHODS);
     }
 }
