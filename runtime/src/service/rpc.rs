@@ -49,8 +49,12 @@ pub(crate) fn method_of(request: &Request) -> Option<RpcMethod> {
         .headers()
         .get(http::header::CONTENT_TYPE)
         .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+    // Every request passes here: plain HTTP leaves before its path is looked at.
+    if !grpc {
+        return None;
+    }
     let (service, method) = request.uri().path().strip_prefix('/')?.split_once('/')?;
-    if !grpc || service.is_empty() || method.is_empty() || method.contains('/') {
+    if service.is_empty() || method.is_empty() || method.contains('/') {
         return None;
     }
     let key = (service.to_owned(), method.to_owned());
