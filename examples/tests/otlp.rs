@@ -7,7 +7,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use marty_tests::otlp::{attribute, hex, Collector, Span, SpanKind, StatusCode};
+use marty_tests::otlp::{
+    attribute, find_attribute, hex, metric, number_data_point, Collector, Metric, Span, SpanKind, StatusCode,
+};
 use support::Service;
 
 const BINARY: &str = env!("CARGO_BIN_EXE_rest_orders");
@@ -142,6 +144,94 @@ async fn spans_go_over_http_protobuf_when_the_protocol_says_so() {
     }
     let resource = collector.resource_attributes();
     assert!(resource.iter().any(|attribute| attribute == "service.name=marty-examples"), "{resource:?}");
+    // Metrics go the same way; the interval (60 s by default) never came, so these are the ones
+    // the service sent as it stopped.
+    let requests =
+        histogram_count(&collector.metrics(), "http.server.request.duration", &[("http.route", "/orders/{id}")]);
+    assert_eq!(requests, Some(1), "the request is in the metrics flushed at shutdown: {:#?}", collector.metrics());
+}
+
+/// The count of the latest data point of histogram `name` whose attributes include `having`.
+fn histogram_count(metrics: &[Metric], name: &str, having: &[(&str, &str)]) -> Option<u64> {
+    metrics
+        .iter()
+        .filter(|metric| metric.name == name)
+        .filter_map(|metric| match &metric.data {
+            Some(metric::Data::Histogram(histogram)) => Some(&histogram.data_points),
+            _ => None,
+        })
+        .flatten()
+        .filter(|point| {
+            having.iter().all(|(key, value)| find_attribute(&point.attributes, key).as_deref() == Some(*value))
+        })
+        .map(|point| point.count)
+        .last()
+}
+
+/// The latest value of counter `name` (a monotonic sum).
+fn counter_value(metrics: &[Metric], name: &str) -> Option<f64> {
+    metrics
+        .iter()
+        .filter(|metric| metric.name == name)
+        .filter_map(|metric| match &metric.data {
+            Some(metric::Data::Sum(sum)) if sum.is_monotonic => sum.data_points.last(),
+            _ => None,
+        })
+        .filter_map(|point| match point.value {
+            Some(number_data_point::Value::AsDouble(value)) => Some(value),
+            Some(number_data_point::Value::AsInt(value)) => Some(value as f64),
+            None => None,
+        })
+        .last()
+}
+
+/// Metrics go over OTLP beside `/metrics`, every `OTEL_METRIC_EXPORT_INTERVAL`, while the service
+/// runs: Marty's under the semantic conventions' names, and the service's own registered ones.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_reach_the_collector_every_interval_beside_prometheus() {
+    let (collector_addr, collector) = Collector::start().await;
+    let env = [
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}")),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "200".to_owned()),
+        ("OTEL_SERVICE_NAME", "orders-api".to_owned()),
+    ];
+    let mut service = tokio::task::spawn_blocking(move || {
+        Service::start_with_env(BINARY, "otlp-metrics", std::process::Stdio::null(), None, &env)
+    })
+    .await
+    .unwrap();
+    let addr = service.addr;
+    let created = tokio::task::spawn_blocking(move || {
+        support::request(addr, "POST", "/orders", Some(r#"{"item":"book","quantity":2}"#)).unwrap()
+    });
+    assert_eq!(created.await.unwrap().status, 201);
+
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let metrics = collector.metrics();
+        let posts = histogram_count(
+            &metrics,
+            "http.server.request.duration",
+            &[("http.request.method", "POST"), ("http.route", "/orders"), ("http.response.status_code", "201")],
+        );
+        if posts == Some(1) && counter_value(&metrics, "orders_created") == Some(1.0) {
+            let calls = metrics.iter().find(|metric| metric.name == "marty_call_duration_seconds").expect("calls");
+            assert_eq!(calls.unit, "s");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no POST /orders and orders_created over OTLP: {metrics:#?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // The service is still running: these came with the interval, not the shutdown.
+    assert!(service.child.try_wait().unwrap().is_none());
+    let scraped = tokio::task::spawn_blocking(move || support::request(addr, "GET", "/metrics", None).unwrap());
+    let scraped = scraped.await.unwrap().body;
+    assert!(scraped.contains("orders_created_total 1"), "Prometheus still has them: {scraped}");
+    let resource = collector.resource_attributes();
+    assert!(resource.iter().any(|attribute| attribute == "service.name=orders-api"), "{resource:?}");
+    service.terminate();
+    let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap()).await.unwrap();
+    assert!(exit.success());
 }
 
 /// One trace per saga: the store demo places one order; the request that started it, its saga's

@@ -13,6 +13,9 @@
 //!   and an error status on 5xx; a call is a client span with `peer.service` (and `db.system`);
 //!   events are created in a producer span and handled in a consumer span with `messaging.*`. Without the
 //!   feature, a configured endpoint is reported in the log rather than ignored silently.
+//! - Metrics (feature `otel`): with the same endpoint, what `/metrics` serves is also pushed over
+//!   OTLP every `OTEL_METRIC_EXPORT_INTERVAL` and at shutdown ([`crate::metrics`]'s `otlp` module);
+//!   `OTEL_METRICS_EXPORTER=none` keeps Prometheus only.
 
 use marty_config::{LogFormat, TelemetryConfig};
 use tracing_subscriber::layer::SubscriberExt;
@@ -28,6 +31,7 @@ pub fn init(service: &str, config: &TelemetryConfig) -> bool {
         .filter(|e| !e.is_empty())
         .or_else(|| config.otlp_endpoint.clone());
     let traces = otel::layer(service, endpoint.as_deref());
+    let metrics_export = otel::configure_metrics(service, endpoint.as_deref());
     let registry = tracing_subscriber::registry().with(filter).with(traces);
     let installed = match config.log_format {
         LogFormat::Json => registry
@@ -41,6 +45,9 @@ pub fn init(service: &str, config: &TelemetryConfig) -> bool {
         tracing::info!(service, log_format = ?config.log_format, otlp_endpoint = endpoint.as_deref(), "telemetry initialised");
         if endpoint.is_some() && !cfg!(feature = "otel") {
             tracing::warn!("OTLP export needs marty's `otel` feature; traces stay in the logs");
+        }
+        if let Err(error) = metrics_export {
+            tracing::warn!(%error, "OTLP metrics export disabled; /metrics still serves them");
         }
     }
     installed
@@ -74,6 +81,30 @@ pub(crate) fn panic_message(payload: &(dyn std::any::Any + Send)) -> &str {
 /// Flushes and stops trace export; call before the process exits (the service does on shutdown).
 pub fn shutdown() {
     otel::shutdown();
+}
+
+/// The metrics export a service runs beside `/metrics`: OTLP, with the `otel` feature and an
+/// endpoint; nothing otherwise.
+pub(crate) struct MetricsExport(#[cfg(feature = "otel")] Option<crate::metrics::otlp::RunningExport>);
+
+impl MetricsExport {
+    /// Starts pushing `metrics`, when [`init`] found an endpoint.
+    #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
+    pub(crate) fn start(metrics: &std::sync::Arc<crate::metrics::Metrics>) -> MetricsExport {
+        #[cfg(feature = "otel")]
+        return MetricsExport(otel::start_metrics_export(metrics.clone()));
+        #[cfg(not(feature = "otel"))]
+        MetricsExport()
+    }
+
+    /// Sends the metrics a last time, then flushes traces ([`shutdown`]).
+    pub(crate) async fn finish(self) {
+        #[cfg(feature = "otel")]
+        if let Some(export) = self.0 {
+            export.finish().await;
+        }
+        shutdown();
+    }
 }
 
 /// Puts the current span's W3C trace context (`traceparent`, `tracestate`) on an outgoing request's
@@ -122,7 +153,7 @@ where
 
 #[cfg(feature = "otel")]
 pub(crate) mod otel {
-    use std::sync::OnceLock;
+    use std::sync::{Arc, OnceLock};
 
     use opentelemetry::propagation::TextMapPropagator;
     use opentelemetry::trace::TracerProvider as _;
@@ -131,7 +162,12 @@ pub(crate) mod otel {
     use opentelemetry_sdk::trace::SdkTracerProvider;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
+    use crate::metrics::otlp::{ExportConfig, RunningExport};
+    use crate::metrics::Metrics;
+
     static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
+    /// What [`super::MetricsExport::start`] sends, and where: set by [`configure_metrics`].
+    static METRICS: OnceLock<(ExportConfig, Vec<opentelemetry_proto::tonic::common::v1::KeyValue>)> = OnceLock::new();
 
     /// The OpenTelemetry layer exporting to `endpoint`, or nothing when there is none (or it fails
     /// to build, which is logged once the subscriber is up).
@@ -147,14 +183,8 @@ pub(crate) mod otel {
                 return None;
             }
         };
-        // The standard detectors: `OTEL_SERVICE_NAME` and `OTEL_RESOURCE_ATTRIBUTES` describe the
-        // service where the platform sets them, and the service's own name stands in otherwise.
-        let mut resource = opentelemetry_sdk::Resource::builder();
-        if !service_named_by_environment() {
-            resource = resource.with_service_name(service.to_owned());
-        }
-        let resource = resource.build();
-        let provider = SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource).build();
+        let provider =
+            SdkTracerProvider::builder().with_batch_exporter(exporter).with_resource(resource(service)).build();
         let tracer = provider.tracer("marty");
         let _ = PROVIDER.set(provider);
         Some(tracing_opentelemetry::layer().with_tracer(tracer))
@@ -182,6 +212,36 @@ pub(crate) mod otel {
             }
         };
         built.map_err(|error| error.to_string())
+    }
+
+    /// The resource traces and metrics describe: the standard detectors (`OTEL_SERVICE_NAME` and
+    /// `OTEL_RESOURCE_ATTRIBUTES`, where the platform sets them), and the service's own name otherwise.
+    fn resource(service: &str) -> opentelemetry_sdk::Resource {
+        let mut resource = opentelemetry_sdk::Resource::builder();
+        if !service_named_by_environment() {
+            resource = resource.with_service_name(service.to_owned());
+        }
+        resource.build()
+    }
+
+    /// Reads the metrics export the environment asks for next to traces sent to `endpoint`.
+    pub(crate) fn configure_metrics(service: &str, endpoint: Option<&str>) -> Result<(), String> {
+        let Some(config) = endpoint.map(ExportConfig::from_env).transpose()?.flatten() else { return Ok(()) };
+        let attributes = resource(service)
+            .iter()
+            .map(|(key, value)| opentelemetry_proto::tonic::common::v1::KeyValue {
+                key: key.to_string(),
+                value: Some(value.clone().into()),
+                ..Default::default()
+            })
+            .collect();
+        let _ = METRICS.set((config, attributes));
+        Ok(())
+    }
+
+    pub(crate) fn start_metrics_export(metrics: Arc<Metrics>) -> Option<RunningExport> {
+        let (config, resource) = METRICS.get()?;
+        Some(RunningExport::start(metrics, config.clone(), resource.clone()))
     }
 
     /// Whether `OTEL_SERVICE_NAME`, or `service.name` in `OTEL_RESOURCE_ATTRIBUTES`, names the service.
@@ -229,6 +289,10 @@ pub(crate) mod otel {
     }
 
     pub(crate) fn shutdown() {}
+
+    pub(crate) fn configure_metrics(_service: &str, _endpoint: Option<&str>) -> Result<(), String> {
+        Ok(())
+    }
 
     pub(crate) fn continue_trace(_span: &tracing::Span, _headers: &http::HeaderMap) {}
 

@@ -23,6 +23,8 @@
 //! The service's own metrics go in the same exposition: [`Metrics::register`]. Histogram buckets are
 //! `[telemetry] histogram_buckets` (seconds), the same for every Marty histogram.
 
+#[cfg(feature = "otel")]
+pub(crate) mod otlp;
 pub mod process;
 
 use std::fmt;
@@ -100,6 +102,9 @@ pub struct Metrics {
     sagas: SagaMetrics,
     /// The service's own metrics ([`Metrics::register`]), encoded after Marty's.
     own: Mutex<Registry>,
+    /// When counting began: the start of every cumulative series exported over OTLP.
+    #[cfg_attr(not(feature = "otel"), allow(dead_code))]
+    created: std::time::SystemTime,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -428,7 +433,19 @@ impl Metrics {
         );
         registry.register_collector(Box::new(process::ProcessMetrics));
         let own = Mutex::new(Registry::default());
-        Metrics { registry, calls, durations, retries, http_requests, rpc_calls, policies, events, sagas, own }
+        Metrics {
+            registry,
+            calls,
+            durations,
+            retries,
+            http_requests,
+            rpc_calls,
+            policies,
+            events,
+            sagas,
+            own,
+            created: std::time::SystemTime::now(),
+        }
     }
 
     /// The saga metrics.

@@ -1,0 +1,636 @@
+//! The metrics `/metrics` serves, also pushed over OTLP (feature `otel`), for collectors that take
+//! OpenTelemetry metrics rather than scrape Prometheus.
+//!
+//! The exposition is the one source: every `OTEL_METRIC_EXPORT_INTERVAL` (default 60 s) and once at
+//! shutdown, the text `/metrics` would answer is read back into OTLP, so Marty's metrics, process
+//! metrics and the service's own registered ones all go, and Prometheus and OTLP never disagree. The
+//! hot path records once, into prometheus-client's atomics; only the export pays for the conversion.
+//!
+//! - counters become monotonic cumulative sums, named without `_total` (a collector exporting to
+//!   Prometheus adds it back), gauges gauges, histograms explicit-bucket cumulative histograms;
+//! - `http_server_request_duration_seconds` and `rpc_server_call_duration_seconds` take their
+//!   semantic-convention names (`http.server.request.duration`, `rpc.server.call.duration`) and
+//!   attribute keys (`http.request.method`, `http.response.status_code` as an integer, ...);
+//! - units: `s` for names ending `_seconds`, `By` for `_bytes`, else what a `# UNIT` line says;
+//! - every point's start time is when the registry was created, as cumulative sums require.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+use opentelemetry_proto::tonic::common::v1::{any_value, AnyValue, InstrumentationScope, KeyValue};
+use opentelemetry_proto::tonic::metrics::v1::{
+    metric, number_data_point, AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
+    ResourceMetrics, ScopeMetrics, Sum,
+};
+use opentelemetry_proto::tonic::resource::v1::Resource;
+
+use super::Metrics;
+
+/// Where and how often the metrics go: OTLP's standard variables, read once at startup.
+#[derive(Debug, Clone)]
+pub(crate) struct ExportConfig {
+    /// The full URL: `<endpoint>/v1/metrics` for `http/protobuf`, the endpoint itself for gRPC.
+    url: String,
+    protocol: Protocol,
+    headers: Vec<(String, String)>,
+    interval: Duration,
+    timeout: Duration,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Grpc,
+    HttpProtobuf,
+}
+
+impl ExportConfig {
+    /// The export the environment asks for, next to traces sent to `endpoint`: `None` when
+    /// `OTEL_METRICS_EXPORTER` is `none` (or `prometheus`: scraping only). `OTEL_EXPORTER_OTLP_METRICS_*`
+    /// override the shared `OTEL_EXPORTER_OTLP_*` values, as the specification says.
+    pub(crate) fn from_env(endpoint: &str) -> Result<Option<ExportConfig>, String> {
+        Self::from_lookup(endpoint, |name| std::env::var(name).ok().filter(|value| !value.trim().is_empty()))
+    }
+
+    fn from_lookup(endpoint: &str, var: impl Fn(&str) -> Option<String>) -> Result<Option<ExportConfig>, String> {
+        match var("OTEL_METRICS_EXPORTER").as_deref().map(str::trim) {
+            None | Some("otlp") => {}
+            Some("none" | "prometheus") => return Ok(None),
+            Some(other) => {
+                return Err(format!(
+                    "OTEL_METRICS_EXPORTER `{other}` is not supported: use `otlp`, `prometheus` or `none`"
+                ))
+            }
+        }
+        let either = |specific: &str, shared: &str| var(specific).or_else(|| var(shared));
+        let protocol = match either("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
+            .as_deref()
+            .map(str::trim)
+        {
+            None | Some("grpc") => Protocol::Grpc,
+            Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some(other) => {
+                return Err(format!(
+                    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL `{other}` is not supported: use `grpc` or `http/protobuf`"
+                ))
+            }
+        };
+        let url = match (var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"), protocol) {
+            (Some(url), _) => url.trim().to_owned(),
+            (None, Protocol::Grpc) => endpoint.to_owned(),
+            (None, Protocol::HttpProtobuf) => format!("{}/v1/metrics", endpoint.trim_end_matches('/')),
+        };
+        let headers = either("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
+            .map(|list| parse_headers(&list))
+            .transpose()?
+            .unwrap_or_default();
+        let millis = |name: &str, default: u64| match var(name) {
+            None => Ok(Duration::from_millis(default)),
+            Some(text) => match text.trim().parse::<u64>() {
+                Ok(millis) if millis > 0 => Ok(Duration::from_millis(millis)),
+                _ => Err(format!("{name} `{text}` is not a positive number of milliseconds")),
+            },
+        };
+        Ok(Some(ExportConfig {
+            url,
+            protocol,
+            headers,
+            interval: millis("OTEL_METRIC_EXPORT_INTERVAL", 60_000)?,
+            timeout: millis("OTEL_METRIC_EXPORT_TIMEOUT", 30_000)?,
+        }))
+    }
+}
+
+/// `key=value,key=value`, values percent-encoded (W3C baggage format, as OTLP's headers variables).
+fn parse_headers(list: &str) -> Result<Vec<(String, String)>, String> {
+    list.split(',')
+        .filter(|pair| !pair.trim().is_empty())
+        .map(|pair| {
+            let (key, value) = pair
+                .split_once('=')
+                .ok_or_else(|| format!("OTEL_EXPORTER_OTLP_HEADERS: `{}` is not key=value", pair.trim()))?;
+            Ok((key.trim().to_ascii_lowercase(), percent_decode(value.trim())))
+        })
+        .collect()
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut at = 0;
+    while at < bytes.len() {
+        let hex = bytes.get(at + 1..at + 3).and_then(|pair| std::str::from_utf8(pair).ok());
+        match (bytes[at], hex.and_then(|pair| u8::from_str_radix(pair, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                at += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                at += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The export running in the background; [`Self::finish`] sends a last time and stops it.
+pub(crate) struct RunningExport {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl RunningExport {
+    /// Sends `metrics` every interval until [`Self::finish`].
+    pub(crate) fn start(metrics: Arc<Metrics>, config: ExportConfig, resource: Vec<KeyValue>) -> RunningExport {
+        let (stop, mut stopped) = tokio::sync::watch::channel(false);
+        let task = tokio::spawn(async move {
+            let client = match Client::new(&config) {
+                Ok(client) => client,
+                Err(error) => {
+                    tracing::warn!(url = %config.url, %error, "OTLP metrics export disabled");
+                    return;
+                }
+            };
+            let resource = Resource { attributes: resource, ..Resource::default() };
+            let mut failing = false;
+            loop {
+                let last = tokio::select! {
+                    () = tokio::time::sleep(config.interval) => false,
+                    _ = stopped.changed() => true,
+                };
+                let request = export_request(&metrics, resource.clone());
+                let sent = match tokio::time::timeout(config.timeout, client.send(request)).await {
+                    Ok(sent) => sent,
+                    Err(_) => Err(format!("no answer within {:?}", config.timeout)),
+                };
+                match sent {
+                    Ok(()) if std::mem::take(&mut failing) => {
+                        tracing::info!(url = %config.url, "OTLP metrics export works again");
+                    }
+                    Ok(()) => {}
+                    // Logged once until it works again: a collector down for an hour is one line.
+                    Err(error) if !failing => {
+                        tracing::warn!(url = %config.url, %error, "OTLP metrics export failed; retrying each interval");
+                        failing = true;
+                    }
+                    Err(_) => {}
+                }
+                if last {
+                    return;
+                }
+            }
+        });
+        RunningExport { stop, task }
+    }
+
+    /// Sends the metrics one last time (within the export timeout) and stops.
+    pub(crate) async fn finish(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+type GrpcClient = opentelemetry_proto::tonic::collector::metrics::v1::metrics_service_client::MetricsServiceClient<
+    tonic::transport::Channel,
+>;
+
+enum Client {
+    Grpc(Box<GrpcClient>, Vec<(String, String)>),
+    Http(reqwest::Client, String, Vec<(String, String)>),
+}
+
+impl Client {
+    fn new(config: &ExportConfig) -> Result<Client, String> {
+        if config.url.starts_with("https://") {
+            return Err("https:// collectors are not supported yet: OTLP metrics go over plain http://".to_owned());
+        }
+        match config.protocol {
+            Protocol::Grpc => {
+                let channel = tonic::transport::Endpoint::from_shared(config.url.clone())
+                    .map_err(|error| error.to_string())?
+                    .connect_timeout(config.timeout)
+                    .timeout(config.timeout)
+                    .connect_lazy();
+                Ok(Client::Grpc(Box::new(GrpcClient::new(channel)), config.headers.clone()))
+            }
+            Protocol::HttpProtobuf => {
+                let client =
+                    reqwest::Client::builder().timeout(config.timeout).build().map_err(|error| error.to_string())?;
+                Ok(Client::Http(client, config.url.clone(), config.headers.clone()))
+            }
+        }
+    }
+
+    async fn send(&self, request: ExportMetricsServiceRequest) -> Result<(), String> {
+        match self {
+            Client::Grpc(client, headers) => {
+                let mut request = tonic::Request::new(request);
+                for (key, value) in headers {
+                    let key = key.parse::<tonic::metadata::MetadataKey<_>>().map_err(|error| error.to_string())?;
+                    let value = value.parse().map_err(|_| format!("header `{key}` has a value gRPC cannot carry"))?;
+                    request.metadata_mut().insert(key, value);
+                }
+                let mut client = client.as_ref().clone();
+                client.export(request).await.map(drop).map_err(|status| status.to_string())
+            }
+            Client::Http(client, url, headers) => {
+                use prost::Message as _;
+                let mut post = client.post(url).header("content-type", "application/x-protobuf");
+                for (key, value) in headers {
+                    post = post.header(key, value);
+                }
+                let response = post.body(request.encode_to_vec()).send().await.map_err(|error| error.to_string())?;
+                match response.status() {
+                    status if status.is_success() => Ok(()),
+                    status => Err(format!("the collector answered {status}")),
+                }
+            }
+        }
+    }
+}
+
+/// What to send now: the exposition of `metrics`, under the service's resource.
+fn export_request(metrics: &Metrics, resource: Resource) -> ExportMetricsServiceRequest {
+    let now = unix_nanos(std::time::SystemTime::now());
+    let scope = InstrumentationScope {
+        name: "marty".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        ..InstrumentationScope::default()
+    };
+    let metrics = from_exposition(&metrics.render(), unix_nanos(metrics.created), now);
+    ExportMetricsServiceRequest {
+        resource_metrics: vec![ResourceMetrics {
+            resource: Some(resource),
+            scope_metrics: vec![ScopeMetrics { scope: Some(scope), metrics, schema_url: String::new() }],
+            schema_url: String::new(),
+        }],
+    }
+}
+
+fn unix_nanos(time: std::time::SystemTime) -> u64 {
+    time.duration_since(std::time::UNIX_EPOCH).map_or(0, |since| since.as_nanos() as u64)
+}
+
+/// Metrics whose Prometheus names stand for an OpenTelemetry semantic convention.
+const SEMANTIC_NAMES: [(&str, &str); 2] = [
+    ("http_server_request_duration_seconds", "http.server.request.duration"),
+    ("rpc_server_call_duration_seconds", "rpc.server.call.duration"),
+];
+
+/// Their labels, back to the attribute keys of the conventions.
+const SEMANTIC_KEYS: [(&str, &str); 6] = [
+    ("http_request_method", "http.request.method"),
+    ("http_route", "http.route"),
+    ("http_response_status_code", "http.response.status_code"),
+    ("rpc_service", "rpc.service"),
+    ("rpc_method", "rpc.method"),
+    ("rpc_grpc_status_code", "rpc.grpc.status_code"),
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+    /// Summaries, state sets and the like: Marty makes none, and they are left out.
+    Unsupported,
+}
+
+type Labels = Vec<(String, String)>;
+
+#[derive(Default)]
+struct HistogramPoint {
+    /// `(le, cumulative count)` as the exposition lists them.
+    buckets: Vec<(f64, u64)>,
+    sum: f64,
+    count: u64,
+}
+
+struct Family {
+    name: String,
+    help: String,
+    unit: String,
+    kind: Kind,
+    numbers: Vec<(Labels, f64)>,
+    histograms: Vec<(Labels, HistogramPoint)>,
+    histogram_index: HashMap<Labels, usize>,
+}
+
+impl Family {
+    fn new(name: &str) -> Family {
+        Family {
+            name: name.to_owned(),
+            help: String::new(),
+            unit: String::new(),
+            kind: Kind::Unsupported,
+            numbers: Vec::new(),
+            histograms: Vec::new(),
+            histogram_index: HashMap::new(),
+        }
+    }
+
+    fn add_sample(&mut self, suffix: &str, mut labels: Labels, value: f64) {
+        match (self.kind, suffix) {
+            (Kind::Counter, "_total") | (Kind::Gauge, "") => self.numbers.push((labels, value)),
+            (Kind::Histogram, "_bucket" | "_sum" | "_count") => {
+                let le = labels.iter().position(|(key, _)| key == "le").map(|at| labels.remove(at).1);
+                let at = *self.histogram_index.entry(labels.clone()).or_insert_with(|| {
+                    self.histograms.push((labels, HistogramPoint::default()));
+                    self.histograms.len() - 1
+                });
+                let point = &mut self.histograms[at].1;
+                match (suffix, le.and_then(|le| parse_value(&le))) {
+                    ("_bucket", Some(le)) => point.buckets.push((le, value as u64)),
+                    ("_sum", _) => point.sum = value,
+                    ("_count", _) => point.count = value as u64,
+                    _ => {}
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn into_metric(self, start: u64, now: u64) -> Option<Metric> {
+        let semantic = SEMANTIC_NAMES.iter().find(|(prometheus, _)| *prometheus == self.name).map(|(_, otel)| *otel);
+        let unit = if self.name.ends_with("_seconds") {
+            "s".to_owned()
+        } else if self.name.ends_with("_bytes") {
+            "By".to_owned()
+        } else {
+            self.unit
+        };
+        let number = |(labels, value): (Labels, f64)| NumberDataPoint {
+            attributes: attributes(labels),
+            start_time_unix_nano: start,
+            time_unix_nano: now,
+            value: Some(number_data_point::Value::AsDouble(value)),
+            ..NumberDataPoint::default()
+        };
+        let data = match self.kind {
+            Kind::Counter if !self.numbers.is_empty() => metric::Data::Sum(Sum {
+                data_points: self.numbers.into_iter().map(number).collect(),
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            }),
+            Kind::Gauge if !self.numbers.is_empty() => {
+                let data_points = self
+                    .numbers
+                    .into_iter()
+                    .map(number)
+                    .map(|point| NumberDataPoint { start_time_unix_nano: 0, ..point });
+                metric::Data::Gauge(Gauge { data_points: data_points.collect() })
+            }
+            Kind::Histogram if !self.histograms.is_empty() => metric::Data::Histogram(Histogram {
+                data_points: self
+                    .histograms
+                    .into_iter()
+                    .map(|(labels, point)| histogram_point(labels, point, start, now))
+                    .collect(),
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+            }),
+            _ => return None,
+        };
+        Some(Metric {
+            name: semantic.map_or(self.name, str::to_owned),
+            description: self.help,
+            unit,
+            data: Some(data),
+            ..Metric::default()
+        })
+    }
+}
+
+/// OTLP's buckets count what falls in each (not below each bound), with `+Inf` implied.
+fn histogram_point(labels: Labels, mut point: HistogramPoint, start: u64, now: u64) -> HistogramDataPoint {
+    point.buckets.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let mut below = 0;
+    let mut bucket_counts = Vec::with_capacity(point.buckets.len() + 1);
+    let mut explicit_bounds = Vec::with_capacity(point.buckets.len());
+    for (le, cumulative) in &point.buckets {
+        if le.is_finite() {
+            explicit_bounds.push(*le);
+            bucket_counts.push(cumulative.saturating_sub(below));
+            below = (*cumulative).max(below);
+        }
+    }
+    bucket_counts.push(point.count.saturating_sub(below));
+    HistogramDataPoint {
+        attributes: attributes(labels),
+        start_time_unix_nano: start,
+        time_unix_nano: now,
+        count: point.count,
+        sum: Some(point.sum),
+        bucket_counts,
+        explicit_bounds,
+        ..HistogramDataPoint::default()
+    }
+}
+
+fn attributes(labels: Labels) -> Vec<KeyValue> {
+    labels
+        .into_iter()
+        .map(|(key, value)| {
+            let key = SEMANTIC_KEYS.iter().find(|(label, _)| *label == key).map_or(key, |(_, otel)| (*otel).to_owned());
+            // The conventions make status codes integers; a label is always text.
+            let value = match value.parse::<i64>() {
+                Ok(code) if key.ends_with(".status_code") => any_value::Value::IntValue(code),
+                _ => any_value::Value::StringValue(value),
+            };
+            KeyValue { key, value: Some(AnyValue { value: Some(value) }), ..KeyValue::default() }
+        })
+        .collect()
+}
+
+/// Reads an OpenMetrics text exposition (as prometheus-client writes it) into OTLP metrics.
+fn from_exposition(text: &str, start: u64, now: u64) -> Vec<Metric> {
+    let mut families: Vec<Family> = Vec::new();
+    for line in text.lines() {
+        if let Some(comment) = line.strip_prefix("# ") {
+            let mut words = comment.splitn(3, ' ');
+            let (Some(keyword), Some(name)) = (words.next(), words.next()) else { continue };
+            let rest = words.next().unwrap_or("");
+            if !matches!(keyword, "HELP" | "TYPE" | "UNIT") {
+                continue;
+            }
+            if families.last().is_none_or(|family| family.name != name) {
+                families.push(Family::new(name));
+            }
+            let family = families.last_mut().expect("pushed above");
+            match keyword {
+                "HELP" => family.help = unescape(rest),
+                "TYPE" => {
+                    family.kind = match rest {
+                        "counter" => Kind::Counter,
+                        "gauge" | "unknown" => Kind::Gauge,
+                        "histogram" => Kind::Histogram,
+                        _ => Kind::Unsupported,
+                    }
+                }
+                _ => family.unit = rest.to_owned(),
+            }
+            continue;
+        }
+        let (Some(family), Some((name, labels, value))) = (families.last_mut(), parse_sample(line)) else { continue };
+        let Some(suffix) = name.strip_prefix(family.name.as_str()) else { continue };
+        let suffix = suffix.to_owned();
+        family.add_sample(&suffix, labels, value);
+    }
+    families.into_iter().filter_map(|family| family.into_metric(start, now)).collect()
+}
+
+/// `name{key="value",...} value [timestamp]`.
+fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
+    let name_end = line.find(['{', ' '])?;
+    let name = &line[..name_end];
+    let mut rest = &line[name_end..];
+    let mut labels = Vec::new();
+    if let Some(inside) = rest.strip_prefix('{') {
+        let mut chars = inside.char_indices().peekable();
+        loop {
+            while chars.next_if(|(_, c)| *c == ',' || *c == ' ').is_some() {}
+            let (start, first) = chars.next()?;
+            if first == '}' {
+                rest = &inside[start + 1..];
+                break;
+            }
+            let equals = inside[start..].find('=')? + start;
+            let key = inside[start..equals].to_owned();
+            while chars.next_if(|(at, _)| *at <= equals).is_some() {}
+            if chars.next()?.1 != '"' {
+                return None;
+            }
+            let mut value = String::new();
+            loop {
+                match chars.next()?.1 {
+                    '"' => break,
+                    '\\' => match chars.next()?.1 {
+                        'n' => value.push('\n'),
+                        other => value.push(other),
+                    },
+                    other => value.push(other),
+                }
+            }
+            labels.push((key, value));
+        }
+    }
+    let value = parse_value(rest.split_whitespace().next()?)?;
+    Some((name, labels, value))
+}
+
+fn parse_value(text: &str) -> Option<f64> {
+    match text {
+        "+Inf" => Some(f64::INFINITY),
+        "-Inf" => Some(f64::NEG_INFINITY),
+        "NaN" => Some(f64::NAN),
+        _ => text.parse().ok(),
+    }
+}
+
+fn unescape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        match (c, c == '\\') {
+            (_, true) => match chars.next() {
+                Some('n') => out.push('\n'),
+                Some(other) => out.push(other),
+                None => out.push('\\'),
+            },
+            (c, false) => out.push(c),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use prometheus_client::metrics::counter::Counter;
+    use prometheus_client::metrics::family::Family as LabelFamily;
+
+    fn string(kv: &KeyValue) -> String {
+        match kv.value.as_ref().and_then(|value| value.value.as_ref()) {
+            Some(any_value::Value::StringValue(text)) => text.clone(),
+            Some(any_value::Value::IntValue(number)) => format!("int:{number}"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    fn find<'a>(metrics: &'a [Metric], name: &str) -> &'a Metric {
+        metrics.iter().find(|metric| metric.name == name).unwrap_or_else(|| panic!("no {name} in {metrics:#?}"))
+    }
+
+    #[test]
+    fn histograms_counters_and_gauges_keep_their_values_under_otlp_names() {
+        let metrics = Metrics::with_buckets(super::super::Buckets::from_seconds(&[0.1, 1.0]));
+        metrics.record_http_request("GET", "/orders/{id}".into(), 200, Duration::from_millis(50));
+        metrics.record_http_request("GET", "/orders/{id}".into(), 200, Duration::from_millis(500));
+        metrics.record_http_request("GET", "/orders/{id}".into(), 200, Duration::from_secs(5));
+        let created: LabelFamily<Vec<(String, String)>, Counter> = LabelFamily::default();
+        created.get_or_create(&vec![("item".to_owned(), "a \"quoted\", odd} book".to_owned())]).inc_by(7);
+        metrics.register("orders_created", "Orders created, by item", created);
+
+        let exported = from_exposition(&metrics.render(), 1, 2);
+
+        let http = find(&exported, "http.server.request.duration");
+        assert_eq!(http.unit, "s");
+        let Some(metric::Data::Histogram(histogram)) = &http.data else { panic!("{http:?}") };
+        assert_eq!(histogram.aggregation_temporality, AggregationTemporality::Cumulative as i32);
+        let point = &histogram.data_points[0];
+        assert_eq!(
+            (point.count, point.explicit_bounds.clone(), point.bucket_counts.clone()),
+            (3, vec![0.1, 1.0], vec![1, 1, 1])
+        );
+        assert!((point.sum.unwrap() - 5.55).abs() < 1e-9, "{point:?}");
+        assert_eq!((point.start_time_unix_nano, point.time_unix_nano), (1, 2));
+        let attributes: Vec<String> = point.attributes.iter().map(|kv| format!("{}={}", kv.key, string(kv))).collect();
+        assert_eq!(
+            attributes,
+            ["http.request.method=GET", "http.route=/orders/{id}", "http.response.status_code=int:200"]
+        );
+
+        let orders = find(&exported, "orders_created");
+        assert_eq!(orders.description, "Orders created, by item.");
+        let Some(metric::Data::Sum(sum)) = &orders.data else { panic!("{orders:?}") };
+        assert!(sum.is_monotonic);
+        assert_eq!(sum.data_points[0].value, Some(number_data_point::Value::AsDouble(7.0)));
+        assert_eq!(string(&sum.data_points[0].attributes[0]), "a \"quoted\", odd} book");
+
+        let Some(metric::Data::Gauge(_)) = &find(&exported, "marty_outbox_pending").data else { panic!("a gauge") };
+        // Families nothing was recorded in are left out rather than sent empty.
+        assert!(exported.iter().all(|metric| metric.name != "marty_call_duration_seconds"), "{exported:#?}");
+    }
+
+    #[test]
+    fn the_environment_chooses_protocol_url_headers_and_interval() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| (*value).to_owned())
+        };
+        let grpc = ExportConfig::from_lookup("http://collector:4317", env(&[])).unwrap().unwrap();
+        assert_eq!(
+            (grpc.url.as_str(), grpc.protocol, grpc.interval),
+            ("http://collector:4317", Protocol::Grpc, Duration::from_secs(60))
+        );
+        let http = ExportConfig::from_lookup(
+            "http://collector:4318/",
+            env(&[
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20abc,x-tenant=7"),
+                ("OTEL_METRIC_EXPORT_INTERVAL", "250"),
+            ]),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(http.url, "http://collector:4318/v1/metrics");
+        assert_eq!(
+            http.headers,
+            [("authorization".to_owned(), "Bearer abc".to_owned()), ("x-tenant".to_owned(), "7".to_owned())]
+        );
+        assert_eq!(http.interval, Duration::from_millis(250));
+        assert!(ExportConfig::from_lookup("http://c", env(&[("OTEL_METRICS_EXPORTER", "none")])).unwrap().is_none());
+        let bad = ExportConfig::from_lookup("http://c", env(&[("OTEL_METRIC_EXPORT_INTERVAL", "soon")])).unwrap_err();
+        assert!(bad.contains("OTEL_METRIC_EXPORT_INTERVAL"), "{bad}");
+    }
+}
