@@ -1,11 +1,14 @@
 //! What the integration tests and the `events_worker` they start share: PostgreSQL schemas of their
 //! own, so tests running at once never see each other's tables; the saga the saga tests run; an
-//! OTLP collector and a gRPC proxy that drops replies (the examples' tests use both too).
+//! OTLP collector and a gRPC proxy that drops replies (the examples' tests use both too); test
+//! certificates and a TLS-terminating proxy.
 
 #[path = "otlp.rs"]
 pub mod otlp;
 #[path = "reply_dropper.rs"]
 pub mod reply_dropper;
+#[path = "tls.rs"]
+pub mod tls;
 #[path = "trip.rs"]
 pub mod trip;
 

@@ -438,6 +438,10 @@ pub struct RabbitMqConfig {
     /// The type of the queues Marty declares (default quorum: replicated, and what RabbitMQ
     /// recommends for data that must not be lost). A queue that already exists keeps its type.
     pub queue_type: QueueType,
+    /// A CA certificate (PEM) to trust for `amqps://` servers, beside the Mozilla roots.
+    pub tls_ca: Option<String>,
+    /// A client certificate and its key (PEM), for servers that verify clients (mTLS).
+    pub tls_client: Option<(String, String)>,
 }
 
 /// A RabbitMQ queue type.
@@ -715,40 +719,48 @@ fn read_nats(reader: &mut Reader<'_>, events: &Table<'_>) -> NatsConfig {
         Some("memory") => NatsStorage::Memory,
         _ => NatsStorage::File,
     };
-    let tls_client = match (reader.string(&table, "tls_client_cert"), reader.string(&table, "tls_client_key")) {
+    let (tls_ca, tls_client) = read_tls(reader, &table, "events.nats");
+    NatsConfig {
+        replicas: reader.integer(&table, "replicas", 1, 5).map_or(defaults.replicas, |replicas| replicas as u32),
+        storage,
+        max_age: reader.duration(&table, "max_age").unwrap_or(defaults.max_age),
+        credentials: reader.string(&table, "credentials"),
+        tls_ca,
+        tls_client,
+    }
+}
+
+/// `tls_ca`, `tls_client_cert` and `tls_client_key` of a broker's table (`section` names it in
+/// errors): a client certificate comes with its key.
+fn read_tls(reader: &mut Reader<'_>, table: &Table<'_>, section: &str) -> (Option<String>, Option<(String, String)>) {
+    let tls_client = match (reader.string(table, "tls_client_cert"), reader.string(table, "tls_client_key")) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
         (cert, _) => {
             let (given, missing) = if cert.is_some() { ("cert", "key") } else { ("key", "cert") };
-            let origin = reader.origin_of(&table, &format!("tls_client_{given}")).clone();
+            let origin = reader.origin_of(table, &format!("tls_client_{given}")).clone();
             let help = Some(format!("add `tls_client_{missing} = \"/path/to/client-{missing}.pem\"`"));
             reader.error(
                 &origin,
-                &format!("events.nats.tls_client_{given}"),
+                &format!("{section}.tls_client_{given}"),
                 format!("a client {given} without its {missing}"),
                 help,
             );
             None
         }
     };
-    NatsConfig {
-        replicas: reader.integer(&table, "replicas", 1, 5).map_or(defaults.replicas, |replicas| replicas as u32),
-        storage,
-        max_age: reader.duration(&table, "max_age").unwrap_or(defaults.max_age),
-        credentials: reader.string(&table, "credentials"),
-        tls_ca: reader.string(&table, "tls_ca"),
-        tls_client,
-    }
+    (reader.string(table, "tls_ca"), tls_client)
 }
 
 fn read_rabbitmq(reader: &mut Reader<'_>, events: &Table<'_>) -> RabbitMqConfig {
     let Some(table) = reader.table(events, "rabbitmq") else { return RabbitMqConfig::default() };
-    reader.deny_unknown_keys(&table, &["queue_type"]);
+    reader.deny_unknown_keys(&table, &["queue_type", "tls_ca", "tls_client_cert", "tls_client_key"]);
     let queue_type = match reader.choice(&table, "queue_type", &["quorum", "classic"]).as_deref() {
         Some("classic") => QueueType::Classic,
         _ => QueueType::Quorum,
     };
-    RabbitMqConfig { queue_type }
+    let (tls_ca, tls_client) = read_tls(reader, &table, "events.rabbitmq");
+    RabbitMqConfig { queue_type, tls_ca, tls_client }
 }
 
 fn read_kafka(reader: &mut Reader<'_>, events: &Table<'_>) -> KafkaConfig {

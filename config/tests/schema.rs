@@ -352,11 +352,12 @@ replicas = 7
 tls_client_cert = "/etc/nats/client.pem"
 [events.rabbitmq]
 queue_type = "quorom"
+tls_client_key = "/etc/rabbitmq/client-key.pem"
 [events.kafka]
 properties = { "acks" = "1" }
 "#;
     let errors: Vec<String> = Config::parse(wrong, "marty.toml").unwrap_err().iter().map(ToString::to_string).collect();
-    assert_eq!(errors.len(), 4, "{errors:#?}");
+    assert_eq!(errors.len(), 5, "{errors:#?}");
     assert!(errors[0].starts_with("marty.toml:5: key `events.nats.replicas`"), "{}", errors[0]);
     assert!(errors[1].contains("key `events.nats.tls_client_cert`: a client cert without its key"), "{}", errors[1]);
     assert!(
@@ -364,7 +365,8 @@ properties = { "acks" = "1" }
         "{}",
         errors[2]
     );
-    assert!(errors[3].contains("key `events.kafka.properties.acks`: Marty sets this property itself"), "{}", errors[3]);
+    assert!(errors[3].contains("key `events.rabbitmq.tls_client_key`: a client key without its cert"), "{}", errors[3]);
+    assert!(errors[4].contains("key `events.kafka.properties.acks`: Marty sets this property itself"), "{}", errors[4]);
 }
 
 #[test]

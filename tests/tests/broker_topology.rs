@@ -2,11 +2,11 @@
 //! the configured storage, replicas and age; RabbitMQ queues are quorum queues unless configured,
 //! and a queue an earlier release declared as classic keeps working; a NATS server that requires
 //! TLS with client certificates is reached with the configured CA and certificate, and refuses a
-//! client without one. Needs `MARTY_TEST_NATS_URL`, `MARTY_TEST_NATS_SERVER`,
+//! client without one; so does RabbitMQ over `amqps://` (behind a TLS proxy). Needs `MARTY_TEST_NATS_URL`, `MARTY_TEST_NATS_SERVER`,
 //! `MARTY_TEST_RABBITMQ_URL` and `MARTY_TEST_RABBITMQCTL` (.ci/run sets them) and `openssl`.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -110,62 +110,6 @@ async fn rabbitmq_queues_are_quorum_unless_configured_and_a_classic_queue_from_b
     assert_eq!(type_of("classic").as_deref(), Some("classic"), "{types:?}");
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, made with `openssl` in `dir`.
-fn certificates(dir: &Path) {
-    let openssl = |args: &[&str]| {
-        let status = Command::new("openssl").args(args).current_dir(dir).stderr(Stdio::null()).status();
-        assert!(status.expect("openssl is installed").success(), "openssl {args:?}");
-    };
-    openssl(&[
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "1",
-        "-subj",
-        "/CN=marty-test-ca",
-        "-keyout",
-        "ca-key.pem",
-        "-out",
-        "ca.pem",
-    ]);
-    std::fs::write(dir.join("san.ext"), "subjectAltName=IP:127.0.0.1,DNS:localhost\n").unwrap();
-    for name in ["server", "client"] {
-        let (key, csr, cert) = (format!("{name}-key.pem"), format!("{name}.csr"), format!("{name}.pem"));
-        openssl(&[
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            &format!("/CN={name}"),
-            "-keyout",
-            &key,
-            "-out",
-            &csr,
-        ]);
-        openssl(&[
-            "x509",
-            "-req",
-            "-in",
-            &csr,
-            "-CA",
-            "ca.pem",
-            "-CAkey",
-            "ca-key.pem",
-            "-CAcreateserial",
-            "-days",
-            "1",
-            "-extfile",
-            "san.ext",
-            "-out",
-            &cert,
-        ]);
-    }
-}
-
 /// A `nats-server` of the test's own that requires TLS and verifies client certificates.
 struct TlsNats {
     child: Child,
@@ -178,7 +122,7 @@ impl TlsNats {
         let dir = std::env::temp_dir().join(format!("marty-nats-tls-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        certificates(&dir);
+        marty_tests::tls::certificates(&dir);
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = format!(
             "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{store}\" }}\n\
@@ -236,4 +180,43 @@ async fn a_nats_server_that_requires_client_certificates_is_reached_with_the_con
     let refused = NatsBroker::connect_with(&server.url(), &only_ca).await.unwrap();
     let acks = refused.publish(&[message("topology.tls")]).await;
     assert!(matches!(&acks[0], Err(marty::events::BrokerError::Unavailable(_))), "{acks:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn amqps_reaches_rabbitmq_with_a_private_ca_and_a_client_certificate() {
+    let plain: std::net::SocketAddr = "127.0.0.1:5672".parse().unwrap();
+    assert!(required("MARTY_TEST_RABBITMQ_URL").contains("@127.0.0.1:5672/"), "the proxy forwards to 127.0.0.1:5672");
+    let dir = std::env::temp_dir().join(format!("marty-amqps-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    tokio::task::block_in_place(|| marty_tests::tls::certificates(&dir));
+    let proxy = marty_tests::tls::TlsProxy::start(plain, &dir, true).await;
+    let url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", proxy.addr.port());
+    let path = |file: &str| dir.join(file).display().to_string();
+    let table = format!(
+        "[events.rabbitmq]\ntls_ca = \"{}\"\ntls_client_cert = \"{}\"\ntls_client_key = \"{}\"\n",
+        path("ca.pem"),
+        path("client.pem"),
+        path("client-key.pem")
+    );
+    let broker = RabbitMqBroker::connect_with(&url, &events_config(&table).rabbitmq).await.unwrap();
+    let run = &marty::events::new_event_id()[24..];
+    round_trip(&broker, &format!("topology.amqps{run}"), "audit").await;
+
+    // Trusting the CA is not enough: the proxy wants a client certificate.
+    let mut only_ca: RabbitMqConfig = events_config(&table).rabbitmq;
+    only_ca.tls_client = None;
+    let refused = RabbitMqBroker::connect_with(&url, &only_ca).await.unwrap();
+    let acks = refused.publish(&[message("topology.amqps")]).await;
+    assert!(matches!(&acks[0], Err(marty::events::BrokerError::Unavailable(_))), "{acks:?}");
+    // And without the CA, the Mozilla roots do not know the server's certificate.
+    let mut no_ca: RabbitMqConfig = events_config(&table).rabbitmq;
+    no_ca.tls_ca = None;
+    let untrusted = RabbitMqBroker::connect_with(&url, &no_ca).await.unwrap();
+    let acks = untrusted.publish(&[message("topology.amqps")]).await;
+    assert!(
+        matches!(&acks[0], Err(marty::events::BrokerError::Unavailable(error)) if error.contains("certificate")),
+        "{acks:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -10,6 +10,7 @@
 //! twice, and the inbox makes the second harmless. A consumer's unacknowledged deliveries return to
 //! the front of its queue as soon as its connection drops.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::StreamExt;
@@ -18,6 +19,7 @@ use lapin::options::{
     BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions, ConfirmSelectOptions,
     ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions,
 };
+use lapin::tcp::{OwnedIdentity, OwnedTLSConfig};
 use lapin::types::{AMQPValue, FieldTable, ShortString};
 use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind};
 use marty_config::{QueueType, RabbitMqConfig};
@@ -37,9 +39,7 @@ pub const DEAD_LETTER_QUEUE: &str = "marty.dead_letter";
 /// A RabbitMQ connection for publishing; each subscription opens its own.
 #[derive(Debug)]
 pub struct RabbitMqBroker {
-    url: String,
-    /// The type of the queues it declares.
-    queue_type: QueueType,
+    server: Arc<Server>,
     /// The publishing channel (confirm mode), reopened after a failure.
     publisher: Mutex<Option<(Connection, Channel)>>,
 }
@@ -48,11 +48,44 @@ fn unavailable(error: lapin::Error) -> BrokerError {
     BrokerError::Unavailable(error.to_string())
 }
 
+/// Where the broker is and how to reach it: its URL, the TLS settings for `amqps://`, and the type
+/// of the queues Marty declares there.
+#[derive(Debug)]
+struct Server {
+    url: String,
+    config: RabbitMqConfig,
+}
+
+impl Server {
+    /// lapin's TLS settings: the Mozilla roots (lapin's `rustls-webpki-roots-certs`) and `tls_ca`,
+    /// with the client certificate when one is configured. Read at each connect, so renewed
+    /// certificates are picked up by the next connection.
+    fn tls(&self) -> Result<OwnedTLSConfig, BrokerError> {
+        let read = |path: &str| {
+            std::fs::read(path).map_err(|error| {
+                BrokerError::Unavailable(format!("cannot read the RabbitMQ TLS file `{path}`: {error}"))
+            })
+        };
+        let cert_chain = match &self.config.tls_ca {
+            Some(path) => Some(String::from_utf8_lossy(&read(path)?).into_owned()),
+            None => None,
+        };
+        let identity = match &self.config.tls_client {
+            Some((cert, key)) => Some(OwnedIdentity::PKCS8 { pem: read(cert)?, key: read(key)? }),
+            None => None,
+        };
+        Ok(OwnedTLSConfig { identity, cert_chain })
+    }
+}
+
 /// A channel in confirm mode with Marty's exchanges and dead-letter queue declared.
-async fn open(url: &str, queue_type: QueueType) -> Result<(Connection, Channel), BrokerError> {
-    let connection = Connection::connect(url, ConnectionProperties::default())
-        .await
-        .map_err(|error| BrokerError::Unavailable(format!("cannot connect to RabbitMQ: {error}")))?;
+async fn open(server: &Server) -> Result<(Connection, Channel), BrokerError> {
+    let queue_type = server.config.queue_type;
+    let runtime = lapin::runtime::default_runtime().map_err(unavailable)?;
+    let connection =
+        Connection::connect_with_config(&server.url, ConnectionProperties::default(), server.tls()?, runtime)
+            .await
+            .map_err(|error| BrokerError::Unavailable(format!("cannot connect to RabbitMQ: {error}")))?;
     let channel = connection.create_channel().await.map_err(unavailable)?;
     let durable = ExchangeDeclareOptions { durable: true, ..ExchangeDeclareOptions::default() };
     for (exchange, kind) in [(EXCHANGE, ExchangeKind::Topic), (DEAD_LETTER_EXCHANGE, ExchangeKind::Topic)] {
@@ -126,17 +159,18 @@ impl RabbitMqBroker {
         Self::connect_with(url, &RabbitMqConfig::default()).await
     }
 
-    /// Connects to `url` (`amqps://` for TLS) with `config`: the type of the queues it declares.
+    /// Connects to `url` (`amqps://` for TLS) with `config`: the certificates TLS trusts and
+    /// presents, and the type of the queues it declares.
     pub async fn connect_with(url: &str, config: &RabbitMqConfig) -> Result<Self, BrokerError> {
-        let queue_type = config.queue_type;
-        let opened = match open(url, queue_type).await {
+        let server = Arc::new(Server { url: url.to_owned(), config: config.clone() });
+        let opened = match open(&server).await {
             Ok(opened) => Some(opened),
             Err(error) => {
                 tracing::warn!(%error, "RabbitMQ unavailable at startup; retrying as events flow");
                 None
             }
         };
-        Ok(RabbitMqBroker { url: url.to_owned(), queue_type, publisher: Mutex::new(opened) })
+        Ok(RabbitMqBroker { server, publisher: Mutex::new(opened) })
     }
 
     /// The queue group `group` reads `topic` from.
@@ -153,7 +187,7 @@ impl super::Broker for RabbitMqBroker {
                 .as_ref()
                 .is_some_and(|(connection, channel)| connection.status().connected() && channel.status().connected())
             {
-                *publisher = match open(&self.url, self.queue_type).await {
+                *publisher = match open(&self.server).await {
                     Ok(opened) => Some(opened),
                     Err(error) => return messages.iter().map(|_| Err(error.clone())).collect(),
                 };
@@ -186,10 +220,10 @@ impl super::Broker for RabbitMqBroker {
         group: &str,
         options: SubscribeOptions,
     ) -> BoxFuture<'_, Result<Subscription, BrokerError>> {
-        let (topic, group, url, queue_type) = (topic.to_owned(), group.to_owned(), self.url.clone(), self.queue_type);
+        let (topic, group, server) = (topic.to_owned(), group.to_owned(), self.server.clone());
         Box::pin(async move {
             // The queue exists (and is bound) before this returns, so what is published from now on reaches it.
-            let first = consume(&url, queue_type, &topic, &group, &options).await?;
+            let first = consume(&server, &topic, &group, &options).await?;
             let (deliveries, receiver) = mpsc::channel(options.max_in_flight.max(1));
             tokio::spawn(async move {
                 let mut opened = Some(first);
@@ -197,7 +231,7 @@ impl super::Broker for RabbitMqBroker {
                 loop {
                     let (connection, channel, mut consumer) = match opened.take() {
                         Some(opened) => opened,
-                        None => match consume(&url, queue_type, &topic, &group, &options).await {
+                        None => match consume(&server, &topic, &group, &options).await {
                             Ok(opened) => opened,
                             Err(error) => {
                                 tracing::warn!(%error, topic, group, "RabbitMQ unavailable; resubscribing");
@@ -258,13 +292,13 @@ async fn declare_queue(
 
 /// A connection, its channel and a consumer on group `group`'s queue for `topic`.
 async fn consume(
-    url: &str,
-    queue_type: QueueType,
+    server: &Server,
     topic: &str,
     group: &str,
     options: &SubscribeOptions,
 ) -> Result<(Connection, Channel, lapin::Consumer), BrokerError> {
-    let (connection, channel) = open(url, queue_type).await?;
+    let (connection, channel) = open(server).await?;
+    let queue_type = server.config.queue_type;
     let queue = RabbitMqBroker::queue_name(topic, group);
     let mut arguments = FieldTable::default();
     arguments.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
