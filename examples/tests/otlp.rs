@@ -151,6 +151,57 @@ async fn spans_go_over_http_protobuf_when_the_protocol_says_so() {
     assert_eq!(requests, Some(1), "the request is in the metrics flushed at shutdown: {:#?}", collector.metrics());
 }
 
+/// An `https://` collector that verifies client certificates (behind a TLS proxy) gets traces and
+/// metrics over gRPC and over `http/protobuf`, the service trusting the CA in
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE` and presenting `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn traces_and_metrics_reach_an_https_collector_that_verifies_clients() {
+    let dir = std::env::temp_dir().join(format!("marty-otlp-tls-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    tokio::task::block_in_place(|| marty_tests::tls::certificates(&dir));
+    let path = |file: &str| dir.join(file).display().to_string();
+    for protocol in ["grpc", "http/protobuf"] {
+        let (collector_addr, collector) =
+            if protocol == "grpc" { Collector::start().await } else { Collector::start_http().await };
+        let proxy = marty_tests::tls::TlsProxy::start(collector_addr, &dir, true).await;
+        let env = [
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://127.0.0.1:{}", proxy.addr.port())),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", protocol.to_owned()),
+            ("OTEL_EXPORTER_OTLP_CERTIFICATE", path("ca.pem")),
+            ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", path("client.pem")),
+            ("OTEL_EXPORTER_OTLP_CLIENT_KEY", path("client-key.pem")),
+        ];
+        let name = format!("otlp-tls-{}", protocol.replace('/', "-"));
+        let mut service = tokio::task::spawn_blocking(move || {
+            Service::start_with_env(BINARY, &name, std::process::Stdio::null(), None, &env)
+        })
+        .await
+        .unwrap();
+        let addr = service.addr;
+        let found = tokio::task::spawn_blocking(move || support::request(addr, "GET", "/orders/42", None).unwrap());
+        assert_eq!(found.await.unwrap().status, 404);
+        service.terminate();
+        let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap()).await.unwrap();
+        assert!(exit.success());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let span = collector.spans().iter().any(|span| span.name == "GET /orders/{id}");
+            let requests = histogram_count(
+                &collector.metrics(),
+                "http.server.request.duration",
+                &[("http.route", "/orders/{id}")],
+            );
+            if span && requests == Some(1) {
+                break;
+            }
+            assert!(Instant::now() < deadline, "{protocol}: span {span}, requests {requests:?}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The count of the latest data point of histogram `name` whose attributes include `having`.
 fn histogram_count(metrics: &[Metric], name: &str, having: &[(&str, &str)]) -> Option<u64> {
     metrics
@@ -165,7 +216,7 @@ fn histogram_count(metrics: &[Metric], name: &str, having: &[(&str, &str)]) -> O
             having.iter().all(|(key, value)| find_attribute(&point.attributes, key).as_deref() == Some(*value))
         })
         .map(|point| point.count)
-        .last()
+        .next_back()
 }
 
 /// The latest value of counter `name` (a monotonic sum).
@@ -182,7 +233,7 @@ fn counter_value(metrics: &[Metric], name: &str) -> Option<f64> {
             Some(number_data_point::Value::AsInt(value)) => Some(value as f64),
             None => None,
         })
-        .last()
+        .next_back()
 }
 
 /// Metrics go over OTLP beside `/metrics`, every `OTEL_METRIC_EXPORT_INTERVAL`, while the service

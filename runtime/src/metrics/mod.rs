@@ -23,8 +23,6 @@
 //! The service's own metrics go in the same exposition: [`Metrics::register`]. Histogram buckets are
 //! `[telemetry] histogram_buckets` (seconds), the same for every Marty histogram.
 
-#[cfg(feature = "otel")]
-pub(crate) mod otlp;
 pub mod process;
 
 use std::fmt;
@@ -104,7 +102,7 @@ pub struct Metrics {
     own: Mutex<Registry>,
     /// When counting began: the start of every cumulative series exported over OTLP.
     #[cfg_attr(not(feature = "otel"), allow(dead_code))]
-    created: std::time::SystemTime,
+    pub(crate) created: std::time::SystemTime,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

@@ -26,7 +26,8 @@ use opentelemetry_proto::tonic::metrics::v1::{
 };
 use opentelemetry_proto::tonic::resource::v1::Resource;
 
-use super::Metrics;
+use super::otlp_client::{OtlpHttpClient, OtlpTls};
+use crate::metrics::Metrics;
 
 /// Where and how often the metrics go: OTLP's standard variables, read once at startup.
 #[derive(Debug, Clone)]
@@ -198,27 +199,25 @@ type GrpcClient = opentelemetry_proto::tonic::collector::metrics::v1::metrics_se
 
 enum Client {
     Grpc(Box<GrpcClient>, Vec<(String, String)>),
-    Http(reqwest::Client, String, Vec<(String, String)>),
+    Http(OtlpHttpClient, String, Vec<(String, String)>),
 }
 
 impl Client {
     fn new(config: &ExportConfig) -> Result<Client, String> {
-        if config.url.starts_with("https://") {
-            return Err("https:// collectors are not supported yet: OTLP metrics go over plain http://".to_owned());
-        }
+        let tls = OtlpTls::from_env("METRICS")?;
         match config.protocol {
             Protocol::Grpc => {
-                let channel = tonic::transport::Endpoint::from_shared(config.url.clone())
+                let mut endpoint = tonic::transport::Endpoint::from_shared(config.url.clone())
                     .map_err(|error| error.to_string())?
                     .connect_timeout(config.timeout)
-                    .timeout(config.timeout)
-                    .connect_lazy();
-                Ok(Client::Grpc(Box::new(GrpcClient::new(channel)), config.headers.clone()))
+                    .timeout(config.timeout);
+                if config.url.starts_with("https://") {
+                    endpoint = endpoint.tls_config(tls.tonic()).map_err(|error| error.to_string())?;
+                }
+                Ok(Client::Grpc(Box::new(GrpcClient::new(endpoint.connect_lazy())), config.headers.clone()))
             }
             Protocol::HttpProtobuf => {
-                let client =
-                    reqwest::Client::builder().timeout(config.timeout).build().map_err(|error| error.to_string())?;
-                Ok(Client::Http(client, config.url.clone(), config.headers.clone()))
+                Ok(Client::Http(tls.http_client(config.timeout)?, config.url.clone(), config.headers.clone()))
             }
         }
     }
@@ -237,11 +236,16 @@ impl Client {
             }
             Client::Http(client, url, headers) => {
                 use prost::Message as _;
-                let mut post = client.post(url).header("content-type", "application/x-protobuf");
+                let mut post = http::Request::post(url).header("content-type", "application/x-protobuf");
                 for (key, value) in headers {
                     post = post.header(key, value);
                 }
-                let response = post.body(request.encode_to_vec()).send().await.map_err(|error| error.to_string())?;
+                let request = post.body(request.encode_to_vec()).map_err(|error| error.to_string())?;
+                let client = client.clone();
+                let response = tokio::task::spawn_blocking(move || client.send(request))
+                    .await
+                    .map_err(|error| error.to_string())?
+                    .map_err(|error| error.to_string())?;
                 match response.status() {
                     status if status.is_success() => Ok(()),
                     status => Err(format!("the collector answered {status}")),
@@ -564,7 +568,7 @@ mod tests {
 
     #[test]
     fn histograms_counters_and_gauges_keep_their_values_under_otlp_names() {
-        let metrics = Metrics::with_buckets(super::super::Buckets::from_seconds(&[0.1, 1.0]));
+        let metrics = Metrics::with_buckets(crate::metrics::Buckets::from_seconds(&[0.1, 1.0]));
         metrics.record_http_request("GET", "/orders/{id}".into(), 200, Duration::from_millis(50));
         metrics.record_http_request("GET", "/orders/{id}".into(), 200, Duration::from_millis(500));
         metrics.record_http_request("GET", "/orders/{id}".into(), 200, Duration::from_secs(5));
