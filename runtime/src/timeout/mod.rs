@@ -1,10 +1,11 @@
-//! Timeouts: a deadline per attempt, enforced without arming a timer for calls that finish at once.
+//! Timeouts: a deadline per attempt, enforced without arming a timer for calls that finish at once,
+//! and the stopwatch that times attempts without reading the OS clock when they do.
 
 mod layer;
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
@@ -56,6 +57,88 @@ impl<F> WithDeadline<F> {
     }
 }
 
+/// How long an attempt took, cheaply: the CPU's time-stamp counter (quanta) while the attempt runs
+/// without waiting, tokio's clock from the moment it first waits. A call that completes at once (a
+/// cache hit, a pool handing out a connection) costs two counter reads (a few ns each) rather than
+/// two OS clock reads (~25 ns each), and a call that waits is timed by tokio's clock, so pausing
+/// time in a test moves its duration and its deadline as it moves every timer.
+#[derive(Debug, Clone, Copy)]
+pub struct Stopwatch {
+    started: u64,
+    /// When the attempt first waited (tokio's clock), and how long it had run until then.
+    waiting: Option<(Instant, Duration)>,
+}
+
+/// The calibrated time-stamp counter (quanta falls back to the OS clock where it is not reliable).
+fn counter() -> &'static quanta::Clock {
+    static COUNTER: OnceLock<quanta::Clock> = OnceLock::new();
+    COUNTER.get_or_init(quanta::Clock::new)
+}
+
+impl Stopwatch {
+    /// Starts timing now.
+    pub fn start() -> Stopwatch {
+        Stopwatch { started: counter().raw(), waiting: None }
+    }
+
+    /// The instant on tokio's clock at which `timeout` since the start has passed; from the first
+    /// call on, the stopwatch follows tokio's clock (the attempt is about to wait).
+    pub fn deadline(&mut self, timeout: Duration) -> Instant {
+        let started = self.started;
+        let (since, ran) =
+            *self.waiting.get_or_insert_with(|| (Instant::now(), counter().delta(started, counter().raw())));
+        since + timeout.saturating_sub(ran)
+    }
+
+    /// Time since the start.
+    pub fn elapsed(&self) -> Duration {
+        match self.waiting {
+            None => counter().delta(self.started, counter().raw()),
+            Some((since, ran)) => ran + since.elapsed(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// Runs an attempt until `timeout` has passed on its [`Stopwatch`]; the timer is armed, and
+    /// tokio's clock read, only if the attempt is still pending after its first poll. Resolves to
+    /// the attempt's output (or [`Elapsed`]) and the stopwatch, to read the attempt's duration from.
+    #[derive(Debug)]
+    #[must_use = "futures do nothing unless polled"]
+    pub struct Timed<F> {
+        #[pin]
+        future: F,
+        #[pin]
+        sleep: Option<Sleep>,
+        timeout: Duration,
+        stopwatch: Stopwatch,
+    }
+}
+
+impl<F> Timed<F> {
+    /// `future`, cancelled once `timeout` has passed on `stopwatch`.
+    pub fn new(future: F, timeout: Duration, stopwatch: Stopwatch) -> Self {
+        Timed { future, sleep: None, timeout, stopwatch }
+    }
+}
+
+impl<F: Future> Future for Timed<F> {
+    type Output = (Result<F::Output, Elapsed>, Stopwatch);
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        if let Poll::Ready(output) = this.future.poll(cx) {
+            return Poll::Ready((Ok(output), *this.stopwatch));
+        }
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep_until(this.stopwatch.deadline(*this.timeout))));
+        }
+        let sleep = this.sleep.as_pin_mut().expect("armed just above");
+        ready!(sleep.poll(cx));
+        Poll::Ready((Err(Elapsed), *this.stopwatch))
+    }
+}
+
 /// The deadline passed before the future finished.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Elapsed;
@@ -89,5 +172,27 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(1));
         let quick = WithDeadline::new(async { 7 }, Instant::now()).await;
         assert_eq!(quick, Ok(7), "a ready future wins even at a deadline that has passed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_timed_attempt_follows_tokios_clock_once_it_waits() {
+        let start = Instant::now();
+        let (slow, stopwatch) =
+            Timed::new(tokio::time::sleep(Duration::from_secs(5)), Duration::from_secs(1), Stopwatch::start()).await;
+        assert_eq!(slow, Err(Elapsed));
+        assert_eq!(start.elapsed(), Duration::from_secs(1), "cut at the timeout, on the paused clock");
+        let took = stopwatch.elapsed();
+        assert!(took >= Duration::from_secs(1) && took < Duration::from_millis(1100), "{took:?}");
+
+        let (waited, stopwatch) =
+            Timed::new(tokio::time::sleep(Duration::from_millis(300)), Duration::from_secs(1), Stopwatch::start())
+                .await;
+        assert_eq!(waited, Ok(()));
+        let took = stopwatch.elapsed();
+        assert!(took >= Duration::from_millis(300) && took < Duration::from_millis(400), "{took:?}");
+
+        let (quick, stopwatch) = Timed::new(async { 7 }, Duration::ZERO, Stopwatch::start()).await;
+        assert_eq!(quick, Ok(7), "a ready attempt wins even with no time at all");
+        assert!(stopwatch.elapsed() < Duration::from_millis(100), "timed by the counter: {:?}", stopwatch.elapsed());
     }
 }
