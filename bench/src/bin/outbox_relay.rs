@@ -6,7 +6,9 @@
 //! - `relay_drain_eps` / `broker_pipelined_eps`: one relay draining a backlog of 100,000 events into
 //!   JetStream vs the raw client publishing as many with acks pipelined;
 //! - `producer_tps_relay_on` / `producer_tps_relay_off`: outbox transactions per second while a relay
-//!   runs vs while none does;
+//!   runs vs while none does; and `producer_tps_sql_only`, while the same relay runs against a broker
+//!   that acknowledges at once: the relay's own SQL (claim and delete) is all it costs the database,
+//!   the physical reference for `producer_ratio_sql_only` (relay on / SQL-only relay on);
 //! - `p50_ms` / `p99_ms`: from a transaction's commit to its event's delivery from JetStream (so
 //!   after the broker's ack), at a fixed 1,000 events per second.
 //!
@@ -87,6 +89,39 @@ async fn business_tps(pool: &sqlx::PgPool, with_event: bool) -> f64 {
         total += client.await.unwrap();
     }
     total as f64 / ROUND.as_secs_f64()
+}
+
+/// A broker that acknowledges every event at once and delivers nothing: with it, a relay does only
+/// its SQL.
+#[derive(Debug)]
+struct AcknowledgesAtOnce;
+
+impl Broker for AcknowledgesAtOnce {
+    fn publish<'a>(
+        &'a self,
+        messages: &'a [marty::events::Message],
+    ) -> marty::events::BoxFuture<'a, Vec<Result<(), marty::events::BrokerError>>> {
+        Box::pin(async move { messages.iter().map(|_| Ok(())).collect() })
+    }
+
+    fn subscribe(
+        &self,
+        _topic: &str,
+        _group: &str,
+        _options: SubscribeOptions,
+    ) -> marty::events::BoxFuture<'_, Result<marty::events::Subscription, marty::events::BrokerError>> {
+        Box::pin(async { Err(marty::events::BrokerError::Unavailable("delivers nothing".into())) })
+    }
+}
+
+/// Producer transactions per second while a relay publishing to `broker` runs.
+async fn producer_tps_with_relay(pool: &sqlx::PgPool, store: &Store, broker: Arc<dyn Broker>) -> f64 {
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
+    let relay = Relay::new(store.clone(), broker, RelayOptions::default(), EventMetrics::default()).start(shutdown);
+    let tps = business_tps(pool, true).await;
+    stop.send(true).unwrap();
+    relay.await.unwrap();
+    tps
 }
 
 async fn delete_stream(url: &str, name: &str) {
@@ -224,22 +259,20 @@ async fn main() {
     }
     let (business_tps_raw, business_tps_outbox) = (median(&mut raw), median(&mut outbox));
 
-    eprintln!("relay on vs off");
-    let (stop, shutdown) = tokio::sync::watch::channel(false);
-    let (mut on, mut off) = (Vec::new(), Vec::new());
+    eprintln!("relay on vs off vs a SQL-only relay");
+    let sql_only: Arc<dyn Broker> = Arc::new(AcknowledgesAtOnce);
+    let (mut on, mut off, mut sql) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..ROUNDS {
         off.push(business_tps(&pool, true).await);
-        let (stop_round, round_shutdown) = tokio::sync::watch::channel(false);
-        let relay = Relay::new(store.clone(), broker.clone(), RelayOptions::default(), EventMetrics::default())
-            .start(round_shutdown);
-        on.push(business_tps(&pool, true).await);
-        stop_round.send(true).unwrap();
-        relay.await.unwrap();
+        on.push(producer_tps_with_relay(&pool, &store, broker.clone()).await);
+        sql.push(producer_tps_with_relay(&pool, &store, sql_only.clone()).await);
     }
-    let (producer_tps_relay_off, producer_tps_relay_on) = (median(&mut off), median(&mut on));
+    let (producer_tps_relay_off, producer_tps_relay_on, producer_tps_sql_only) =
+        (median(&mut off), median(&mut on), median(&mut sql));
 
     eprintln!("latency at 1,000 events/s");
     // Everything written so far is relayed first, so the latency run starts from an empty outbox.
+    let (stop, shutdown) = tokio::sync::watch::channel(false);
     let relay = Relay::new(store.clone(), broker.clone(), RelayOptions::default(), EventMetrics::default());
     while relay.run_batch().await.unwrap().taken > 0 {}
     delete_stream(&nats_url, "MARTY_bench_orders").await;
@@ -267,6 +300,8 @@ async fn main() {
             ("producer_tps_relay_on", Value::Number(producer_tps_relay_on)),
             ("producer_tps_relay_off", Value::Number(producer_tps_relay_off)),
             ("producer_ratio", Value::Number(producer_tps_relay_on / producer_tps_relay_off)),
+            ("producer_tps_sql_only", Value::Number(producer_tps_sql_only)),
+            ("producer_ratio_sql_only", Value::Number(producer_tps_relay_on / producer_tps_sql_only)),
             ("p50_ms", Value::Number(p50_ms)),
             ("p99_ms", Value::Number(p99_ms)),
         ])
