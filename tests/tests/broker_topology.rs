@@ -2,11 +2,13 @@
 //! the configured storage, replicas and age; RabbitMQ queues are quorum queues unless configured,
 //! and a queue an earlier release declared as classic keeps working; a NATS server that requires
 //! TLS with client certificates is reached with the configured CA and certificate, and refuses a
-//! client without one; so does RabbitMQ over `amqps://` (behind a TLS proxy). Needs `MARTY_TEST_NATS_URL`, `MARTY_TEST_NATS_SERVER`,
+//! client without one; so does RabbitMQ over `amqps://` (behind a TLS proxy); a NATS server in
+//! operator mode (JWT accounts) takes the configured credentials file and refuses a client without
+//! one. Needs `MARTY_TEST_NATS_URL`, `MARTY_TEST_NATS_SERVER`,
 //! `MARTY_TEST_RABBITMQ_URL` and `MARTY_TEST_RABBITMQCTL` (.ci/run sets them) and `openssl`.
 
 use std::net::{TcpListener, TcpStream};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -110,25 +112,27 @@ async fn rabbitmq_queues_are_quorum_unless_configured_and_a_classic_queue_from_b
     assert_eq!(type_of("classic").as_deref(), Some("classic"), "{types:?}");
 }
 
-/// A `nats-server` of the test's own that requires TLS and verifies client certificates.
-struct TlsNats {
+/// A `nats-server` of the test's own, configured with `config` (`{port}` and `{dir}` filled in):
+/// TLS with client certificates, or operator mode with JWTs.
+struct TestNats {
     child: Child,
     port: u16,
     dir: PathBuf,
 }
 
-impl TlsNats {
-    fn start(binary: &str) -> TlsNats {
-        let dir = std::env::temp_dir().join(format!("marty-nats-tls-{}", std::process::id()));
+impl TestNats {
+    /// A server of `binary` whose configuration `config` writes, given the port and a fresh
+    /// directory (already holding the test certificates).
+    fn start(binary: &str, name: &str, config: impl FnOnce(u16, &Path) -> String) -> TestNats {
+        let dir = std::env::temp_dir().join(format!("marty-nats-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         marty_tests::tls::certificates(&dir);
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = format!(
-            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{store}\" }}\n\
-             tls {{ cert_file: \"{d}/server.pem\", key_file: \"{d}/server-key.pem\", ca_file: \"{d}/ca.pem\", verify: true }}\n",
-            store = dir.join("js").display(),
-            d = dir.display()
+            "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{}",
+            dir.join("js").display(),
+            config(port, &dir)
         );
         std::fs::write(dir.join("nats.conf"), config).unwrap();
         let child = Command::new(binary)
@@ -142,11 +146,21 @@ impl TlsNats {
             assert!(Instant::now() < deadline, "nats-server did not start");
             std::thread::sleep(Duration::from_millis(50));
         }
-        TlsNats { child, port, dir }
+        TestNats { child, port, dir }
     }
 
-    fn url(&self) -> String {
-        format!("tls://127.0.0.1:{}", self.port)
+    /// A server that requires TLS and verifies client certificates.
+    fn tls(binary: &str) -> TestNats {
+        TestNats::start(binary, "tls", |_, dir| {
+            format!(
+                "tls {{ cert_file: \"{d}/server.pem\", key_file: \"{d}/server-key.pem\", ca_file: \"{d}/ca.pem\", verify: true }}\n",
+                d = dir.display()
+            )
+        })
+    }
+
+    fn url(&self, scheme: &str) -> String {
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     fn path(&self, file: &str) -> String {
@@ -154,7 +168,7 @@ impl TlsNats {
     }
 }
 
-impl Drop for TlsNats {
+impl Drop for TestNats {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
@@ -164,20 +178,20 @@ impl Drop for TlsNats {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_nats_server_that_requires_client_certificates_is_reached_with_the_configured_ones() {
-    let server = tokio::task::block_in_place(|| TlsNats::start(&required("MARTY_TEST_NATS_SERVER")));
+    let server = tokio::task::block_in_place(|| TestNats::tls(&required("MARTY_TEST_NATS_SERVER")));
     let table = format!(
         "[events.nats]\ntls_ca = \"{}\"\ntls_client_cert = \"{}\"\ntls_client_key = \"{}\"\n",
         server.path("ca.pem"),
         server.path("client.pem"),
         server.path("client-key.pem")
     );
-    let broker = NatsBroker::connect_with(&server.url(), &events_config(&table).nats).await.unwrap();
+    let broker = NatsBroker::connect_with(&server.url("tls"), &events_config(&table).nats).await.unwrap();
     round_trip(&broker, "topology.tls", "audit").await;
 
     // Trusting the CA is not enough: the server wants a client certificate.
     let mut only_ca: NatsConfig = events_config(&table).nats;
     only_ca.tls_client = None;
-    let refused = NatsBroker::connect_with(&server.url(), &only_ca).await.unwrap();
+    let refused = NatsBroker::connect_with(&server.url("tls"), &only_ca).await.unwrap();
     let acks = refused.publish(&[message("topology.tls")]).await;
     assert!(matches!(&acks[0], Err(marty::events::BrokerError::Unavailable(_))), "{acks:?}");
 }
@@ -219,4 +233,93 @@ async fn amqps_reaches_rabbitmq_with_a_private_ca_and_a_client_certificate() {
         "{acks:?}"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A JWT of the NATS flavour (`ed25519-nkey`), issued by `issuer` for `subject` with `nats` claims.
+fn nats_jwt(issuer: &nkeys::KeyPair, subject: &str, name: &str, nats: serde_json::Value) -> String {
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use base64::Engine as _;
+    let header = URL_SAFE_NO_PAD.encode(r#"{"typ":"JWT","alg":"ed25519-nkey"}"#);
+    let issued_at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let claims = serde_json::json!({
+        "jti": format!("{name}{issued_at}"),
+        "iat": issued_at,
+        "iss": issuer.public_key(),
+        "name": name,
+        "sub": subject,
+        "nats": nats,
+    });
+    let claims = URL_SAFE_NO_PAD.encode(claims.to_string());
+    let signature = URL_SAFE_NO_PAD.encode(issuer.sign(format!("{header}.{claims}").as_bytes()).unwrap());
+    format!("{header}.{claims}.{signature}")
+}
+
+/// A server in operator mode (as NATS accounts run in production) with one JetStream account, and a
+/// credentials file for a user of it, as `nsc generate creds` writes one.
+fn operator_mode_nats(binary: &str) -> (TestNats, String) {
+    let operator = nkeys::KeyPair::new_operator();
+    let account = nkeys::KeyPair::new_account();
+    // JetStream in operator mode runs its internal subscriptions in a system account.
+    let system = nkeys::KeyPair::new_account();
+    let user = nkeys::KeyPair::new_user();
+    let operator_jwt = nats_jwt(
+        &operator,
+        &operator.public_key(),
+        "test-operator",
+        serde_json::json!({"type": "operator", "version": 2}),
+    );
+    let unlimited = serde_json::json!({
+        "subs": -1, "data": -1, "payload": -1, "imports": -1, "exports": -1, "wildcards": true, "conn": -1,
+        "leaf": -1, "mem_storage": -1, "disk_storage": -1, "streams": -1, "consumer": -1,
+    });
+    let account_jwt = nats_jwt(
+        &operator,
+        &account.public_key(),
+        "orders",
+        serde_json::json!({"limits": unlimited, "type": "account", "version": 2}),
+    );
+    let system_jwt = nats_jwt(
+        &operator,
+        &system.public_key(),
+        "SYS",
+        serde_json::json!({"limits": {"subs": -1, "data": -1, "payload": -1, "conn": -1}, "type": "account", "version": 2}),
+    );
+    let user_jwt = nats_jwt(
+        &account,
+        &user.public_key(),
+        "orders-service",
+        serde_json::json!({"pub": {}, "sub": {}, "subs": -1, "data": -1, "payload": -1, "type": "user", "version": 2}),
+    );
+    let server = TestNats::start(binary, "operator", |_, _| {
+        format!(
+            "operator: \"{operator_jwt}\"\nsystem_account: {system}\nresolver: MEMORY\n\
+             resolver_preload: {{ {account}: \"{account_jwt}\", {system}: \"{system_jwt}\" }}\n",
+            system = system.public_key(),
+            account = account.public_key(),
+        )
+    });
+    let credentials = server.path("orders.creds");
+    std::fs::write(
+        &credentials,
+        format!(
+            "-----BEGIN NATS USER JWT-----\n{user_jwt}\n------END NATS USER JWT------\n\n\
+             -----BEGIN USER NKEY SEED-----\n{}\n------END USER NKEY SEED------\n",
+            user.seed().unwrap()
+        ),
+    )
+    .unwrap();
+    (server, credentials)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_nats_server_of_jwt_accounts_is_reached_with_the_configured_credentials_file() {
+    let (server, credentials) = tokio::task::block_in_place(|| operator_mode_nats(&required("MARTY_TEST_NATS_SERVER")));
+    let config = events_config(&format!("[events.nats]\ncredentials = \"{credentials}\"\n")).nats;
+    let broker = NatsBroker::connect_with(&server.url("nats"), &config).await.unwrap();
+    round_trip(&broker, "topology.credentials", "audit").await;
+
+    // Without the credentials the server knows no one.
+    let anonymous = NatsBroker::connect_with(&server.url("nats"), &NatsConfig::default()).await.unwrap();
+    let acks = anonymous.publish(&[message("topology.credentials")]).await;
+    assert!(matches!(&acks[0], Err(marty::events::BrokerError::Unavailable(_))), "{acks:?}");
 }
