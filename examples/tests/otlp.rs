@@ -16,6 +16,21 @@ const BINARY: &str = env!("CARGO_BIN_EXE_rest_orders");
 const TRACE_ID: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
 const PARENT_SPAN_ID: &str = "00f067aa0ba902b7";
 
+/// The REST example, started with `env` (the test's OTLP settings).
+async fn start(name: &str, env: impl IntoIterator<Item = (&'static str, String)>) -> Service {
+    let (name, env): (String, Vec<_>) = (name.to_owned(), env.into_iter().collect());
+    tokio::task::spawn_blocking(move || Service::start_with_env(BINARY, &name, std::process::Stdio::null(), None, &env))
+        .await
+        .unwrap()
+}
+
+/// SIGTERM, and a clean exit: what the service had buffered is flushed by then.
+async fn stop(mut service: Service) {
+    service.terminate();
+    let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap()).await.unwrap();
+    assert!(exit.success());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
     let (collector_addr, collector) = Collector::start().await;
@@ -25,11 +40,7 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
         ("OTEL_SERVICE_NAME", "orders-api".to_owned()),
         ("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test,service.version=1.2.3".to_owned()),
     ];
-    let mut service = tokio::task::spawn_blocking(move || {
-        Service::start_with_env(BINARY, "otlp", std::process::Stdio::null(), None, &env)
-    })
-    .await
-    .unwrap();
+    let service = start("otlp", env).await;
     let addr = service.addr;
     let traceparent = format!("00-{TRACE_ID}-{PARENT_SPAN_ID}-01");
     let created = tokio::task::spawn_blocking(move || {
@@ -57,9 +68,7 @@ async fn a_requests_spans_reach_the_collector_in_the_callers_trace() {
     assert_eq!(broken.status, 500);
 
     // SIGTERM: the service flushes its spans before it exits.
-    service.terminate();
-    let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap()).await.unwrap();
-    assert!(exit.success());
+    stop(service).await;
 
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -126,17 +135,11 @@ async fn spans_go_over_http_protobuf_when_the_protocol_says_so() {
         ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("http://{collector_addr}")),
         ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf".to_owned()),
     ];
-    let mut service = tokio::task::spawn_blocking(move || {
-        Service::start_with_env(BINARY, "otlp-http", std::process::Stdio::null(), None, &env)
-    })
-    .await
-    .unwrap();
+    let service = start("otlp-http", env).await;
     let addr = service.addr;
     let found = tokio::task::spawn_blocking(move || support::request(addr, "GET", "/orders/42", None).unwrap());
     assert_eq!(found.await.unwrap().status, 404);
-    service.terminate();
-    let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap()).await.unwrap();
-    assert!(exit.success());
+    stop(service).await;
     let deadline = Instant::now() + Duration::from_secs(10);
     while !collector.spans().iter().any(|span| span.name == "GET /orders/{id}") {
         assert!(Instant::now() < deadline, "no request span over http/protobuf: {:#?}", collector.spans());
@@ -173,17 +176,11 @@ async fn traces_and_metrics_reach_an_https_collector_that_verifies_clients() {
             ("OTEL_EXPORTER_OTLP_CLIENT_KEY", path("client-key.pem")),
         ];
         let name = format!("otlp-tls-{}", protocol.replace('/', "-"));
-        let mut service = tokio::task::spawn_blocking(move || {
-            Service::start_with_env(BINARY, &name, std::process::Stdio::null(), None, &env)
-        })
-        .await
-        .unwrap();
+        let service = start(&name, env).await;
         let addr = service.addr;
         let found = tokio::task::spawn_blocking(move || support::request(addr, "GET", "/orders/42", None).unwrap());
         assert_eq!(found.await.unwrap().status, 404);
-        service.terminate();
-        let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap()).await.unwrap();
-        assert!(exit.success());
+        stop(service).await;
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             let span = collector.spans().iter().any(|span| span.name == "GET /orders/{id}");
@@ -246,11 +243,7 @@ async fn metrics_reach_the_collector_every_interval_beside_prometheus() {
         ("OTEL_METRIC_EXPORT_INTERVAL", "200".to_owned()),
         ("OTEL_SERVICE_NAME", "orders-api".to_owned()),
     ];
-    let mut service = tokio::task::spawn_blocking(move || {
-        Service::start_with_env(BINARY, "otlp-metrics", std::process::Stdio::null(), None, &env)
-    })
-    .await
-    .unwrap();
+    let mut service = start("otlp-metrics", env).await;
     let addr = service.addr;
     let created = tokio::task::spawn_blocking(move || {
         support::request(addr, "POST", "/orders", Some(r#"{"item":"book","quantity":2}"#)).unwrap()
@@ -280,9 +273,7 @@ async fn metrics_reach_the_collector_every_interval_beside_prometheus() {
     assert!(scraped.contains("orders_created_total 1"), "Prometheus still has them: {scraped}");
     let resource = collector.resource_attributes();
     assert!(resource.iter().any(|attribute| attribute == "service.name=orders-api"), "{resource:?}");
-    service.terminate();
-    let exit = tokio::task::spawn_blocking(move || service.child.wait().unwrap()).await.unwrap();
-    assert!(exit.success());
+    stop(service).await;
 }
 
 /// One trace per saga: the store demo places one order; the request that started it, its saga's
