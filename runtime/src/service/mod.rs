@@ -346,7 +346,7 @@ impl Server {
         let (drain_delay, shutdown_timeout) = (drain_delay(&config.service), config.service.shutdown_timeout);
         let readiness = self.readiness.clone();
         readiness.begin_starting();
-        let telemetry = crate::telemetry::MetricsExport::start(self.registry.metrics());
+        let exports = crate::telemetry::Exports::start(self.registry.metrics());
         // Flips to true when the listeners must stop accepting; every listener and the in-flight
         // deadline wait on it.
         let (stop_accepting, stopped) = tokio::sync::watch::channel(false);
@@ -421,7 +421,7 @@ impl Server {
             // Stopped (or failed) before startup finished: nothing was started to wait for.
             result = &mut server => {
                 stop_background();
-                telemetry.finish().await;
+                exports.finish().await;
                 return result;
             }
         };
@@ -438,7 +438,7 @@ impl Server {
                 stop_accepting.send_replace(true);
                 let _ = tokio::time::timeout(shutdown_timeout, &mut server).await;
                 stop_background();
-                telemetry.finish().await;
+                exports.finish().await;
                 return Err(error);
             }
         };
@@ -457,7 +457,7 @@ impl Server {
         // After the requests that may start sagas: their replicas elsewhere continue them at once.
         #[cfg(any(feature = "postgres", feature = "sqlite"))]
         crate::saga::shutdown_all().await;
-        telemetry.finish().await;
+        exports.finish().await;
         result
     }
 

@@ -1,4 +1,4 @@
-//! Logs and traces for a service.
+//! Logs, traces and metrics export for a service.
 //!
 //! - Logs: `tracing` events as JSON lines (for collectors) or pretty text (for a terminal), filtered
 //!   by `RUST_LOG` (default `info`), each line carrying its spans' fields, so a request's lines share
@@ -83,18 +83,19 @@ pub fn shutdown() {
     otel::shutdown();
 }
 
-/// The metrics export a service runs beside `/metrics`: OTLP, with the `otel` feature and an
-/// endpoint; nothing otherwise.
-pub(crate) struct MetricsExport(#[cfg(feature = "otel")] Option<otlp_metrics::RunningExport>);
+/// What a service exports while it runs, beside its logs: metrics pushed over OTLP (with the `otel`
+/// feature and an endpoint; traces go from the subscriber [`init`] installed). [`Exports::finish`]
+/// ends both.
+pub(crate) struct Exports(#[cfg(feature = "otel")] Option<otlp_metrics::RunningExport>);
 
-impl MetricsExport {
+impl Exports {
     /// Starts pushing `metrics`, when [`init`] found an endpoint.
     #[cfg_attr(not(feature = "otel"), allow(unused_variables))]
-    pub(crate) fn start(metrics: &std::sync::Arc<crate::metrics::Metrics>) -> MetricsExport {
+    pub(crate) fn start(metrics: &std::sync::Arc<crate::metrics::Metrics>) -> Exports {
         #[cfg(feature = "otel")]
-        return MetricsExport(otel::start_metrics_export(metrics.clone()));
+        return Exports(otel::start_metrics_export(metrics.clone()));
         #[cfg(not(feature = "otel"))]
-        MetricsExport()
+        Exports()
     }
 
     /// Sends the metrics a last time, then flushes traces ([`shutdown`]).

@@ -15,7 +15,7 @@ use super::otlp_metrics::{ExportConfig, RunningExport};
 use crate::metrics::Metrics;
 
 static PROVIDER: OnceLock<SdkTracerProvider> = OnceLock::new();
-/// What [`super::MetricsExport::start`] sends, and where: set by [`configure_metrics`].
+/// What [`super::Exports::start`] sends, and where: set by [`configure_metrics`].
 static METRICS: OnceLock<(ExportConfig, Vec<opentelemetry_proto::tonic::common::v1::KeyValue>)> = OnceLock::new();
 
 /// The OpenTelemetry layer exporting to `endpoint`, or nothing when there is none (or it fails

@@ -136,6 +136,9 @@ fn percent_decode(text: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
+/// How long a shutdown waits for the last metrics export.
+const LAST_EXPORT_WITHIN: Duration = Duration::from_secs(5);
+
 /// The export running in the background; [`Self::finish`] sends a last time and stops it.
 pub(crate) struct RunningExport {
     stop: tokio::sync::watch::Sender<bool>,
@@ -186,10 +189,14 @@ impl RunningExport {
         RunningExport { stop, task }
     }
 
-    /// Sends the metrics one last time (within the export timeout) and stops.
-    pub(crate) async fn finish(self) {
+    /// Sends the metrics one last time and stops; a collector that does not answer within 5 s (or
+    /// the export timeout, when shorter) is given up on, so it cannot hold a shutdown up.
+    pub(crate) async fn finish(mut self) {
         let _ = self.stop.send(true);
-        let _ = self.task.await;
+        if tokio::time::timeout(LAST_EXPORT_WITHIN, &mut self.task).await.is_err() {
+            self.task.abort();
+            tracing::warn!("the last OTLP metrics export did not finish in time; dropped");
+        }
     }
 }
 
