@@ -21,6 +21,7 @@ pub struct Collector {
     spans: Arc<Mutex<Vec<Span>>>,
     metrics: Arc<Mutex<Vec<Metric>>>,
     resources: Arc<Mutex<Vec<KeyValue>>>,
+    metric_resources: Arc<Mutex<Vec<KeyValue>>>,
 }
 
 impl Collector {
@@ -110,7 +111,7 @@ impl Collector {
     fn keep_metrics(&self, request: ExportMetricsServiceRequest) {
         for resource_metrics in request.resource_metrics {
             let attributes = resource_metrics.resource.map(|resource| resource.attributes).unwrap_or_default();
-            self.resources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(attributes);
+            self.metric_resources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(attributes);
             let metrics = resource_metrics.scope_metrics.into_iter().flat_map(|scope| scope.metrics);
             self.metrics.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).extend(metrics);
         }
@@ -129,6 +130,12 @@ impl Collector {
     /// The attributes of the resources that sent spans, as `key=value` text (values as strings).
     pub fn resource_attributes(&self) -> Vec<String> {
         let attributes = self.resources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
+        attributes.iter().map(|kv| format!("{}={}", kv.key, text(kv))).collect()
+    }
+
+    /// The same for the resources that sent metrics.
+    pub fn metric_resource_attributes(&self) -> Vec<String> {
+        let attributes = self.metric_resources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
         attributes.iter().map(|kv| format!("{}={}", kv.key, text(kv))).collect()
     }
 }

@@ -403,9 +403,9 @@ pub struct NatsConfig {
     pub max_age: Duration,
     /// A NATS credentials file (JWT and NKey seed), for accounts that require one.
     pub credentials: Option<String>,
-    /// A CA certificate (PEM) to trust for `tls://` servers, beside the system roots.
+    /// The path of a CA certificate (PEM) to trust for `tls://` servers, beside the system roots.
     pub tls_ca: Option<String>,
-    /// A client certificate and its key (PEM), for servers that verify clients (mTLS).
+    /// The paths of a client certificate and its key (PEM), for servers that verify clients (mTLS).
     pub tls_client: Option<(String, String)>,
 }
 
@@ -438,9 +438,9 @@ pub struct RabbitMqConfig {
     /// The type of the queues Marty declares (default quorum: replicated, and what RabbitMQ
     /// recommends for data that must not be lost). A queue that already exists keeps its type.
     pub queue_type: QueueType,
-    /// A CA certificate (PEM) to trust for `amqps://` servers, beside the Mozilla roots.
+    /// The path of a CA certificate (PEM) to trust for `amqps://` servers, beside the Mozilla roots.
     pub tls_ca: Option<String>,
-    /// A client certificate and its key (PEM), for servers that verify clients (mTLS).
+    /// The paths of a client certificate and its key (PEM), for servers that verify clients (mTLS).
     pub tls_client: Option<(String, String)>,
 }
 

@@ -199,6 +199,52 @@ async fn traces_and_metrics_reach_an_https_collector_that_verifies_clients() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The same collector refuses a service that trusts its CA but has no client certificate, and a
+/// service with a client certificate that does not trust its CA: the export fails (and says so in
+/// the log), and nothing reaches the collector.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_collector_refuses_a_service_without_a_client_certificate_or_the_ca() {
+    let dir = std::env::temp_dir().join(format!("marty-otlp-refused-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    tokio::task::block_in_place(|| marty_tests::tls::certificates(&dir));
+    let path = |file: &str| dir.join(file).display().to_string();
+    let without_certificate = [("OTEL_EXPORTER_OTLP_CERTIFICATE", path("ca.pem"))];
+    let without_ca = [
+        ("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE", path("client.pem")),
+        ("OTEL_EXPORTER_OTLP_CLIENT_KEY", path("client-key.pem")),
+    ];
+    for (case, tls) in [("no-client-certificate", &without_certificate[..]), ("no-ca", &without_ca[..])] {
+        let (collector_addr, collector) = Collector::start().await;
+        let proxy = marty_tests::tls::TlsProxy::start(collector_addr, &dir, true).await;
+        let mut env = vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", format!("https://127.0.0.1:{}", proxy.addr.port())),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200".to_owned()),
+        ];
+        env.extend(tls.iter().cloned());
+        let name = format!("otlp-refused-{case}");
+        let mut service = tokio::task::spawn_blocking(move || {
+            Service::start_with_env(BINARY, &name, std::process::Stdio::piped(), None, &env)
+        })
+        .await
+        .unwrap();
+        let logs = service.child.stdout.take().unwrap();
+        let failed = tokio::task::spawn_blocking(move || {
+            use std::io::BufRead;
+            std::io::BufReader::new(logs)
+                .lines()
+                .map_while(Result::ok)
+                .find(|line| line.contains("OTLP metrics export failed"))
+        });
+        let failed =
+            tokio::time::timeout(Duration::from_secs(30), failed).await.expect("the failure is logged").unwrap();
+        assert!(failed.is_some(), "{case}: the service logs that the export failed");
+        stop(service).await;
+        assert!(collector.metrics().is_empty() && collector.spans().is_empty(), "{case}: nothing got through");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The count of the latest data point of histogram `name` whose attributes include `having`.
 fn histogram_count(metrics: &[Metric], name: &str, having: &[(&str, &str)]) -> Option<u64> {
     metrics
@@ -271,7 +317,7 @@ async fn metrics_reach_the_collector_every_interval_beside_prometheus() {
     let scraped = tokio::task::spawn_blocking(move || support::request(addr, "GET", "/metrics", None).unwrap());
     let scraped = scraped.await.unwrap().body;
     assert!(scraped.contains("orders_created_total 1"), "Prometheus still has them: {scraped}");
-    let resource = collector.resource_attributes();
+    let resource = collector.metric_resource_attributes();
     assert!(resource.iter().any(|attribute| attribute == "service.name=orders-api"), "{resource:?}");
     stop(service).await;
 }

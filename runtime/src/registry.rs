@@ -51,6 +51,7 @@ const RELOAD_AFTER_FAILURE: Duration = Duration::from_secs(1);
 impl DependencyRegistry {
     /// Builds every `[dependencies.<name>]` of `config`, recording into a new [`Metrics`].
     pub fn from_config(config: Config) -> Self {
+        crate::timeout::calibrate_counter_in_background();
         let buckets = config.telemetry.histogram_buckets.as_deref().map(Buckets::from_seconds).unwrap_or_default();
         let metrics = Arc::new(Metrics::with_buckets(buckets));
         let dependencies = config

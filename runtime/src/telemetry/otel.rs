@@ -82,9 +82,10 @@ fn resource(service: &str) -> opentelemetry_sdk::Resource {
     resource.build()
 }
 
-/// Reads the metrics export the environment asks for next to traces sent to `endpoint`.
+/// Reads the metrics export the environment asks for next to traces sent to `endpoint` (which
+/// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` may stand in for).
 pub(crate) fn configure_metrics(service: &str, endpoint: Option<&str>) -> Result<(), String> {
-    let Some(config) = endpoint.map(ExportConfig::from_env).transpose()?.flatten() else { return Ok(()) };
+    let Some(config) = ExportConfig::from_env(endpoint)? else { return Ok(()) };
     let attributes = resource(service)
         .iter()
         .map(|(key, value)| opentelemetry_proto::tonic::common::v1::KeyValue {

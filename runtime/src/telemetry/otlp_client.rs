@@ -14,70 +14,70 @@ use std::time::Duration;
 
 use opentelemetry_http::{Bytes, HttpError, Request, Response};
 
-/// The certificates an exporter of one signal trusts and presents, as PEM.
+/// The certificates an exporter of one signal trusts and presents, as PEM, each with the variable
+/// that named its file (for errors).
 pub(crate) struct OtlpTls {
-    ca: Option<Vec<u8>>,
-    client: Option<(Vec<u8>, Vec<u8>)>,
+    ca: Option<Pem>,
+    client: Option<(Pem, Pem)>,
+}
+
+struct Pem {
+    variable: String,
+    text: Vec<u8>,
 }
 
 impl OtlpTls {
-    /// For `signal` (`TRACES`, `METRICS`), from the environment.
+    /// For `signal` (`TRACES`, `METRICS`), from the environment. A CA file with no certificate in
+    /// it is an error here rather than a trust store that trusts nothing.
     pub(crate) fn from_env(signal: &str) -> Result<OtlpTls, String> {
-        let file = |what: &str| -> Result<Option<Vec<u8>>, String> {
+        let file = |what: &str| -> Result<Option<Pem>, String> {
             let names = [format!("OTEL_EXPORTER_OTLP_{signal}_{what}"), format!("OTEL_EXPORTER_OTLP_{what}")];
-            let Some((name, path)) = names
-                .iter()
-                .find_map(|name| Some((name, std::env::var(name).ok().filter(|path| !path.trim().is_empty())?)))
-            else {
+            let Some((variable, path)) = names.into_iter().find_map(|name| {
+                Some((name.clone(), std::env::var(&name).ok().filter(|path| !path.trim().is_empty())?))
+            }) else {
                 return Ok(None);
             };
-            std::fs::read(path.trim()).map(Some).map_err(|error| format!("{name} `{path}` cannot be read: {error}"))
+            let text =
+                std::fs::read(path.trim()).map_err(|error| format!("{variable} `{path}` cannot be read: {error}"))?;
+            Ok(Some(Pem { variable, text }))
         };
         let client = match (file("CLIENT_CERTIFICATE")?, file("CLIENT_KEY")?) {
             (Some(cert), Some(key)) => Some((cert, key)),
             (None, None) => None,
-            _ => {
-                return Err("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE and OTEL_EXPORTER_OTLP_CLIENT_KEY go together".into())
+            (Some(given), None) | (None, Some(given)) => {
+                return Err(format!("{} is set without its pair: a client certificate needs its key", given.variable))
             }
         };
-        Ok(OtlpTls { ca: file("CERTIFICATE")?, client })
+        let ca = file("CERTIFICATE")?;
+        if let Some(ca) = &ca {
+            certificates(ca)?;
+        }
+        Ok(OtlpTls { ca, client })
     }
 
     /// For gRPC (tonic), which checks the server's name against the endpoint's host.
     pub(crate) fn tonic(&self) -> tonic::transport::ClientTlsConfig {
         let config = tonic::transport::ClientTlsConfig::new();
         let mut config = match &self.ca {
-            Some(ca) => config.ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            Some(ca) => config.ca_certificate(tonic::transport::Certificate::from_pem(&ca.text)),
             None => config.with_webpki_roots(),
         };
         if let Some((cert, key)) = &self.client {
-            config = config.identity(tonic::transport::Identity::from_pem(cert, key));
+            config = config.identity(tonic::transport::Identity::from_pem(&cert.text, &key.text));
         }
         config
     }
 
     /// The `http/protobuf` client, giving up on a request after `timeout`.
     pub(crate) fn http_client(&self, timeout: Duration) -> Result<OtlpHttpClient, String> {
-        use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
+        use ureq::tls::{ClientCert, PrivateKey, RootCerts, TlsConfig};
         let mut tls = TlsConfig::builder();
         if let Some(ca) = &self.ca {
-            let certs = certificates(ca).map_err(|error| format!("OTEL_EXPORTER_OTLP_CERTIFICATE: {error}"))?;
-            tls = tls.root_certs(RootCerts::new_with_certs(&certs));
+            tls = tls.root_certs(RootCerts::new_with_certs(&certificates(ca)?));
         }
         if let Some((cert, key)) = &self.client {
-            let chain =
-                certificates(cert).map_err(|error| format!("OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE: {error}"))?;
-            let key = PrivateKey::from_pem(key).map_err(|error| format!("OTEL_EXPORTER_OTLP_CLIENT_KEY: {error}"))?;
-            tls = tls.client_cert(Some(ClientCert::new_with_certs(&chain, key)));
-        }
-        fn certificates(pem: &[u8]) -> Result<Vec<Certificate<'static>>, ureq::Error> {
-            ureq::tls::parse_pem(pem)
-                .filter_map(|item| match item {
-                    Ok(ureq::tls::PemItem::Certificate(cert)) => Some(Ok(cert)),
-                    Ok(_) => None,
-                    Err(error) => Some(Err(error)),
-                })
-                .collect()
+            let private_key = PrivateKey::from_pem(&key.text).map_err(|error| format!("{}: {error}", key.variable))?;
+            tls = tls.client_cert(Some(ClientCert::new_with_certs(&certificates(cert)?, private_key)));
         }
         let agent = ureq::Agent::config_builder()
             .tls_config(tls.build())
@@ -87,6 +87,21 @@ impl OtlpTls {
             .build()
             .new_agent();
         Ok(OtlpHttpClient(agent))
+    }
+}
+
+/// The certificates in `pem`: at least one, or an error naming its variable.
+fn certificates(pem: &Pem) -> Result<Vec<ureq::tls::Certificate<'static>>, String> {
+    let certificates = ureq::tls::parse_pem(&pem.text)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(cert)) => Some(Ok(cert)),
+            Ok(_) => None,
+            Err(error) => Some(Err(format!("{}: {error}", pem.variable))),
+        })
+        .collect::<Result<Vec<_>, String>>()?;
+    match certificates.is_empty() {
+        true => Err(format!("{}: the file holds no PEM certificate", pem.variable)),
+        false => Ok(certificates),
     }
 }
 

@@ -47,14 +47,18 @@ enum Protocol {
 }
 
 impl ExportConfig {
-    /// The export the environment asks for, next to traces sent to `endpoint`: `None` when
+    /// The export the environment asks for, next to traces sent to `endpoint` (or to
+    /// `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` alone): `None` when there is neither, or when
     /// `OTEL_METRICS_EXPORTER` is `none` (or `prometheus`: scraping only). `OTEL_EXPORTER_OTLP_METRICS_*`
     /// override the shared `OTEL_EXPORTER_OTLP_*` values, as the specification says.
-    pub(crate) fn from_env(endpoint: &str) -> Result<Option<ExportConfig>, String> {
+    pub(crate) fn from_env(endpoint: Option<&str>) -> Result<Option<ExportConfig>, String> {
         Self::from_lookup(endpoint, |name| std::env::var(name).ok().filter(|value| !value.trim().is_empty()))
     }
 
-    fn from_lookup(endpoint: &str, var: impl Fn(&str) -> Option<String>) -> Result<Option<ExportConfig>, String> {
+    fn from_lookup(
+        endpoint: Option<&str>,
+        var: impl Fn(&str) -> Option<String>,
+    ) -> Result<Option<ExportConfig>, String> {
         match var("OTEL_METRICS_EXPORTER").as_deref().map(str::trim) {
             None | Some("otlp") => {}
             Some("none" | "prometheus") => return Ok(None),
@@ -64,26 +68,28 @@ impl ExportConfig {
                 ))
             }
         }
-        let either = |specific: &str, shared: &str| var(specific).or_else(|| var(shared));
-        let protocol = match either("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL")
-            .as_deref()
-            .map(str::trim)
-        {
-            None | Some("grpc") => Protocol::Grpc,
-            Some("http/protobuf") => Protocol::HttpProtobuf,
-            Some(other) => {
-                return Err(format!(
-                    "OTEL_EXPORTER_OTLP_METRICS_PROTOCOL `{other}` is not supported: use `grpc` or `http/protobuf`"
-                ))
+        // The variable that said it, for the error: the metrics' own, else the shared one.
+        let either = |specific: &'static str, shared: &'static str| {
+            var(specific).map(|value| (specific, value)).or_else(|| var(shared).map(|value| (shared, value)))
+        };
+        let protocol = match either("OTEL_EXPORTER_OTLP_METRICS_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL") {
+            None => Protocol::Grpc,
+            Some((_, value)) if value.trim() == "grpc" => Protocol::Grpc,
+            Some((_, value)) if value.trim() == "http/protobuf" => Protocol::HttpProtobuf,
+            Some((name, other)) => {
+                return Err(format!("{name} `{other}` is not supported: use `grpc` or `http/protobuf`"))
             }
         };
-        let url = match (var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"), protocol) {
-            (Some(url), _) => url.trim().to_owned(),
-            (None, Protocol::Grpc) => endpoint.to_owned(),
-            (None, Protocol::HttpProtobuf) => format!("{}/v1/metrics", endpoint.trim_end_matches('/')),
+        let url = match (var("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"), endpoint, protocol) {
+            (Some(url), _, _) => url.trim().to_owned(),
+            (None, None, _) => return Ok(None),
+            (None, Some(endpoint), Protocol::Grpc) => endpoint.to_owned(),
+            (None, Some(endpoint), Protocol::HttpProtobuf) => {
+                format!("{}/v1/metrics", endpoint.trim_end_matches('/'))
+            }
         };
         let headers = either("OTEL_EXPORTER_OTLP_METRICS_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS")
-            .map(|list| parse_headers(&list))
+            .map(|(name, list)| parse_headers(name, &list))
             .transpose()?
             .unwrap_or_default();
         let millis = |name: &str, default: u64| match var(name) {
@@ -103,15 +109,20 @@ impl ExportConfig {
     }
 }
 
-/// `key=value,key=value`, values percent-encoded (W3C baggage format, as OTLP's headers variables).
-fn parse_headers(list: &str) -> Result<Vec<(String, String)>, String> {
+/// `key=value,key=value`, values percent-encoded (W3C baggage format, as OTLP's headers variables),
+/// checked here as HTTP header names and values so a bad one is reported at startup, named.
+fn parse_headers(variable: &str, list: &str) -> Result<Vec<(String, String)>, String> {
     list.split(',')
         .filter(|pair| !pair.trim().is_empty())
         .map(|pair| {
-            let (key, value) = pair
-                .split_once('=')
-                .ok_or_else(|| format!("OTEL_EXPORTER_OTLP_HEADERS: `{}` is not key=value", pair.trim()))?;
-            Ok((key.trim().to_ascii_lowercase(), percent_decode(value.trim())))
+            let (key, value) =
+                pair.split_once('=').ok_or_else(|| format!("{variable}: `{}` is not key=value", pair.trim()))?;
+            let (key, value) = (key.trim().to_ascii_lowercase(), percent_decode(value.trim()));
+            http::HeaderName::from_bytes(key.as_bytes())
+                .map_err(|_| format!("{variable}: `{key}` is not a header name"))?;
+            http::HeaderValue::from_str(&value)
+                .map_err(|_| format!("{variable}: the value of `{key}` is not a header value"))?;
+            Ok((key, value))
         })
         .collect()
 }
@@ -121,14 +132,19 @@ fn percent_decode(text: &str) -> String {
     let mut out = Vec::with_capacity(bytes.len());
     let mut at = 0;
     while at < bytes.len() {
-        let hex = bytes.get(at + 1..at + 3).and_then(|pair| std::str::from_utf8(pair).ok());
-        match (bytes[at], hex.and_then(|pair| u8::from_str_radix(pair, 16).ok())) {
-            (b'%', Some(byte)) => {
+        let escaped = match bytes.get(at..at + 3) {
+            Some([b'%', high, low]) if high.is_ascii_hexdigit() && low.is_ascii_hexdigit() => {
+                std::str::from_utf8(&[*high, *low]).ok().and_then(|pair| u8::from_str_radix(pair, 16).ok())
+            }
+            _ => None,
+        };
+        match escaped {
+            Some(byte) => {
                 out.push(byte);
                 at += 3;
             }
-            (byte, _) => {
-                out.push(byte);
+            None => {
+                out.push(bytes[at]);
                 at += 1;
             }
         }
@@ -159,9 +175,13 @@ impl RunningExport {
             };
             let resource = Resource { attributes: resource, ..Resource::default() };
             let mut failing = false;
+            // A fixed period, however long each export takes; the first tick is at once, skipped.
+            let mut period = tokio::time::interval(config.interval);
+            period.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            period.tick().await;
             loop {
                 let last = tokio::select! {
-                    () = tokio::time::sleep(config.interval) => false,
+                    _ = period.tick() => false,
                     _ = stopped.changed() => true,
                 };
                 let request = export_request(&metrics, resource.clone());
@@ -194,9 +214,15 @@ impl RunningExport {
     pub(crate) async fn finish(mut self) {
         let _ = self.stop.send(true);
         if tokio::time::timeout(LAST_EXPORT_WITHIN, &mut self.task).await.is_err() {
-            self.task.abort();
             tracing::warn!("the last OTLP metrics export did not finish in time; dropped");
         }
+    }
+}
+
+/// A server that returns early (a startup error) stops its export too.
+impl Drop for RunningExport {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 
@@ -205,8 +231,8 @@ type GrpcClient = opentelemetry_proto::tonic::collector::metrics::v1::metrics_se
 >;
 
 enum Client {
-    Grpc(Box<GrpcClient>, Vec<(String, String)>),
-    Http(OtlpHttpClient, String, Vec<(String, String)>),
+    Grpc { client: Box<GrpcClient>, headers: Vec<(String, String)> },
+    Http { client: OtlpHttpClient, url: String, headers: Vec<(String, String)> },
 }
 
 impl Client {
@@ -221,17 +247,19 @@ impl Client {
                 if config.url.starts_with("https://") {
                     endpoint = endpoint.tls_config(tls.tonic()).map_err(|error| error.to_string())?;
                 }
-                Ok(Client::Grpc(Box::new(GrpcClient::new(endpoint.connect_lazy())), config.headers.clone()))
+                let client = Box::new(GrpcClient::new(endpoint.connect_lazy()));
+                Ok(Client::Grpc { client, headers: config.headers.clone() })
             }
             Protocol::HttpProtobuf => {
-                Ok(Client::Http(tls.http_client(config.timeout)?, config.url.clone(), config.headers.clone()))
+                let client = tls.http_client(config.timeout)?;
+                Ok(Client::Http { client, url: config.url.clone(), headers: config.headers.clone() })
             }
         }
     }
 
     async fn send(&self, request: ExportMetricsServiceRequest) -> Result<(), String> {
         match self {
-            Client::Grpc(client, headers) => {
+            Client::Grpc { client, headers } => {
                 let mut request = tonic::Request::new(request);
                 for (key, value) in headers {
                     let key = key.parse::<tonic::metadata::MetadataKey<_>>().map_err(|error| error.to_string())?;
@@ -241,18 +269,24 @@ impl Client {
                 let mut client = client.as_ref().clone();
                 client.export(request).await.map(drop).map_err(|status| status.to_string())
             }
-            Client::Http(client, url, headers) => {
+            Client::Http { client, url, headers } => {
                 use prost::Message as _;
                 let mut post = http::Request::post(url).header("content-type", "application/x-protobuf");
                 for (key, value) in headers {
                     post = post.header(key, value);
                 }
                 let request = post.body(request.encode_to_vec()).map_err(|error| error.to_string())?;
-                let client = client.clone();
-                let response = tokio::task::spawn_blocking(move || client.send(request))
-                    .await
-                    .map_err(|error| error.to_string())?
+                // On a thread of its own, not `spawn_blocking`: the runtime waits for its blocking
+                // tasks when it shuts down, so a collector that never answers would hold the exit
+                // for the whole export timeout.
+                let (client, (answer, answered)) = (client.clone(), tokio::sync::oneshot::channel());
+                std::thread::Builder::new()
+                    .name("marty-otlp-metrics".into())
+                    .spawn(move || {
+                        let _ = answer.send(client.send(request).map_err(|error| error.to_string()));
+                    })
                     .map_err(|error| error.to_string())?;
+                let response = answered.await.map_err(|_| "the export thread ended without an answer".to_owned())??;
                 match response.status() {
                     status if status.is_success() => Ok(()),
                     status => Err(format!("the collector answered {status}")),
@@ -363,7 +397,9 @@ impl Family {
         }
     }
 
-    fn into_metric(self, start: u64, now: u64) -> Option<Metric> {
+    /// `start` begins the cumulative series; the process's own counters begin at `process_start`.
+    fn into_metric(self, start: u64, process_start: u64, now: u64) -> Option<Metric> {
+        let start = if self.name.starts_with("process_") { process_start } else { start };
         let semantic = SEMANTIC_NAMES.iter().find(|(prometheus, _)| *prometheus == self.name).map(|(_, otel)| *otel);
         let unit = if self.name.ends_with("_seconds") {
             "s".to_owned()
@@ -470,7 +506,8 @@ fn from_exposition(text: &str, start: u64, now: u64) -> Vec<Metric> {
             }
             let family = families.last_mut().expect("pushed above");
             match keyword {
-                "HELP" => family.help = unescape(rest),
+                // prometheus-client writes help text as given, unescaped.
+                "HELP" => family.help = rest.to_owned(),
                 "TYPE" => {
                     family.kind = match rest {
                         "counter" => Kind::Counter,
@@ -488,7 +525,13 @@ fn from_exposition(text: &str, start: u64, now: u64) -> Vec<Metric> {
         let suffix = suffix.to_owned();
         family.add_sample(&suffix, labels, value);
     }
-    families.into_iter().filter_map(|family| family.into_metric(start, now)).collect()
+    // Counted since the process started, not since the registry was made.
+    let process_start = families
+        .iter()
+        .find(|family| family.name == "process_start_time_seconds")
+        .and_then(|family| family.numbers.first())
+        .map_or(start, |(_, seconds)| (seconds * 1e9) as u64);
+    families.into_iter().filter_map(|family| family.into_metric(start, process_start, now)).collect()
 }
 
 /// `name{key="value",...} value [timestamp]`.
@@ -537,22 +580,6 @@ fn parse_value(text: &str) -> Option<f64> {
         "NaN" => Some(f64::NAN),
         _ => text.parse().ok(),
     }
-}
-
-fn unescape(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut chars = text.chars();
-    while let Some(c) = chars.next() {
-        match (c, c == '\\') {
-            (_, true) => match chars.next() {
-                Some('n') => out.push('\n'),
-                Some(other) => out.push(other),
-                None => out.push('\\'),
-            },
-            (c, false) => out.push(c),
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -619,13 +646,13 @@ mod tests {
         let env = |pairs: &'static [(&'static str, &'static str)]| {
             move |name: &str| pairs.iter().find(|(key, _)| *key == name).map(|(_, value)| (*value).to_owned())
         };
-        let grpc = ExportConfig::from_lookup("http://collector:4317", env(&[])).unwrap().unwrap();
+        let grpc = ExportConfig::from_lookup(Some("http://collector:4317"), env(&[])).unwrap().unwrap();
         assert_eq!(
             (grpc.url.as_str(), grpc.protocol, grpc.interval),
             ("http://collector:4317", Protocol::Grpc, Duration::from_secs(60))
         );
         let http = ExportConfig::from_lookup(
-            "http://collector:4318/",
+            Some("http://collector:4318/"),
             env(&[
                 ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
                 ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20abc,x-tenant=7"),
@@ -640,8 +667,19 @@ mod tests {
             [("authorization".to_owned(), "Bearer abc".to_owned()), ("x-tenant".to_owned(), "7".to_owned())]
         );
         assert_eq!(http.interval, Duration::from_millis(250));
-        assert!(ExportConfig::from_lookup("http://c", env(&[("OTEL_METRICS_EXPORTER", "none")])).unwrap().is_none());
-        let bad = ExportConfig::from_lookup("http://c", env(&[("OTEL_METRIC_EXPORT_INTERVAL", "soon")])).unwrap_err();
+        assert!(ExportConfig::from_lookup(Some("http://c"), env(&[("OTEL_METRICS_EXPORTER", "none")]))
+            .unwrap()
+            .is_none());
+        assert!(ExportConfig::from_lookup(None, env(&[])).unwrap().is_none(), "no endpoint, no export");
+        let own = ExportConfig::from_lookup(None, env(&[("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", "http://m:4317")]));
+        assert_eq!(own.unwrap().unwrap().url, "http://m:4317", "the metrics' own endpoint is enough");
+        let bad =
+            ExportConfig::from_lookup(Some("http://c"), env(&[("OTEL_METRIC_EXPORT_INTERVAL", "soon")])).unwrap_err();
         assert!(bad.contains("OTEL_METRIC_EXPORT_INTERVAL"), "{bad}");
+        let bad = ExportConfig::from_lookup(Some("http://c"), env(&[("OTEL_EXPORTER_OTLP_HEADERS", "bad key=1")]));
+        assert!(bad.unwrap_err().contains("OTEL_EXPORTER_OTLP_HEADERS: `bad key` is not a header name"));
+        let bad = ExportConfig::from_lookup(Some("http://c"), env(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]));
+        assert!(bad.unwrap_err().starts_with("OTEL_EXPORTER_OTLP_PROTOCOL `http/json`"), "the variable that said it");
+        assert_eq!(percent_decode("a%20b%+1%2"), "a b%+1%2", "only %XX with two hex digits decodes");
     }
 }

@@ -39,7 +39,7 @@ pub const DEAD_LETTER_QUEUE: &str = "marty.dead_letter";
 /// A RabbitMQ connection for publishing; each subscription opens its own.
 #[derive(Debug)]
 pub struct RabbitMqBroker {
-    server: Arc<Server>,
+    settings: Arc<Settings>,
     /// The publishing channel (confirm mode), reopened after a failure.
     publisher: Mutex<Option<(Connection, Channel)>>,
 }
@@ -51,12 +51,12 @@ fn unavailable(error: lapin::Error) -> BrokerError {
 /// Where the broker is and how to reach it: its URL, the TLS settings for `amqps://`, and the type
 /// of the queues Marty declares there.
 #[derive(Debug)]
-struct Server {
+struct Settings {
     url: String,
     config: RabbitMqConfig,
 }
 
-impl Server {
+impl Settings {
     /// lapin's TLS settings: the Mozilla roots (lapin's `rustls-webpki-roots-certs`) and `tls_ca`,
     /// with the client certificate when one is configured. Read at each connect, so renewed
     /// certificates are picked up by the next connection.
@@ -79,11 +79,11 @@ impl Server {
 }
 
 /// A channel in confirm mode with Marty's exchanges and dead-letter queue declared.
-async fn open(server: &Server) -> Result<(Connection, Channel), BrokerError> {
-    let queue_type = server.config.queue_type;
+async fn open(settings: &Settings) -> Result<(Connection, Channel), BrokerError> {
+    let queue_type = settings.config.queue_type;
     let runtime = lapin::runtime::default_runtime().map_err(unavailable)?;
     let connection =
-        Connection::connect_with_config(&server.url, ConnectionProperties::default(), server.tls()?, runtime)
+        Connection::connect_with_config(&settings.url, ConnectionProperties::default(), settings.tls()?, runtime)
             .await
             .map_err(|error| BrokerError::Unavailable(format!("cannot connect to RabbitMQ: {error}")))?;
     let channel = connection.create_channel().await.map_err(unavailable)?;
@@ -160,17 +160,26 @@ impl RabbitMqBroker {
     }
 
     /// Connects to `url` (`amqps://` for TLS) with `config`: the certificates TLS trusts and
-    /// presents, and the type of the queues it declares.
+    /// presents, and the type of the queues it declares. TLS settings that cannot work (a file that
+    /// cannot be read, an `amqp://` URL) are an error here, not a broker to wait for.
     pub async fn connect_with(url: &str, config: &RabbitMqConfig) -> Result<Self, BrokerError> {
-        let server = Arc::new(Server { url: url.to_owned(), config: config.clone() });
-        let opened = match open(&server).await {
+        let settings = Arc::new(Settings { url: url.to_owned(), config: config.clone() });
+        // Mistakes in the TLS settings fail startup, named, rather than read as a broker that is down.
+        if (config.tls_ca.is_some() || config.tls_client.is_some()) && !url.starts_with("amqps://") {
+            return Err(BrokerError::Unavailable(
+                "[events.rabbitmq] has TLS settings but `[events] url` is not amqps://: use amqps:// (or drop them)"
+                    .into(),
+            ));
+        }
+        settings.tls()?;
+        let opened = match open(&settings).await {
             Ok(opened) => Some(opened),
             Err(error) => {
                 tracing::warn!(%error, "RabbitMQ unavailable at startup; retrying as events flow");
                 None
             }
         };
-        Ok(RabbitMqBroker { server, publisher: Mutex::new(opened) })
+        Ok(RabbitMqBroker { settings, publisher: Mutex::new(opened) })
     }
 
     /// The queue group `group` reads `topic` from.
@@ -187,7 +196,7 @@ impl super::Broker for RabbitMqBroker {
                 .as_ref()
                 .is_some_and(|(connection, channel)| connection.status().connected() && channel.status().connected())
             {
-                *publisher = match open(&self.server).await {
+                *publisher = match open(&self.settings).await {
                     Ok(opened) => Some(opened),
                     Err(error) => return messages.iter().map(|_| Err(error.clone())).collect(),
                 };
@@ -220,10 +229,10 @@ impl super::Broker for RabbitMqBroker {
         group: &str,
         options: SubscribeOptions,
     ) -> BoxFuture<'_, Result<Subscription, BrokerError>> {
-        let (topic, group, server) = (topic.to_owned(), group.to_owned(), self.server.clone());
+        let (topic, group, settings) = (topic.to_owned(), group.to_owned(), self.settings.clone());
         Box::pin(async move {
             // The queue exists (and is bound) before this returns, so what is published from now on reaches it.
-            let first = consume(&server, &topic, &group, &options).await?;
+            let first = consume(&settings, &topic, &group, &options).await?;
             let (deliveries, receiver) = mpsc::channel(options.max_in_flight.max(1));
             tokio::spawn(async move {
                 let mut opened = Some(first);
@@ -231,7 +240,7 @@ impl super::Broker for RabbitMqBroker {
                 loop {
                     let (connection, channel, mut consumer) = match opened.take() {
                         Some(opened) => opened,
-                        None => match consume(&server, &topic, &group, &options).await {
+                        None => match consume(&settings, &topic, &group, &options).await {
                             Ok(opened) => opened,
                             Err(error) => {
                                 tracing::warn!(%error, topic, group, "RabbitMQ unavailable; resubscribing");
@@ -292,13 +301,13 @@ async fn declare_queue(
 
 /// A connection, its channel and a consumer on group `group`'s queue for `topic`.
 async fn consume(
-    server: &Server,
+    settings: &Settings,
     topic: &str,
     group: &str,
     options: &SubscribeOptions,
 ) -> Result<(Connection, Channel, lapin::Consumer), BrokerError> {
-    let (connection, channel) = open(server).await?;
-    let queue_type = server.config.queue_type;
+    let (connection, channel) = open(settings).await?;
+    let queue_type = settings.config.queue_type;
     let queue = RabbitMqBroker::queue_name(topic, group);
     let mut arguments = FieldTable::default();
     arguments.insert("x-dead-letter-exchange".into(), text(DEAD_LETTER_EXCHANGE));
