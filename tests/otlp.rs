@@ -129,14 +129,12 @@ impl Collector {
 
     /// The attributes of the resources that sent spans, as `key=value` text (values as strings).
     pub fn resource_attributes(&self) -> Vec<String> {
-        let attributes = self.resources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        attributes.iter().map(|kv| format!("{}={}", kv.key, text(kv))).collect()
+        as_text(&self.resources)
     }
 
     /// The same for the resources that sent metrics.
     pub fn metric_resource_attributes(&self) -> Vec<String> {
-        let attributes = self.metric_resources.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).clone();
-        attributes.iter().map(|kv| format!("{}={}", kv.key, text(kv))).collect()
+        as_text(&self.metric_resources)
     }
 }
 
@@ -175,6 +173,11 @@ pub fn attribute(span: &Span, key: &str) -> Option<String> {
 /// The attribute `key` among `attributes` (a data point's, a resource's), as text.
 pub fn find_attribute(attributes: &[KeyValue], key: &str) -> Option<String> {
     attributes.iter().find(|kv| kv.key == key).map(text)
+}
+
+fn as_text(attributes: &Mutex<Vec<KeyValue>>) -> Vec<String> {
+    let attributes = attributes.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    attributes.iter().map(|kv| format!("{}={}", kv.key, text(kv))).collect()
 }
 
 fn text(kv: &KeyValue) -> String {

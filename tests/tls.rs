@@ -3,12 +3,21 @@
 //! against a real handshake without reconfiguring the shared server.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+/// A fresh directory named after `name` (and this process) holding the [`certificates`].
+pub fn certificates_in(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("marty-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    certificates(&dir);
+    dir
+}
 
 /// A CA (`ca.pem`), a server certificate for 127.0.0.1 and localhost (`server.pem`,
 /// `server-key.pem`) and a client certificate (`client.pem`, `client-key.pem`), made in `dir`.

@@ -159,10 +159,7 @@ async fn spans_go_over_http_protobuf_when_the_protocol_says_so() {
 /// `OTEL_EXPORTER_OTLP_CERTIFICATE` and presenting `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn traces_and_metrics_reach_an_https_collector_that_verifies_clients() {
-    let dir = std::env::temp_dir().join(format!("marty-otlp-tls-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    tokio::task::block_in_place(|| marty_tests::tls::certificates(&dir));
+    let dir = tokio::task::block_in_place(|| marty_tests::tls::certificates_in("otlp-tls"));
     let path = |file: &str| dir.join(file).display().to_string();
     for protocol in ["grpc", "http/protobuf"] {
         let (collector_addr, collector) =
@@ -204,10 +201,7 @@ async fn traces_and_metrics_reach_an_https_collector_that_verifies_clients() {
 /// the log), and nothing reaches the collector.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_https_collector_refuses_a_service_without_a_client_certificate_or_the_ca() {
-    let dir = std::env::temp_dir().join(format!("marty-otlp-refused-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    tokio::task::block_in_place(|| marty_tests::tls::certificates(&dir));
+    let dir = tokio::task::block_in_place(|| marty_tests::tls::certificates_in("otlp-refused"));
     let path = |file: &str| dir.join(file).display().to_string();
     let without_certificate = [("OTEL_EXPORTER_OTLP_CERTIFICATE", path("ca.pem"))];
     let without_ca = [

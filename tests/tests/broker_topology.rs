@@ -124,10 +124,7 @@ impl TestNats {
     /// A server of `binary` whose configuration `config` writes, given the port and a fresh
     /// directory (already holding the test certificates).
     fn start(binary: &str, name: &str, config: impl FnOnce(u16, &Path) -> String) -> TestNats {
-        let dir = std::env::temp_dir().join(format!("marty-nats-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        marty_tests::tls::certificates(&dir);
+        let dir = marty_tests::tls::certificates_in(&format!("nats-{name}"));
         let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let config = format!(
             "listen: \"127.0.0.1:{port}\"\njetstream {{ store_dir: \"{}\" }}\n{}",
@@ -200,10 +197,7 @@ async fn a_nats_server_that_requires_client_certificates_is_reached_with_the_con
 async fn amqps_reaches_rabbitmq_with_a_private_ca_and_a_client_certificate() {
     let plain: std::net::SocketAddr = "127.0.0.1:5672".parse().unwrap();
     assert!(required("MARTY_TEST_RABBITMQ_URL").contains("@127.0.0.1:5672/"), "the proxy forwards to 127.0.0.1:5672");
-    let dir = std::env::temp_dir().join(format!("marty-amqps-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    tokio::task::block_in_place(|| marty_tests::tls::certificates(&dir));
+    let dir = tokio::task::block_in_place(|| marty_tests::tls::certificates_in("amqps"));
     let proxy = marty_tests::tls::TlsProxy::start(plain, &dir, true).await;
     let url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", proxy.addr.port());
     let path = |file: &str| dir.join(file).display().to_string();
