@@ -522,8 +522,7 @@ fn from_exposition(text: &str, start: u64, now: u64) -> Vec<Metric> {
         }
         let (Some(family), Some((name, labels, value))) = (families.last_mut(), parse_sample(line)) else { continue };
         let Some(suffix) = name.strip_prefix(family.name.as_str()) else { continue };
-        let suffix = suffix.to_owned();
-        family.add_sample(&suffix, labels, value);
+        family.add_sample(suffix, labels, value);
     }
     // Counted since the process started, not since the registry was made.
     let process_start = families
