@@ -153,6 +153,10 @@ fn throughput(threads: usize) -> f64 {
 }
 
 fn main() {
+    // Tracing off, as a service runs it when it filters spans out: a subscriber is set (every service
+    // sets one) and enables nothing. With none set at all, tracing's `log` fallback (which sqlx
+    // turns on) formats every disabled span's fields for a logger that is not there either.
+    tracing::subscriber::set_global_default(tracing::subscriber::NoSubscriber::new()).expect("first subscriber");
     let config_path = concat!(env!("CARGO_MANIFEST_DIR"), "/marty.toml");
     let config = Config::load(config_path.as_ref()).expect("bench/marty.toml is valid");
     let dependency_config = config.dependency("bench_db").unwrap().clone();
@@ -166,6 +170,7 @@ fn main() {
     runtime.block_on(async {
         // Warm up: resolves the call site's policy and metric handles once, as a service's first call does.
         through_marty(0).await.unwrap();
+        eprintln!("SIZE {}", std::mem::size_of_val(&through_marty(0)));
         for _ in 0..ROUNDS {
             raw_ns.push(
                 time_round(|i| async move {

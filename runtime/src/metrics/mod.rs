@@ -27,7 +27,7 @@ pub mod process;
 
 use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
@@ -90,7 +90,7 @@ struct OperationLabels {
 /// One registry of Marty's metrics; a [`crate::DependencyRegistry`] records into its own.
 pub struct Metrics {
     registry: Registry,
-    calls: Family<CallLabels, StripedCounter>,
+    calls: Family<CallLabels, CallCounter>,
     durations: Histograms<OperationLabels>,
     retries: Family<OperationLabels, Counter>,
     http_requests: Histograms<HttpLabels>,
@@ -463,11 +463,14 @@ impl Metrics {
                 .clone()
         };
         let labels = OperationLabels { dependency: dependency.clone(), operation: operation.clone() };
-        CallMetrics {
-            outcomes: Outcome::ALL.map(counter),
-            duration: self.durations.get_or_create(&labels).clone(),
-            retries: self.retries.get_or_create(&labels).clone(),
-        }
+        let outcomes = Outcome::ALL.map(counter);
+        let duration = self.durations.get_or_create(&labels).clone();
+        let _ = outcomes[Outcome::Success as usize].successes.set(Successes {
+            timed: duration.clone(),
+            failed: [Outcome::Error, Outcome::Timeout].map(|failure| outcomes[failure as usize].counted.clone()),
+            reported: AtomicU64::new(0),
+        });
+        CallMetrics { outcomes, duration, retries: self.retries.get_or_create(&labels).clone() }
     }
 
     /// Records one HTTP request served. `route` is the matched route template (`/orders/{id}`), never
@@ -529,7 +532,7 @@ impl Metrics {
 /// A call site's metric handles.
 #[derive(Debug, Clone)]
 pub struct CallMetrics {
-    outcomes: [StripedCounter; 5],
+    outcomes: [CallCounter; 5],
     duration: LatencyHistogram,
     retries: Counter,
 }
@@ -538,7 +541,10 @@ impl CallMetrics {
     /// Records an attempt's outcome and, when it reached the dependency, its duration.
     #[inline]
     pub fn record(&self, outcome: Outcome, elapsed: Option<Duration>) {
-        self.outcomes[outcome as usize].inc();
+        // Counted before it is timed: what `Successes` relies on.
+        if outcome != Outcome::Success {
+            self.outcomes[outcome as usize].counted.inc();
+        }
         if let Some(elapsed) = elapsed {
             self.duration.observe(elapsed);
         }
@@ -552,6 +558,61 @@ impl CallMetrics {
     /// Attempts recorded with `outcome` so far (for tests and dashboards built in code).
     pub fn count(&self, outcome: Outcome) -> u64 {
         self.outcomes[outcome as usize].get()
+    }
+}
+
+/// One series of `marty_calls_total`. Successes are not counted on the call path: they are the
+/// attempts the duration histogram timed less the errors and timeouts, which saves every successful
+/// call one atomic add.
+#[derive(Debug, Clone, Default)]
+struct CallCounter {
+    counted: StripedCounter,
+    /// Set on the `success` series: the count is derived, and `counted` stays at zero.
+    successes: Arc<OnceLock<Successes>>,
+}
+
+impl CallCounter {
+    fn get(&self) -> u64 {
+        match self.successes.get() {
+            Some(successes) => successes.get(),
+            None => self.counted.get(),
+        }
+    }
+}
+
+impl TypedMetric for CallCounter {
+    const TYPE: MetricType = MetricType::Counter;
+}
+
+impl EncodeMetric for CallCounter {
+    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
+        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
+    }
+
+    fn metric_type(&self) -> MetricType {
+        MetricType::Counter
+    }
+}
+
+/// The successful attempts of one call site: timed attempts less failed ones.
+#[derive(Debug)]
+struct Successes {
+    timed: LatencyHistogram,
+    /// The errors and timeouts, the other outcomes that are timed.
+    failed: [StripedCounter; 2],
+    /// The highest count reported, so that the series never goes down.
+    reported: AtomicU64,
+}
+
+impl Successes {
+    fn get(&self) -> u64 {
+        // The histogram is read first: a failure is counted before it is timed, so a call racing
+        // this read can make the difference low, but not high. A low read is a count that lags
+        // by the calls in flight; the maximum keeps a later low read from looking like a reset.
+        let timed = self.timed.count();
+        let failed: u64 = self.failed.iter().map(StripedCounter::get).sum();
+        let now = timed.saturating_sub(failed);
+        self.reported.fetch_max(now, Ordering::Relaxed).max(now)
     }
 }
 
@@ -671,6 +732,11 @@ impl LatencyHistogram {
         cells.buckets[bucket].fetch_add(1, Ordering::Relaxed);
         cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
     }
+
+    /// Durations recorded so far.
+    pub fn count(&self) -> u64 {
+        self.stripes.iter().flat_map(|stripe| &stripe.0.buckets).map(|cell| cell.load(Ordering::Relaxed)).sum()
+    }
 }
 
 impl TypedMetric for LatencyHistogram {
@@ -751,7 +817,7 @@ mod tests {
 
     use prometheus_client::metrics::counter::Counter;
 
-    use super::{Buckets, Metrics};
+    use super::{Buckets, Metrics, Outcome};
 
     #[test]
     fn the_services_own_metrics_and_process_metrics_are_in_the_exposition_once() {
@@ -766,6 +832,36 @@ mod tests {
         }
         assert_eq!(text.matches("# EOF").count(), 1);
         assert!(text.ends_with("# EOF\n"));
+    }
+
+    #[test]
+    fn every_outcome_is_counted_and_successes_are_the_timed_attempts_that_did_not_fail() {
+        let metrics = Metrics::new();
+        let call = metrics.call_metrics(&"orders_db".into(), &"load".into());
+        let same_labels = metrics.call_metrics(&"orders_db".into(), &"load".into());
+        let took = Some(Duration::from_millis(3));
+        for (outcome, elapsed, times) in [
+            (Outcome::Success, took, 5),
+            (Outcome::Error, took, 2),
+            (Outcome::Timeout, took, 1),
+            (Outcome::Rejected, None, 3),
+            (Outcome::ShortCircuited, None, 4),
+        ] {
+            for _ in 0..times {
+                call.record(outcome, elapsed);
+            }
+        }
+        same_labels.record(Outcome::Success, took);
+        let text = metrics.render();
+        for (outcome, count) in [("success", 6), ("error", 2), ("timeout", 1), ("rejected", 3), ("short_circuited", 4)]
+        {
+            let series = format!(
+                "marty_calls_total{{dependency=\"orders_db\",operation=\"load\",outcome=\"{outcome}\"}} {count}\n"
+            );
+            assert!(text.contains(&series), "{series} in {text}");
+        }
+        assert_eq!(call.count(Outcome::Success), 6, "a second call site with the same labels shares the series");
+        assert!(text.contains("marty_call_duration_seconds_count{dependency=\"orders_db\",operation=\"load\"} 9\n"));
     }
 
     #[test]
