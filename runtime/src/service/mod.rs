@@ -177,7 +177,7 @@ pub async fn serve<S: Routes>(service: S) -> Result<(), ServeError> {
 }
 
 /// The header carrying a request's id, taken from the client when present, generated otherwise.
-pub const REQUEST_ID: &str = "x-request-id";
+pub const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
 /// An HTTP server for one service.
 #[derive(Debug)]
@@ -238,7 +238,12 @@ impl Server {
 
     /// The complete application: user routes, built-in endpoints, and the layers every request passes.
     pub fn app(&self) -> Router {
-        self.http_routes().layer(HttpLayer::new(self.registry.metrics().clone()))
+        self.http_routes().layer(self.http_layer())
+    }
+
+    /// The layer every request passes, with this service's metrics and body limit.
+    fn http_layer(&self) -> HttpLayer {
+        HttpLayer::new(self.registry.metrics().clone(), self.registry.config().http.max_body_bytes)
     }
 
     /// What the readiness rule reads, for `/readyz` and gRPC health.
@@ -278,13 +283,12 @@ impl Server {
     /// and reflection), which then leave the API. Plus the task that keeps gRPC health in step.
     #[cfg_attr(not(feature = "grpc"), allow(unused_mut))]
     fn connection_services(mut self, management: bool) -> ConnectionServices {
-        let observe = HttpLayer::new(self.registry.metrics().clone());
-        let body_limit = axum::extract::DefaultBodyLimit::max(self.registry.config().http.max_body_bytes);
+        let observe = self.http_layer();
         let api_routes = match management {
             true => self.routes.clone().fallback(errors::not_found),
             false => self.http_routes(),
         };
-        let http = api_routes.layer(body_limit).layer(observe.clone());
+        let http = api_routes.layer(observe.clone());
         let management_http =
             management.then(|| self.operations_routes().fallback(errors::not_found).layer(observe.clone()));
         #[cfg(feature = "grpc")]
@@ -293,16 +297,16 @@ impl Server {
             let (grpc, management_grpc, reporter) = services.into_routers(management);
             let grpc = grpc.layer(axum::middleware::map_response(grpc::spec_status_codes));
             let health = tokio::spawn(grpc::follow_readiness(reporter, names, self.health_state()));
-            let api = grpc_dispatch::Dispatch::Hybrid { http, grpc: grpc.layer(observe.clone()) };
+            let api = grpc_dispatch::Dispatch::hybrid(http, grpc.layer(observe.clone()));
             let management = management_http.map(|http| match management_grpc {
-                Some(grpc) => grpc_dispatch::Dispatch::Hybrid { http, grpc: grpc.layer(observe) },
-                None => grpc_dispatch::Dispatch::Http(http),
+                Some(grpc) => grpc_dispatch::Dispatch::hybrid(http, grpc.layer(observe)),
+                None => grpc_dispatch::Dispatch::http(http),
             });
             return ConnectionServices { api, management, grpc_health: Some(health) };
         }
         ConnectionServices {
-            api: grpc_dispatch::Dispatch::Http(http),
-            management: management_http.map(grpc_dispatch::Dispatch::Http),
+            api: grpc_dispatch::Dispatch::http(http),
+            management: management_http.map(grpc_dispatch::Dispatch::http),
             grpc_health: None,
         }
     }
@@ -614,6 +618,20 @@ mod grpc_dispatch {
             http: Router,
             grpc: Router,
         },
+    }
+
+    impl Dispatch {
+        /// HTTP routes alone. `with_state` makes every handler a route once, here, as `axum::serve`
+        /// does: a router called without it builds the route of the handler on every request.
+        pub(super) fn http(http: Router) -> Self {
+            Dispatch::Http(http.with_state(()))
+        }
+
+        /// HTTP routes and gRPC services on one port.
+        #[cfg(feature = "grpc")]
+        pub(super) fn hybrid(http: Router, grpc: Router) -> Self {
+            Dispatch::Hybrid { http: http.with_state(()), grpc: grpc.with_state(()) }
+        }
     }
 
     impl Service<Request> for Dispatch {

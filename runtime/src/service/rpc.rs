@@ -14,9 +14,9 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::response::Response;
 use http_body::Frame;
-use tokio::time::Instant;
 
 use crate::metrics::Metrics;
+use crate::timeout::Stopwatch;
 
 /// A gRPC method, as its request's path names it.
 #[derive(Debug, Clone)]
@@ -90,7 +90,7 @@ pub(crate) fn observe(
     response: Response,
     span: tracing::Span,
     metrics: Arc<Metrics>,
-    start: Instant,
+    start: Stopwatch,
 ) -> Response {
     let status = response.headers().get("grpc-status").and_then(status_code);
     let (parts, body) = response.into_parts();
@@ -109,7 +109,7 @@ struct Call {
     status: Option<i32>,
     span: tracing::Span,
     metrics: Arc<Metrics>,
-    start: Instant,
+    start: Stopwatch,
 }
 
 impl Drop for Call {
