@@ -57,8 +57,9 @@ impl<F> WithDeadline<F> {
     }
 }
 
-/// How long an attempt took, cheaply: the CPU's time-stamp counter (quanta) while the attempt runs
-/// without waiting, tokio's clock from the moment it first waits. A call that completes at once (a
+/// How long an attempt (or a request) took, cheaply: the CPU's time-stamp counter (quanta) until a
+/// [`Stopwatch::deadline`] is asked for (an attempt about to wait), tokio's clock from then on. A
+/// call that completes at once (a
 /// cache hit, a pool handing out a connection) costs two counter reads (~8 ns each) rather than
 /// two OS clock reads (~17 ns each), and a call that waits is timed by tokio's clock, so pausing
 /// time in a test moves its duration and its deadline as it moves every timer.

@@ -1,0 +1,3 @@
+begin;
+insert into orders (item, quantity) values ('book', 2) returning id;
+commit;
