@@ -32,19 +32,7 @@ create index on today (id) where state = 0;
 create index on today (key, id) where state = 0;
 create index on today (id) where state = 2;
 
-create table by_xid (
-    id bigserial,
-    event_id text not null,
-    topic text not null,
-    key text,
-    version integer not null,
-    payload bytea not null,
-    traceparent text,
-    tracestate text,
-    tx_id xid8 not null default pg_current_xact_id(),
-    created_at timestamptz not null default clock_timestamp(),
-    attempts integer not null default 0,
-    primary key (tx_id, id)
-) partition by range (tx_id);
+-- The same row (and the same id sequence), keyed and partitioned by the writing transaction.
+create table by_xid (like today including defaults, primary key (tx_id, id)) partition by range (tx_id);
 create table by_xid_cursor (xid xid8 not null);
 insert into by_xid_cursor values (pg_snapshot_xmin(pg_current_snapshot()));
