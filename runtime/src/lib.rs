@@ -80,5 +80,6 @@ pub use {opentelemetry, opentelemetry_sdk, tracing_opentelemetry};
 /// Version-matched ecosystem crates, so users never fight version skew.
 pub use {prometheus_client, tracing};
 
-/// The boxed future the policy layers return.
-pub type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send + 'static>>;
+/// A boxed future borrowing for `'a`: what the policy layers, the bulkhead's wait and the object-safe
+/// broker, outbox and inbox traits return.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;

@@ -3,8 +3,6 @@
 
 mod layer;
 
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -18,8 +16,7 @@ use crate::timeout::{Deadline, WithDeadline};
 
 pub use layer::{BulkheadLayer, BulkheadService};
 
-/// A boxed future borrowing the bulkhead.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::BoxFuture;
 
 /// Takes one permit from a counter of free permits, if it holds any.
 #[inline]

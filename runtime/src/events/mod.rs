@@ -10,8 +10,6 @@ mod consumer;
 mod message;
 
 use std::fmt;
-use std::future::Future;
-use std::pin::Pin;
 
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -25,8 +23,7 @@ pub use consumer::{EventHandler, Handled, HandlerError, HandlerOptions, Invoke};
 pub(crate) use message::{continue_trace, current_trace_context};
 pub use message::{headers, new_event_id, Message};
 
-/// A boxed future borrowing for `'a`, what the object-safe broker traits return.
-pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+pub use crate::BoxFuture;
 
 /// A message other services may consume.
 ///

@@ -11,6 +11,8 @@ use tokio::task::JoinHandle;
 use super::Store;
 use crate::events::{Broker, BrokerError, Message};
 use crate::metrics::EventMetrics;
+#[cfg(feature = "sqlite")]
+use crate::store::unix_seconds;
 
 /// How long the relay waits after a small batch before taking the next.
 const LINGER: Duration = Duration::from_millis(2);
@@ -375,7 +377,7 @@ impl Relay {
                             (select count(*) from marty_outbox where state = 2),
                             coalesce((select ? - created_at from marty_outbox where state = 0 order by id limit 1), 0.0)",
                 )
-                .bind(unix_now())
+                .bind(unix_seconds())
                 .fetch_one(pool)
                 .await?
             }
@@ -405,7 +407,7 @@ impl Relay {
                     "delete from marty_outbox where id in (select id from marty_outbox
                      where state = 1 and sent_at < ? limit 10000)",
                 )
-                .bind(unix_now() - retention)
+                .bind(unix_seconds() - retention)
                 .execute(pool)
                 .await?;
             }
@@ -520,7 +522,7 @@ impl Relay {
                 order by o.id
                 limit ?3)
             returning id, event_id, topic, key, version, payload, traceparent, tracestate, attempts";
-        let now = unix_now();
+        let now = unix_seconds();
         let rows: Vec<Row> = sqlx::query_as(CLAIM)
             .bind(now)
             .bind(self.options.claim_lease.as_secs_f64())
@@ -542,7 +544,7 @@ impl Relay {
                 "update marty_outbox set state = 1, sent_at = ?1, claimed_until = 0
                  where id in (select value from json_each(?2))"
             };
-            sqlx::query(mark_sent).bind(unix_now()).bind(ids(&settled.sent)).execute(&mut *tx).await?;
+            sqlx::query(mark_sent).bind(unix_seconds()).bind(ids(&settled.sent)).execute(&mut *tx).await?;
         }
         if !settled.unavailable.is_empty() {
             sqlx::query("update marty_outbox set claimed_until = 0 where id in (select value from json_each(?))")
@@ -558,7 +560,7 @@ impl Relay {
             .bind(attempts)
             .bind(if *park { 2i64 } else { 0 })
             .bind(problem)
-            .bind(unix_now() + Self::retry_delay(*attempts).as_secs_f64())
+            .bind(unix_seconds() + Self::retry_delay(*attempts).as_secs_f64())
             .bind(id)
             .execute(&mut *tx)
             .await?;
@@ -566,11 +568,6 @@ impl Relay {
         tx.commit().await?;
         Ok(report)
     }
-}
-
-#[cfg(feature = "sqlite")]
-fn unix_now() -> f64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0.0, |elapsed| elapsed.as_secs_f64())
 }
 
 /// What wakes the relay before its poll interval: PostgreSQL's `NOTIFY marty_outbox` (sent by

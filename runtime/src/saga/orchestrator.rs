@@ -20,7 +20,7 @@ use crate::events::{continue_trace, current_trace_context};
 use crate::events::{new_event_id, Message};
 use crate::metrics::{Metrics, SagaTypeMetrics, StepOutcome};
 use crate::policy::effects;
-use crate::store::Store;
+use crate::store::{unix_millis, Store};
 use crate::DependencyRegistry;
 use crate::{Classify, ErrorClass};
 use marty_config::SagasConfig;
@@ -289,7 +289,7 @@ impl<S: Saga> Orchestrator<S> {
     pub async fn start_with_id(&self, id: &str, state: S) -> Result<bool, SagaError> {
         let inner = &self.inner;
         let definition = S::DEFINITION;
-        let now = now_millis();
+        let now = unix_millis();
         let span = tracing::info_span!("saga start", saga = definition.name, saga.id = %id);
         let (traceparent, _) = span.in_scope(current_trace_context);
         let first = &definition.steps[0];
@@ -355,7 +355,7 @@ impl<S: Saga> Orchestrator<S> {
     /// Resumes parked saga `id`: its compensations are tried again from the one that failed, with
     /// fresh attempts, by whichever replica takes it first. `false` when it is not parked.
     pub async fn resume(&self, id: &str) -> Result<bool, SagaError> {
-        let resumed = record::resume(&self.inner.store, S::DEFINITION.name, id, now_millis()).await?;
+        let resumed = record::resume(&self.inner.store, S::DEFINITION.name, id, unix_millis()).await?;
         if resumed {
             tracing::info!(saga = S::DEFINITION.name, saga.id = %id, "parked saga resumed");
         }
@@ -409,7 +409,7 @@ impl<S: Saga> Orchestrator<S> {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        if let Err(error) = record::release(&inner.store, &inner.owner, now_millis()).await {
+        if let Err(error) = record::release(&inner.store, &inner.owner, unix_millis()).await {
             tracing::warn!(%error, "could not release saga leases; other replicas take over when they expire");
         }
     }
@@ -488,7 +488,7 @@ async fn drive<S: Saga>(inner: &Arc<Inner<S>>, mut run: Run<S>) {
 /// The stored saga, as a run of this replica's; `None` when it is not ours any more, or settled.
 async fn reload<S: Saga>(inner: &Inner<S>, id: &str) -> Result<Option<Run<S>>, SagaError> {
     // Renewing is how we learn whether we still own it; it records the hand-over `run_of` reads.
-    let now = now_millis();
+    let now = unix_millis();
     let owned = record::claim_one(&inner.store, id, &inner.owner, now, now + millis(inner.settings.lease)).await?;
     if !owned {
         return Ok(None);
@@ -549,11 +549,11 @@ async fn forward<S: Saga>(inner: &Inner<S>, run: &mut Run<S>) -> Result<Next, Sa
     let index = run.row.step as usize;
     let step = &definition.steps[index];
     if std::mem::take(&mut run.interrupted) {
-        let timed_out = run.row.step_deadline.is_some_and(|deadline| deadline <= now_millis());
+        let timed_out = run.row.step_deadline.is_some_and(|deadline| deadline <= unix_millis());
         return step_failed(inner, run, Attempt::Interrupted { timed_out }).await;
     }
     wait_until(run.row.next_attempt_at).await;
-    let now = now_millis();
+    let now = unix_millis();
     if run.row.deadline.is_some_and(|deadline| deadline <= now) {
         return step_failed(inner, run, Attempt::SagaTimedOut { during: false }).await;
     }
@@ -610,7 +610,7 @@ async fn step_completed<S: Saga>(
     outbox: Vec<Message>,
 ) -> Result<Next, SagaError> {
     let steps = S::DEFINITION.steps;
-    let now = now_millis();
+    let now = unix_millis();
     let mut row = run.row.clone();
     row.state = serde_json::to_string(&run.state)?;
     row.updated_at = now;
@@ -676,7 +676,7 @@ async fn step_failed<S: Saga>(inner: &Inner<S>, run: &mut Run<S>, attempt: Attem
         }
         Attempt::Succeeded(_) => unreachable!("only failures come here"),
     };
-    let now = now_millis();
+    let now = unix_millis();
     let attempts_left = (run.row.attempt as u32) < step.max_attempts;
     let saga_alive = run.row.deadline.is_none_or(|deadline| deadline > now);
     let mut error = error;
@@ -712,7 +712,7 @@ async fn start_compensating<S: Saga>(
     mut history: Vec<Entry>,
 ) -> Result<Next, SagaError> {
     let steps = S::DEFINITION.steps;
-    let now = now_millis();
+    let now = unix_millis();
     row.error = Some(error);
     row.next_attempt_at = now;
     match last_to_undo.and_then(|last| previous_compensable(steps, last + 1)) {
@@ -761,7 +761,7 @@ async fn backward<S: Saga>(inner: &Inner<S>, run: &mut Run<S>) -> Result<Next, S
             metrics.record(StepOutcome::Compensated, started.elapsed());
             run.turned_away = 0;
             let outbox = ctx.take_outbox();
-            let now = now_millis();
+            let now = unix_millis();
             let mut row = run.row.clone();
             row.state = serde_json::to_string(&run.state)?;
             row.updated_at = now;
@@ -823,7 +823,7 @@ async fn compensation_failed<S: Saga>(
     let settings = &inner.settings;
     run.turned_away = 0;
     run.state = serde_json::from_str(&run.row.state)?;
-    let now = now_millis();
+    let now = unix_millis();
     let mut row = run.row.clone();
     row.updated_at = now;
     if error.turned_away().is_none() {
@@ -860,7 +860,7 @@ async fn compensation_failed<S: Saga>(
 
 /// Whether the compensation `row` is at has been tried for `[sagas] compensation_deadline`.
 fn compensation_expired<S: Saga>(inner: &Inner<S>, row: &SagaRow) -> bool {
-    now_millis() >= row.step_started_at.saturating_add(millis(inner.settings.compensation_deadline))
+    unix_millis() >= row.step_started_at.saturating_add(millis(inner.settings.compensation_deadline))
 }
 
 /// Marty turned a call of the attempt away (breaker open, bulkhead full): nothing reached the other
@@ -876,7 +876,7 @@ async fn wait_out<S: Saga>(
     let step = &S::DEFINITION.steps[run.row.step as usize];
     run.state = serde_json::from_str(&run.row.state)?;
     run.turned_away += 1;
-    let now = now_millis();
+    let now = unix_millis();
     let wait = retry_after.saturating_add(backoff(&inner.settings, run.turned_away));
     let mut row = run.row.clone();
     row.updated_at = now;
@@ -940,7 +940,7 @@ impl<S> Run<S> {
     }
 
     fn entry_at(&self, step: Option<&'static str>, kind: &'static str, attempt: i32, detail: Option<String>) -> Entry {
-        Entry { seq: 0, at: now_millis(), step, kind, attempt, detail }
+        Entry { seq: 0, at: unix_millis(), step, kind, attempt, detail }
     }
 }
 
@@ -974,9 +974,9 @@ async fn take_over<S: Saga>(inner: Arc<Inner<S>>) {
     let lease = millis(inner.settings.lease);
     // An earlier run's leases were last renewed before this run started, so they have all run out
     // a lease later; from then on the plain claim below finds those sagas, and reclaiming stops.
-    let reclaim_until = now_millis() + lease;
+    let reclaim_until = unix_millis() + lease;
     loop {
-        let now = now_millis();
+        let now = unix_millis();
         if let Some(prefix) = inner.replica_prefix.as_ref().filter(|_| now <= reclaim_until) {
             // A live run renews every sixth of a lease: more than a third of a lease without a
             // renewal means the run is gone (or a second replica runs under the same name).
@@ -1018,7 +1018,7 @@ async fn renew_leases<S: Saga>(inner: Arc<Inner<S>>) {
             _ = stop.wait_for(|stopped| *stopped) => return,
             _ = tokio::time::sleep(inner.settings.lease / 6) => {}
         }
-        let lease_until = now_millis() + millis(inner.settings.lease);
+        let lease_until = unix_millis() + millis(inner.settings.lease);
         if let Err(error) = record::renew(&inner.store, &inner.owner, lease_until).await {
             tracing::warn!(%error, "cannot renew saga leases; other replicas take the sagas over if this lasts");
         }
@@ -1034,7 +1034,7 @@ async fn within<T>(limit: Option<Duration>, future: impl std::future::Future<Out
 }
 
 async fn wait_until(at_millis: i64) {
-    let wait = at_millis - now_millis();
+    let wait = at_millis - unix_millis();
     if wait > 0 {
         tokio::time::sleep(Duration::from_millis(wait as u64)).await;
     }
@@ -1045,10 +1045,6 @@ fn backoff(settings: &SagasConfig, attempt: u32) -> Duration {
     let ceiling =
         settings.backoff_initial.saturating_mul(1 << attempt.saturating_sub(1).min(20)).min(settings.backoff_max);
     ceiling.mul_f64(fastrand::f64())
-}
-
-fn now_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
 
 fn millis(duration: Duration) -> i64 {

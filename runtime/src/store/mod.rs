@@ -13,6 +13,21 @@ use std::sync::{Mutex, OnceLock};
 
 use crate::DependencyRegistry;
 
+/// Now, as the saga tables keep times: Unix milliseconds, written by the replicas' own clocks.
+pub(crate) fn unix_millis() -> i64 {
+    unix_time().as_millis().try_into().unwrap_or(i64::MAX)
+}
+
+/// Now, as SQLite's outbox keeps times: Unix seconds.
+#[cfg(feature = "sqlite")]
+pub(crate) fn unix_seconds() -> f64 {
+    unix_time().as_secs_f64()
+}
+
+fn unix_time() -> std::time::Duration {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+}
+
 /// A database holding Marty's tables.
 #[derive(Debug, Clone)]
 #[non_exhaustive]

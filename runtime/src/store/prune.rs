@@ -6,11 +6,13 @@
 
 use std::collections::HashSet;
 use std::sync::{Mutex, OnceLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use marty_config::StorageConfig;
 
-use super::Store;
+#[cfg(feature = "sqlite")]
+use super::unix_seconds;
+use super::{unix_millis, Store};
 
 /// What one [`prune`] deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -67,7 +69,7 @@ async fn prune_inbox(store: &Store, retention: Duration) -> Result<u64, sqlx::Er
                 "delete from marty_inbox where rowid in (
                     select rowid from marty_inbox where handled_at < ? limit ?)",
             )
-            .bind(unix_millis() as f64 / 1000.0 - retention.as_secs_f64())
+            .bind(unix_seconds() - retention.as_secs_f64())
             .bind(BATCH)
             .execute(pool)
             .await?
@@ -131,8 +133,4 @@ pub(crate) fn spawn_pruner(name: &str, store: &Store) {
 /// retention by at most that much.
 fn interval(storage: &StorageConfig) -> Duration {
     (storage.inbox_retention.min(storage.saga_retention) / 10).clamp(Duration::from_secs(1), Duration::from_secs(600))
-}
-
-fn unix_millis() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |elapsed| elapsed.as_millis() as i64)
 }
