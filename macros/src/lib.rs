@@ -242,8 +242,8 @@ pub fn saga_step(_args: TokenStream, item: TokenStream) -> TokenStream {
 }
 
 macro_rules! route_attribute {
-    ($($name:ident),*) => {$(
-        #[doc = concat!("Marks a method of a `#[service]` impl block as the handler of `", stringify!($name), "` requests to a path; see `service`.")]
+    ($($name:ident => $doc:literal,)*) => {$(
+        #[doc = $doc]
         #[proc_macro_attribute]
         pub fn $name(_args: TokenStream, item: TokenStream) -> TokenStream {
             // Reached only when the method is not inside `#[service]`, which removes these attributes.
@@ -254,7 +254,15 @@ macro_rules! route_attribute {
     )*};
 }
 
-route_attribute!(get, post, put, patch, delete, health_check, event_handler);
+route_attribute! {
+    get => "Marks a method of a `#[service]` impl block as the handler of `GET` requests to a path: `#[get(\"/orders/{id}\")]`; see `service`.",
+    post => "Marks a method of a `#[service]` impl block as the handler of `POST` requests to a path: `#[post(\"/orders\")]`; see `service`.",
+    put => "Marks a method of a `#[service]` impl block as the handler of `PUT` requests to a path: `#[put(\"/orders/{id}\")]`; see `service`.",
+    patch => "Marks a method of a `#[service]` impl block as the handler of `PATCH` requests to a path: `#[patch(\"/orders/{id}\")]`; see `service`.",
+    delete => "Marks a method of a `#[service]` impl block as the handler of `DELETE` requests to a path: `#[delete(\"/orders/{id}\")]`; see `service`.",
+    health_check => "Marks a method of a `#[service]` impl block as a readiness probe, `async fn ..(&self) -> Result<T, E>`: `/readyz` runs it on every probe, 2s at most, and reports 503 while it fails (gRPC health follows the same rule); see `service`.",
+    event_handler => "Marks a method of a `#[service]` impl block as the consumer of one topic, `async fn ..(&self, event: E) -> Result<(), Err>`, optionally taking the inbox transaction third: `#[event_handler(topic = \"orders.placed\")]`, with `group`, `inbox`, `max_attempts`, `concurrency`, `backoff` and `ack_wait` as `service` lists them; see `service`.",
+}
 
 /// Implements `marty::Event` for a struct or enum that also derives serde's `Serialize` and
 /// `Deserialize`.
