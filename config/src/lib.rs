@@ -2,13 +2,74 @@
 //!
 //! This crate is shared by `marty-macros` (which reads the file when your code compiles) and `marty`
 //! (which reads it again at startup), so a configuration that compiles is a configuration that starts.
-//! The two differ in one way only: at startup, `MARTY__...` environment variables override keys and
-//! `${VAR}` (or `${VAR:-default}`) in strings expands from the environment; when compiling, the file
-//! is checked as written. `[app]` holds the application's own settings, read into its serde type at
-//! startup ([`AppSettings::get`]).
-//!
 //! Every error names the file, the line (or the overriding environment variable) and the key, says
-//! what is wrong and how to fix it, and validation reports every error, not just the first.
+//! what is wrong and how to fix it, and validation reports every error, not just the first:
+//!
+//! ```text
+//! marty.toml:12: key `dependencies.orders_db.max_concurent`: unknown key
+//!   help: did you mean `max_concurrent`? valid keys here: `kind`, `url`, `max_concurrent`, ...
+//! ```
+//!
+//! # Where the file is found
+//!
+//! `marty.toml` sits beside `Cargo.toml` (or `config = ".."` on the attribute, relative to
+//! `Cargo.toml`, or `MARTY_CONFIG`). The macros check it as written; at startup the runtime reads it
+//! again, from `MARTY_CONFIG`, else the path it was compiled against, else the text embedded at
+//! compile time. **`MARTY_CONFIG` is the same path when compiling and when running**: an absolute
+//! path, or one relative to the working directory. Cargo compiles in the workspace root (the package
+//! root outside a workspace), which is where `cargo run` starts from that directory too; changing
+//! `MARTY_CONFIG` rebuilds the crate. In a container, give an absolute path.
+//!
+//! Once logging is up, a service logs `configuration loaded` with `config.file` (the absolute path,
+//! or the compiled-in text), `config.found` (`named by MARTY_CONFIG`, `the file checked at compile
+//! time`, or `compiled in`) and `config.overrides` (the names of the `MARTY__` variables, never
+//! their values).
+//!
+//! # At startup only: the environment
+//!
+//! - **Overrides** for any key: `MARTY__DEPENDENCIES__ORDERS_DB__MAX_CONCURRENT=20` (double
+//!   underscores separate keys; values are read as TOML when they parse, as strings otherwise).
+//! - **`${VAR}` expansion** in strings (`$$` for a literal `$`); an unset variable is an error, unless
+//!   the value gives a default: `url = "${DATABASE_URL:-sqlite://orders.db?mode=rwc}"` (the default
+//!   also stands in for an empty variable, as in a shell). When compiling, a duration made of
+//!   variables with defaults is checked with its defaults.
+//!
+//! # The service's own settings
+//!
+//! `[app]` is free-form, and read into the service's serde type at startup ([`AppSettings::get`])
+//! with the same errors as Marty's keys, overrides (`MARTY__APP__MAX_QUANTITY=50`) and expansion
+//! included. A missing `[app]` reads as an empty table; the macros check only that it is a table.
+//!
+//! ```
+//! #[derive(serde::Deserialize)]
+//! struct OrderLimits {
+//!     max_quantity: i64,
+//! }
+//!
+//! let config = marty_config::Config::parse("[app]\nmax_quantity = \"many\"\n", "marty.toml").unwrap();
+//! let error = config.app.get::<OrderLimits>().err().unwrap().to_string();
+//! assert!(error.starts_with("marty.toml:2: key `app.max_quantity`: invalid type: string \"many\", expected i64"), "{error}");
+//! ```
+//!
+//! In a service, `registry.config().app.get::<OrderLimits>()?` inside
+//! `marty::service::server_with(|registry| async move { .. })`.
+//!
+//! # Dependencies
+//!
+//! | key under `[dependencies.<name>]` | default (database / api / cache) |
+//! |---|---|
+//! | `kind` | required: `"database"`, `"api"` or `"cache"` |
+//! | `url` | none; never printed by `Debug` |
+//! | `max_concurrent` | the registered pool's size, else 10 / 100 / 100 |
+//! | `max_wait` | a quarter of `timeout` |
+//! | `timeout` | `"10s"` / `"15s"` / `"2s"` |
+//! | `circuit_breaker` | `enabled = true, failure_rate = 0.5, slow_call_rate = 1.0, slow_call_duration = <timeout>, window = 100, min_calls = 20, open_for = "30s", half_open_calls = 3`; `false` turns it off |
+//! | `retry` | `max_attempts = 3, backoff = "exponential", initial = "50ms", max = "2s", jitter = true, budget = 0.2`; `false` is one attempt |
+//! | `readiness` | `"reported"` (shown in `/readyz`, never makes the service unready) or `"required"` |
+//!
+//! Durations are one whole number and a unit: `ns`, `us`, `ms`, `s`, `m`, `h`, `d`. The other
+//! tables, `[service]`, `[http]`, `[grpc]`, `[management]`, `[telemetry]`, `[events]`, `[outbox]`,
+//! `[storage]` and `[sagas]`, are validated the same way; [`Config`]'s fields document each key.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 

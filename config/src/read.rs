@@ -63,6 +63,24 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A policy written as a table or switched by a boolean (`retry = false`, `circuit_breaker =
+    /// false`, as on the attributes): `Ok(table)`, `Err(enabled)`, or `None` when absent or not
+    /// one of the two (an error).
+    pub(crate) fn table_or_switch<'n>(&mut self, table: &Table<'n>, key: &str) -> Option<Result<Table<'n>, bool>> {
+        let node = find(table, key)?;
+        match &node.value {
+            Value::Bool(enabled) => Some(Err(*enabled)),
+            Value::Table(_) => self.table(table, key).map(Ok),
+            other => {
+                let full_path = join(&table.path, key);
+                let problem = format!("expected a table or a boolean, found {}", other.type_name());
+                let help = Some(format!("`{key} = false` turns it off; `{key} = {{ ... }}` configures it"));
+                self.error(&node.origin, &full_path, problem, help);
+                None
+            }
+        }
+    }
+
     /// The sub-table `key`, if present; a value of another type is an error.
     pub(crate) fn table<'n>(&mut self, table: &Table<'n>, key: &str) -> Option<Table<'n>> {
         let node = find(table, key)?;

@@ -217,9 +217,9 @@ pub struct DependencyConfig {
     pub max_wait: Duration,
     /// How long one attempt may take, bulkhead wait included.
     pub timeout: Duration,
-    /// `circuit_breaker = { ... }`.
+    /// `circuit_breaker = { ... }`, or `circuit_breaker = false`.
     pub circuit_breaker: CircuitBreakerConfig,
-    /// `retry = { ... }`.
+    /// `retry = { ... }`, or `retry = false` (one attempt).
     pub retry: RetryConfig,
     /// `readiness`: whether this dependency's open breaker makes the service unready.
     pub readiness: DependencyReadiness,
@@ -961,11 +961,16 @@ fn read_dependency(reader: &mut Reader<'_>, table: &Table<'_>, name: &str) -> Op
         config.circuit_breaker.slow_call_duration = timeout;
     }
     config.max_wait = reader.duration(table, "max_wait").unwrap_or(config.timeout / 4);
-    if let Some(breaker) = reader.table(table, "circuit_breaker") {
-        read_breaker(reader, &breaker, &mut config.circuit_breaker);
+    match reader.table_or_switch(table, "circuit_breaker") {
+        Some(Ok(breaker)) => read_breaker(reader, &breaker, &mut config.circuit_breaker),
+        Some(Err(enabled)) => config.circuit_breaker.enabled = enabled,
+        None => {}
     }
-    if let Some(retry) = reader.table(table, "retry") {
-        read_retry(reader, &retry, &mut config.retry);
+    match reader.table_or_switch(table, "retry") {
+        Some(Ok(retry)) => read_retry(reader, &retry, &mut config.retry),
+        // `retry = false` is one attempt; `true` keeps the kind's defaults.
+        Some(Err(false)) => config.retry.max_attempts = 1,
+        Some(Err(true)) | None => {}
     }
     if let Some(readiness) = reader.choice(table, "readiness", &["reported", "required"]) {
         config.readiness =

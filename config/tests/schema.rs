@@ -120,6 +120,27 @@ fn a_missing_kind_and_a_wrong_type_say_what_to_write() {
 }
 
 #[test]
+fn retry_and_the_breaker_are_turned_off_per_dependency_with_false() {
+    let text = "[dependencies.payments]\nkind = \"api\"\nretry = false\ncircuit_breaker = false\n\
+                [dependencies.ledger]\nkind = \"api\"\nretry = true\ncircuit_breaker = true\n";
+    let config = Config::parse(text, "marty.toml").unwrap();
+    let payments = config.dependency("payments").unwrap();
+    assert_eq!(payments.retry.max_attempts, 1, "one attempt: no retry");
+    assert!(!payments.circuit_breaker.enabled);
+    let ledger = config.dependency("ledger").unwrap();
+    assert_eq!(ledger.retry.max_attempts, 3, "`true` keeps the defaults");
+    assert!(ledger.circuit_breaker.enabled);
+
+    // The same from the environment, as a reload or a deploy would set it.
+    let env = Environment::from_pairs([("MARTY__DEPENDENCIES__LEDGER__RETRY", "false")]);
+    let config = Config::parse_at_startup(text, "marty.toml", &env).unwrap();
+    assert_eq!(config.dependency("ledger").unwrap().retry.max_attempts, 1);
+
+    let errors = errors_of("[dependencies.payments]\nkind = \"api\"\nretry = \"off\"\n");
+    assert_eq!(errors, ["marty.toml:3: key `dependencies.payments.retry`: expected a table or a boolean, found a string\n  help: `retry = false` turns it off; `retry = { ... }` configures it"]);
+}
+
+#[test]
 fn a_toml_syntax_error_names_its_line() {
     let errors = errors_of("[dependencies.db]\nkind = \"database\"\ntimeout = \"10s\n");
     assert!(errors[0].starts_with("marty.toml:3: invalid TOML"), "{}", errors[0]);
