@@ -24,11 +24,9 @@ fn killing_inventory_and_payments_under_load_keeps_the_books_on_sqlite() {
 }
 
 #[test]
+#[ignore = "needs MARTY_TEST_POSTGRES_URL"]
 fn killing_inventory_and_payments_under_load_keeps_the_books_on_postgres() {
-    let Ok(url) = std::env::var("MARTY_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: MARTY_TEST_POSTGRES_URL is not set (.ci/run sets it)");
-        return;
-    };
+    let url = marty_tests::server_env("MARTY_TEST_POSTGRES_URL");
     kill_under_load(Databases::postgres(&url, "marty_store_kills"));
 }
 
@@ -38,11 +36,9 @@ fn answers_lost_after_the_services_acted_keep_the_books_on_sqlite() {
 }
 
 #[test]
+#[ignore = "needs MARTY_TEST_POSTGRES_URL"]
 fn answers_lost_after_the_services_acted_keep_the_books_on_postgres() {
-    let Ok(url) = std::env::var("MARTY_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: MARTY_TEST_POSTGRES_URL is not set (.ci/run sets it)");
-        return;
-    };
+    let url = marty_tests::server_env("MARTY_TEST_POSTGRES_URL");
     lose_answers_under_load(Databases::postgres(&url, "marty_store_lost_answers"));
 }
 

@@ -23,10 +23,6 @@ struct Placed {
     order_id: i64,
 }
 
-fn required(name: &str) -> String {
-    std::env::var(name).unwrap_or_else(|_| panic!("{name} is needed (.ci/run sets it)"))
-}
-
 /// `[events.<broker>]` as a user writes it, read by the same code as at startup.
 fn events_config(table: &str) -> marty::config::EventsConfig {
     let text = format!("[events]\nbroker = \"memory\"\n{table}");
@@ -55,8 +51,9 @@ async fn round_trip(broker: &dyn Broker, topic: &str, group: &str) {
 }
 
 #[tokio::test]
+#[ignore = "needs MARTY_TEST_NATS_URL"]
 async fn jetstream_streams_take_their_storage_replicas_and_age_from_the_configuration() {
-    let url = required("MARTY_TEST_NATS_URL");
+    let url = marty_tests::server_env("MARTY_TEST_NATS_URL");
     let config = events_config("[events.nats]\nstorage = \"memory\"\nmax_age = \"2h\"\nreplicas = 1\n").nats;
     let broker = NatsBroker::connect_with(&url, &config).await.unwrap();
     let topic = format!("topology.nats{}", &marty::events::new_event_id()[24..]);
@@ -80,8 +77,10 @@ fn queue_types(ctl: &str) -> Vec<(String, String)> {
 }
 
 #[tokio::test]
+#[ignore = "needs MARTY_TEST_RABBITMQ_URL and MARTY_TEST_RABBITMQCTL"]
 async fn rabbitmq_queues_are_quorum_unless_configured_and_a_classic_queue_from_before_is_kept() {
-    let (url, ctl) = (required("MARTY_TEST_RABBITMQ_URL"), required("MARTY_TEST_RABBITMQCTL"));
+    let (url, ctl) =
+        (marty_tests::server_env("MARTY_TEST_RABBITMQ_URL"), marty_tests::server_env("MARTY_TEST_RABBITMQCTL"));
     let run = &marty::events::new_event_id()[24..];
     let topic = format!("topology.rabbit{run}");
     let broker = RabbitMqBroker::connect_with(&url, &RabbitMqConfig::default()).await.unwrap();
@@ -174,8 +173,9 @@ impl Drop for TestNats {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs MARTY_TEST_NATS_SERVER"]
 async fn a_nats_server_that_requires_client_certificates_is_reached_with_the_configured_ones() {
-    let server = tokio::task::block_in_place(|| TestNats::tls(&required("MARTY_TEST_NATS_SERVER")));
+    let server = tokio::task::block_in_place(|| TestNats::tls(&marty_tests::server_env("MARTY_TEST_NATS_SERVER")));
     let table = format!(
         "[events.nats]\ntls_ca = \"{}\"\ntls_client_cert = \"{}\"\ntls_client_key = \"{}\"\n",
         server.path("ca.pem"),
@@ -194,9 +194,13 @@ async fn a_nats_server_that_requires_client_certificates_is_reached_with_the_con
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs MARTY_TEST_RABBITMQ_URL"]
 async fn amqps_reaches_rabbitmq_with_a_private_ca_and_a_client_certificate() {
     let plain: std::net::SocketAddr = "127.0.0.1:5672".parse().unwrap();
-    assert!(required("MARTY_TEST_RABBITMQ_URL").contains("@127.0.0.1:5672/"), "the proxy forwards to 127.0.0.1:5672");
+    assert!(
+        marty_tests::server_env("MARTY_TEST_RABBITMQ_URL").contains("@127.0.0.1:5672/"),
+        "the proxy forwards to 127.0.0.1:5672"
+    );
     let dir = tokio::task::block_in_place(|| marty_tests::tls::certificates_in("amqps"));
     let proxy = marty_tests::tls::TlsProxy::start(plain, &dir, true).await;
     let url = format!("amqps://guest:guest@127.0.0.1:{}/%2f", proxy.addr.port());
@@ -306,8 +310,10 @@ fn operator_mode_nats(binary: &str) -> (TestNats, String) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs MARTY_TEST_NATS_SERVER"]
 async fn a_nats_server_of_jwt_accounts_is_reached_with_the_configured_credentials_file() {
-    let (server, credentials) = tokio::task::block_in_place(|| operator_mode_nats(&required("MARTY_TEST_NATS_SERVER")));
+    let (server, credentials) =
+        tokio::task::block_in_place(|| operator_mode_nats(&marty_tests::server_env("MARTY_TEST_NATS_SERVER")));
     let config = events_config(&format!("[events.nats]\ncredentials = \"{credentials}\"\n")).nats;
     let broker = NatsBroker::connect_with(&server.url("nats"), &config).await.unwrap();
     round_trip(&broker, "topology.credentials", "audit").await;

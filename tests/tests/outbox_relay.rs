@@ -1,7 +1,8 @@
 //! The outbox and relay end to end: events written in business transactions reach consumers once
 //! per group, in key order, with nothing skipped when transactions commit out of order and nothing
-//! published twice by two relays on one table. SQLite with the in-process broker always; PostgreSQL
-//! (`MARTY_TEST_POSTGRES_URL`) and NATS JetStream (`MARTY_TEST_NATS_URL`) when set, as CI does.
+//! published twice by two relays on one table. SQLite with the in-process broker always; PostgreSQL,
+//! NATS JetStream, RabbitMQ and Kafka (tansu) in tests ignored unless asked for (`--include-ignored`,
+//! with `MARTY_TEST_*` set, as `.ci/run` does).
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -22,14 +23,6 @@ struct Credited {
     #[event(key)]
     account: String,
     seq: i64,
-}
-
-fn env(name: &str) -> Option<String> {
-    let value = std::env::var(name).ok();
-    if value.is_none() {
-        eprintln!("skipped: {name} is not set (.ci/run sets it)");
-    }
-    value
 }
 
 async fn sqlite_store() -> (Store, sqlx::SqlitePool, tempdir::Dir) {
@@ -275,8 +268,9 @@ async fn a_handler_that_panics_fails_its_attempt_and_the_consumer_goes_on() {
 }
 
 #[tokio::test]
+#[ignore = "needs MARTY_TEST_POSTGRES_URL"]
 async fn postgres_never_skips_a_row_whose_transaction_commits_after_a_later_one() {
-    let Some(url) = env("MARTY_TEST_POSTGRES_URL") else { return };
+    let url = marty_tests::server_env("MARTY_TEST_POSTGRES_URL");
     let (store, pool) = postgres_store(&url, "outbox_gate").await;
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
     let relay = Relay::new(store, broker.clone(), RelayOptions::default(), EventMetrics::default());
@@ -301,8 +295,9 @@ async fn postgres_never_skips_a_row_whose_transaction_commits_after_a_later_one(
 }
 
 #[tokio::test]
+#[ignore = "needs MARTY_TEST_POSTGRES_URL"]
 async fn postgres_a_commit_wakes_a_waiting_relay_long_before_its_poll() {
-    let Some(url) = env("MARTY_TEST_POSTGRES_URL") else { return };
+    let url = marty_tests::server_env("MARTY_TEST_POSTGRES_URL");
     let (store, pool) = postgres_store(&url, "outbox_wake").await;
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
     let mut subscription = broker.subscribe("accounts.credited", "audit", SubscribeOptions::default()).await.unwrap();
@@ -344,8 +339,9 @@ async fn postgres_a_commit_wakes_a_waiting_relay_long_before_its_poll() {
 }
 
 #[tokio::test]
+#[ignore = "needs MARTY_TEST_POSTGRES_URL"]
 async fn postgres_two_relays_on_one_table_publish_each_row_once_in_key_order() {
-    let Some(url) = env("MARTY_TEST_POSTGRES_URL") else { return };
+    let url = marty_tests::server_env("MARTY_TEST_POSTGRES_URL");
     let (store, pool) = postgres_store(&url, "outbox_two_relays").await;
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
     let collector = tokio::spawn(collect(broker.clone(), "accounts.credited", "audit", 2000));
@@ -385,8 +381,9 @@ async fn postgres_two_relays_on_one_table_publish_each_row_once_in_key_order() {
 }
 
 #[tokio::test]
+#[ignore = "needs MARTY_TEST_NATS_URL"]
 async fn nats_jetstream_deduplicates_on_the_event_id_and_dead_letters_to_its_stream() {
-    let Some(url) = env("MARTY_TEST_NATS_URL") else { return };
+    let url = marty_tests::server_env("MARTY_TEST_NATS_URL");
     let broker: Arc<dyn Broker> = Arc::new(marty::events::broker::NatsBroker::connect(&url).await.unwrap());
     let topic_suffix = marty::events::new_event_id().replace('-', "");
     let topic = format!("test.dedup{topic_suffix}");
@@ -437,8 +434,9 @@ mod tempdir {
 }
 
 #[tokio::test]
+#[ignore = "needs MARTY_TEST_RABBITMQ_URL"]
 async fn rabbitmq_every_group_gets_every_event_in_order_and_unroutable_events_are_refused() {
-    let Some(url) = env("MARTY_TEST_RABBITMQ_URL") else { return };
+    let url = marty_tests::server_env("MARTY_TEST_RABBITMQ_URL");
     let broker = marty::events::broker::RabbitMqBroker::connect(&url).await.unwrap();
     let run = &marty::events::new_event_id()[24..];
     let topic = format!("test.rabbit{run}");
@@ -475,8 +473,9 @@ impl Drop for Tansu {
 }
 
 #[test]
+#[ignore = "needs MARTY_TEST_TANSU"]
 fn kafka_keeps_each_key_in_order_and_dead_letters_with_the_reason() {
-    let Some(binary) = env("MARTY_TEST_TANSU") else { return };
+    let binary = marty_tests::server_env("MARTY_TEST_TANSU");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let url = format!("tcp://127.0.0.1:{port}");
     let child = std::process::Command::new(binary)

@@ -20,11 +20,9 @@ impl Probe {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs MARTY_TEST_POSTGRES_URL"]
 async fn readiness_waits_for_startup_while_liveness_answers() {
-    let Ok(url) = std::env::var("MARTY_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: MARTY_TEST_POSTGRES_URL is not set (.ci/run sets it)");
-        return;
-    };
+    let url = marty_tests::server_env("MARTY_TEST_POSTGRES_URL");
     let dir = std::env::temp_dir().join(format!("marty-readiness-startup-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let config = dir.join("marty.toml");

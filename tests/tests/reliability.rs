@@ -230,7 +230,7 @@ impl TestBroker {
 /// The run: writers, two relays and a consumer on `broker`, with chaos, then the set checker.
 /// Returns the poison event's id for the broker-specific dead-letter check.
 async fn run(broker: &mut TestBroker, schema: &'static str, group: &str) -> (sqlx::PgPool, String) {
-    let pg_url = std::env::var("MARTY_TEST_POSTGRES_URL").unwrap();
+    let pg_url = marty_tests::server_env("MARTY_TEST_POSTGRES_URL");
     marty_tests::fresh_schema(&pg_url, schema).await.unwrap();
     let pool = marty_tests::pool_in_schema(&pg_url, schema, 12).await.unwrap();
     sqlx::raw_sql(
@@ -322,12 +322,9 @@ async fn run(broker: &mut TestBroker, schema: &'static str, group: &str) -> (sql
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MARTY_TEST_POSTGRES_URL and MARTY_TEST_NATS_SERVER"]
 async fn nats_nothing_lost_nothing_twice_order_held_through_sigkills_and_a_broker_restart() {
-    let (Ok(_), Ok(nats_binary)) = (std::env::var("MARTY_TEST_POSTGRES_URL"), std::env::var("MARTY_TEST_NATS_SERVER"))
-    else {
-        eprintln!("skipped: MARTY_TEST_POSTGRES_URL and MARTY_TEST_NATS_SERVER are needed (.ci/run sets them)");
-        return;
-    };
+    let nats_binary = marty_tests::server_env("MARTY_TEST_NATS_SERVER");
     let mut broker = TestBroker::Nats(tokio::task::block_in_place(|| Nats::start(nats_binary)));
     let group = "ledger";
     let (_, poison_id) = run(&mut broker, "reliability_nats", group).await;
@@ -347,15 +344,10 @@ async fn nats_nothing_lost_nothing_twice_order_held_through_sigkills_and_a_broke
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs MARTY_TEST_POSTGRES_URL, MARTY_TEST_RABBITMQ_URL and MARTY_TEST_RABBITMQCTL"]
 async fn rabbitmq_nothing_lost_nothing_twice_order_held_through_sigkills_and_a_broker_restart() {
-    let (Ok(_), Ok(url), Ok(ctl)) = (
-        std::env::var("MARTY_TEST_POSTGRES_URL"),
-        std::env::var("MARTY_TEST_RABBITMQ_URL"),
-        std::env::var("MARTY_TEST_RABBITMQCTL"),
-    ) else {
-        eprintln!("skipped: MARTY_TEST_POSTGRES_URL, MARTY_TEST_RABBITMQ_URL and MARTY_TEST_RABBITMQCTL are needed");
-        return;
-    };
+    let (url, ctl) =
+        (marty_tests::server_env("MARTY_TEST_RABBITMQ_URL"), marty_tests::server_env("MARTY_TEST_RABBITMQCTL"));
     // A group of its own per run: its queue starts empty, and its dead letters are told apart.
     let group = format!("ledger-{}", &marty::events::new_event_id()[24..]);
     let connection = lapin::Connection::connect(&url, lapin::ConnectionProperties::default()).await.unwrap();

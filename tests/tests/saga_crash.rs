@@ -28,11 +28,9 @@ async fn sagas_settle_correctly_through_sigkills_on_sqlite() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs MARTY_TEST_POSTGRES_URL"]
 async fn sagas_settle_correctly_through_sigkills_on_postgres() {
-    let Ok(url) = std::env::var("MARTY_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: MARTY_TEST_POSTGRES_URL is not set (.ci/run sets it)");
-        return;
-    };
+    let url = marty_tests::server_env("MARTY_TEST_POSTGRES_URL");
     let schema = "saga_crash";
     marty_tests::fresh_schema(&url, schema).await.unwrap();
     let store = Store::Postgres(marty_tests::pool_in_schema(&url, schema, 4).await.unwrap());

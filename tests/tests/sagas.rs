@@ -18,19 +18,13 @@ use marty_tests::trip::{
 };
 use support::proxy::Proxy;
 
-async fn stores(name: &str) -> Vec<Store> {
-    let mut stores = vec![fresh_sqlite(name).await];
-    match std::env::var("MARTY_TEST_POSTGRES_URL") {
-        Ok(url) => {
-            let schema = format!("sagas_{name}");
-            marty_tests::fresh_schema(&url, &schema).await.unwrap();
-            let postgres = Store::Postgres(marty_tests::pool_in_schema(&url, &schema, 8).await.unwrap());
-            create_tables(&postgres).await.unwrap();
-            stores.push(postgres);
-        }
-        Err(_) => eprintln!("PostgreSQL skipped: MARTY_TEST_POSTGRES_URL is not set (.ci/run sets it)"),
-    }
-    stores
+async fn fresh_postgres(name: &str) -> Store {
+    let url = marty_tests::server_env("MARTY_TEST_POSTGRES_URL");
+    let schema = format!("sagas_{name}");
+    marty_tests::fresh_schema(&url, &schema).await.unwrap();
+    let postgres = Store::Postgres(marty_tests::pool_in_schema(&url, &schema, 8).await.unwrap());
+    create_tables(&postgres).await.unwrap();
+    postgres
 }
 
 async fn trips(store: &Store, metrics: &Metrics) -> Orchestrator<Trip> {
@@ -61,9 +55,11 @@ async fn outbox_rows(store: &Store, key: &str) -> i64 {
     marty_tests::on_store!(store, pool => sqlx::query_scalar(ROWS).bind(key).fetch_one(pool).await.unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_saga_runs_its_steps_in_order_and_saves_the_state_after_each() {
-    for store in stores("complete").await {
+marty_tests::on_each_store! {
+    stores: fresh_sqlite, fresh_postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_saga_runs_its_steps_in_order_and_saves_the_state_after_each(store = "complete") {
         let metrics = Metrics::new();
         let trips = trips(&store, &metrics).await;
         let id = trips.start(Trip::default()).await.unwrap();
@@ -95,9 +91,11 @@ async fn a_saga_runs_its_steps_in_order_and_saves_the_state_after_each() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_failed_step_compensates_the_steps_before_it_last_first() {
-    for store in stores("compensate").await {
+marty_tests::on_each_store! {
+    stores: fresh_sqlite, fresh_postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_failed_step_compensates_the_steps_before_it_last_first(store = "compensate") {
         let metrics = Metrics::new();
         let trips = trips(&store, &metrics).await;
         let id = trips.start(Trip { fail_at: Some(2), flaky_undo: 2, ..Trip::default() }).await.unwrap();
@@ -121,9 +119,11 @@ async fn a_failed_step_compensates_the_steps_before_it_last_first() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_compensation_the_other_side_keeps_refusing_parks_the_saga_until_an_operator_resumes_it() {
-    for store in stores("park").await {
+marty_tests::on_each_store! {
+    stores: fresh_sqlite, fresh_postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_compensation_the_other_side_keeps_refusing_parks_the_saga_until_an_operator_resumes_it(store = "park") {
         let metrics = Metrics::new();
         let mut settings = test_settings();
         settings.compensation_attempts = 3;
@@ -166,9 +166,11 @@ async fn a_compensation_the_other_side_keeps_refusing_parks_the_saga_until_an_op
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn transient_compensation_failures_park_only_after_the_compensation_deadline() {
-    for store in stores("deadline").await {
+marty_tests::on_each_store! {
+    stores: fresh_sqlite, fresh_postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn transient_compensation_failures_park_only_after_the_compensation_deadline(store = "deadline") {
         let mut settings = test_settings();
         settings.compensation_attempts = 2;
         settings.compensation_deadline = Duration::from_millis(1500);
@@ -188,9 +190,11 @@ async fn transient_compensation_failures_park_only_after_the_compensation_deadli
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_step_that_may_have_taken_effect_is_compensated_with_the_others() {
-    for store in stores("uncertain").await {
+marty_tests::on_each_store! {
+    stores: fresh_sqlite, fresh_postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_step_that_may_have_taken_effect_is_compensated_with_the_others(store = "uncertain") {
         let trips = trips(&store, &Metrics::new()).await;
         // Every attempt at the hotel books it, and every answer is lost: when the saga gives up, the
         // hotel is cancelled too, then the flight.
@@ -221,9 +225,11 @@ async fn a_step_that_may_have_taken_effect_is_compensated_with_the_others() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn uncertainty_carries_over_to_later_attempts_and_open_breakers_use_none() {
-    for store in stores("carry").await {
+marty_tests::on_each_store! {
+    stores: fresh_sqlite, fresh_postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn uncertainty_carries_over_to_later_attempts_and_open_breakers_use_none(store = "carry") {
         let metrics = Metrics::new();
         let trips = trips(&store, &metrics).await;
         // Attempt 1 books the car and loses the answer; the breaker then turns the step away twice;
@@ -271,9 +277,11 @@ async fn uncertainty_carries_over_to_later_attempts_and_open_breakers_use_none()
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_compensation_waits_out_an_open_breaker_instead_of_parking() {
-    for store in stores("breaker_wait").await {
+marty_tests::on_each_store! {
+    stores: fresh_sqlite, fresh_postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_compensation_waits_out_an_open_breaker_instead_of_parking(store = "breaker_wait") {
         let mut settings = test_settings();
         settings.compensation_attempts = 2;
         let trips = trips_with(&store, settings, &Metrics::new()).await;
@@ -292,9 +300,11 @@ async fn a_compensation_waits_out_an_open_breaker_instead_of_parking() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_call_retried_or_a_step_turned_away_after_an_effect_keeps_the_step_uncertain() {
-    for store in stores("retried").await {
+marty_tests::on_each_store! {
+    stores: fresh_sqlite, fresh_postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_call_retried_or_a_step_turned_away_after_an_effect_keeps_the_step_uncertain(store = "retried") {
         let trips = trips(&store, &Metrics::new()).await;
         // A real policy: the car's first call attempt books it and loses the answer, which opens
         // the breaker; the retry is turned away, and that is the error the step sees. Then the
@@ -313,9 +323,11 @@ async fn a_call_retried_or_a_step_turned_away_after_an_effect_keeps_the_step_unc
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn only_refusals_in_a_row_park_a_compensation_early() {
-    for store in stores("refusals").await {
+marty_tests::on_each_store! {
+    stores: fresh_sqlite, fresh_postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn only_refusals_in_a_row_park_a_compensation_early(store = "refusals") {
         let mut settings = test_settings();
         settings.compensation_attempts = 2;
         let trips = trips_with(&store, settings, &Metrics::new()).await;
@@ -330,9 +342,11 @@ async fn only_refusals_in_a_row_park_a_compensation_early() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_saga_taken_over_while_waiting_out_a_breaker_counts_no_interruption() {
-    for store in stores("handover").await {
+marty_tests::on_each_store! {
+    stores: fresh_sqlite, fresh_postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_saga_taken_over_while_waiting_out_a_breaker_counts_no_interruption(store = "handover") {
         let metrics = Metrics::new();
         let first = trips(&store, &metrics).await;
         let script = script(&[("do:0", vec![Reply::TurnedAway(1000)])]);
@@ -352,9 +366,11 @@ async fn a_saga_taken_over_while_waiting_out_a_breaker_counts_no_interruption() 
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn starting_with_an_existing_id_starts_nothing() {
-    for store in stores("idempotent").await {
+marty_tests::on_each_store! {
+    stores: fresh_sqlite, fresh_postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn starting_with_an_existing_id_starts_nothing(store = "idempotent") {
         let trips = trips(&store, &Metrics::new()).await;
         assert!(trips.start_with_id("order-7", Trip::default()).await.unwrap());
         assert!(!trips.start_with_id("order-7", Trip { fail_at: Some(0), ..Trip::default() }).await.unwrap());
@@ -365,9 +381,11 @@ async fn starting_with_an_existing_id_starts_nothing() {
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn replicas_drive_each_saga_once_and_take_over_from_one_that_leaves() {
-    for store in stores("replicas").await {
+marty_tests::on_each_store! {
+    stores: fresh_sqlite, fresh_postgres;
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn replicas_drive_each_saga_once_and_take_over_from_one_that_leaves(store = "replicas") {
         let metrics = Metrics::new();
         let slow = |store: &Store| Effects { store: store.clone(), crash: false, work: Duration::from_millis(150) };
         let first =
@@ -403,11 +421,9 @@ async fn replicas_drive_each_saga_once_and_take_over_from_one_that_leaves() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+#[ignore = "needs MARTY_TEST_POSTGRES_URL"]
 async fn sagas_ride_out_their_database_going_away_mid_flight() {
-    let Ok(url) = std::env::var("MARTY_TEST_POSTGRES_URL") else {
-        eprintln!("skipped: MARTY_TEST_POSTGRES_URL is not set (.ci/run sets it)");
-        return;
-    };
+    let url = marty_tests::server_env("MARTY_TEST_POSTGRES_URL");
     // postgres://user@host:port/db, with host:port swapped for the proxy's.
     let authority_start = url.find('@').map_or("postgres://".len(), |at| at + 1);
     let authority_end = authority_start + url[authority_start..].find('/').unwrap();

@@ -37,10 +37,12 @@ async fn run(store: &Store, sql: &str) {
     .expect("the DDL applies")
 }
 
-#[tokio::test]
-async fn an_empty_database_is_refused_with_the_migrations_to_apply() {
-    install();
-    for store in marty_tests::empty_stores("external_empty").await {
+marty_tests::on_each_store! {
+    stores: marty_tests::empty_sqlite, marty_tests::empty_postgres;
+
+    #[tokio::test]
+    async fn an_empty_database_is_refused_with_the_migrations_to_apply(store = "external_empty") {
+        install();
         let database = database_of(&store);
         let error = marty::store::register("orders_db", store.clone()).await.unwrap_err().to_string();
         let needed = schema::version(database);
@@ -59,10 +61,12 @@ async fn an_empty_database_is_refused_with_the_migrations_to_apply() {
     }
 }
 
-#[tokio::test]
-async fn tables_made_from_the_ddl_text_are_the_ones_marty_uses() {
-    install();
-    for store in marty_tests::empty_stores("external_ddl").await {
+marty_tests::on_each_store! {
+    stores: marty_tests::empty_sqlite, marty_tests::empty_postgres;
+
+    #[tokio::test]
+    async fn tables_made_from_the_ddl_text_are_the_ones_marty_uses(store = "external_ddl") {
+        install();
         run(&store, &schema::ddl(database_of(&store))).await;
         let store = marty::store::register("orders_db", store).await.expect("the tables are at the version needed");
         // The outbox and the inbox work on them.

@@ -99,10 +99,12 @@ fn now_millis() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64
 }
 
-#[tokio::test]
-async fn records_and_finished_sagas_past_retention_go_and_the_rest_stays() {
-    let storage = storage();
-    for store in marty_tests::empty_stores("retention_prune").await {
+marty_tests::on_each_store! {
+    stores: marty_tests::empty_sqlite, marty_tests::empty_postgres;
+
+    #[tokio::test]
+    async fn records_and_finished_sagas_past_retention_go_and_the_rest_stays(store = "retention_prune") {
+        let storage = storage();
         // Not registered: the background task would race this test's own `prune`.
         create_tables(&store).await;
         for event in ["old-1", "old-2", "new"] {
@@ -139,11 +141,15 @@ async fn records_and_finished_sagas_past_retention_go_and_the_rest_stays() {
     }
 }
 
-#[tokio::test]
-async fn a_registered_store_is_pruned_in_the_background() {
-    storage();
-    for (index, store) in marty_tests::empty_stores("retention_background").await.into_iter().enumerate() {
-        let store = marty::store::register(&format!("background_{index}"), store).await.unwrap();
+marty_tests::on_each_store! {
+    stores: marty_tests::empty_sqlite, marty_tests::empty_postgres;
+
+    #[tokio::test]
+    async fn a_registered_store_is_pruned_in_the_background(store = "retention_background") {
+        storage();
+        // A name per database: the SQLite and the PostgreSQL run of this test run at once.
+        let name = if matches!(store, Store::Postgres(_)) { "background_postgres" } else { "background_sqlite" };
+        let store = marty::store::register(name, store).await.unwrap();
         handle(&store, "event-1").await;
         saga(&store, "done", "completed", Duration::ZERO).await;
         let deadline = Instant::now() + Duration::from_secs(20);
@@ -157,16 +163,19 @@ async fn a_registered_store_is_pruned_in_the_background() {
     }
 }
 
-#[tokio::test]
-async fn a_replica_of_the_previous_release_does_not_lower_the_schema_version() {
-    storage();
-    for store in marty_tests::empty_stores("retention_versions").await {
-        let store = marty::store::register("versions", store).await.unwrap();
+marty_tests::on_each_store! {
+    stores: marty_tests::empty_sqlite, marty_tests::empty_postgres;
+
+    #[tokio::test]
+    async fn a_replica_of_the_previous_release_does_not_lower_the_schema_version(store = "retention_versions") {
+        storage();
         let database = if matches!(store, Store::Postgres(_)) { Database::Postgres } else { Database::Sqlite };
+        let name = if database == Database::Postgres { "versions_postgres" } else { "versions_sqlite" };
+        let store = marty::store::register(name, store).await.unwrap();
         let newer = i64::from(schema::version(database)) + 1;
         // The next release migrated first; this one starts after it.
         execute(&store, "update marty_schema set version = $1 where component = 'events'", &[newer]).await;
-        marty::store::register("versions", store.clone()).await.expect("a newer schema is accepted");
+        marty::store::register(name, store.clone()).await.expect("a newer schema is accepted");
         assert_eq!(count(&store, "select cast(version as bigint) from marty_schema").await, newer);
     }
 }

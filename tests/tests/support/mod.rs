@@ -62,15 +62,3 @@ pub fn watch_transitions(dependency: &str) -> Arc<Mutex<Vec<(CircuitState, Circu
     });
     log
 }
-
-/// A server URL from the environment, or `None` after saying why the test is skipped. `.ci/run` sets
-/// every such variable and checks the server answers, so in CI these tests run or fail.
-pub fn server_url(var: &str) -> Option<String> {
-    match std::env::var(var) {
-        Ok(url) if !url.is_empty() => Some(url),
-        _ => {
-            eprintln!("skipped: {var} is not set (`.ci/run` sets it; locally, e.g. {var}=postgres://postgres@127.0.0.1:5432/test)");
-            None
-        }
-    }
-}
