@@ -40,27 +40,84 @@ use proc_macro::TokenStream;
 ///
 /// # Examples
 ///
-/// ```ignore
+/// ```no_run
+/// use marty::CallError;
+///
+/// type OrderResult = Result<String, CallError<std::io::Error>>;
+///
+/// struct OrderRepository {
+///     last_seen: std::sync::Mutex<String>,
+/// }
+///
 /// impl OrderRepository {
-///     #[marty::database_call(dependency = "orders_db", timeout = "2s", fallback = Self::cached)]
-///     async fn load(&self, id: i64) -> Result<Order, AppError> {
-///         Ok(sqlx::query_as("select * from orders where id = ?").bind(id).fetch_one(&self.pool).await?)
+///     #[marty::database_call(dependency = "orders_db", timeout = "2s", fallback = Self::last_seen)]
+///     async fn load(&self, id: i64) -> OrderResult {
+///         // The query; its error says whether a retry may help (`marty::Classify`).
+///         Ok(format!("order {id}"))
 ///     }
 ///
-///     async fn cached(&self, error: AppError) -> Result<Order, AppError> { /* .. */ }
+///     /// Receives the final error, after retries, or at once when the breaker is open.
+///     async fn last_seen(&self, _error: CallError<std::io::Error>) -> OrderResult {
+///         Ok(self.last_seen.lock().unwrap().clone())
+///     }
 /// }
 /// ```
 ///
 /// # Expands to
 ///
-/// The hand-written equivalent, with the policy resolved once per call site and kept:
+/// For `#[database_call(dependency = "orders_db")]` on `async fn load(&self, id: i64) ->
+/// Result<Order, AppError> { self.find(id).await }` (`$MANIFEST_DIR` is the crate's directory; a
+/// unit test keeps this text equal to the real expansion). The call site resolves its policy once
+/// and keeps it in the static; each attempt runs the body in its own `async` block, so `?` and
+/// `return` keep their meaning:
 ///
-/// ```ignore
+/// ```text
 /// async fn load(&self, id: i64) -> Result<Order, AppError> {
-///     static POLICY: OnceLock<CallPolicy> = OnceLock::new();
-///     let policy = POLICY.get_or_init(|| registry.call_policy("orders_db", "load").unwrap().with_timeout(Duration::from_secs(2)));
-///     let result = policy.call(|| async { /* the body */ }).await;
-///     match result { Err(error) => self.cached(error).await, ok => ok }
+///     #[doc(hidden)]
+///     static __MARTY_CALL_SITE: ::marty::__private::CallSite = ::marty::__private::CallSite::new(
+///         "orders_db",
+///         ::marty::__private::DependencyKind::Database,
+///         "load",
+///         ::marty::__private::core::option::Option::None,
+///         ::marty::__private::RetryOverride::Inherit,
+///         "$MANIFEST_DIR/marty.toml",
+///         {
+///             let _ = ::marty::__private::core::option_env!("MARTY_CONFIG");
+///             ::marty::__private::core::include_str!("$MANIFEST_DIR/marty.toml")
+///         },
+///     );
+///     let __marty_convert = ::marty::__private::error_converter::<
+///         Result<Order, AppError>,
+///     >();
+///     let __marty_classify: fn(&_) -> _ = ::marty::__private::classifier::<
+///         Result<Order, AppError>,
+///     >();
+///     let __marty_policy = match __MARTY_CALL_SITE.policy() {
+///         ::marty::__private::core::result::Result::Ok(policy) => policy,
+///         ::marty::__private::core::result::Result::Err(__marty_config_error) => {
+///             return ::marty::__private::core::result::Result::Err(
+///                 __marty_convert(__marty_config_error),
+///             );
+///         }
+///     };
+///     let mut __marty_call = __marty_policy.begin();
+///     let __marty_result: Result<Order, AppError> = loop {
+///         if let ::marty::__private::core::ops::ControlFlow::Break(__marty_result) = __marty_call
+///             .attempt(
+///                 ::marty::__private::attempt_future::<
+///                     Result<Order, AppError>,
+///                     _,
+///                     _,
+///                 >(async { self.find(id).await }),
+///                 __marty_classify,
+///                 __marty_convert,
+///             )
+///             .await
+///         {
+///             break __marty_result;
+///         }
+///     };
+///     __marty_result
 /// }
 /// ```
 ///
@@ -128,16 +185,38 @@ pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// # Examples
 ///
-/// ```ignore
+/// ```no_run
+/// use marty::axum::extract::{Json, Path};
+/// use marty::axum::http::StatusCode;
+/// use marty::service::Problem;
+///
+/// #[derive(serde::Serialize, Clone)]
+/// struct Order {
+///     id: u64,
+///     item: String,
+/// }
+///
+/// struct Orders {
+///     orders: Vec<Order>,
+/// }
+///
 /// #[marty::service]
 /// impl Orders {
 ///     #[get("/orders/{id}")]
-///     async fn get_order(&self, Path(id): Path<u64>) -> Result<Json<Order>, AppError> { .. }
+///     async fn get_order(&self, Path(id): Path<u64>) -> Result<Json<Order>, Problem> {
+///         let order = self.orders.iter().find(|order| order.id == id).cloned();
+///         order.map(Json).ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, format!("no order {id}")))
+///     }
+///
+///     #[health_check]
+///     async fn stock_feed(&self) -> Result<(), std::io::Error> {
+///         Ok(())
+///     }
 /// }
 ///
 /// #[tokio::main]
 /// async fn main() -> Result<(), marty::service::ServeError> {
-///     marty::service::serve(Orders::new()).await
+///     marty::service::serve(Orders { orders: Vec::new() }).await
 /// }
 /// ```
 ///
@@ -184,14 +263,37 @@ pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
 ///
 /// # Examples
 ///
-/// ```ignore
+/// ```no_run
+/// use marty::saga::{StepContext, StepError};
+///
+/// #[derive(serde::Serialize, serde::Deserialize)]
+/// struct PlaceOrder {
+///     item: String,
+///     confirmed: bool,
+/// }
+///
+/// struct Clients; // what the steps call, through `ctx.env()`
+/// # impl Clients {
+/// #     async fn reserve(&self, _key: &str, _item: &str) -> Result<(), StepError> { Ok(()) }
+/// #     async fn release(&self, _key: &str) -> Result<(), StepError> { Ok(()) }
+/// # }
+///
 /// #[marty::saga(store = "orders_db", env = Clients)]
 /// impl PlaceOrder {
 ///     #[saga_step(compensate = release_stock, timeout = "2s")]
-///     async fn reserve_stock(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), StepError> { .. }
-///     async fn release_stock(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), StepError> { .. }
+///     async fn reserve_stock(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), StepError> {
+///         ctx.env().reserve(&ctx.idempotency_key(), &self.item).await
+///     }
+///
+///     async fn release_stock(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), StepError> {
+///         ctx.env().release(&ctx.idempotency_key()).await
+///     }
+///
 ///     #[saga_step]
-///     async fn confirm(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), StepError> { .. }
+///     async fn confirm(&mut self) -> Result<(), StepError> {
+///         self.confirmed = true;
+///         Ok(())
+///     }
 /// }
 /// ```
 ///
@@ -278,7 +380,9 @@ route_attribute! {
 ///
 /// # Examples
 ///
-/// ```ignore
+/// ```
+/// use marty::Event;
+///
 /// #[derive(marty::Event, serde::Serialize, serde::Deserialize)]
 /// #[event(topic = "orders.created", version = 1)]
 /// struct OrderCreated {
@@ -286,6 +390,10 @@ route_attribute! {
 ///     order_id: i64,
 ///     total_cents: u64,
 /// }
+///
+/// let event = OrderCreated { order_id: 7, total_cents: 1200 };
+/// assert_eq!((OrderCreated::TOPIC, OrderCreated::VERSION), ("orders.created", 1));
+/// assert_eq!(event.key().as_deref(), Some("7"));
 /// ```
 ///
 /// # Expands to

@@ -122,7 +122,7 @@ impl Error {
 
 /// The gRPC status a framework error answers with: shed load and open breakers are `UNAVAILABLE`
 /// (clients may retry), timeouts `DEADLINE_EXCEEDED`, configuration problems `INTERNAL`. The message
-/// says nothing of the service's insides; those go to the log ([`Error::log_for_operators`]).
+/// says nothing of the service's insides; those go to the log (`Error::log_for_operators`).
 #[cfg(feature = "tonic")]
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {

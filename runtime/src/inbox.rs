@@ -3,12 +3,27 @@
 //!
 //! `#[event_handler]` does this when the handler takes a transaction:
 //!
-//! ```ignore
-//! #[event_handler(inbox = "billing_db")]
-//! async fn on_order_placed(&self, event: OrderPlaced, tx: &mut sqlx::Transaction<'_, sqlx::Postgres>) -> Result<(), BillingError> {
-//!     sqlx::query("insert into invoices (order_id) values ($1)").bind(event.order_id).execute(&mut **tx).await?;
-//!     Ok(()) // the framework commits: invoice and inbox record together, or neither
+//! ```no_run
+//! # #[derive(marty::Event, serde::Serialize, serde::Deserialize)]
+//! # #[event(topic = "orders.placed")]
+//! # struct OrderPlaced { #[event(key)] order_id: i64 }
+//! # #[cfg(feature = "postgres")]
+//! # mod billing {
+//! # use super::OrderPlaced;
+//! use marty::sqlx::{self, Postgres, Transaction};
+//!
+//! struct Billing;
+//!
+//! #[marty::service]
+//! impl Billing {
+//!     #[event_handler(group = "billing", inbox = "orders_db")]
+//!     async fn invoice(&self, event: OrderPlaced, tx: &mut Transaction<'_, Postgres>) -> Result<(), sqlx::Error> {
+//!         sqlx::query("insert into invoices (order_id) values ($1)").bind(event.order_id).execute(&mut **tx).await?;
+//!         Ok(()) // Marty commits: the invoice and the inbox record together, or neither
+//!     }
 //! }
+//! # }
+//! # fn main() {}
 //! ```
 
 use crate::events::BoxFuture;

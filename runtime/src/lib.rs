@@ -4,17 +4,37 @@
 //! on: it re-exports the attribute macros and holds the runtime they expand into, every part of which
 //! is also usable directly (tower layers, builders).
 //!
-//! ```ignore
+//! ```no_run
+//! use marty::CallError;
+//!
+//! /// Bulkhead, circuit breaker, timeout and retry from `[dependencies.orders_db]` in `marty.toml`,
+//! /// a `marty.call` span and Prometheus metrics.
 //! #[marty::database_call(dependency = "orders_db")]
-//! async fn load_order(pool: &SqlitePool, id: i64) -> Result<Order, OrderError> {
-//!     Ok(sqlx::query_as("select * from orders where id = ?").bind(id).fetch_one(pool).await?)
+//! async fn order_total(id: i64) -> Result<i64, CallError<std::io::Error>> {
+//!     // The query; an `io::Error` (or a `sqlx::Error` with the `sqlx` feature) says whether a
+//!     // failure is worth retrying.
+//!     Ok(id * 100)
 //! }
 //! ```
 //!
-//! ## Order of policies
-//! Outermost first: retry -> circuit breaker -> timeout -> bulkhead -> the call. Each retry attempt
-//! passes through the breaker; bulkhead wait counts against the timeout. See [`policy`].
+//! Where to read on:
+//! - [`policy`]: what a wrapped call does (`#[database_call]`, `#[api_call]`, `#[cache_call]`), and
+//!   the same as tower layers;
+//! - `service`: `#[service]` over HTTP and gRPC, health, readiness, problem+json, shutdown (feature
+//!   `http`, on by default);
+//! - `events`, `outbox`, `inbox`: `#[derive(Event)]`, `#[event_handler]`, the transactional outbox
+//!   and the inbox over four brokers (features `events`, `postgres` or `sqlite`, and a broker's);
+//! - `saga`: `#[saga]`, persisted and crash-safe (features `postgres` or `sqlite`);
+//! - `store`: the databases Marty's tables live in, their DDL and retention;
+//! - [`config`]: `marty.toml`, environment overrides, the service's own `[app]` settings;
+//! - [`metrics`] and `telemetry`: Prometheus, logs, OpenTelemetry traces and metrics.
+//!
+//! Testing timing: the call policies read tokio's clock when they wait, so under
+//! `#[tokio::test(start_paused = true)]` timeouts, retry backoffs and a breaker's `open_for` pass at
+//! once and in order. (The relay and sagas read the system clock.)
 #![forbid(unsafe_code)]
+// docs.rs builds with every feature and `--cfg docsrs`: each feature-gated item says which feature it needs.
+#![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
 pub mod bulkhead;
@@ -22,24 +42,31 @@ pub mod circuit_breaker;
 mod classify;
 mod error;
 #[cfg(feature = "events")]
+#[cfg_attr(docsrs, doc(cfg(feature = "events")))]
 pub mod events;
 pub mod fallback;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod inbox;
 pub mod metrics;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod outbox;
 pub mod policy;
 mod registry;
 pub mod retry;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod saga;
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod service;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod store;
 mod stripe;
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod telemetry;
 #[cfg(any(feature = "http", feature = "tonic"))]
 mod throttled_log;
@@ -60,6 +87,7 @@ pub use registry::DependencyRegistry;
 pub use marty_config as config;
 
 #[cfg(feature = "events")]
+#[cfg_attr(docsrs, doc(cfg(feature = "events")))]
 pub use events::Event;
 #[doc(inline)]
 pub use marty_macros::{
@@ -68,14 +96,19 @@ pub use marty_macros::{
 };
 
 #[cfg(feature = "http")]
+#[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub use axum;
 #[cfg(feature = "reqwest")]
+#[cfg_attr(docsrs, doc(cfg(feature = "reqwest")))]
 pub use reqwest;
 #[cfg(feature = "sqlx")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlx")))]
 pub use sqlx;
 #[cfg(feature = "tonic")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tonic")))]
 pub use tonic;
 #[cfg(feature = "otel")]
+#[cfg_attr(docsrs, doc(cfg(feature = "otel")))]
 pub use {opentelemetry, opentelemetry_sdk, tracing_opentelemetry};
 /// Version-matched ecosystem crates, so users never fight version skew.
 pub use {prometheus_client, tracing};

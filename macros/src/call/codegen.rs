@@ -1,6 +1,6 @@
 //! Stage 3: the expansion. Never validates and never fails: everything it needs is in the model.
 //!
-//! ```ignore
+//! ```text
 //! async fn load(&self, id: i64) -> Result<Order, AppError> {
 //!     static __MARTY_CALL_SITE: CallSite = CallSite::new("orders_db", Database, "load", None, Inherit, PATH, include_str!(PATH));
 //!     let __marty_convert = error_converter::<Ret>();   // at the return type's span: E: From<marty::Error>

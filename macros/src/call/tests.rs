@@ -80,3 +80,25 @@ fn an_error_keeps_the_users_fn_beside_it() {
         },
     ));
 }
+
+/// `database_call`'s documentation shows its expansion: this keeps the text the real one.
+#[test]
+fn the_documented_expansion_is_the_real_one() {
+    let docs = include_str!("../lib.rs");
+    let section = &docs[docs.find("/// # Expands to").expect("the section")..];
+    let block = &section[section.find("/// ```text\n").expect("its code block") + "/// ```text\n".len()..];
+    let documented: String = block[..block.find("/// ```\n").expect("the block's end")]
+        .lines()
+        .map(|line| format!("{}\n", line.strip_prefix("/// ").unwrap_or(line.trim_start_matches("///"))))
+        .collect();
+    let real = expand(
+        DependencyKind::Database,
+        quote!(dependency = "orders_db"),
+        quote! {
+            async fn load(&self, id: i64) -> Result<Order, AppError> {
+                self.find(id).await
+            }
+        },
+    );
+    assert_eq!(documented, real, "write this expansion into `database_call`'s docs:\n{real}");
+}

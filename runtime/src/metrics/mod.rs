@@ -20,8 +20,50 @@
 //!   `compensation_failed`, `turned_away`) and `marty_saga_step_duration_seconds{saga,step}`.
 //! - `process_*`: CPU, memory, open files and threads of the process ([`process`], Linux).
 //!
-//! The service's own metrics go in the same exposition: [`Metrics::register`]. Histogram buckets are
-//! `[telemetry] histogram_buckets` (seconds), the same for every Marty histogram.
+//! Every call is also a `marty.call` tracing span with `dependency`, `operation`, `attempt` and
+//! `outcome`. Breaker transitions are logged and can be watched:
+//! `dependency.circuit_breaker().on_transition(|t| ..)`.
+//!
+//! The service's own metrics go in the same exposition, under the names given:
+//!
+//! ```no_run
+//! use marty::prometheus_client::metrics::counter::Counter;
+//!
+//! # fn example(registry: &marty::DependencyRegistry) {
+//! let created = Counter::<u64>::default();
+//! registry.metrics().register("orders_created", "Orders created", created.clone()); // orders_created_total
+//! created.inc();
+//! # }
+//! ```
+//!
+//! `#[service]` serves the exposition at `/metrics`. A program that uses the call attributes
+//! without `#[service]` installs its registry at startup and renders it where it likes
+//! ([`DependencyRegistry::global`](crate::DependencyRegistry::global) is `None` until a registry is
+//! installed or a first wrapped call loads one):
+//!
+//! ```no_run
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let registry = marty::DependencyRegistry::load("marty.toml".as_ref())?
+//!         .install_global()
+//!         .map_err(|_| "a registry is already installed")?;
+//!     // ... calls ...
+//!     let exposition: String = registry.metrics().render(); // the Prometheus text format
+//!     # let _ = exposition;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! Every Marty histogram (calls, HTTP requests, event handlers, saga steps) uses the same bounds,
+//! 0.5 ms to 10 s by default; `[telemetry] histogram_buckets` chooses them in seconds, 1 to 30
+//! increasing bounds:
+//!
+//! ```toml
+//! [telemetry]
+//! histogram_buckets = [0.005, 0.025, 0.1, 0.5, 2.5, 10.0]
+//! ```
+//!
+//! With the `otel` feature and an OTLP endpoint, the same exposition is also pushed to the collector
+//! (`marty::telemetry`).
 
 pub mod process;
 
@@ -616,7 +658,7 @@ impl Successes {
     }
 }
 
-/// A counter spread over [`STRIPES`] cache lines.
+/// A counter spread over `STRIPES` cache lines.
 #[derive(Debug, Clone, Default)]
 pub struct StripedCounter {
     stripes: Arc<[Padded<AtomicU64>; STRIPES]>,

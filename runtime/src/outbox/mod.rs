@@ -2,26 +2,53 @@
 //! business data, so the event exists exactly when the data does; the [`Relay`] publishes it to
 //! the broker afterwards (at least once, deduplicated by event id at the broker and the inbox).
 //!
-//! ```ignore
-//! let mut tx = pool.begin().await?;
-//! sqlx::query("insert into orders (id, item) values ($1, $2)").bind(id).bind(&item).execute(&mut *tx).await?;
-//! marty::outbox::publish(&mut tx, &OrderPlaced { order_id: id, item }).await?;
-//! tx.commit().await?;
+//! ```no_run
+//! # #[derive(marty::Event, serde::Serialize, serde::Deserialize)]
+//! # #[event(topic = "orders.placed")]
+//! # struct OrderPlaced { #[event(key)] order_id: i64, item: String }
+//! # #[cfg(feature = "sqlite")]
+//! async fn place_order(pool: &marty::sqlx::SqlitePool, item: String) -> Result<i64, marty::sqlx::Error> {
+//!     let mut tx = pool.begin().await?;
+//!     let order_id: i64 = marty::sqlx::query_scalar("insert into orders (item) values (?) returning id")
+//!         .bind(&item)
+//!         .fetch_one(&mut *tx)
+//!         .await?;
+//!     // The event commits, or rolls back, with the order.
+//!     marty::outbox::publish(&mut *tx, &OrderPlaced { order_id, item }).await?;
+//!     tx.commit().await?;
+//!     Ok(order_id)
+//! }
+//! ```
+//!
+//! ```toml
+//! [outbox]
+//! store = "orders_db"      # the database dependency holding marty_outbox / marty_inbox (PostgreSQL or SQLite)
+//! batch_size = 100
+//! poll_interval = "500ms"  # fallback; PostgreSQL wakes the relay on commit (LISTEN/NOTIFY)
+//! max_attempts = 10        # broker rejections before a row is parked
+//! retention = "0s"         # sent rows: deleted at once (default), or kept this long
 //! ```
 //!
 //! What the relay promises (PostgreSQL; SQLite serialises writers, so the same holds there):
-//! - no event is skipped when transactions commit out of order: a row is taken only once every
+//! - **Nothing lost, nothing skipped.** An event exists exactly when its transaction commits. No
+//!   event is skipped when transactions commit out of order: a row is taken only once every
 //!   transaction that could still commit an earlier one has ended (snapshot gating on the writing
-//!   transaction id, as Watermill does);
-//! - events of one aggregate key reach the broker in the order they were written, even with several
-//!   relays on one table: a row is published only when every earlier pending row of its key is in
-//!   the same batch (rows are locked `FOR UPDATE SKIP LOCKED`, so relays never publish one row twice
-//!   at once);
-//! - a row is marked sent only after the broker acknowledged it; while the broker is unreachable the
-//!   relay backs off and counts nothing against the rows;
-//! - a row the broker rejects `max_attempts` times is parked with the reason: visible with
-//!   [`parked`], replayed with [`replay`], never deleted silently;
-//! - sent rows are deleted once acknowledged, or kept for `retention` when one is set.
+//!   transaction id, as Watermill does).
+//! - **Order per key**, across any number of relays on one table: a row is published only when
+//!   every earlier pending row of its key is in the same batch (rows are locked `FOR UPDATE SKIP
+//!   LOCKED`, so relays never publish one row twice at once), and a batch goes out in waves so an
+//!   event is sent only after the previous one of its key was acknowledged.
+//! - A row is marked sent only after the broker acknowledged it; while the broker is unreachable the
+//!   relay backs off and counts nothing against the rows.
+//! - A row the broker rejects `max_attempts` times is parked with the reason: visible with
+//!   [`parked`], replayed with [`replay`], never deleted silently.
+//! - Sent rows are deleted once acknowledged, or kept for `retention` when one is set.
+//! - A relay waiting for work is woken by the commit (NOTIFY, sent only while a relay waits: NOTIFY
+//!   serialises commits, and telling a busy relay cost a quarter of the transaction rate).
+//!
+//! Metrics: `marty_outbox_published_total`, `marty_outbox_failed_total`, and the gauges
+//! `marty_outbox_pending`, `marty_outbox_parked` and `marty_outbox_lag_seconds` (the age of the
+//! oldest pending event).
 
 mod relay;
 

@@ -1,14 +1,74 @@
-//! The policies of one dependency composed into one call path, outermost first:
-//! retry -> circuit breaker -> timeout -> bulkhead -> the call.
+//! The policies of one dependency composed into one call path: what `#[database_call]`,
+//! `#[api_call]` and `#[cache_call]` do, and [`DependencyLayer`] does as a tower layer.
 //!
-//! - Each retry attempt asks the breaker again, so an opening breaker stops a retry loop.
-//! - The timeout starts before the bulkhead: waiting for a permit counts against it.
-//! - Calls the breaker or bulkhead turned away are not recorded by the breaker (the dependency was
-//!   not called) and are not retried (that would only add load).
+//! ```no_run
+//! use marty::CallError;
 //!
-//! [`Dependency`] is what every call to one dependency shares; [`CallPolicy`] is one call site's view
-//! of it (its own timeout, retry and metric labels). The macros and [`DependencyLayer`] both run
-//! [`Call::attempt`]: there is one implementation of the semantics.
+//! /// Each call goes through `payments_api`'s bulkhead, breaker, timeout and retry (from
+//! /// `marty.toml`), is a `marty.call` span and is counted in `/metrics`.
+//! #[marty::api_call(dependency = "payments_api", timeout = "2s")]
+//! async fn charge(order_id: i64, cents: u64) -> Result<String, CallError<std::io::Error>> {
+//!     // The request to the payments service; an `io::Error` says whether it is worth retrying.
+//!     Ok(format!("charge-{order_id}-{cents}"))
+//! }
+//! ```
+//!
+//! The function returns `Result<T, E>`, where `E: From<marty::Error>` holds Marty's own errors
+//! ([`CallError`](crate::CallError) wraps an error type that cannot) and `E: Classify` says which
+//! errors are worth retrying. The call passes through its dependency's policies, outermost first:
+//!
+//! **retry -> circuit breaker -> timeout -> bulkhead -> the call**
+//!
+//! - **Retry** only errors classified `Transient` (timeouts, refused or reset connections, SQLite
+//!   `BUSY`, PostgreSQL serialization failures, gRPC `UNAVAILABLE`, a tonic or reqwest connection
+//!   lost mid-call), with exponential backoff and full jitter, capped at `max`. A budget keeps
+//!   retries at most `budget` (default 20%) of first attempts, plus a reserve of 10, so a failing
+//!   dependency is not hit `max_attempts` times harder. Each attempt asks the breaker again, so an
+//!   opening breaker stops a retry loop. The body runs once per attempt, so it must not move its
+//!   arguments out; take them by reference, or set `retry = false` on the call. `retry = false`
+//!   under `[dependencies.<name>]` in `marty.toml` turns retry off for every call to it.
+//! - **Circuit breaker**: a count-based window over the last `window` calls. Once `min_calls` are
+//!   recorded, a failure rate or slow-call rate at or above its threshold opens it; open, it rejects
+//!   at once without calling; after `open_for`, `half_open_calls` trial calls decide between closed
+//!   and open. Errors classified `Expected` ("not found", a constraint violation) mean the
+//!   dependency answered: they count as successes. `circuit_breaker = false` turns it off.
+//! - **Timeout** per attempt. It starts before the bulkhead, so waiting for a permit counts against
+//!   it.
+//! - **Bulkhead**: at most `max_concurrent` calls at once; a call waits at most `max_wait` (default a
+//!   quarter of `timeout`) for a permit, then fails with `Rejected`. Waiters are not served in FIFO
+//!   order. Left unset, a database dependency's `max_concurrent` takes the size of the pool handed to
+//!   Marty (`marty::store::register`, `register_pool`), so calls queue for a permit, where they are
+//!   measured and bounded, rather than for a connection.
+//!
+//! Calls the breaker or bulkhead turned away (`ErrorClass::TurnedAway`) are neither recorded by the
+//! breaker (the dependency was not called) nor retried (that would only add load).
+//!
+//! Framework errors reach the function's error type through `From<marty::Error>`: `Rejected` and
+//! `CircuitOpen` (HTTP 503 with a retry hint), `Timeout` (504), and `Config`. Per call the attribute
+//! can override `timeout`, `retry` (`false`, or `retry(max_attempts = .., backoff = .., initial = ..,
+//! max = .., jitter = ..)`), add a `fallback = path` that receives the final error, a `classify =
+//! path` that replaces the error type's classification, `operation = ".."` for the metric label,
+//! `config = ".."` and `crate = ".."`; the attribute's own documentation has the full table.
+//!
+//! [`Classify`] answers a second question, for sagas: could a failed call have taken effect on the
+//! other side (`may_have_applied`)? Only an error that certainly came first says no: Marty turned
+//! the call away, the connection was refused, or the other side answered no (`NOT_FOUND`, a 4xx, a
+//! constraint violation). A connection lost after the request was sent (tonic's `Unknown: transport
+//! error`), a timeout, `Internal`, a proxy's 502/503/504 say "maybe". Marty answers for
+//! `io::Error`, `sqlx::Error`, `tonic::Status` and `reqwest::Error` (features `sqlx`, `tonic`,
+//! `reqwest`); an error type of the service's delegates both methods to the errors it wraps.
+//!
+//! Everything the macros do is plain Rust too: [`crate::bulkhead::BulkheadLayer`],
+//! [`crate::circuit_breaker::CircuitBreakerLayer`], [`crate::timeout::TimeoutLayer`],
+//! [`crate::retry::RetryLayer`] and [`DependencyLayer`] (the whole policy) are tower layers over the
+//! same shared state, and [`CallPolicy::call`] is the macro without the macro. [`Dependency`] is
+//! what every call to one dependency shares; [`CallPolicy`] is one call site's view of it (its own
+//! timeout, retry and metric labels). The macros and [`DependencyLayer`] both run [`Call::attempt`]:
+//! there is one implementation of the semantics.
+//!
+//! Timing in tests: every policy reads tokio's clock once it waits, so a test under
+//! `#[tokio::test(start_paused = true)]` sees timeouts, backoffs and `open_for` pass at once and in
+//! order, without sleeping.
 
 pub(crate) mod effects;
 mod layer;

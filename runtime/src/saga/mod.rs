@@ -3,22 +3,39 @@
 //! type) implements [`Saga`]; an [`Orchestrator`] runs it, persisting in a database the team already
 //! has (SQLite or PostgreSQL), so that a saga survives the process that started it.
 //!
-//! ```ignore
-//! #[derive(serde::Serialize, serde::Deserialize)]
-//! struct PlaceOrder { order_id: i64, amount: i64, payment: Option<String> }
+//! ```no_run
+//! use marty::saga::{Orchestrator, StepContext, StepError};
 //!
-//! #[marty::saga(name = "place_order", store = "orders_db", env = Clients)]
+//! #[derive(serde::Serialize, serde::Deserialize)]
+//! struct PlaceOrder { order_id: i64, amount_cents: i64, payment: Option<String> }
+//!
+//! /// What the steps call: clients of other services, each call behind an `#[api_call]`.
+//! struct Clients;
+//! # impl Clients {
+//! #     async fn charge(&self, _cents: i64, key: &str) -> Result<String, StepError> { Ok(key.to_owned()) }
+//! #     async fn refund(&self, _key: &str) -> Result<(), StepError> { Ok(()) }
+//! # }
+//!
+//! #[marty::saga(store = "orders_db", timeout = "60s")] // name defaults to `place_order`
 //! impl PlaceOrder {
 //!     #[saga_step(compensate = refund, timeout = "5s", max_attempts = 3)]
-//!     async fn charge(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), PaymentError> {
-//!         self.payment = Some(ctx.env().payments.charge(self.amount, &ctx.idempotency_key()).await?);
+//!     async fn charge(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), StepError> {
+//!         self.payment = Some(ctx.env().charge(self.amount_cents, &ctx.idempotency_key()).await?);
 //!         Ok(())
 //!     }
-//!     async fn refund(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), PaymentError> { .. }
+//!
+//!     /// Succeeds, undoing nothing, when there is no charge under the key.
+//!     async fn refund(&mut self, ctx: &mut StepContext<Clients>) -> Result<(), StepError> {
+//!         ctx.env().refund(&ctx.idempotency_key()).await
+//!     }
 //! }
 //!
-//! let sagas = Orchestrator::<PlaceOrder>::new(clients).await?;
-//! let id = sagas.start(PlaceOrder { order_id: 7, amount: 1200, payment: None }).await?;
+//! # async fn run() -> Result<(), marty::saga::SagaError> {
+//! let sagas = Orchestrator::<PlaceOrder>::new(Clients).await?; // resumes unfinished sagas
+//! let id = sagas.start(PlaceOrder { order_id: 7, amount_cents: 1200, payment: None }).await?;
+//! sagas.wait(&id).await?; // also: status, history, parked, resume
+//! # Ok(())
+//! # }
 //! ```
 //!
 //! What the orchestrator promises:
@@ -70,7 +87,16 @@
 //!   run, so a replica that lost a saga stops driving it (an attempt it had under way may still
 //!   finish: the idempotency key makes that harmless).
 //! - **Resumed on startup**: every orchestrator looks for unfinished sagas with no live owner, at
-//!   start and every `[sagas] poll_interval`.
+//!   start and every `[sagas] poll_interval`. While the database is unreachable a saga waits, then
+//!   goes on from its stored row: the attempt it was in counts once, as interrupted, however long
+//!   the outage.
+//! - **Tracing**: the saga's spans (`saga`, `saga step`, `saga compensation`) continue the trace it
+//!   was started in, across processes. **Metrics**: `marty_sagas_{started,completed,compensated,
+//!   parked}_total{saga}`, `marty_saga_steps_total{saga,step,outcome}`,
+//!   `marty_saga_step_duration_seconds{saga,step}`.
+//!
+//! Steps are numbered by their order in the database: adding, removing or reordering steps changes
+//! the meaning of sagas in flight, so finish them (or give the new version a new `name`) first.
 
 mod orchestrator;
 mod record;

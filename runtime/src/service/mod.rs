@@ -1,13 +1,132 @@
-//! The HTTP side of a service: the user's routes plus `/healthz`, `/readyz` and `/metrics`, request
-//! ids and `http_server_request_duration_seconds`, problem+json for every error the HTTP layer answers
-//! itself, panics contained to their request, and graceful shutdown on SIGTERM / SIGINT.
+//! A service over HTTP (and gRPC): the user's routes plus `/healthz`, `/readyz` and `/metrics`,
+//! request ids and `http_server_request_duration_seconds`, problem+json for every error the HTTP
+//! layer answers itself, panics contained to their request, limits per client, and graceful shutdown
+//! on SIGTERM / SIGINT.
 //!
-//! `#[service]` generates the [`Routes`] impl; everything here is usable without it: build a [`Server`]
-//! from any axum `Router`.
+//! ```no_run
+//! use marty::axum::extract::Path;
 //!
-//! Shutdown order: readiness turns 503 ("draining"), the service keeps serving for `drain_delay` so
-//! load balancers notice, the listener closes, in-flight requests get up to `shutdown_timeout` to
-//! finish, then `serve` returns.
+//! struct Greeter;
+//!
+//! #[marty::service]
+//! impl Greeter {
+//!     #[get("/hello/{name}")]
+//!     async fn hello(&self, Path(name): Path<String>) -> String {
+//!         format!("hello, {name}")
+//!     }
+//! }
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), marty::service::ServeError> {
+//!     marty::service::serve(Greeter).await // or server_with(|registry| async { .. }) to build state from config
+//! }
+//! ```
+//!
+//! Routes are `#[get]`, `#[post]`, `#[put]`, `#[patch]`, `#[delete]` on `async fn`s taking `&self`
+//! and axum extractors; paths are axum templates, checked when compiling (with duplicates and
+//! receivers). `#[service]` generates the [`Routes`] impl; everything here is usable without it:
+//! build a [`Server`] from any axum `Router`, or merge one in with [`Server::merge`].
+//!
+//! # What every service serves
+//!
+//! - `GET /healthz`: the process is alive (from the moment it listens).
+//! - `GET /readyz`: JSON with each dependency's circuit, bulkhead and readiness role and each
+//!   `#[health_check]` probe's result. 503 while the service is starting (broker connection, Marty's
+//!   migrations, relay and consumers: `"starting"`), draining, a probe fails (or takes over 2s), or a
+//!   dependency declared `readiness = "required"` has a breaker that turns calls away; an open
+//!   breaker whose `open_for` has passed reads ready, so trial calls can come. Every other
+//!   dependency's breaker is shown and never counted: one dependency's outage must not take every
+//!   replica out of the load balancer, where no call would ever close the breaker again. A probe is
+//!   `#[health_check] async fn ledger(&self) -> Result<T, E>` in the impl block. gRPC health
+//!   (`grpc.health.v1.Health`) follows the same rule, probes included.
+//! - `GET /metrics`: every `marty_*` metric ([`crate::metrics`]) and
+//!   `http_server_request_duration_seconds{http_request_method, http_route,
+//!   http_response_status_code}` (the OpenTelemetry `http.server.request.duration`, by matched
+//!   route).
+//!
+//! With `[management] addr = "0.0.0.0:9090"`, `/healthz`, `/readyz`, `/metrics` and gRPC reflection
+//! are served there and leave the public port (as Spring's `management.server.port`); gRPC health is
+//! served on both.
+//!
+//! # Errors are problems
+//!
+//! Errors are RFC 9457 `application/problem+json` ([`Problem`]): `marty::Error` (503 with
+//! `Retry-After`, 504), unknown routes (404, without echoing the path), malformed JSON (400),
+//! missing fields (422), oversized bodies (413), slow bodies (408), wrong methods (405), the requests
+//! hyper refuses before any handler runs (400 unparseable, 414 URI over 8 KiB, 431 head too large),
+//! and a panicking handler (500; the process keeps serving). Every problem has a stable `type`
+//! ([`ProblemType`]), `title`, `status`, `detail` and `instance`, the request id. Clients are told
+//! what they can do, nothing of the insides: a 503 says "try again later", not which dependency's
+//! bulkhead was full; that goes to the log. A handler can `?` a wrapped call's
+//! [`CallError`](crate::CallError) into a [`Problem`].
+//!
+//! Every response carries an `x-request-id` ([`REQUEST_ID`]): the client's when it is 1 to 128
+//! characters of letters, digits and `-_.:=+/`, else a generated one (a forged id cannot break or
+//! inject log lines). gRPC errors are gRPC statuses; a request message that does not decode is
+//! `INVALID_ARGUMENT` and one over the size limit `RESOURCE_EXHAUSTED`, as the gRPC status code guide
+//! has them.
+//!
+//! # What the server allows each client
+//!
+//! Marty runs its own listener on hyper (`axum::serve` has no timeouts): a slow or silent client, or
+//! a flood of them, cannot hold the service's connections, file descriptors or memory.
+//!
+//! ```toml
+//! [http]
+//! addr = "0.0.0.0:8080"
+//! header_read_timeout = "10s"  # a new connection, or a request head once begun, must be complete by then (slowloris)
+//! body_timeout = "30s"         # a request body must have arrived in full (408); gRPC streams are exempt
+//! idle_timeout = "60s"         # a connection with nothing in flight is closed (HTTP/2 with a GOAWAY); above load balancers' 60 s
+//! max_connections = 10000      # unset: 10,000, or 3/4 of the open-file limit when lower; more wait to be accepted
+//! max_body_bytes = 2097152     # a larger declared Content-Length is refused (413) before any of it is read
+//! max_header_bytes = 32768     # request line and headers (431)
+//! ```
+//!
+//! HTTP/2 connections (gRPC) are pinged every 20 s and closed when a ping goes unanswered for 20 s.
+//! A refused request (413, 408) is answered with `connection: close`, and what the client still
+//! sends is read and dropped for up to 2 s so it gets the answer rather than a reset. Reaching the
+//! connection limit and failing to accept (out of file descriptors) are logged, once a window.
+//!
+//! # Shutdown
+//!
+//! On SIGTERM or SIGINT: `/readyz` turns 503 ("draining"), requests are still served for `[service]
+//! drain_delay`, the listener closes, in-flight requests get `shutdown_timeout` (default 30s), and
+//! the process exits 0. Unset, `drain_delay` fits where the service runs: 5 s in Kubernetes (every
+//! pod has `KUBERNETES_SERVICE_HOST`; its endpoints take a few seconds to stop routing to a
+//! terminating pod), 0 elsewhere, so Ctrl-C on a terminal stops at once. When the listener closes,
+//! connections with nothing in flight (idle keep-alive, a half-sent request) are closed at once, so
+//! no client can stretch a shutdown; the others finish their requests. The event consumers and the
+//! outbox relay stop after the drain.
+//!
+//! # gRPC
+//!
+//! With the `grpc` feature, the state implements tonic-generated server traits and the attribute
+//! names the servers: `#[marty::service(grpc(OrdersServer), reflection =
+//! proto::FILE_DESCRIPTOR_SET)]`. They are served on the same port as HTTP (requests with an
+//! `application/grpc` content type go to gRPC), with the standard `grpc.health.v1.Health` service
+//! (`NOT_SERVING` by the rule of `/readyz`) and reflection. With `[grpc] addr` set, the service also
+//! listens there. gRPC calls are measured per method: `rpc_server_call_duration_seconds{rpc_service,
+//! rpc_method, rpc_grpc_status_code}`, from the request to the end of the response (streams
+//! included); at most 1,000 distinct methods are kept, then `rpc_method="_OTHER"`, since clients
+//! choose the path.
+//!
+//! # Logs that survive overload
+//!
+//! Events that repeat with load are written once a window with a count: ``37,412 calls to
+//! `orders_db` turned away in the last 10s`` (with the latest error), `1,204 requests to POST
+//! /orders answered 503 Service Unavailable in the last 10s`, and the connection limit being
+//! reached. A panic is one ERROR line with the message, the location and the backtrace as fields,
+//! inside the span of the request or event it happened in. See [`crate::telemetry`] for the log
+//! format and traces.
+//!
+//! # Reload
+//!
+//! A service re-reads its configuration on SIGHUP, or when the file changes (checked every 2s), and
+//! applies bulkhead sizes, timeouts, breaker thresholds and retry to the running dependencies without
+//! dropping calls in flight (a smaller bulkhead retires permits as their calls finish; an open
+//! breaker stays open). An invalid file is rejected, its errors logged, and the configuration in
+//! force stays. New dependencies and `[service]`/`[http]`/`[telemetry]` changes take a restart, and
+//! the log says so. `DependencyRegistry::reload(config)` does the same from code.
 
 mod errors;
 #[cfg(feature = "events")]
@@ -122,6 +241,13 @@ impl std::error::Error for ServeError {
             ServeError::Startup(error) => Some(error.as_ref()),
             ServeError::Io(error) => Some(error),
         }
+    }
+}
+
+/// So that `main` can `?` what [`Server::serve`] returns.
+impl From<std::io::Error> for ServeError {
+    fn from(error: std::io::Error) -> Self {
+        ServeError::Io(error)
     }
 }
 

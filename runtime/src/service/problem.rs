@@ -10,16 +10,21 @@ use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use serde_json::{Map, Value};
 
-use crate::error::Error;
+use crate::error::{CallError, Error};
 
 /// An RFC 9457 problem. `type` is `about:blank` unless set (the status says it all), `title` the
 /// status's reason unless set; extension members carry what a client may act on.
 ///
-/// ```ignore
-/// Problem::new(StatusCode::FORBIDDEN, "your balance is 30, the order costs 50")
+/// ```
+/// use marty::axum::http::StatusCode;
+/// use marty::service::Problem;
+///
+/// let problem = Problem::new(StatusCode::FORBIDDEN, "your balance is 30, the order costs 50")
 ///     .with_type("https://example.com/problems/out-of-credit")
 ///     .with_title("You do not have enough credit")
-///     .with_extension("balance", 30)
+///     .with_extension("balance", 30);
+/// // A handler returns it as its error: `Result<Json<Order>, Problem>`.
+/// # let _ = problem;
 /// ```
 #[derive(Debug, Clone)]
 pub struct Problem {
@@ -247,6 +252,34 @@ impl From<&Error> for Problem {
     }
 }
 
+/// A wrapped call's error, so a handler can `?` it: the framework's errors answer as [`Error`]'s do
+/// (503, 504); the call's own error is logged (in the request's span, so with its id) and answers a
+/// 500 that says nothing of it.
+impl<E: std::fmt::Display> From<CallError<E>> for Problem {
+    fn from(error: CallError<E>) -> Self {
+        match error {
+            CallError::Resilience(error) => {
+                error.log_for_operators();
+                Problem::from(&error)
+            }
+            CallError::Inner(error) => {
+                tracing::error!(%error, "a call failed; answering 500");
+                Problem::marty(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    ProblemType::Internal,
+                    "the request failed unexpectedly",
+                )
+            }
+        }
+    }
+}
+
+impl<E: std::fmt::Display> IntoResponse for CallError<E> {
+    fn into_response(self) -> Response {
+        Problem::from(self).into_response()
+    }
+}
+
 impl IntoResponse for Error {
     fn into_response(self) -> Response {
         self.log_for_operators();
@@ -287,5 +320,23 @@ mod tests {
             assert!(body.contains(&format!(r#""status":{status}"#)) && body.contains(kind), "{body}");
             assert!(!body.contains("orders_db") && !body.contains("10") && !body.contains("2s"), "{body}");
         }
+    }
+
+    #[test]
+    fn a_wrapped_calls_error_answers_for_the_framework_or_as_an_internal_error_that_says_nothing() {
+        let open: CallError<std::io::Error> = CallError::Resilience(Error::CircuitOpen {
+            dependency: Arc::from("orders_db"),
+            retry_after: Duration::from_secs(3),
+        });
+        let body = Problem::from(open).to_json();
+        assert!(body.contains(r#""status":503"#) && body.contains("urn:marty:problem:unavailable"), "{body}");
+
+        let failed: CallError<std::io::Error> =
+            CallError::Inner(std::io::Error::other("password authentication failed"));
+        let response = failed.into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let problem = &response.extensions().get::<PendingInstance>().expect("the problem rides along").0;
+        let body = problem.to_json();
+        assert!(body.contains("urn:marty:problem:internal") && !body.contains("password"), "{body}");
     }
 }

@@ -3,6 +3,29 @@
 //! [`register`] (an in-memory SQLite database only exists in its own pool); otherwise the first use
 //! connects one from the dependency's `url`. Marty's tables are created on first use ([`schema`];
 //! `[storage] migrate`), and what they no longer need is pruned in the background ([`prune`]).
+//!
+//! # Operating Marty's tables
+//!
+//! `marty_outbox`, `marty_inbox`, `marty_saga` and `marty_saga_history`:
+//!
+//! ```toml
+//! [storage]
+//! migrate = true            # false: create nothing, only check the tables are at the version needed
+//! inbox_retention = "7d"    # how long the inbox remembers a handled event (the dedup window)
+//! saga_retention = "30d"    # finished sagas (completed, compensated) and their history
+//! ```
+//!
+//! - Teams that own their migrations (sqlx-cli, refinery, Flyway) take the DDL as text:
+//!   [`schema::ddl`] (all tables, for an empty database) or [`schema::migrations`] (each step with
+//!   its version marker, for upgrades), and set `migrate = false`. A database that is behind stops
+//!   startup with the migrations to apply. Migrations are recorded in `marty_schema`.
+//! - Each registered store is pruned in the background, in batches of 5,000, at a tenth of the
+//!   shortest retention (between 1 s and 10 min). Running and parked sagas are never pruned. Keep
+//!   `inbox_retention` longer than the broker may redeliver a message (NATS streams keep messages
+//!   7 days by default): a redelivery past it is handled again. [`prune::prune`] does one round from
+//!   code.
+//! - A replica of the previous release that starts after the new one migrated never lowers the
+//!   recorded version (rolling deploys), and migrations only ever add.
 
 pub mod prune;
 pub mod schema;

@@ -16,6 +16,35 @@
 //! - Metrics (feature `otel`): with the same endpoint, what `/metrics` serves is also pushed over
 //!   OTLP every `OTEL_METRIC_EXPORT_INTERVAL` and at shutdown (`otlp_metrics.rs`);
 //!   `OTEL_METRICS_EXPORTER=none` keeps Prometheus only.
+//!
+//! | span | name, kind | attributes |
+//! |---|---|---|
+//! | an HTTP request | `GET /orders/{id}` (the method alone when no route matched), server; error status on 5xx | `http.request.method`, `http.route`, `url.path`, `url.scheme`, `network.protocol.version`, `user_agent.original`, `http.response.status_code` |
+//! | a gRPC call | `orders.v1.Orders/GetOrder`, server; error status on UNKNOWN, DEADLINE_EXCEEDED, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS | `rpc.system`, `rpc.service`, `rpc.method`, `rpc.grpc.status_code` |
+//! | a wrapped call | `marty.call`, client | `peer.service` (the dependency), `db.system` (from a database's URL), `dependency`, `operation`, `attempt`, `outcome` |
+//! | `outbox::publish` | `publish orders.placed`, producer | `messaging.destination.name`, `messaging.message.id`, `messaging.operation.type = create` |
+//! | an event handler | `process orders.placed`, consumer, a child of the publish span | `messaging.destination.name`, `messaging.consumer.group.name`, `messaging.message.id` |
+//!
+//! Outgoing calls carry the trace on: wrap a client (a tonic `Channel`, a hyper client) in
+//! `TraceContextLayer`, or call `inject_trace_context(&mut headers)`.
+//!
+//! **OTLP metrics**: what `/metrics` serves is pushed every `OTEL_METRIC_EXPORT_INTERVAL`
+//! milliseconds (default 60000) and once more at shutdown (given up after 5 s, so a silent
+//! collector cannot hold the exit); one source, so the two never disagree, and the service's own
+//! registered metrics go too. Counters are cumulative monotonic sums named without `_total`,
+//! histograms explicit-bucket histograms; the HTTP and gRPC durations take the semantic
+//! conventions' names and attribute keys (`http.server.request.duration` with
+//! `http.request.method`, `http.route`, `http.response.status_code`; `rpc.server.call.duration`).
+//! The standard variables apply: `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT` (alone, it sends metrics and
+//! no traces), `OTEL_EXPORTER_OTLP_(METRICS_)PROTOCOL` (`grpc` or `http/protobuf`),
+//! `OTEL_EXPORTER_OTLP_(METRICS_)HEADERS`, `OTEL_METRIC_EXPORT_TIMEOUT`. A collector that is down is
+//! logged once until it answers again.
+//!
+//! **TLS to the collector**: `https://` endpoints trust the Mozilla roots, or the CA in
+//! `OTEL_EXPORTER_OTLP_CERTIFICATE`, and present a client certificate from
+//! `OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE` and `_CLIENT_KEY` (each also per signal,
+//! `OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE` ...). A bad setting is reported once at startup, naming
+//! the variable, and that exporter is off: telemetry settings never stop a service.
 
 use marty_config::{LogFormat, TelemetryConfig};
 use tracing_subscriber::layer::SubscriberExt;
