@@ -1,12 +1,16 @@
 //! `marty.toml` at compile time: found relative to `CARGO_MANIFEST_DIR`, parsed by `marty-config` (the
 //! same code the runtime uses at startup), cached per path for the rest of the compilation.
 
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
+use darling::error::Accumulator;
 use marty_config::{Config, ConfigErrors, CONFIG_PATH_VAR, DEFAULT_FILE};
+use proc_macro2::Span;
+
+use crate::diagnostic::error;
 
 /// The configuration one attribute checks against.
 pub(crate) struct ConfigFile {
@@ -19,7 +23,11 @@ pub(crate) struct ConfigFile {
 
 pub(crate) enum FileState {
     Missing,
-    Invalid(ConfigErrors),
+    /// `reported`: a call site of this compilation has shown the errors already.
+    Invalid {
+        errors: ConfigErrors,
+        reported: Cell<bool>,
+    },
     Valid(Box<Config>),
 }
 
@@ -56,13 +64,49 @@ pub(crate) fn load(explicit: Option<&str>) -> ConfigFile {
             }
             let state = Rc::new(match Config::parse(&text, &display) {
                 Ok(config) => FileState::Valid(Box::new(config)),
-                Err(errors) => FileState::Invalid(errors),
+                Err(errors) => FileState::Invalid { errors, reported: Cell::new(false) },
             });
             cache.insert(path.clone(), (text, state.clone()));
             state
         }),
     };
     ConfigFile { path: absolute(&path), display, state }
+}
+
+impl ConfigFile {
+    /// For an attribute that cannot work without the file (`#[service]`, `#[saga]`): `true` when
+    /// it is valid; otherwise the reason is reported at `span` and the caller skips what needs it.
+    pub(crate) fn require(&self, span: Span, errors: &mut Accumulator) -> bool {
+        match &*self.state {
+            FileState::Valid(_) => true,
+            FileState::Missing => {
+                let help = format!("create `{}` beside Cargo.toml, e.g. `[service]` with `name = \"orders\"` and `[http]` with `addr = \"127.0.0.1:8080\"`", self.display);
+                errors.push(error(span, format!("`{}` not found", self.display), help));
+                false
+            }
+            FileState::Invalid { .. } => {
+                self.report_invalid(span, errors);
+                false
+            }
+        }
+    }
+
+    /// The file's errors, each with its line and key, at `span`: once per compilation. Every call
+    /// site reads the same file, and the build fails on the first report, so the others stay quiet
+    /// instead of repeating it (a changed file is parsed and reported again).
+    pub(crate) fn report_invalid(&self, span: Span, errors: &mut Accumulator) {
+        let FileState::Invalid { errors: config_errors, reported } = &*self.state else { return };
+        if reported.replace(true) {
+            return;
+        }
+        for config_error in config_errors.iter() {
+            let mut problem = config_error.clone();
+            let help = problem.help.take().unwrap_or_else(|| {
+                format!("fix `{}`; Marty checks it when compiling and again at startup", self.display)
+            });
+            errors.push(error(span, format!("invalid configuration: {problem}"), help));
+        }
+    }
 }
 
 fn absolute(path: &Path) -> PathBuf {

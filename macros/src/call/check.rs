@@ -25,7 +25,10 @@ pub(super) fn validate(
     check_return_type(attribute, &func, errors);
     let config = config_file::load(args.config.as_ref().map(|arg| arg.value.as_str()));
     check_config_arg(&args, &config, errors);
-    let dependency = check_dependency(kind, args.dependency.as_ref(), &config, args.config.is_some(), errors);
+    let dependency = match args.dependency_reported {
+        true => None,
+        false => check_dependency(kind, args.dependency.as_ref(), &config, args.config.is_some(), errors),
+    };
     let operation = check_operation(args.operation.as_ref(), &func, errors);
     let timeout = args.timeout.as_ref().and_then(|arg| positive_duration("timeout", arg, errors));
     let retry = check_retry(args.retry, errors);
@@ -171,14 +174,8 @@ fn check_dependency(
             }
             return None;
         }
-        FileState::Invalid(config_errors) => {
-            for config_error in config_errors.iter() {
-                let mut problem = config_error.clone();
-                let help = problem.help.take().unwrap_or_else(|| {
-                    format!("fix `{}`; Marty checks it when compiling and again at startup", file.display)
-                });
-                errors.push(error(arg.span, format!("invalid configuration: {problem}"), help));
-            }
+        FileState::Invalid { .. } => {
+            file.report_invalid(arg.span, errors);
             return None;
         }
     };

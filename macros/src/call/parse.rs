@@ -22,6 +22,10 @@ pub(crate) struct CallArgs {
     pub(crate) config: Option<StrArg>,
     #[darling(rename = "crate")]
     pub(crate) krate: Option<PathArg>,
+    /// `dependency` was written but could not be read (unquoted, not a string, positional): that
+    /// error names the fix, so "needs `dependency`" is not said as well.
+    #[darling(skip)]
+    pub(crate) dependency_reported: bool,
 }
 
 /// How each argument is written, for shape errors and their examples.
@@ -50,6 +54,8 @@ pub(crate) enum Shape {
     Value(&'static str),
     /// `name = value` or `name(..)`
     ValueOrList(&'static str),
+    /// `name(..)`
+    List(&'static str),
     /// a bare `name`
     Word(&'static str),
 }
@@ -66,9 +72,15 @@ pub(crate) fn parse_args(attribute: &str, tokens: TokenStream, errors: &mut darl
                 format!("cannot parse the arguments of `#[{attribute}]`: {syn_error}"),
                 help,
             ));
-            return CallArgs::default();
+            return CallArgs { dependency_reported: true, ..CallArgs::default() };
         }
     };
+    let dependency_written = items.iter().any(|item| match item {
+        NestedMeta::Lit(Lit::Str(_)) => true,
+        NestedMeta::Lit(_) => false,
+        NestedMeta::Meta(meta) => meta.path().is_ident("dependency"),
+        NestedMeta::NameValueInvalidExpr(meta) => meta.path.is_ident("dependency"),
+    });
     let items = check_names(attribute, &items, CALL_ARGS, errors);
     // One argument at a time, so a bad value elsewhere does not hide `dependency` from the checks.
     let mut args = CallArgs::default();
@@ -77,6 +89,7 @@ pub(crate) fn parse_args(attribute: &str, tokens: TokenStream, errors: &mut darl
             args.merge(one);
         }
     }
+    args.dependency_reported = args.dependency.is_none() && dependency_written;
     args
 }
 
@@ -102,7 +115,8 @@ pub(crate) fn check_names(
     errors: &mut darling::error::Accumulator,
 ) -> Vec<NestedMeta> {
     let names: Vec<&str> = known.iter().map(|(name, _)| *name).collect();
-    let mut seen: Vec<String> = Vec::new();
+    // Each name given, with how it was first written (a repeat's help quotes it).
+    let mut seen: Vec<(String, String)> = Vec::new();
     let mut kept = Vec::new();
     for item in items {
         let meta = match item {
@@ -142,35 +156,45 @@ pub(crate) fn check_names(
             ));
             continue;
         };
-        if seen.contains(&name) {
+        if let Some((_, first)) = seen.iter().find(|(seen_name, _)| *seen_name == name) {
             errors.push(error(
                 path.span(),
                 format!("`{name}` is given twice"),
-                format!("remove one of the `{name}` arguments"),
+                format!("remove one of them; the first is `{first}`"),
             ));
             continue;
         }
-        seen.push(name.clone());
+        seen.push((name.clone(), written(meta)));
         let shape_ok = matches!(
             (meta, shape),
             (Meta::NameValue(_), Shape::Value(_) | Shape::ValueOrList(_))
-                | (Meta::List(_), Shape::ValueOrList(_))
+                | (Meta::List(_), Shape::ValueOrList(_) | Shape::List(_))
                 | (Meta::Path(_), Shape::Word(_))
         );
         if !shape_ok {
-            let example = match shape {
-                Shape::Value(example) | Shape::ValueOrList(example) | Shape::Word(example) => example,
+            let (example, problem) = match shape {
+                Shape::Word(example) => (example, "takes no value"),
+                Shape::List(example) => (example, "takes a list"),
+                Shape::Value(example) | Shape::ValueOrList(example) => (example, "needs a value"),
             };
-            if let Shape::Word(_) = shape {
-                errors.push(error(meta.span(), format!("`{name}` takes no value"), format!("write `{example}`")));
-                continue;
-            }
-            errors.push(error(meta.span(), format!("`{name}` needs a value"), format!("write `{example}`")));
+            errors.push(error(meta.span(), format!("`{name}` {problem}"), format!("write `{example}`")));
             continue;
         }
         kept.push(item.clone());
     }
     kept
+}
+
+/// An argument as written, for messages: `group = "billing"`, `grpc(..)`, `key`.
+fn written(meta: &Meta) -> String {
+    match meta {
+        Meta::NameValue(pair) => {
+            let value = &pair.value;
+            format!("{} = {}", path_name(&pair.path), quote::quote!(#value))
+        }
+        Meta::List(list) => format!("{}(..)", path_name(&list.path)),
+        Meta::Path(path) => path_name(path),
+    }
 }
 
 fn display_context(context: &str) -> String {

@@ -26,7 +26,7 @@ pub(super) fn validate(
     let type_name = check_impl(&item, errors)?;
     let config = config_file::load(args.config.as_ref().map(|arg| arg.value.as_str()));
     let config_span = args.config.as_ref().map_or(Span::call_site(), |arg| arg.span);
-    let config_ok = crate::service::check_config(&config, config_span, errors);
+    let config_ok = config.require(config_span, errors);
     let store = match &*config.state {
         config_file::FileState::Valid(config) => check_store(args.store.as_ref(), config, &type_name, errors),
         _ => None,

@@ -20,7 +20,7 @@ pub(super) fn validate(
     let Marked { routed, probes, handlers } = marked;
     check_not_generic(&item, errors);
     let config = config_file::load(args.config.as_ref().map(|arg| arg.value.as_str()));
-    let config_ok = check_config(&config, args.config.as_ref().map_or(Span::call_site(), |arg| arg.span), errors);
+    let config_ok = config.require(args.config.as_ref().map_or(Span::call_site(), |arg| arg.span), errors);
     let mut routes = Vec::new();
     let mut seen: HashMap<(super::HttpMethod, String), Span> = HashMap::new();
     let mut spellings: HashMap<String, String> = HashMap::new();
@@ -118,26 +118,6 @@ fn check_not_generic(item: &syn::ItemImpl, errors: &mut Accumulator) {
             "`#[service]` goes on an inherent impl, not a trait impl",
             "move the routed methods to `impl Orders { .. }`",
         ));
-    }
-}
-
-/// A service starts from `marty.toml`: it must exist and be valid.
-pub(crate) fn check_config(config: &config_file::ConfigFile, span: Span, errors: &mut Accumulator) -> bool {
-    match &*config.state {
-        FileState::Valid(_) => true,
-        FileState::Missing => {
-            let help = format!("create `{}` beside Cargo.toml, e.g. `[service]` with `name = \"orders\"` and `[http]` with `addr = \"127.0.0.1:8080\"`", config.display);
-            errors.push(error(span, format!("`{}` not found", config.display), help));
-            false
-        }
-        FileState::Invalid(config_errors) => {
-            for config_error in config_errors.iter() {
-                let mut problem = config_error.clone();
-                let help = problem.help.take().unwrap_or_else(|| format!("fix `{}`", config.display));
-                errors.push(error(span, format!("invalid configuration: {problem}"), help));
-            }
-            false
-        }
     }
 }
 

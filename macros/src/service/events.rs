@@ -14,7 +14,7 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use crate::call::check::duration;
-use crate::call::{IntArg, StrArg};
+use crate::call::{check_names, IntArg, Shape, StrArg};
 use crate::diagnostic::{did_you_mean, error};
 use crate::paths::respan;
 
@@ -29,7 +29,15 @@ struct HandlerArgs {
     ack_wait: Option<StrArg>,
 }
 
-const HANDLER_ARGS: &[&str] = &["topic", "group", "inbox", "max_attempts", "concurrency", "backoff", "ack_wait"];
+const HANDLER_ARGS: &[(&str, Shape)] = &[
+    ("topic", Shape::Value("topic = \"orders.placed\"")),
+    ("group", Shape::Value("group = \"billing\"")),
+    ("inbox", Shape::Value("inbox = \"orders_db\"")),
+    ("max_attempts", Shape::Value("max_attempts = 5")),
+    ("concurrency", Shape::Value("concurrency = 8")),
+    ("backoff", Shape::Value("backoff = \"100ms\"")),
+    ("ack_wait", Shape::Value("ack_wait = \"5s\"")),
+];
 
 /// A method marked `#[event_handler]`, attribute removed.
 pub(crate) struct HandlerMethod {
@@ -80,27 +88,7 @@ pub(crate) fn parse(
             return None;
         }
     };
-    let mut kept = Vec::new();
-    for item in items {
-        let NestedMeta::Meta(meta) = &item else {
-            errors.push(error(
-                item.span(),
-                "unexpected positional argument in `#[event_handler]`",
-                "write `topic = \"orders.placed\"`",
-            ));
-            continue;
-        };
-        let name = meta.path().segments.iter().map(|s| s.ident.to_string()).collect::<Vec<_>>().join("::");
-        if !HANDLER_ARGS.contains(&name.as_str()) {
-            errors.push(error(
-                meta.path().span(),
-                format!("unknown argument `{name}` in `#[event_handler]`"),
-                did_you_mean(&name, HANDLER_ARGS, "valid arguments:"),
-            ));
-            continue;
-        }
-        kept.push(item);
-    }
+    let kept = check_names("#[event_handler]", &items, HANDLER_ARGS, errors);
     let args = errors.handle(HandlerArgs::from_list(&kept))?;
     let cfgs = method.attrs.iter().filter(|attr| attr.path().is_ident("cfg")).cloned().collect();
     Some(HandlerMethod { args, sig: method.sig.clone(), cfgs, attr_span: attr.path().span() })

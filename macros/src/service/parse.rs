@@ -9,8 +9,8 @@ use syn::spanned::Spanned;
 
 use super::events::{is_event_handler, HandlerMethod};
 use super::HttpMethod;
-use crate::call::{PathArg, StrArg};
-use crate::diagnostic::{did_you_mean, error};
+use crate::call::{check_names, PathArg, Shape, StrArg};
+use crate::diagnostic::error;
 
 #[derive(FromMeta, Default)]
 pub(crate) struct ServiceArgs {
@@ -24,7 +24,13 @@ pub(crate) struct ServiceArgs {
     pub(crate) reflection: Option<PathArg>,
 }
 
-const SERVICE_ARGS: &[&str] = &["name", "config", "crate", "grpc", "reflection"];
+const SERVICE_ARGS: &[(&str, Shape)] = &[
+    ("name", Shape::Value("name = \"orders\"")),
+    ("config", Shape::Value("config = \"config/marty.toml\"")),
+    ("crate", Shape::Value("crate = \"my_marty\"")),
+    ("grpc", Shape::List("grpc(OrdersServer)")),
+    ("reflection", Shape::Value("reflection = proto::FILE_DESCRIPTOR_SET")),
+];
 
 pub(crate) fn parse_args(tokens: TokenStream, errors: &mut darling::error::Accumulator) -> ServiceArgs {
     let items = match NestedMeta::parse_meta_list(tokens) {
@@ -38,27 +44,7 @@ pub(crate) fn parse_args(tokens: TokenStream, errors: &mut darling::error::Accum
             return ServiceArgs::default();
         }
     };
-    let mut kept = Vec::new();
-    for item in items {
-        let NestedMeta::Meta(meta) = &item else {
-            errors.push(error(
-                item.span(),
-                "unexpected positional argument in `#[service]`",
-                "write `name = \"orders\"`",
-            ));
-            continue;
-        };
-        let name = meta.path().segments.iter().map(|s| s.ident.to_string()).collect::<Vec<_>>().join("::");
-        if !SERVICE_ARGS.contains(&name.as_str()) {
-            errors.push(error(
-                meta.path().span(),
-                format!("unknown argument `{name}` in `#[service]`"),
-                did_you_mean(&name, SERVICE_ARGS, "valid arguments:"),
-            ));
-            continue;
-        }
-        kept.push(item);
-    }
+    let kept = check_names("#[service]", &items, SERVICE_ARGS, errors);
     errors.handle(ServiceArgs::from_list(&kept)).unwrap_or_default()
 }
 

@@ -18,4 +18,10 @@ async fn load() -> Result<u32, AppError> {
     Ok(1)
 }
 
+// The same file again: its errors are reported once, at the first call site.
+#[marty::database_call(dependency = "orders_db", config = "../../../../ui-tests/invalid.toml")]
+async fn save() -> Result<u32, AppError> {
+    Ok(2)
+}
+
 fn main() {}
