@@ -95,18 +95,21 @@ use proc_macro::TokenStream;
 ///     let __marty_policy = match __MARTY_CALL_SITE.policy() {
 ///         ::marty::__private::core::result::Result::Ok(policy) => policy,
 ///         ::marty::__private::core::result::Result::Err(__marty_config_error) => {
-///             return ::marty::__private::core::result::Result::Err(
-///                 __marty_convert(__marty_config_error),
+///             return ::marty::__private::call_return::<
+///                 Result<Order, AppError>,
+///             >(
+///                 ::marty::__private::core::result::Result::Err(
+///                     __marty_convert(__marty_config_error),
+///                 ),
 ///             );
 ///         }
 ///     };
 ///     let mut __marty_call = __marty_policy.begin();
-///     let __marty_result: Result<Order, AppError> = loop {
+///     let __marty_result = loop {
 ///         if let ::marty::__private::core::ops::ControlFlow::Break(__marty_result) = __marty_call
 ///             .attempt(
 ///                 ::marty::__private::attempt_future::<
 ///                     Result<Order, AppError>,
-///                     _,
 ///                     _,
 ///                 >(async { self.find(id).await }),
 ///                 __marty_classify,
@@ -117,7 +120,7 @@ use proc_macro::TokenStream;
 ///             break __marty_result;
 ///         }
 ///     };
-///     __marty_result
+///     ::marty::__private::call_return::<Result<Order, AppError>>(__marty_result)
 /// }
 /// ```
 ///

@@ -111,21 +111,42 @@ impl CallSite {
 }
 
 /// Names the `Ok` and `Err` types of a wrapped fn's return type, whatever alias spells it.
+///
+/// The expansion names the return type only through this trait, at the return type's span: when it
+/// is not a `Result`, every use is the same unmet bound at the same span, which rustc reports once,
+/// and everything derived from it is an error type that reports nothing more.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not a `Result`",
     label = "Marty-wrapped calls must return `Result<T, E>`",
     note = "return `Result<T, E>` where `E: From<marty::Error>`, so bulkhead, timeout and circuit-breaker errors can be returned"
 )]
-pub trait CallResult {
+pub trait CallResult: Sized {
     /// The success type.
     type Ok;
     /// The error type.
     type Err;
+    /// An attempt's future, with its output named as a `Result`: for `Result<T, E>`, the body's own.
+    type Attempt<F: Future<Output = Self>>: Future<Output = Result<Self::Ok, Self::Err>>;
+    /// The body's future as an attempt.
+    fn attempt<F: Future<Output = Self>>(future: F) -> Self::Attempt<F>;
+    /// The `Result` as the fn's declared return type.
+    fn from_result(result: Result<Self::Ok, Self::Err>) -> Self;
 }
 
 impl<T, E> CallResult for Result<T, E> {
     type Ok = T;
     type Err = E;
+    type Attempt<F: Future<Output = Self>> = F;
+
+    #[inline(always)]
+    fn attempt<F: Future<Output = Self>>(future: F) -> F {
+        future
+    }
+
+    #[inline(always)]
+    fn from_result(result: Self) -> Self {
+        result
+    }
 }
 
 /// How a wrapped fn turns Marty's errors into its own. Called once per call, at the span of the user's
@@ -150,12 +171,18 @@ where
     <R::Err as Classify>::classify
 }
 
-/// Pins an attempt's future to the fn's declared return type, so `?` in the body converts into it.
+/// Pins an attempt's future to the fn's declared return type `R`, so `?` in the body converts into
+/// it. Its type is a projection of `CallResult`: when `R` is not a `Result` it is an error type, and
+/// the call's future reports nothing more at the attribute.
 #[inline(always)]
-pub fn attempt_future<R: CallResult<Ok = T, Err = E>, T, E>(
-    future: impl Future<Output = Result<T, E>>,
-) -> impl Future<Output = Result<T, E>> {
-    future
+pub fn attempt_future<R: CallResult, F: Future<Output = R>>(future: F) -> R::Attempt<F> {
+    R::attempt(future)
+}
+
+/// The fn's declared return type, from the call's `Result`.
+#[inline(always)]
+pub fn call_return<R: CallResult>(result: Result<R::Ok, R::Err>) -> R {
+    R::from_result(result)
 }
 
 /// What `#[service]` expansions name.
@@ -177,12 +204,26 @@ pub mod service_support {
         label = "a route handler must return something axum can answer with",
         note = "return a `String`, `Json<T>`, `(StatusCode, T)`, `marty::service::Problem`, or `Result<T, E>` where both implement `axum::response::IntoResponse`"
     )]
-    pub trait HandlerOutput {}
+    pub trait HandlerOutput {
+        /// The response axum sends.
+        fn into_handler_response(self) -> axum::response::Response;
+    }
 
-    impl<T: axum::response::IntoResponse> HandlerOutput for T {}
+    impl<T: axum::response::IntoResponse> HandlerOutput for T {
+        #[inline(always)]
+        fn into_handler_response(self) -> axum::response::Response {
+            self.into_response()
+        }
+    }
 
-    /// Asserts at the handler's return type that axum can answer with it.
-    pub const fn assert_handler_output<T: HandlerOutput>() {}
+    /// A route handler's output as the response axum sends, converted at the handler's return type:
+    /// when axum cannot answer with the output, that is this one error, and the route's closure,
+    /// which returns a `Response` whatever the output, does not also fail axum's `Handler` bound.
+    /// (axum would make the same `into_response` call on the closure's output.)
+    #[inline(always)]
+    pub fn handler_output<T: HandlerOutput>(output: T) -> axum::response::Response {
+        output.into_handler_response()
+    }
 
     #[cfg(feature = "events")]
     pub use event_support::*;
@@ -199,8 +240,11 @@ pub mod service_support {
         /// Asserts at the parameter's type that it is an event.
         pub const fn assert_event<E: Event>() {}
 
-        /// Fails compilation when `#[event_handler(topic = ..)]` disagrees with the event type.
-        pub const fn assert_topic(declared: &str, written: &str) {
+        pub use core::panic;
+
+        /// Whether `#[event_handler(topic = ..)]` agrees with the event type's topic. The expansion
+        /// panics in its own `const` when not, so the error is at the literal, in one sentence.
+        pub const fn same_topic(declared: &str, written: &str) -> bool {
             let (declared, written) = (declared.as_bytes(), written.as_bytes());
             let mut same = declared.len() == written.len();
             let mut i = 0;
@@ -208,7 +252,7 @@ pub mod service_support {
                 same = declared[i] == written[i];
                 i += 1;
             }
-            assert!(same, "`#[event_handler(topic = ..)]` differs from the event type's `#[event(topic = ..)]`: remove `topic` or make the two agree");
+            same
         }
 
         /// Implemented by what an event handler may return.

@@ -3,18 +3,22 @@
 //! ```text
 //! async fn load(&self, id: i64) -> Result<Order, AppError> {
 //!     static __MARTY_CALL_SITE: CallSite = CallSite::new("orders_db", Database, "load", None, Inherit, PATH, include_str!(PATH));
-//!     let __marty_convert = error_converter::<Ret>();   // at the return type's span: E: From<marty::Error>
+//!     // `Ret` is named only through `CallResult`, at the return type's span.
+//!     let __marty_convert = error_converter::<Ret>();   // E: From<marty::Error>
 //!     let __marty_classify = classifier::<Ret>();       // or the `classify = ..` path
-//!     let __marty_policy = match __MARTY_CALL_SITE.policy() { Ok(p) => p, Err(e) => return Err(__marty_convert(e)) };
+//!     let __marty_policy = match __MARTY_CALL_SITE.policy() {
+//!         Ok(p) => p,
+//!         Err(e) => return call_return::<Ret>(Err(__marty_convert(e))),
+//!     };
 //!     let mut __marty_call = __marty_policy.begin();
-//!     let __marty_result: Ret = loop {
+//!     let __marty_result = loop {
 //!         // `attempt` runs the body inside the call's `marty.call` span.
-//!         match __marty_call.attempt(attempt_future::<Ret, _, _>(async { <body> }), __marty_classify, __marty_convert).await {
+//!         match __marty_call.attempt(attempt_future::<Ret, _>(async { <body> }), __marty_classify, __marty_convert).await {
 //!             Break(result) => break result,
 //!             Continue(()) => {}
 //!         }
 //!     };
-//!     <fallback, if any>
+//!     call_return::<Ret>(__marty_result)                // or through the fallback
 //! }
 //! ```
 //! The body runs inside `async { }` once per attempt, so `?` and `return` keep their meaning. The
@@ -44,22 +48,26 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
     let config_error = format_ident!("__marty_config_error", span = mixed);
 
     let call_site_static = emit_call_site(model, &paths, &call_site);
-    // Both named once, at the return type's span: a missing impl is one error there, with the runtime
-    // trait's `on_unimplemented` text, not a cascade at the attribute.
+    // The return type is named only through `CallResult`, in calls spanned wholly at the return type:
+    // when it is not a `Result`, every use is one unmet bound at one span, which rustc reports once.
     let ret_span = return_type.span();
+    let with_return_type = |name: &str, args: TokenStream| {
+        let item = paths.private_item_at(name, ret_span);
+        // `attempt_future` also takes the body's future type.
+        let rest = (name == "attempt_future").then(|| quote_spanned!(ret_span=> , _));
+        quote_spanned!(ret_span=> #item::<#return_type #rest>(#args))
+    };
     let convert = format_ident!("__marty_convert", span = mixed);
     let classify = format_ident!("__marty_classify", span = mixed);
-    let error_converter = paths.private_item_at("error_converter", ret_span);
+    let error_converter = with_return_type("error_converter", quote!());
     let classifier = match &model.classify {
         Some(path) => quote_spanned!(path.span()=> #path),
-        None => {
-            let classifier = paths.private_item_at("classifier", ret_span);
-            quote_spanned!(ret_span=> #classifier::<#return_type>())
-        }
+        None => with_return_type("classifier", quote!()),
     };
-    let attempt_future = paths.private_item("attempt_future");
-    let attempt = quote! {
-        #call.attempt(#attempt_future::<#return_type, _, _>(async #body), #classify, #convert).await
+    let attempt_future = with_return_type("attempt_future", quote!(async #body));
+    // At the return type too: the attempt's output names `CallResult`'s `Ok` and `Err`.
+    let attempt = quote_spanned! {ret_span=>
+        #call.attempt(#attempt_future, #classify, #convert).await
     };
     // With `retry = false` there is exactly one attempt, so the body may consume its arguments.
     let attempts = match model.retry {
@@ -77,19 +85,23 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
             }
         },
     };
-    let finish = emit_fallback(model, &core, &result);
+    let finish = emit_fallback(model, &core, &result, &with_return_type);
+    let config_error_return =
+        with_return_type("call_return", quote!(#core::result::Result::Err(#convert(#config_error))));
     quote! {
         #(#attrs)*
         #vis #sig {
             #call_site_static
-            let #convert = #error_converter::<#return_type>();
+            let #convert = #error_converter;
             let #classify: fn(&_) -> _ = #classifier;
             let #policy = match #call_site.policy() {
                 #core::result::Result::Ok(policy) => policy,
-                #core::result::Result::Err(#config_error) => return #core::result::Result::Err(#convert(#config_error)),
+                #core::result::Result::Err(#config_error) => {
+                    return #config_error_return;
+                }
             };
             let mut #call = #policy.begin();
-            let #result: #return_type = #attempts;
+            let #result = #attempts;
             #finish
         }
     }
@@ -140,8 +152,14 @@ fn emit_call_site(model: &CallModel, paths: &Paths, name: &syn::Ident) -> TokenS
 }
 
 /// `fallback = path` gets the final error: `path(self, error)` for methods, `path(error)` otherwise.
-fn emit_fallback(model: &CallModel, core: &TokenStream, result: &syn::Ident) -> TokenStream {
-    let Some(fallback) = &model.fallback else { return quote!(#result) };
+fn emit_fallback(
+    model: &CallModel,
+    core: &TokenStream,
+    result: &syn::Ident,
+    with_return_type: &dyn Fn(&str, TokenStream) -> TokenStream,
+) -> TokenStream {
+    let call_return = with_return_type("call_return", quote!(#result));
+    let Some(fallback) = &model.fallback else { return call_return };
     let error = format_ident!("__marty_error", span = Span::mixed_site());
     let has_receiver = matches!(model.func.sig.inputs.first(), Some(syn::FnArg::Receiver(_)));
     let invoke = if has_receiver {
@@ -152,7 +170,7 @@ fn emit_fallback(model: &CallModel, core: &TokenStream, result: &syn::Ident) -> 
     quote! {
         match #result {
             #core::result::Result::Err(#error) => #invoke,
-            #result => #result,
+            #result => #call_return,
         }
     }
 }

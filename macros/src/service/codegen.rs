@@ -6,7 +6,7 @@ use quote::{format_ident, quote};
 use syn::spanned::Spanned;
 
 use super::{HttpMethod, Route, ServiceModel};
-use crate::paths::Paths;
+use crate::paths::{respan, Paths};
 
 pub(super) fn emit(model: &ServiceModel) -> TokenStream {
     let paths = Paths::new(model.krate.as_ref());
@@ -67,19 +67,25 @@ fn emit_handler(route: &Route, private: &TokenStream, service: &syn::Ident) -> T
         HttpMethod::Delete => quote!(delete),
     };
     let handler = &route.handler;
-    // Named at the return type's span so a type axum cannot answer with is reported there, in words.
-    let output_check = route.output.as_ref().map(|output| {
-        let check = quote::quote_spanned!(output.span()=> #private::assert_handler_output::<#output>());
-        quote!(#check;)
-    });
     let args: Vec<syn::Ident> =
         (0..route.extractors.len()).map(|i| format_ident!("__marty_arg{}", i, span = Span::mixed_site())).collect();
     let types = &route.extractors;
+    let call = quote!(#service.#handler(#(#args),*).await);
+    // The output goes to axum through `handler_output`, at the return type's span: a type axum cannot
+    // answer with is reported there, in words, and only there.
+    let body = match &route.output {
+        Some(output) => {
+            let span = output.span();
+            let returned = format_ident!("__marty_returned", span = span);
+            let handler_output = respan(quote!(#private::handler_output(#returned)), span);
+            quote!(let #returned = #call; #handler_output)
+        }
+        None => call,
+    };
     quote! {
         #private::routing::#method({
-            #output_check
             let #service = #private::Arc::clone(&self);
-            move |#(#args: #types),*| async move { #service.#handler(#(#args),*).await }
+            move |#(#args: #types),*| async move { #body }
         })
     }
 }

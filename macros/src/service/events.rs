@@ -347,7 +347,11 @@ pub(crate) fn emit(handlers: &[Handler], service_name: &str, private: &TokenStre
             let value = &topic.value;
             // Every token at the literal, so a mismatch is reported there.
             respan(
-                quote!(const _: () = #private::assert_topic(<#event as #private::Event>::TOPIC, #value);),
+                quote! {
+                    const _: () = if !#private::same_topic(<#event as #private::Event>::TOPIC, #value) {
+                        #private::panic!("`#[event_handler(topic = ..)]` differs from the event type's `#[event(topic = ..)]`: remove `topic` or make the two agree");
+                    };
+                },
                 topic.span,
             )
         });

@@ -127,6 +127,17 @@ pub use message::{headers, new_event_id, Message};
 
 pub use crate::BoxFuture;
 
+/// What an event's type must be to travel as JSON: `Serialize + DeserializeOwned`, named as one
+/// trait so that a type missing serde's derives is told so in words, at its name.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be an event: it travels as JSON, so it must be `Serialize` and `Deserialize`",
+    label = "derive serde's traits for it",
+    note = "write `#[derive(serde::Serialize, serde::Deserialize, marty::Event)]`"
+)]
+pub trait EventPayload: Serialize + DeserializeOwned {}
+
+impl<T: Serialize + DeserializeOwned> EventPayload for T {}
+
 /// A message other services may consume.
 ///
 /// - `TOPIC` is where it is published (`orders.created`);
@@ -136,7 +147,7 @@ pub use crate::BoxFuture;
     message = "`{Self}` is not an event",
     note = "derive it: `#[derive(marty::Event, serde::Serialize, serde::Deserialize)] #[event(topic = \"orders.created\")]`"
 )]
-pub trait Event: Serialize + DeserializeOwned + Send + Sync + 'static {
+pub trait Event: EventPayload + Send + Sync + 'static {
     /// The topic it is published to.
     const TOPIC: &'static str;
     /// Its schema version (1 for the first).
