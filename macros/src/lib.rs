@@ -5,10 +5,8 @@
 //! is unit-testable. Set `MARTY_MACROS_DEBUG=1` to print expansions while compiling.
 
 mod call;
-mod config_file;
-mod diagnostic;
+mod common;
 mod event;
-mod paths;
 mod saga;
 mod service;
 

@@ -132,8 +132,8 @@ impl ErrorClass {
 /// ```
 #[diagnostic::on_unimplemented(
     message = "`{Self}` does not say which of its errors are transient",
-    label = "Marty needs to classify this error for the circuit breaker and retry",
-    note = "implement `marty::Classify` for `{Self}`: return `ErrorClass::Transient` for errors worth retrying, `Failure` for other dependency failures, `Expected` for answers such as \"not found\""
+    label = "Marty asks the error whether a retry may help",
+    note = "use an error type that says it (`marty::saga::StepError`, `marty::CallError<E>`, `std::io::Error`, `sqlx::Error`, `tonic::Status`), or implement `marty::Classify` for your own: `Transient` for errors worth retrying, `Failure` for other dependency failures, `Expected` for answers such as \"not found\""
 )]
 pub trait Classify {
     /// What this error says about the dependency.

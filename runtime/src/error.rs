@@ -176,7 +176,7 @@ impl<E: std::error::Error + 'static> std::error::Error for CallError<E> {
 #[diagnostic::on_unimplemented(
     message = "`{Self}` cannot hold the errors Marty produces (bulkhead full, timeout, circuit open)",
     label = "this error type needs `impl From<marty::Error> for {Self}`",
-    note = "add a variant such as `Resilience(#[from] marty::Error)` to `{Self}`, or return `marty::CallError<{Self}>`"
+    note = "return `marty::CallError<{Self}>`, which holds both; or, when `{Self}` is your own type, implement `From<marty::Error>` for it"
 )]
 pub trait HoldsMartyErrors: From<Error> {}
 

@@ -2,17 +2,17 @@
 //! builds the [`CallModel`] codegen needs. Every rule reports into the one accumulator, so a user sees
 //! every mistake in one compile.
 
-use std::time::Duration;
-
 use darling::error::Accumulator;
-use marty_config::{parse_duration, Backoff, Config, DependencyKind, DURATION_HELP};
+use marty_config::{Backoff, Config, DependencyKind};
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 
-use super::parse::{CallArgs, RetryArg, StrArg};
+use super::parse::{CallArgs, RetryArg};
 use super::{CallModel, RetryModel};
-use crate::config_file::{self, ConfigFile, FileState};
-use crate::diagnostic::{did_you_mean, error};
+use crate::common::args::StrArg;
+use crate::common::config_file::{self, ConfigFile, DependencyUse, FileState};
+use crate::common::diagnostic::{did_you_mean, error};
+use crate::common::durations::{duration, positive_duration};
 
 pub(super) fn validate(
     kind: DependencyKind,
@@ -30,7 +30,10 @@ pub(super) fn validate(
         false => check_dependency(kind, args.dependency.as_ref(), &config, args.config.is_some(), errors),
     };
     let operation = check_operation(args.operation.as_ref(), &func, errors);
-    let timeout = args.timeout.as_ref().and_then(|arg| positive_duration("timeout", arg, errors));
+    let timeout = args.timeout.as_ref().and_then(|arg| {
+        let help = "give `timeout` a positive duration, e.g. `\"2s\"`, or remove it to use the dependency's";
+        positive_duration("timeout", arg, "call", help, errors)
+    });
     let retry = check_retry(args.retry, errors);
     Some(CallModel {
         kind,
@@ -161,44 +164,23 @@ fn check_dependency(
         return None;
     };
     let name = &arg.value;
-    let config = match &*file.state {
-        FileState::Valid(config) => config,
+    match &*file.state {
+        FileState::Valid(config) => {
+            file.check_dependency(config, name, arg.span, DependencyUse::Call(kind), errors).then(|| name.clone())
+        }
+        // `config = ".."` already reported its own missing file.
+        FileState::Missing if named_by_arg => None,
         FileState::Missing => {
-            // `config = ".."` already reported its own missing file.
-            if !named_by_arg {
-                let help = format!(
-                    "create `{}` beside Cargo.toml with:\n[dependencies.{name}]\nkind = \"{kind}\"",
-                    file.display
-                );
-                errors.push(error(arg.span, format!("`{name}` cannot be checked: `{}` not found", file.display), help));
-            }
-            return None;
+            let help =
+                format!("create `{}` beside Cargo.toml with:\n[dependencies.{name}]\nkind = \"{kind}\"", file.display);
+            errors.push(error(arg.span, format!("`{name}` cannot be checked: `{}` not found", file.display), help));
+            None
         }
         FileState::Invalid { .. } => {
             file.report_invalid(arg.span, errors);
-            return None;
+            None
         }
-    };
-    let Some(declared) = config.dependency(name) else {
-        let all: Vec<&str> = config.dependencies.keys().map(String::as_str).collect();
-        let help = if all.is_empty() {
-            format!("declare it in `{}`:\n[dependencies.{name}]\nkind = \"{kind}\"", file.display)
-        } else {
-            did_you_mean(name, &all, &format!("`{}` declares", file.display))
-        };
-        errors.push(error(arg.span, format!("unknown dependency `{name}`"), help));
-        return None;
-    };
-    if declared.kind != kind {
-        let problem = format!("`{name}` is a `{}` dependency, not `{kind}`", declared.kind);
-        let help = format!(
-            "call it with `#[{}(dependency = \"{name}\")]`, or set `kind = \"{kind}\"` under `[dependencies.{name}]`",
-            declared.kind.attribute()
-        );
-        errors.push(error(arg.span, problem, help));
-        return None;
     }
-    Some(name.clone())
 }
 
 fn names_of_kind(config: &Config, kind: DependencyKind) -> Vec<&str> {
@@ -214,29 +196,6 @@ fn check_operation(arg: Option<&StrArg>, func: &syn::ItemFn, errors: &mut Accumu
         return None;
     }
     Some(arg.value.clone())
-}
-
-pub(crate) fn duration(arg: &StrArg, errors: &mut Accumulator) -> Option<Duration> {
-    match parse_duration(&arg.value) {
-        Ok(duration) => Some(duration),
-        Err(problem) => {
-            errors.push(error(arg.span, problem, DURATION_HELP));
-            None
-        }
-    }
-}
-
-fn positive_duration(name: &str, arg: &StrArg, errors: &mut Accumulator) -> Option<Duration> {
-    let duration = duration(arg, errors)?;
-    if duration.is_zero() {
-        errors.push(error(
-            arg.span,
-            format!("a zero `{name}` would fail every call"),
-            format!("give `{name}` a positive duration, e.g. `\"2s\"`, or remove it to use the dependency's"),
-        ));
-        return None;
-    }
-    Some(duration)
 }
 
 fn check_retry(arg: Option<RetryArg>, errors: &mut Accumulator) -> Option<RetryModel> {

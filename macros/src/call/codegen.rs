@@ -29,7 +29,8 @@ use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use super::{CallModel, RetryModel};
-use crate::paths::Paths;
+use crate::common::durations::option_duration;
+use crate::common::paths::{rt, Item, Paths};
 
 pub(super) fn emit(model: &CallModel) -> TokenStream {
     let paths = Paths::new(model.krate.as_ref());
@@ -51,20 +52,20 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
     // The return type is named only through `CallResult`, in calls spanned wholly at the return type:
     // when it is not a `Result`, every use is one unmet bound at one span, which rustc reports once.
     let ret_span = return_type.span();
-    let with_return_type = |name: &str, args: TokenStream| {
-        let item = paths.private_item_at(name, ret_span);
+    let with_return_type = |item: Item, args: TokenStream| {
+        let path = paths.get_at(item, ret_span);
         // `attempt_future` also takes the body's future type.
-        let rest = (name == "attempt_future").then(|| quote_spanned!(ret_span=> , _));
-        quote_spanned!(ret_span=> #item::<#return_type #rest>(#args))
+        let rest = (item == rt::ATTEMPT_FUTURE).then(|| quote_spanned!(ret_span=> , _));
+        quote_spanned!(ret_span=> #path::<#return_type #rest>(#args))
     };
     let convert = format_ident!("__marty_convert", span = mixed);
     let classify = format_ident!("__marty_classify", span = mixed);
-    let error_converter = with_return_type("error_converter", quote!());
+    let error_converter = with_return_type(rt::ERROR_CONVERTER, quote!());
     let classifier = match &model.classify {
         Some(path) => quote_spanned!(path.span()=> #path),
-        None => with_return_type("classifier", quote!()),
+        None => with_return_type(rt::CLASSIFIER, quote!()),
     };
-    let attempt_future = with_return_type("attempt_future", quote!(async #body));
+    let attempt_future = with_return_type(rt::ATTEMPT_FUTURE, quote!(async #body));
     // At the return type too: the attempt's output names `CallResult`'s `Ok` and `Err`.
     let attempt = quote_spanned! {ret_span=>
         #call.attempt(#attempt_future, #classify, #convert).await
@@ -87,7 +88,7 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
     };
     let finish = emit_fallback(model, &core, &result, &with_return_type);
     let config_error_return =
-        with_return_type("call_return", quote!(#core::result::Result::Err(#convert(#config_error))));
+        with_return_type(rt::CALL_RETURN, quote!(#core::result::Result::Err(#convert(#config_error))));
     quote! {
         #(#attrs)*
         #vis #sig {
@@ -109,18 +110,18 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
 
 fn emit_call_site(model: &CallModel, paths: &Paths, name: &syn::Ident) -> TokenStream {
     let core = paths.core();
-    let call_site = paths.private_item("CallSite");
-    let kind = paths.private_item("DependencyKind");
+    let call_site = paths.get(rt::CALL_SITE);
+    let kind = paths.get(rt::DEPENDENCY_KIND);
     let kind_variant = format_ident!("{}", format!("{:?}", model.kind));
     let dependency = &model.dependency;
     let operation = &model.operation;
     let timeout = option_duration(&core, model.timeout);
-    let retry_override = paths.private_item("RetryOverride");
+    let retry_override = paths.get(rt::RETRY_OVERRIDE);
     let retry = match &model.retry {
         RetryModel::Inherit => quote!(#retry_override::Inherit),
         RetryModel::Off => quote!(#retry_override::Off),
         RetryModel::Set { max_attempts, backoff, initial, max, jitter } => {
-            let backoff_type = paths.private_item("Backoff");
+            let backoff_type = paths.get(rt::BACKOFF);
             let max_attempts = option(&core, max_attempts.map(|n| quote!(#n)));
             let backoff = option(
                 &core,
@@ -136,7 +137,7 @@ fn emit_call_site(model: &CallModel, paths: &Paths, name: &syn::Ident) -> TokenS
         }
     };
     let path = model.config_path.display().to_string();
-    let embedded = crate::config_file::embedded_text(&core, &path);
+    let embedded = crate::common::config_file::embedded_text(&core, &path);
     quote! {
         #[doc(hidden)]
         static #name: #call_site = #call_site::new(
@@ -156,9 +157,9 @@ fn emit_fallback(
     model: &CallModel,
     core: &TokenStream,
     result: &syn::Ident,
-    with_return_type: &dyn Fn(&str, TokenStream) -> TokenStream,
+    with_return_type: &dyn Fn(Item, TokenStream) -> TokenStream,
 ) -> TokenStream {
-    let call_return = with_return_type("call_return", quote!(#result));
+    let call_return = with_return_type(rt::CALL_RETURN, quote!(#result));
     let Some(fallback) = &model.fallback else { return call_return };
     let error = format_ident!("__marty_error", span = Span::mixed_site());
     let has_receiver = matches!(model.func.sig.inputs.first(), Some(syn::FnArg::Receiver(_)));
@@ -180,14 +181,4 @@ fn option(core: &TokenStream, value: Option<TokenStream>) -> TokenStream {
         Some(value) => quote!(#core::option::Option::Some(#value)),
         None => quote!(#core::option::Option::None),
     }
-}
-
-pub(crate) fn option_duration(core: &TokenStream, duration: Option<std::time::Duration>) -> TokenStream {
-    option(
-        core,
-        duration.map(|d| {
-            let nanos = u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
-            quote!(#core::time::Duration::from_nanos(#nanos))
-        }),
-    )
 }

@@ -6,16 +6,7 @@ use marty_config::DependencyKind;
 use quote::quote;
 
 fn expand(kind: DependencyKind, args: proc_macro2::TokenStream, item: proc_macro2::TokenStream) -> String {
-    pretty(super::expand(kind, args, item))
-}
-
-/// Pretty-prints an expansion with the checkout's path replaced before formatting, so line wrapping
-/// (and so the snapshot) does not depend on how long the path is.
-pub(crate) fn pretty(output: proc_macro2::TokenStream) -> String {
-    let text = output.to_string().replace(env!("CARGO_MANIFEST_DIR"), "$MANIFEST_DIR");
-    let file =
-        syn::parse_str::<syn::File>(&text).unwrap_or_else(|error| panic!("expansion is not a file ({error}): {text}"));
-    prettyplease::unparse(&file)
+    crate::common::pretty(super::expand(kind, args, item))
 }
 
 #[test]

@@ -1,7 +1,6 @@
 //! Stage 2: the rules a saga follows, one fn each, producing the model codegen needs.
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use darling::error::Accumulator;
 use proc_macro2::Span;
@@ -9,10 +8,9 @@ use syn::spanned::Spanned;
 
 use super::parse::{SagaArgs, StepMethod};
 use super::{Compensation, SagaModel, Step};
-use crate::call::check::duration;
-use crate::call::StrArg;
-use crate::config_file;
-use crate::diagnostic::{did_you_mean, error};
+use crate::common::config_file::{self, FileState};
+use crate::common::diagnostic::{did_you_mean, error};
+use crate::common::durations::positive_duration;
 
 /// Attempts a step gets when `max_attempts` is not given.
 const DEFAULT_MAX_ATTEMPTS: u32 = 3;
@@ -28,10 +26,21 @@ pub(super) fn validate(
     let config_span = args.config.as_ref().map_or(Span::call_site(), |arg| arg.span);
     let config_ok = config.require(config_span, errors);
     let store = match &*config.state {
-        config_file::FileState::Valid(config) => check_store(args.store.as_ref(), config, &type_name, errors),
+        FileState::Valid(valid) => {
+            let missing = || {
+                error(
+                    Span::call_site(),
+                    format!("saga `{type_name}` names no database to keep its state in"),
+                    "name a database dependency of marty.toml: `#[saga(store = \"orders_db\")]`",
+                )
+            };
+            config.store(valid, args.store.as_ref(), "a saga's state", missing, errors)
+        }
         _ => None,
     };
-    let timeout = args.timeout.as_ref().and_then(|arg| positive_duration("timeout", arg, errors));
+    let timeout = args.timeout.as_ref().and_then(|arg| {
+        positive_duration("timeout", arg, "saga", "give `timeout` a positive duration, e.g. `\"30s\"`", errors)
+    });
     let methods: HashMap<String, &syn::ImplItemFn> = item
         .items
         .iter()
@@ -49,10 +58,12 @@ pub(super) fn validate(
         return None;
     }
     let step_names: Vec<String> = marked.iter().map(|step| step.sig.ident.to_string()).collect();
+    let env = args.env.as_ref().map(|arg| quote::ToTokens::to_token_stream(&arg.path).to_string().replace(' ', ""));
+    let impl_block = ImplBlock { methods: &methods, step_names: &step_names, env: env.as_deref() };
     let mut steps = Vec::new();
     let mut ok = true;
     for method in &marked {
-        match check_step(method, &methods, &step_names, errors) {
+        match check_step(method, &impl_block, errors) {
             Some(step) => steps.push(step),
             None => ok = false,
         }
@@ -106,61 +117,23 @@ fn check_impl(item: &syn::ItemImpl, errors: &mut Accumulator) -> Option<String> 
     }
 }
 
-/// The store is a database dependency of `marty.toml`; without `store = ..`, `[outbox] store`.
-fn check_store(
-    arg: Option<&StrArg>,
-    config: &marty_config::Config,
-    type_name: &str,
-    errors: &mut Accumulator,
-) -> Option<String> {
-    let (name, span) = match (arg, &config.outbox) {
-        (Some(arg), _) => (arg.value.clone(), arg.span),
-        (None, Some(outbox)) => return Some(outbox.store.clone()),
-        (None, None) => {
-            errors.push(error(
-                Span::call_site(),
-                format!("saga `{type_name}` names no database to keep its state in"),
-                "name a database dependency of marty.toml: `#[saga(store = \"orders_db\")]`",
-            ));
-            return None;
-        }
-    };
-    let databases: Vec<&str> = config
-        .dependencies
-        .values()
-        .filter(|dependency| dependency.kind == marty_config::DependencyKind::Database)
-        .map(|dependency| dependency.name.as_str())
-        .collect();
-    match config.dependencies.get(&name) {
-        Some(dependency) if dependency.kind == marty_config::DependencyKind::Database => Some(name),
-        Some(dependency) => {
-            errors.push(error(
-                span,
-                format!(
-                    "`{name}` is declared with `kind = \"{}\"`; a saga's state lives in a database",
-                    dependency.kind
-                ),
-                did_you_mean(&name, &databases, "database dependencies:"),
-            ));
-            None
-        }
-        None => {
-            errors.push(error(
-                span,
-                format!("unknown dependency `{name}`"),
-                did_you_mean(&name, &databases, "database dependencies:"),
-            ));
-            None
-        }
+/// What a step's checks need to know of the rest of the impl.
+struct ImplBlock<'a> {
+    methods: &'a HashMap<String, &'a syn::ImplItemFn>,
+    step_names: &'a [String],
+    /// `env = ..` as written, for the signatures suggested in messages.
+    env: Option<&'a str>,
+}
+
+impl ImplBlock<'_> {
+    /// The signature to suggest for step or compensation `name`.
+    fn shape(&self, name: &str) -> String {
+        let context = self.env.map(|env| format!(", ctx: &mut StepContext<{env}>")).unwrap_or_default();
+        format!("async fn {name}(&mut self{context}) -> Result<(), StepError>")
     }
 }
 
-fn check_step(
-    method: &StepMethod,
-    methods: &HashMap<String, &syn::ImplItemFn>,
-    step_names: &[String],
-    errors: &mut Accumulator,
-) -> Option<Step> {
+fn check_step(method: &StepMethod, impl_block: &ImplBlock<'_>, errors: &mut Accumulator) -> Option<Step> {
     let name = &method.sig.ident;
     let mut ok = true;
     if let Some(span) = method.repeated {
@@ -179,21 +152,16 @@ fn check_step(
         ));
         ok = false;
     }
-    let shape = format!("async fn {name}(&mut self, ctx: &mut StepContext<Env>) -> Result<(), StepError>");
+    let shape = impl_block.shape(&name.to_string());
     let context = check_signature(&method.sig, &format!("saga step `{name}`"), &shape, errors);
-    let compensation = match &method.args.compensate {
-        None => None,
-        Some(arg) => check_compensation(
-            &arg.path,
-            method.compensate_span.unwrap_or_else(|| arg.path.span()),
-            name,
-            methods,
-            step_names,
-            errors,
-        ),
-    };
+    let compensation = method.args.compensate.as_ref().and_then(|arg| {
+        let span = method.compensate_span.unwrap_or_else(|| arg.path.span());
+        check_compensation(&arg.path, span, name, impl_block, errors)
+    });
     ok &= method.args.compensate.is_none() || compensation.is_some();
-    let timeout = method.args.timeout.as_ref().and_then(|arg| positive_duration("timeout", arg, errors));
+    let timeout = method.args.timeout.as_ref().and_then(|arg| {
+        positive_duration("timeout", arg, "attempt", "give `timeout` a positive duration, e.g. `\"5s\"`", errors)
+    });
     ok &= method.args.timeout.is_none() || timeout.is_some();
     let max_attempts = match &method.args.max_attempts {
         Some(arg) if arg.value == 0 => {
@@ -217,10 +185,10 @@ fn check_compensation(
     arg: &syn::Path,
     span: Span,
     step: &syn::Ident,
-    methods: &HashMap<String, &syn::ImplItemFn>,
-    step_names: &[String],
+    impl_block: &ImplBlock<'_>,
     errors: &mut Accumulator,
 ) -> Option<Compensation> {
+    let ImplBlock { methods, step_names, .. } = impl_block;
     let Some(ident) = arg.get_ident() else {
         errors.push(error(
             span,
@@ -245,56 +213,62 @@ fn check_compensation(
             .filter(|candidate| !step_names.iter().any(|step| step == candidate))
             .collect();
         let help = if candidates.is_empty() {
-            format!(
-                "add `async fn {name}(&mut self, ctx: &mut StepContext<Env>) -> Result<(), StepError>` to this impl"
-            )
+            format!("add `{}` to this impl", impl_block.shape(&name))
         } else {
             did_you_mean(&name, &candidates, "methods of this impl:")
         };
         errors.push(error(span, format!("no method `{name}` in this impl to compensate `{step}`"), help));
         return None;
     };
-    let shape = format!("async fn {name}(&mut self, ctx: &mut StepContext<Env>) -> Result<(), StepError>");
+    let shape = impl_block.shape(&name);
     let Signature { context, output } =
         check_signature(&method.sig, &format!("compensation `{name}` (of step `{step}`)"), &shape, errors)?;
     Some(Compensation { method: ident.clone(), context, output })
 }
 
 /// Steps and compensations: `async`, `&self` or `&mut self`, at most the step context besides, and a
-/// return type (checked to be a `Result` by the type checker).
+/// return type (checked to be a `Result` by the type checker). One thing wrong is reported at its
+/// token with its reason; several are one error on the signature, with the signature to write.
 fn check_signature(sig: &syn::Signature, what: &str, shape: &str, errors: &mut Accumulator) -> Option<Signature> {
-    let mut ok = true;
+    let name = &sig.ident;
+    let add_async = format!("add `async`: `async fn {name}(..)`");
+    let mut wrong: Vec<(Span, &str, String)> = Vec::new();
     if sig.asyncness.is_none() {
-        errors.push(error(sig.fn_token.span(), format!("{what} must be an `async fn`"), format!("write `{shape}`")));
-        ok = false;
+        wrong.push((sig.fn_token.span(), "is not `async`", add_async));
     }
-    match sig.inputs.first() {
-        Some(syn::FnArg::Receiver(receiver)) if matches!(receiver.kind, syn::ReceiverKind::Reference(..)) => {}
-        other => {
-            errors.push(error(
-                other.map_or(sig.ident.span(), Spanned::span),
-                format!("{what} must take `&mut self` (or `&self`)"),
-                format!("write `{shape}`: a step changes the saga's state, which is saved after it"),
-            ));
-            ok = false;
-        }
+    let by_reference = matches!(sig.inputs.first(), Some(syn::FnArg::Receiver(receiver)) if matches!(receiver.kind, syn::ReceiverKind::Reference(..)));
+    if !by_reference {
+        let span = sig.inputs.first().map_or(sig.ident.span(), Spanned::span);
+        let help = format!("write `{shape}`: it may change the saga's state, which is saved after it");
+        wrong.push((span, "does not take `&mut self` (or `&self`)", help));
     }
     let extra: Vec<&syn::FnArg> = sig.inputs.iter().skip(1).collect();
     if let Some(surplus) = extra.get(1) {
-        errors.push(error(
+        wrong.push((
             surplus.span(),
-            format!("{what} takes the step context and nothing else"),
+            "takes more than the step context",
             format!("write `{shape}`; reach clients through `ctx.env()`"),
         ));
-        ok = false;
     }
     if matches!(sig.output, syn::ReturnType::Default) {
-        errors.push(error(
+        wrong.push((
             sig.ident.span(),
-            format!("{what} must return a `Result`"),
+            "returns nothing",
             format!("write `{shape}`: an `Err` is retried, then compensated"),
         ));
-        ok = false;
+    }
+    match wrong.as_slice() {
+        [] => {}
+        [(span, problem, help)] => {
+            errors.push(error(*span, format!("{what} {problem}"), help));
+            return None;
+        }
+        several => {
+            let problems: Vec<&str> = several.iter().map(|(_, problem, _)| *problem).collect();
+            let problem = format!("{what} has the wrong signature: it {}", problems.join(", "));
+            errors.push(error(sig.ident.span(), problem, format!("write `{shape}`")));
+            return None;
+        }
     }
     let context = extra.first().and_then(|arg| match arg {
         syn::FnArg::Typed(typed) => Some((*typed.ty).clone()),
@@ -304,7 +278,7 @@ fn check_signature(sig: &syn::Signature, what: &str, shape: &str, errors: &mut A
         syn::ReturnType::Type(_, ty) => ty.span(),
         syn::ReturnType::Default => sig.ident.span(),
     };
-    ok.then(|| Signature { context, output })
+    Some(Signature { context, output })
 }
 
 /// What codegen needs of a checked step or compensation signature.
@@ -332,19 +306,6 @@ fn env_of(context: &syn::Type) -> Option<syn::Type> {
         syn::GenericArgument::Type(ty) => Some(ty.clone()),
         _ => None,
     })
-}
-
-fn positive_duration(name: &str, arg: &StrArg, errors: &mut Accumulator) -> Option<Duration> {
-    let value = duration(arg, errors)?;
-    if value.is_zero() {
-        errors.push(error(
-            arg.span,
-            format!("a zero `{name}` would fail every attempt"),
-            format!("give `{name}` a positive duration, e.g. `\"5s\"`"),
-        ));
-        return None;
-    }
-    Some(value)
 }
 
 /// `PlaceOrder` -> `place_order`.

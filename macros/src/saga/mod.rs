@@ -13,9 +13,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use proc_macro2::TokenStream;
-use quote::quote;
 
-use crate::diagnostic::error;
+use crate::common::{finish, wrong_item};
 
 /// A `#[saga]` whose arguments, steps and configuration checked out.
 pub(crate) struct SagaModel {
@@ -52,32 +51,13 @@ pub(crate) struct Compensation {
 }
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
-    let item_impl: syn::ItemImpl = match syn::parse2(item.clone()) {
-        Ok(item_impl) => item_impl,
-        Err(_) => {
-            let span = item.clone().into_iter().next().map_or_else(proc_macro2::Span::call_site, |token| token.span());
-            let help = "put it on the impl block of the saga's state: `#[marty::saga(store = \"orders_db\")] impl PlaceOrder { #[saga_step(compensate = release_stock)] async fn reserve_stock(&mut self) -> .. }`";
-            let errors = error(span, "`#[saga]` goes on an `impl` block", help).write_errors();
-            return quote!(#errors #item);
-        }
+    let Ok(item_impl) = syn::parse2::<syn::ItemImpl>(item.clone()) else {
+        let help = "put it on the impl block of the saga's state: `#[marty::saga(store = \"orders_db\")] impl PlaceOrder { #[saga_step(compensate = release_stock)] async fn reserve_stock(&mut self) -> .. }`";
+        return wrong_item(item, "`#[saga]` goes on an `impl` block", help);
     };
     let mut errors = darling::Error::accumulator();
     let args = parse::parse_args(args, &mut errors);
     let (stripped, steps) = parse::take_steps(item_impl, &mut errors);
     let model = check::validate(args, stripped, steps, &mut errors);
-    let output = match (errors.finish(), model) {
-        (Ok(()), Some(model)) => codegen::emit(&model),
-        (Err(found), _) => {
-            let found = found.write_errors();
-            let item = parse::strip_step_attributes(item);
-            quote!(#found #item)
-        }
-        // No model and nothing to say: the configuration's errors were reported at an earlier call
-        // site of this compilation (the build fails there); leave the item as written.
-        (Ok(()), None) => parse::strip_step_attributes(item),
-    };
-    if std::env::var_os("MARTY_MACROS_DEBUG").is_some() {
-        eprintln!("#[saga] expands to:\n{output}");
-    }
-    output
+    finish("saga", errors, model, codegen::emit, || parse::strip_step_attributes(item))
 }

@@ -8,8 +8,8 @@ use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
 use syn::spanned::Spanned;
 
-use crate::call::{check_names, IntArg, PathArg, Shape, StrArg};
-use crate::diagnostic::error;
+use crate::common::args::{check_names, parse_list, IntArg, PathArg, Shape, StrArg};
+use crate::common::cfg_attributes;
 
 #[derive(FromMeta, Default)]
 pub(crate) struct SagaArgs {
@@ -56,7 +56,7 @@ pub(crate) struct StepMethod {
 }
 
 pub(crate) fn parse_args(tokens: TokenStream, errors: &mut Accumulator) -> SagaArgs {
-    let items = parse_list("saga", "name = \"place_order\", store = \"orders_db\"", tokens, errors);
+    let items = parse_list("saga", "name = \"place_order\", store = \"orders_db\"", tokens, errors).unwrap_or_default();
     let items = check_names("#[saga]", &items, SAGA_ARGS, errors);
     errors.handle(SagaArgs::from_list(&items)).unwrap_or_default()
 }
@@ -77,29 +77,18 @@ pub(crate) fn take_steps(mut item: syn::ItemImpl, errors: &mut Accumulator) -> (
             syn::Meta::List(list) => list.tokens.clone(),
             _ => TokenStream::new(),
         };
-        let items = parse_list("saga_step", "compensate = release_stock", tokens, errors);
+        let items = parse_list("saga_step", "compensate = release_stock", tokens, errors).unwrap_or_default();
         let items = check_names("#[saga_step]", &items, STEP_ARGS, errors);
         let compensate_span = items.iter().find_map(|item| match item {
             NestedMeta::Meta(syn::Meta::NameValue(pair)) if pair.path.is_ident("compensate") => Some(pair.value.span()),
             _ => None,
         });
         let args = errors.handle(StepArgs::from_list(&items)).unwrap_or_default();
-        let cfgs = method.attrs.iter().filter(|attr| attr.path().is_ident("cfg")).cloned().collect();
+        let cfgs = cfg_attributes(&method.attrs);
         let repeated = marked.get(1).map(|attr| attr.path().span());
         steps.push(StepMethod { args, compensate_span, sig: method.sig.clone(), cfgs, repeated });
     }
     (item, steps)
-}
-
-fn parse_list(attribute: &str, example: &str, tokens: TokenStream, errors: &mut Accumulator) -> Vec<NestedMeta> {
-    NestedMeta::parse_meta_list(tokens).unwrap_or_else(|syn_error| {
-        errors.push(error(
-            syn_error.span(),
-            format!("cannot parse the arguments of `#[{attribute}]`: {syn_error}"),
-            format!("write `name = value` pairs, e.g. `#[{attribute}({example})]`"),
-        ));
-        Vec::new()
-    })
 }
 
 /// The item with `#[saga_step]` removed, for the error path (so rustc does not also complain about

@@ -24,5 +24,5 @@ fn steps_become_match_arms_over_a_static_definition() {
             }
         },
     );
-    insta::assert_snapshot!(crate::call::tests::pretty(output));
+    insta::assert_snapshot!(crate::common::pretty(output));
 }

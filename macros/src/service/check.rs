@@ -7,9 +7,10 @@ use proc_macro2::Span;
 use syn::spanned::Spanned;
 
 use super::parse::{Marked, ProbeMethod, RoutedMethod, ServiceArgs};
-use super::{Route, ServiceModel};
-use crate::config_file::{self, FileState};
-use crate::diagnostic::error;
+use super::{event_handler, Route, ServiceModel};
+use crate::common::args::PathArg;
+use crate::common::config_file::{self, FileState};
+use crate::common::diagnostic::error;
 
 pub(super) fn validate(
     args: ServiceArgs,
@@ -21,6 +22,38 @@ pub(super) fn validate(
     check_not_generic(&item, errors);
     let config = config_file::load(args.config.as_ref().map(|arg| arg.value.as_str()));
     let config_ok = config.require(args.config.as_ref().map_or(Span::call_site(), |arg| arg.span), errors);
+    let routes = check_routes(routed, errors);
+    let name = args.name.map(|arg| arg.value).or_else(|| match &*config.state {
+        FileState::Valid(config) => config.service.name.clone(),
+        _ => None,
+    });
+    let name = name.unwrap_or_else(|| std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "service".to_owned()));
+    let (grpc, reflection) = check_grpc(args.grpc, args.reflection, errors);
+    let probes = probes
+        .into_iter()
+        .filter(|probe| check_probe(probe, errors))
+        .map(|probe| (probe.sig.ident, probe.cfgs))
+        .collect();
+    let valid_config = match &*config.state {
+        FileState::Valid(config) => Some(&**config),
+        _ => None,
+    };
+    let handlers = event_handler::check(handlers, &config, valid_config, errors);
+    config_ok.then_some(ServiceModel {
+        name,
+        config_path: config.path,
+        krate: args.krate.map(|arg| arg.path),
+        item,
+        routes,
+        grpc,
+        reflection,
+        probes,
+        handlers,
+    })
+}
+
+/// Each route's path and handler, and no route twice (axum would panic at startup).
+fn check_routes(routed: Vec<RoutedMethod>, errors: &mut Accumulator) -> Vec<Route> {
     let mut routes = Vec::new();
     let mut seen: HashMap<(super::HttpMethod, String), Span> = HashMap::new();
     let mut spellings: HashMap<String, String> = HashMap::new();
@@ -64,43 +97,27 @@ pub(super) fn validate(
             }
         }
     }
-    let name = args.name.map(|arg| arg.value).or_else(|| match &*config.state {
-        FileState::Valid(config) => config.service.name.clone(),
-        _ => None,
-    });
-    let name = name.unwrap_or_else(|| std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "service".to_owned()));
-    let mut grpc: Vec<syn::Path> = args.grpc.map(|paths| paths.iter().cloned().collect()).unwrap_or_default();
+    routes
+}
+
+/// `grpc(..)` needs its feature; `reflection` needs servers to describe.
+fn check_grpc(
+    grpc: Option<darling::util::PathList>,
+    reflection: Option<PathArg>,
+    errors: &mut Accumulator,
+) -> (Vec<syn::Path>, Option<syn::Path>) {
+    let mut grpc: Vec<syn::Path> = grpc.map(|paths| paths.iter().cloned().collect()).unwrap_or_default();
     if let (Some(server), false) = (grpc.first(), cfg!(feature = "grpc")) {
         let help = "in Cargo.toml: `marty = { version = \"0.1\", features = [\"grpc\"] }`";
         errors.push(error(server.span(), "`grpc(..)` needs marty's `grpc` feature", help));
         grpc.clear();
     }
-    let reflection = args.reflection.map(|arg| arg.path);
+    let reflection = reflection.map(|arg| arg.path);
     if let (Some(path), true) = (&reflection, grpc.is_empty()) {
         let help = "name the gRPC servers it describes: `grpc(OrdersServer), reflection = FILE_DESCRIPTOR_SET`";
         errors.push(error(path.span(), "`reflection` without `grpc(..)` has nothing to describe", help));
     }
-    let probes = probes
-        .into_iter()
-        .filter(|probe| check_probe(probe, errors))
-        .map(|probe| (probe.sig.ident, probe.cfgs))
-        .collect();
-    let valid_config = match &*config.state {
-        FileState::Valid(config) => Some(&**config),
-        _ => None,
-    };
-    let handlers = super::events::check(handlers, valid_config, errors);
-    config_ok.then_some(ServiceModel {
-        name,
-        config_path: config.path,
-        krate: args.krate.map(|arg| arg.path),
-        item,
-        routes,
-        grpc,
-        reflection,
-        probes,
-        handlers,
-    })
+    (grpc, reflection)
 }
 
 /// The expansion implements a trait for the self type; generic services would need bounds it cannot guess.
@@ -125,15 +142,21 @@ fn check_not_generic(item: &syn::ItemImpl, errors: &mut Accumulator) {
 fn check_probe(probe: &ProbeMethod, errors: &mut Accumulator) -> bool {
     let sig = &probe.sig;
     let name = &sig.ident;
-    let help = format!("write it as `#[health_check] async fn {name}(&self) -> Result<(), MyError>`");
     if sig.asyncness.is_none() {
+        let help = format!("add `async`: `async fn {name}(&self)`");
         errors.push(error(sig.fn_token.span(), format!("health check `{name}` must be an `async fn`"), help));
         return false;
     }
-    let takes_only_self = sig.inputs.len() == 1
-        && matches!(sig.inputs.first(), Some(syn::FnArg::Receiver(receiver)) if matches!(receiver.kind, syn::ReceiverKind::Reference(_, _, None)));
-    if !takes_only_self {
-        errors.push(error(sig.inputs.span(), format!("health check `{name}` must take only `&self`"), help));
+    let shared_self = matches!(sig.inputs.first(), Some(syn::FnArg::Receiver(receiver)) if matches!(receiver.kind, syn::ReceiverKind::Reference(_, _, None)));
+    // At what is wrong: the receiver, else the first argument after it.
+    let wrong = match (shared_self, sig.inputs.iter().nth(1)) {
+        (false, _) => Some(sig.inputs.first().map_or(name.span(), Spanned::span)),
+        (true, Some(extra)) => Some(extra.span()),
+        (true, None) => None,
+    };
+    if let Some(span) = wrong {
+        let help = format!("write `async fn {name}(&self)`: `/readyz` calls it with nothing else");
+        errors.push(error(span, format!("health check `{name}` must take only `&self`"), help));
         return false;
     }
     true

@@ -2,35 +2,35 @@
 //! needs no state type and the methods keep their `&self` signatures.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote};
+use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
 use super::{HttpMethod, Route, ServiceModel};
-use crate::paths::{respan, Paths};
+use crate::common::config_file::embedded_text;
+use crate::common::paths::{respan, rt, Paths};
 
 pub(super) fn emit(model: &ServiceModel) -> TokenStream {
     let paths = Paths::new(model.krate.as_ref());
-    let private = paths.private_item("service_support");
     let item = &model.item;
     let self_ty = &item.self_ty;
     let name = &model.name;
     let config_path = model.config_path.display().to_string();
-    let core = paths.core();
-    let embedded = crate::config_file::embedded_text(&core, &config_path);
+    let embedded = embedded_text(&paths.core(), &config_path);
+    let (routes_trait, arc, router) = (paths.get(rt::ROUTES), paths.get(rt::ARC), paths.get(rt::ROUTER));
 
     let service = format_ident!("__marty_service", span = Span::mixed_site());
-    let router = format_ident!("__marty_router", span = Span::mixed_site());
-    let grpc = emit_grpc(model, &private);
-    let probes = emit_probes(model, &private);
-    let handlers = super::events::emit(&model.handlers, name, &private);
+    let local_router = format_ident!("__marty_router", span = Span::mixed_site());
+    let grpc = emit_grpc(model, &paths);
+    let probes = emit_probes(model, &paths);
+    let handlers = super::event_handler::emit(&model.handlers, name, &paths);
     // axum merges the method routers of one path, so each route is added on its own.
     let routes = model.routes.iter().map(|route| {
         let path = &route.path;
         let cfgs = &route.cfgs;
-        let method_router = emit_handler(route, &private, &service);
+        let method_router = emit_handler(route, &paths, &service);
         quote! {
             #(#cfgs)*
-            let #router = #router.route(#path, #method_router);
+            let #local_router = #local_router.route(#path, #method_router);
         }
     });
     quote! {
@@ -38,14 +38,14 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
 
         const _: () = {
             #[automatically_derived]
-            impl #private::Routes for #self_ty {
+            impl #routes_trait for #self_ty {
                 const NAME: &'static str = #name;
                 const CONFIG: (&'static str, &'static str) = (#config_path, #embedded);
 
-                fn routes(self: #private::Arc<Self>) -> #private::Router {
-                    let #router = #private::Router::new();
+                fn routes(self: #arc<Self>) -> #router {
+                    let #local_router = #router::new();
                     #(#routes)*
-                    #router
+                    #local_router
                 }
 
                 #probes
@@ -58,7 +58,7 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
     }
 }
 
-fn emit_handler(route: &Route, private: &TokenStream, service: &syn::Ident) -> TokenStream {
+fn emit_handler(route: &Route, paths: &Paths, service: &syn::Ident) -> TokenStream {
     let method = match route.method {
         HttpMethod::Get => quote!(get),
         HttpMethod::Post => quote!(post),
@@ -66,6 +66,7 @@ fn emit_handler(route: &Route, private: &TokenStream, service: &syn::Ident) -> T
         HttpMethod::Patch => quote!(patch),
         HttpMethod::Delete => quote!(delete),
     };
+    let (routing, arc) = (paths.get(rt::ROUTING), paths.get(rt::ARC));
     let handler = &route.handler;
     let args: Vec<syn::Ident> =
         (0..route.extractors.len()).map(|i| format_ident!("__marty_arg{}", i, span = Span::mixed_site())).collect();
@@ -77,64 +78,67 @@ fn emit_handler(route: &Route, private: &TokenStream, service: &syn::Ident) -> T
         Some(output) => {
             let span = output.span();
             let returned = format_ident!("__marty_returned", span = span);
-            let handler_output = respan(quote!(#private::handler_output(#returned)), span);
+            let handler_output = paths.get(rt::HANDLER_OUTPUT);
+            let handler_output = respan(quote!(#handler_output(#returned)), span);
             quote!(let #returned = #call; #handler_output)
         }
         None => call,
     };
     quote! {
-        #private::routing::#method({
-            let #service = #private::Arc::clone(&self);
+        #routing::#method({
+            let #service = #arc::clone(&self);
             move |#(#args: #types),*| async move { #body }
         })
     }
 }
 
 /// `fn grpc(..)`: each named tonic server over the shared state, and reflection's descriptors.
-fn emit_grpc(model: &ServiceModel, private: &TokenStream) -> TokenStream {
+fn emit_grpc(model: &ServiceModel, paths: &Paths) -> TokenStream {
     if model.grpc.is_empty() {
         return TokenStream::new();
     }
+    let (arc, option, grpc_services) = (paths.get(rt::ARC), paths.get(rt::OPTION), paths.get(rt::GRPC_SERVICES));
     let services = format_ident!("__marty_grpc", span = Span::mixed_site());
     let servers = model.grpc.iter().map(|server| {
         // At the path's span: a state that does not implement the server's trait is reported there.
-        quote::quote_spanned!(server.span()=> let #services = #services.add_service(#server::from_arc(#private::Arc::clone(&self)));)
+        quote_spanned!(server.span()=> let #services = #services.add_service(#server::from_arc(#arc::clone(&self)));)
     });
     let reflection =
         model.reflection.as_ref().map(|descriptors| quote!(let #services = #services.reflection(#descriptors);));
     quote! {
-        fn grpc(self: #private::Arc<Self>) -> #private::Option<#private::GrpcServices> {
-            let #services = #private::GrpcServices::new();
+        fn grpc(self: #arc<Self>) -> #option<#grpc_services> {
+            let #services = #grpc_services::new();
             #(#servers)*
             #reflection
-            #private::Option::Some(#services)
+            #option::Some(#services)
         }
     }
 }
 
 /// `fn health_checks(..)`: one probe per `#[health_check]` method, named after it.
-fn emit_probes(model: &ServiceModel, private: &TokenStream) -> TokenStream {
+fn emit_probes(model: &ServiceModel, paths: &Paths) -> TokenStream {
     if model.probes.is_empty() {
         return TokenStream::new();
     }
+    let (arc, vec, health_check) = (paths.get(rt::ARC), paths.get(rt::VEC), paths.get(rt::HEALTH_CHECK));
     let checks = format_ident!("__marty_checks", span = Span::mixed_site());
     let service = format_ident!("__marty_service", span = Span::mixed_site());
     let probes = model.probes.iter().map(|(method, cfgs)| {
         let name = method.to_string();
         quote! {
             #(#cfgs)*
-            #checks.push(#private::HealthCheck::new(#name, {
-                let #service = #private::Arc::clone(&self);
+            #checks.push(#health_check::new(#name, {
+                let #service = #arc::clone(&self);
                 move || {
-                    let #service = #private::Arc::clone(&#service);
+                    let #service = #arc::clone(&#service);
                     async move { #service.#method().await }
                 }
             }));
         }
     });
     quote! {
-        fn health_checks(self: #private::Arc<Self>) -> #private::Vec<#private::HealthCheck> {
-            let mut #checks = #private::Vec::new();
+        fn health_checks(self: #arc<Self>) -> #vec<#health_check> {
+            let mut #checks = #vec::new();
             #(#probes)*
             #checks
         }

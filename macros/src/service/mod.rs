@@ -5,7 +5,7 @@
 
 mod check;
 mod codegen;
-mod events;
+mod event_handler;
 mod parse;
 #[cfg(test)]
 mod tests;
@@ -13,9 +13,8 @@ mod tests;
 use std::path::PathBuf;
 
 use proc_macro2::TokenStream;
-use quote::quote;
 
-use crate::diagnostic::error;
+use crate::common::{finish, wrong_item};
 
 /// A `#[service]` whose arguments, routes and configuration checked out.
 pub(crate) struct ServiceModel {
@@ -32,7 +31,7 @@ pub(crate) struct ServiceModel {
     /// `#[health_check]` methods and their `#[cfg]`s.
     pub(crate) probes: Vec<(syn::Ident, Vec<syn::Attribute>)>,
     /// `#[event_handler]` methods.
-    pub(crate) handlers: Vec<events::Handler>,
+    pub(crate) handlers: Vec<event_handler::Handler>,
 }
 
 /// One method served over HTTP.
@@ -76,32 +75,13 @@ impl HttpMethod {
 }
 
 pub(crate) fn expand(args: TokenStream, item: TokenStream) -> TokenStream {
-    let item_impl: syn::ItemImpl = match syn::parse2(item.clone()) {
-        Ok(item_impl) => item_impl,
-        Err(_) => {
-            let span = item.clone().into_iter().next().map_or_else(proc_macro2::Span::call_site, |token| token.span());
-            let help = "put it on the state's impl block: `#[marty::service] impl Orders { #[get(\"/orders/{id}\")] async fn get_order(&self, ..) -> .. }`";
-            return with_errors(error(span, "`#[service]` goes on an `impl` block", help), item);
-        }
+    let Ok(item_impl) = syn::parse2::<syn::ItemImpl>(item.clone()) else {
+        let help = "put it on the state's impl block: `#[marty::service] impl Orders { #[get(\"/orders/{id}\")] async fn get_order(&self, ..) -> .. }`";
+        return wrong_item(item, "`#[service]` goes on an `impl` block", help);
     };
     let mut errors = darling::Error::accumulator();
     let args = parse::parse_args(args, &mut errors);
     let (stripped, marked) = parse::take_routes(item_impl, &mut errors);
     let model = check::validate(args, stripped, marked, &mut errors);
-    let output = match (errors.finish(), model) {
-        (Ok(()), Some(model)) => codegen::emit(&model),
-        (Err(found), _) => with_errors(found, parse::strip_route_attributes(item)),
-        // No model and nothing to say: the configuration's errors were reported at an earlier call
-        // site of this compilation (the build fails there); leave the item as written.
-        (Ok(()), None) => parse::strip_route_attributes(item),
-    };
-    if std::env::var_os("MARTY_MACROS_DEBUG").is_some() {
-        eprintln!("#[service] expands to:\n{output}");
-    }
-    output
-}
-
-fn with_errors(errors: darling::Error, item: TokenStream) -> TokenStream {
-    let errors = errors.write_errors();
-    quote!(#errors #item)
+    finish("service", errors, model, codegen::emit, || parse::strip_route_attributes(item))
 }

@@ -1,16 +1,16 @@
 //! Stage 1: `#[service(..)]`'s arguments (darling) and the route attributes on its methods, matched
 //! by their last path segment (`get` or `marty::get`) and removed from the methods.
 
-use darling::ast::NestedMeta;
 use darling::FromMeta;
 use proc_macro2::TokenStream;
 use quote::ToTokens;
 use syn::spanned::Spanned;
 
-use super::events::{is_event_handler, HandlerMethod};
+use super::event_handler::{self, is_event_handler, HandlerMethod};
 use super::HttpMethod;
-use crate::call::{check_names, PathArg, Shape, StrArg};
-use crate::diagnostic::error;
+use crate::common::args::{check_names, parse_list, PathArg, Shape, StrArg};
+use crate::common::cfg_attributes;
+use crate::common::diagnostic::error;
 
 #[derive(FromMeta, Default)]
 pub(crate) struct ServiceArgs {
@@ -33,16 +33,8 @@ const SERVICE_ARGS: &[(&str, Shape)] = &[
 ];
 
 pub(crate) fn parse_args(tokens: TokenStream, errors: &mut darling::error::Accumulator) -> ServiceArgs {
-    let items = match NestedMeta::parse_meta_list(tokens) {
-        Ok(items) => items,
-        Err(syn_error) => {
-            errors.push(error(
-                syn_error.span(),
-                format!("cannot parse the arguments of `#[service]`: {syn_error}"),
-                "write `#[service(name = \"orders\")]`",
-            ));
-            return ServiceArgs::default();
-        }
+    let Some(items) = parse_list("service", "name = \"orders\"", tokens, errors) else {
+        return ServiceArgs::default();
     };
     let kept = check_names("#[service]", &items, SERVICE_ARGS, errors);
     errors.handle(ServiceArgs::from_list(&kept)).unwrap_or_default()
@@ -97,13 +89,12 @@ pub(crate) fn take_routes(
         let marked: Vec<syn::Attribute> = method.attrs.iter().filter(|attr| is_event_handler(attr)).cloned().collect();
         method.attrs.retain(|attr| !is_event_handler(attr));
         for attr in &marked {
-            handlers.extend(super::events::parse(attr, method, errors));
+            handlers.extend(event_handler::parse(attr, method, errors));
         }
         let before = method.attrs.len();
         method.attrs.retain(|attr| !is_probe(attr));
         if method.attrs.len() != before {
-            let cfgs = method.attrs.iter().filter(|attr| attr.path().is_ident("cfg")).cloned().collect();
-            probes.push(ProbeMethod { sig: method.sig.clone(), cfgs });
+            probes.push(ProbeMethod { sig: method.sig.clone(), cfgs: cfg_attributes(&method.attrs) });
         }
         let mut routes = Vec::new();
         method.attrs.retain(|attr| {
@@ -115,8 +106,7 @@ pub(crate) fn take_routes(
             false
         });
         if !routes.is_empty() {
-            let cfgs = method.attrs.iter().filter(|attr| attr.path().is_ident("cfg")).cloned().collect();
-            routed.push(RoutedMethod { routes, sig: method.sig.clone(), cfgs });
+            routed.push(RoutedMethod { routes, sig: method.sig.clone(), cfgs: cfg_attributes(&method.attrs) });
         }
     }
     (item, Marked { routed, probes, handlers })

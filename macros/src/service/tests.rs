@@ -23,5 +23,5 @@ fn routes_become_closures_over_the_shared_service() {
             }
         },
     );
-    insta::assert_snapshot!(crate::call::tests::pretty(output));
+    insta::assert_snapshot!(crate::common::pretty(output));
 }

@@ -145,7 +145,7 @@ impl<T: Serialize + DeserializeOwned> EventPayload for T {}
 /// - [`Event::key`] is the aggregate it belongs to: events with the same key are delivered in order.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an event",
-    note = "derive it: `#[derive(marty::Event, serde::Serialize, serde::Deserialize)] #[event(topic = \"orders.created\")]`"
+    note = "events are types of your own that derive it: `#[derive(marty::Event, serde::Serialize, serde::Deserialize)] #[event(topic = \"orders.created\")] struct OrderCreated {{ .. }}`"
 )]
 pub trait Event: EventPayload + Send + Sync + 'static {
     /// The topic it is published to.

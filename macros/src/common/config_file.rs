@@ -7,10 +7,11 @@ use std::path::{Path, PathBuf};
 use std::rc::Rc;
 
 use darling::error::Accumulator;
-use marty_config::{Config, ConfigErrors, CONFIG_PATH_VAR, DEFAULT_FILE};
+use marty_config::{Config, ConfigErrors, DependencyKind, CONFIG_PATH_VAR, DEFAULT_FILE};
 use proc_macro2::Span;
 
-use crate::diagnostic::error;
+use super::args::StrArg;
+use super::diagnostic::{did_you_mean, error};
 
 /// The configuration one attribute checks against.
 pub(crate) struct ConfigFile {
@@ -34,6 +35,17 @@ pub(crate) enum FileState {
 thread_local! {
     /// Parsed files by path, with the text they were parsed from (a changed file is parsed again).
     static CACHE: RefCell<HashMap<PathBuf, (String, Rc<FileState>)>> = RefCell::new(HashMap::new());
+}
+
+thread_local! {
+    /// Whether any file's errors were reported in this compilation: only then may an attribute
+    /// return neither code nor errors (see `common::finish`).
+    static REPORTED_ANY: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Whether an earlier attribute of this compilation reported a configuration file's errors.
+pub(crate) fn reported_earlier() -> bool {
+    REPORTED_ANY.with(Cell::get)
 }
 
 /// Where the configuration is: `config = ".."` if given, relative to the crate's `Cargo.toml` (it is
@@ -99,6 +111,7 @@ impl ConfigFile {
         if reported.replace(true) {
             return;
         }
+        REPORTED_ANY.with(|any| any.set(true));
         for config_error in config_errors.iter() {
             let mut problem = config_error.clone();
             let help = problem.help.take().unwrap_or_else(|| {
@@ -107,6 +120,110 @@ impl ConfigFile {
             errors.push(error(span, format!("invalid configuration: {problem}"), help));
         }
     }
+}
+
+/// What an attribute names a dependency for; it decides the kind required and the words used when
+/// the name is not a dependency of that kind.
+#[derive(Clone, Copy)]
+pub(crate) enum DependencyUse<'a> {
+    /// The dependency a call attribute of this kind wraps (`#[database_call]`, ...).
+    Call(DependencyKind),
+    /// A database holding `what` ("a saga's state", "the inbox").
+    Holds(&'a str),
+}
+
+impl DependencyUse<'_> {
+    fn kind(self) -> DependencyKind {
+        match self {
+            DependencyUse::Call(kind) => kind,
+            DependencyUse::Holds(_) => DependencyKind::Database,
+        }
+    }
+}
+
+impl ConfigFile {
+    /// `name`, written at `span`, must be a dependency that `config` (this file, valid) declares with
+    /// the kind `usage` needs. Every attribute that names a dependency checks it here, so the messages
+    /// and suggestions are the same everywhere.
+    pub(crate) fn check_dependency(
+        &self,
+        config: &Config,
+        name: &str,
+        span: Span,
+        usage: DependencyUse<'_>,
+        errors: &mut Accumulator,
+    ) -> bool {
+        let kind = usage.kind();
+        let of_kind: Vec<&str> =
+            config.dependencies.values().filter(|d| d.kind == kind).map(|d| d.name.as_str()).collect();
+        let file = &self.display;
+        let Some(declared) = config.dependency(name) else {
+            let declare = format!("`[dependencies.{name}]` with `kind = \"{kind}\"`");
+            let help = match (marty_config::suggest::nearest(name, of_kind.iter().copied()), of_kind.is_empty()) {
+                (Some(_), _) => did_you_mean(name, &of_kind, &format!("`{file}` declares {kind} dependencies:")),
+                (None, true) => format!("declare it in `{file}`: {declare}"),
+                (None, false) => format!(
+                    "declare it in `{file}`: {declare}; its {kind} dependencies are {}",
+                    marty_config::suggest::list(of_kind.iter().copied())
+                ),
+            };
+            errors.push(error(span, format!("unknown dependency `{name}`"), help));
+            return false;
+        };
+        if declared.kind == kind {
+            return true;
+        }
+        let (problem, help) = match usage {
+            DependencyUse::Call(_) => (
+                format!("`{name}` is {} dependency, not `{kind}`", with_article(declared.kind)),
+                format!(
+                    "call it with `#[{}(dependency = \"{name}\")]`, or set `kind = \"{kind}\"` under `[dependencies.{name}]`",
+                    declared.kind.attribute()
+                ),
+            ),
+            DependencyUse::Holds(what) => (
+                format!("`{name}` is {} dependency, but {what} lives in a database", with_article(declared.kind)),
+                match of_kind.is_empty() {
+                    true => format!("declare one in `{file}`: `[dependencies.orders_db]` with `kind = \"database\"`"),
+                    false => format!(
+                        "name a database dependency of `{file}`: {}",
+                        marty_config::suggest::list(of_kind.iter().copied())
+                    ),
+                },
+            ),
+        };
+        errors.push(error(span, problem, help));
+        false
+    }
+
+    /// The database that holds `what` for an attribute: `arg` if written, else `[outbox] store`
+    /// (checked by `marty-config` already); `missing` is the error when there is neither.
+    pub(crate) fn store(
+        &self,
+        config: &Config,
+        arg: Option<&StrArg>,
+        what: &str,
+        missing: impl FnOnce() -> darling::Error,
+        errors: &mut Accumulator,
+    ) -> Option<String> {
+        match (arg, &config.outbox) {
+            (Some(arg), _) => self
+                .check_dependency(config, &arg.value, arg.span, DependencyUse::Holds(what), errors)
+                .then(|| arg.value.clone()),
+            (None, Some(outbox)) => Some(outbox.store.clone()),
+            (None, None) => {
+                errors.push(missing());
+                None
+            }
+        }
+    }
+}
+
+/// "an `api`", "a `database`".
+fn with_article(kind: DependencyKind) -> String {
+    let name = kind.to_string();
+    let article = if name.starts_with(['a', 'e', 'i', 'o', 'u']) { "an" } else { "a" };
+    format!("{article} `{name}`")
 }
 
 fn absolute(path: &Path) -> PathBuf {
