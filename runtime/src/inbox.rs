@@ -27,15 +27,10 @@
 //! ```
 
 use crate::events::BoxFuture;
-use crate::store::Store;
+use crate::store::{Store, StoreDatabase};
 
-/// A database the inbox can live in: PostgreSQL, SQLite, and `sqlx::Any` over either (with the
-/// `any` feature).
-pub trait InboxDatabase: sqlx::Database {
-    /// `store`'s pool, when it is this database (an `Any` pool is registered on its own, see
-    /// [`crate::store::register_pool`]).
-    fn pool_of(store: &Store) -> Option<sqlx::Pool<Self>>;
-
+/// A database the inbox can live in: one Marty keeps its tables in.
+pub trait InboxDatabase: StoreDatabase {
     /// Records `(group, event_id)` in `tx`; `false` when it is already there.
     fn record<'a>(
         tx: &'a mut sqlx::Transaction<'static, Self>,
@@ -52,14 +47,6 @@ const RECORD_SQLITE: &str = "insert into marty_inbox (consumer_group, event_id) 
 
 #[cfg(feature = "postgres")]
 impl InboxDatabase for sqlx::Postgres {
-    fn pool_of(store: &Store) -> Option<sqlx::Pool<Self>> {
-        #[allow(irrefutable_let_patterns, unreachable_patterns)]
-        match store {
-            Store::Postgres(pool) => Some(pool.clone()),
-            _ => None,
-        }
-    }
-
     fn record<'a>(
         tx: &'a mut sqlx::Transaction<'static, Self>,
         group: &'a str,
@@ -74,14 +61,6 @@ impl InboxDatabase for sqlx::Postgres {
 
 #[cfg(feature = "sqlite")]
 impl InboxDatabase for sqlx::Sqlite {
-    fn pool_of(store: &Store) -> Option<sqlx::Pool<Self>> {
-        #[allow(irrefutable_let_patterns, unreachable_patterns)]
-        match store {
-            Store::Sqlite(pool) => Some(pool.clone()),
-            _ => None,
-        }
-    }
-
     fn record<'a>(
         tx: &'a mut sqlx::Transaction<'static, Self>,
         group: &'a str,
@@ -96,10 +75,6 @@ impl InboxDatabase for sqlx::Sqlite {
 
 #[cfg(feature = "any")]
 impl InboxDatabase for sqlx::Any {
-    fn pool_of(_store: &Store) -> Option<sqlx::Pool<Self>> {
-        None
-    }
-
     fn record<'a>(
         tx: &'a mut sqlx::Transaction<'static, Self>,
         group: &'a str,

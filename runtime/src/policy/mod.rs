@@ -70,7 +70,6 @@
 //! `#[tokio::test(start_paused = true)]` sees timeouts, backoffs and `open_for` pass at once and in
 //! order, without sleeping.
 
-pub(crate) mod effects;
 mod layer;
 
 use std::future::Future;
@@ -428,7 +427,7 @@ impl Call<'_> {
             return None;
         }
         self.policy.metrics.record_retry();
-        effects::note_retry();
+        crate::retry::effects::note_retry();
         tracing::debug!(parent: &self.span, attempt = self.attempt, outcome = outcome.as_str(), ?wait, "retrying after a transient error");
         Some(wait)
     }

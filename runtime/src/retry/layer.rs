@@ -71,7 +71,7 @@ where
                             && attempt < policy.max_attempts
                             && budget.try_withdraw() =>
                     {
-                        crate::policy::effects::note_retry();
+                        super::effects::note_retry();
                         tokio::time::sleep(policy.backoff(attempt)).await;
                         attempt += 1;
                         std::future::poll_fn(|cx| inner.poll_ready(cx)).await?;

@@ -1,6 +1,7 @@
 //! Retry: transient errors only, exponential backoff with full jitter, capped, and a budget that keeps
 //! retries a bounded share of traffic so a failing dependency is not hit `max_attempts` times harder.
 
+pub(crate) mod effects;
 mod layer;
 
 use std::sync::atomic::{AtomicI64, Ordering};

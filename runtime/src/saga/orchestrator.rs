@@ -19,7 +19,7 @@ use super::{Saga, StepContext, StepDefinition, StepError};
 use crate::events::{continue_trace, current_trace_context};
 use crate::events::{new_event_id, Message};
 use crate::metrics::{Metrics, SagaTypeMetrics, StepOutcome};
-use crate::policy::effects;
+use crate::retry::effects;
 use crate::store::{unix_millis, Store};
 use crate::DependencyRegistry;
 use crate::{Classify, ErrorClass};

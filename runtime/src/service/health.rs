@@ -7,7 +7,6 @@
 
 use std::fmt;
 use std::future::Future;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,6 +18,7 @@ use axum::response::{IntoResponse, Response};
 use marty_config::DependencyReadiness;
 
 use crate::registry::DependencyRegistry;
+use crate::BoxFuture;
 
 /// Whether the service is still starting or already draining (shutting down): readiness fails in
 /// both, so load balancers send traffic only once everything runs, and stop before the listener
@@ -67,7 +67,7 @@ impl Readiness {
     }
 }
 
-type Probe = dyn Fn() -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> + Send + Sync;
+type Probe = dyn Fn() -> BoxFuture<'static, Result<(), String>> + Send + Sync;
 
 /// A named readiness probe, run by every `/readyz` request: a `#[health_check]` method, or any async
 /// fn returning `Result`. A probe that fails, or takes longer than [`HealthCheck::TIMEOUT`], makes
@@ -95,7 +95,7 @@ impl HealthCheck {
         Fut: Future<Output = Result<T, E>> + Send + 'static,
         E: fmt::Display,
     {
-        let probe = move || -> Pin<Box<dyn Future<Output = Result<(), String>> + Send>> {
+        let probe = move || -> BoxFuture<'static, Result<(), String>> {
             let check = probe();
             Box::pin(async move { check.await.map(drop).map_err(|error| error.to_string()) })
         };

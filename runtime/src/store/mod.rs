@@ -136,6 +136,43 @@ pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
     )))
 }
 
+/// A database Marty keeps its tables in, as sqlx names it: PostgreSQL, SQLite, and `sqlx::Any`
+/// over either (with the `any` feature).
+pub trait StoreDatabase: sqlx::Database {
+    /// `store`'s pool, when it is this database (an `Any` pool is registered on its own, see
+    /// [`register_pool`]).
+    fn pool_of(store: &Store) -> Option<sqlx::Pool<Self>>;
+}
+
+#[cfg(feature = "postgres")]
+impl StoreDatabase for sqlx::Postgres {
+    fn pool_of(store: &Store) -> Option<sqlx::Pool<Self>> {
+        #[allow(irrefutable_let_patterns, unreachable_patterns)]
+        match store {
+            Store::Postgres(pool) => Some(pool.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(feature = "sqlite")]
+impl StoreDatabase for sqlx::Sqlite {
+    fn pool_of(store: &Store) -> Option<sqlx::Pool<Self>> {
+        #[allow(irrefutable_let_patterns, unreachable_patterns)]
+        match store {
+            Store::Sqlite(pool) => Some(pool.clone()),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(feature = "any")]
+impl StoreDatabase for sqlx::Any {
+    fn pool_of(_store: &Store) -> Option<sqlx::Pool<Self>> {
+        None
+    }
+}
+
 type TypedPools = Mutex<HashMap<(String, TypeId), Box<dyn Any + Send + Sync>>>;
 
 fn typed_pools() -> &'static TypedPools {
@@ -154,7 +191,7 @@ pub fn register_pool<DB: sqlx::Database>(name: &str, pool: sqlx::Pool<DB>) {
 
 /// The pool of type `DB` for dependency `name`: the one registered with [`register_pool`], else the
 /// store's own when it is that database.
-pub async fn pool<DB: crate::inbox::InboxDatabase>(name: &str) -> Result<sqlx::Pool<DB>, sqlx::Error> {
+pub async fn pool<DB: StoreDatabase>(name: &str) -> Result<sqlx::Pool<DB>, sqlx::Error> {
     let registered = {
         let pools = typed_pools().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         pools

@@ -4,7 +4,8 @@
 //! first may have applied. So every retry is noted here, for whoever watches the calls a piece of
 //! work makes: a saga step, which is then compensated if the saga gives up on it.
 //!
-//! This module owns the note and nothing else; the policies write it, the saga orchestrator reads it.
+//! This module owns the note and nothing else; retries write it (the policy's and `RetryLayer`'s),
+//! the saga orchestrator reads it.
 
 use std::cell::Cell;
 use std::future::Future;
