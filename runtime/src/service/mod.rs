@@ -128,6 +128,7 @@
 //! force stays. New dependencies and `[service]`/`[http]`/`[telemetry]` changes take a restart, and
 //! the log says so. `DependencyRegistry::reload(config)` does the same from code.
 
+mod dispatch;
 mod errors;
 #[cfg(feature = "events")]
 mod events;
@@ -137,6 +138,7 @@ mod health;
 mod layer;
 mod listener;
 mod problem;
+mod reload;
 pub(crate) mod rpc;
 
 use std::future::Future;
@@ -423,16 +425,16 @@ impl Server {
             let (grpc, management_grpc, reporter) = services.into_routers(management);
             let grpc = grpc.layer(axum::middleware::map_response(grpc::spec_status_codes));
             let health = tokio::spawn(grpc::follow_readiness(reporter, names, self.health_state()));
-            let api = grpc_dispatch::Dispatch::hybrid(http, grpc.layer(observe.clone()));
+            let api = dispatch::Dispatch::hybrid(http, grpc.layer(observe.clone()));
             let management = management_http.map(|http| match management_grpc {
-                Some(grpc) => grpc_dispatch::Dispatch::hybrid(http, grpc.layer(observe)),
-                None => grpc_dispatch::Dispatch::http(http),
+                Some(grpc) => dispatch::Dispatch::hybrid(http, grpc.layer(observe)),
+                None => dispatch::Dispatch::http(http),
             });
             return ConnectionServices { api, management, grpc_health: Some(health) };
         }
         ConnectionServices {
-            api: grpc_dispatch::Dispatch::http(http),
-            management: management_http.map(grpc_dispatch::Dispatch::http),
+            api: dispatch::Dispatch::http(http),
+            management: management_http.map(dispatch::Dispatch::http),
             grpc_health: None,
         }
     }
@@ -515,7 +517,7 @@ impl Server {
         tracing::info!(?limits, "connection limits");
         let services = self.connection_services(management.is_some());
         let grpc_health = services.grpc_health;
-        let serve = |listener: TcpListener, service: grpc_dispatch::Dispatch| {
+        let serve = |listener: TcpListener, service: dispatch::Dispatch| {
             listener::serve(listener, service, limits.clone(), stopped.clone())
         };
         let first = serve(listener, services.api.clone());
@@ -530,12 +532,7 @@ impl Server {
             };
             tokio::try_join!(first, optional(second), optional(third)).map(|_| ())
         };
-        // Registered before serving, so a SIGHUP can never meet the default action (terminate).
-        #[cfg(unix)]
-        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
-        #[cfg(not(unix))]
-        let hangups = None;
-        let reloads = tokio::spawn(reload_on_change(registry, hangups));
+        let reloads = reload::spawn(registry);
         let stop_background = move || {
             reloads.abort();
             shutdown.abort();
@@ -668,52 +665,6 @@ pub async fn shutdown_signal() {
     }
 }
 
-#[cfg(unix)]
-type Hangups = tokio::signal::unix::Signal;
-#[cfg(not(unix))]
-type Hangups = std::convert::Infallible;
-
-/// How often the configuration file's modification time is checked.
-const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(2);
-
-/// Re-reads the configuration on SIGHUP or when its file changes, and applies it to the running
-/// dependencies (see [`DependencyRegistry::reload`]). An invalid file is rejected with its errors
-/// logged, and the configuration in force stays.
-async fn reload_on_change(registry: &'static DependencyRegistry, mut hangups: Option<Hangups>) {
-    let Some(path) = registry.source().map(std::path::Path::to_owned) else { return };
-    let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|meta| meta.modified()).ok();
-    let mut last_modified = modified(&path);
-    let mut poll = tokio::time::interval(RELOAD_POLL);
-    loop {
-        let hangup = async {
-            match hangups.as_mut() {
-                #[cfg(unix)]
-                Some(hangups) => {
-                    hangups.recv().await;
-                }
-                _ => std::future::pending().await,
-            }
-        };
-        let trigger = tokio::select! {
-            () = hangup => "SIGHUP",
-            _ = poll.tick() => {
-                let now = modified(&path);
-                if now == last_modified {
-                    continue;
-                }
-                last_modified = now;
-                "file changed"
-            }
-        };
-        match registry.reload_from_source() {
-            Ok(_) => tracing::info!(trigger, path = %path.display(), "configuration reloaded"),
-            Err(errors) => {
-                tracing::error!(trigger, %errors, "configuration reload rejected; the configuration in force stays")
-            }
-        }
-    }
-}
-
 async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
     let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
     ([(axum::http::header::CONTENT_TYPE, content_type)], metrics.render()).into_response()
@@ -721,63 +672,7 @@ async fn render_metrics(State(metrics): State<Arc<Metrics>>) -> Response {
 
 /// The services of [`Server::connection_services`].
 struct ConnectionServices {
-    api: grpc_dispatch::Dispatch,
-    management: Option<grpc_dispatch::Dispatch>,
+    api: dispatch::Dispatch,
+    management: Option<dispatch::Dispatch>,
     grpc_health: Option<tokio::task::JoinHandle<()>>,
-}
-
-/// What connections are served by: the HTTP router alone, or HTTP and gRPC by content type.
-mod grpc_dispatch {
-    use std::convert::Infallible;
-    use std::task::{Context, Poll};
-
-    use axum::extract::Request;
-    use axum::response::Response;
-    use axum::Router;
-    use tower_service::Service;
-
-    #[derive(Debug, Clone)]
-    pub(super) enum Dispatch {
-        Http(Router),
-        #[cfg(feature = "grpc")]
-        Hybrid {
-            http: Router,
-            grpc: Router,
-        },
-    }
-
-    impl Dispatch {
-        /// HTTP routes alone. `with_state` makes every handler a route once, here, as `axum::serve`
-        /// does: a router called without it builds the route of the handler on every request.
-        pub(super) fn http(http: Router) -> Self {
-            Dispatch::Http(http.with_state(()))
-        }
-
-        /// HTTP routes and gRPC services on one port.
-        #[cfg(feature = "grpc")]
-        pub(super) fn hybrid(http: Router, grpc: Router) -> Self {
-            Dispatch::Hybrid { http: http.with_state(()), grpc: grpc.with_state(()) }
-        }
-    }
-
-    impl Service<Request> for Dispatch {
-        type Response = Response;
-        type Error = Infallible;
-        type Future = axum::routing::future::RouteFuture<Infallible>;
-
-        fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-            // Routers are always ready.
-            Poll::Ready(Ok(()))
-        }
-
-        fn call(&mut self, request: Request) -> Self::Future {
-            match self {
-                Dispatch::Http(router) => router.call(request),
-                #[cfg(feature = "grpc")]
-                Dispatch::Hybrid { grpc, .. } if super::grpc::is_grpc(&request) => grpc.call(request),
-                #[cfg(feature = "grpc")]
-                Dispatch::Hybrid { http, .. } => http.call(request),
-            }
-        }
-    }
 }
