@@ -65,25 +65,30 @@
 //! With the `otel` feature and an OTLP endpoint, the same exposition is also pushed to the collector
 //! (`marty::telemetry`).
 
+mod events;
+mod gauges;
+mod primitives;
 pub mod process;
+mod sagas;
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric, MetricEncoder, NoLabelSet};
+use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
-use prometheus_client::metrics::family::{Family, MetricConstructor};
-use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
-use prometheus_client::metrics::{MetricType, TypedMetric};
+use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Metric;
 use prometheus_client::registry::Registry;
 
 use crate::bulkhead::Bulkhead;
 use crate::circuit_breaker::CircuitBreaker;
-use crate::stripe::{self, Padded, STRIPES};
+pub use events::{ConsumerMetrics, EventMetrics};
+use gauges::PolicyGauges;
+use primitives::{histograms, CallCounter, Histograms, Successes};
+pub use primitives::{Buckets, LatencyHistogram, StripedCounter, MAX_BUCKETS};
+pub use sagas::{SagaMetrics, SagaTypeMetrics, StepMetrics, StepOutcome};
 
 /// How one attempt ended, as the `outcome` label says it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -147,187 +152,6 @@ pub struct Metrics {
     pub(crate) created: std::time::SystemTime,
 }
 
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct SagaLabels {
-    saga: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StepLabels {
-    saga: &'static str,
-    step: &'static str,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct StepOutcomeLabels {
-    saga: &'static str,
-    step: &'static str,
-    outcome: &'static str,
-}
-
-/// The saga metric families.
-#[derive(Debug, Clone)]
-pub struct SagaMetrics {
-    started: Family<SagaLabels, Counter>,
-    completed: Family<SagaLabels, Counter>,
-    compensated: Family<SagaLabels, Counter>,
-    parked: Family<SagaLabels, Counter>,
-    steps: Family<StepOutcomeLabels, Counter>,
-    step_durations: Histograms<StepLabels>,
-}
-
-impl SagaMetrics {
-    /// The handles one saga type records into, resolved once.
-    pub fn saga(&self, saga: &'static str, steps: &[&'static str]) -> SagaTypeMetrics {
-        let labels = SagaLabels { saga };
-        let step_outcomes = |step: &'static str| {
-            ["completed", "failed", "timed_out", "compensated", "compensation_failed", "turned_away"]
-                .map(|outcome| self.steps.get_or_create(&StepOutcomeLabels { saga, step, outcome }).clone())
-        };
-        SagaTypeMetrics {
-            started: self.started.get_or_create(&labels).clone(),
-            completed: self.completed.get_or_create(&labels).clone(),
-            compensated: self.compensated.get_or_create(&labels).clone(),
-            parked: self.parked.get_or_create(&labels).clone(),
-            steps: steps
-                .iter()
-                .map(|&step| StepMetrics {
-                    outcomes: step_outcomes(step),
-                    duration: self.step_durations.get_or_create(&StepLabels { saga, step }).clone(),
-                })
-                .collect(),
-        }
-    }
-}
-
-/// One saga type's metric handles (see [`SagaMetrics::saga`]).
-#[derive(Debug, Clone)]
-pub struct SagaTypeMetrics {
-    /// Sagas started.
-    pub started: Counter,
-    /// Sagas that ran every step.
-    pub completed: Counter,
-    /// Sagas undone by their compensations.
-    pub compensated: Counter,
-    /// Sagas parked for an operator after a compensation kept failing.
-    pub parked: Counter,
-    /// Per step, in declaration order.
-    pub steps: Vec<StepMetrics>,
-}
-
-/// One step's metric handles.
-#[derive(Debug, Clone)]
-pub struct StepMetrics {
-    outcomes: [Counter; 6],
-    /// Duration of the step's attempts (and its compensation's).
-    pub duration: LatencyHistogram,
-}
-
-/// How a step attempt (or compensation attempt) ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum StepOutcome {
-    /// The step returned `Ok`.
-    Completed,
-    /// The step returned an error.
-    Failed,
-    /// The step did not finish within its timeout.
-    TimedOut,
-    /// The compensation returned `Ok`.
-    Compensated,
-    /// The compensation failed or timed out.
-    CompensationFailed,
-    /// Marty turned a call of the step or compensation away (breaker open, bulkhead full): the
-    /// orchestrator waits and tries again, and the attempt does not count.
-    TurnedAway,
-}
-
-impl StepMetrics {
-    /// Counts one attempt (a run turned away reached nobody: it is counted, not timed).
-    pub fn record(&self, outcome: StepOutcome, elapsed: Duration) {
-        self.outcomes[outcome as usize].inc();
-        if outcome != StepOutcome::TurnedAway {
-            self.duration.observe(elapsed);
-        }
-    }
-
-    /// Attempts that ended with `outcome` (for tests and reports).
-    pub fn count(&self, outcome: StepOutcome) -> u64 {
-        self.outcomes[outcome as usize].get()
-    }
-}
-
-/// Labels of consumer metrics.
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ConsumerLabels {
-    topic: Arc<str>,
-    group: Arc<str>,
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ConsumedLabels {
-    topic: Arc<str>,
-    group: Arc<str>,
-    outcome: &'static str,
-}
-
-/// The event metrics: consumers and the outbox relay.
-#[derive(Debug, Clone)]
-pub struct EventMetrics {
-    consumed: Family<ConsumedLabels, Counter>,
-    handler_durations: Histograms<ConsumerLabels>,
-    /// Events the broker acknowledged.
-    pub outbox_published: Counter,
-    /// Publish attempts the broker did not acknowledge.
-    pub outbox_failed: Counter,
-    /// Events waiting to be published.
-    pub outbox_pending: Gauge,
-    /// Events parked after too many failed attempts.
-    pub outbox_parked: Gauge,
-    /// Age of the oldest pending event, in seconds.
-    pub outbox_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
-}
-
-impl EventMetrics {
-    /// The handles one consumer (`topic`, `group`) records into, resolved once so a delivery
-    /// records with a few atomic adds, no label hashing.
-    pub fn consumer(&self, topic: &Arc<str>, group: &Arc<str>) -> ConsumerMetrics {
-        let counter = |outcome: &'static str| {
-            self.consumed.get_or_create(&ConsumedLabels { topic: topic.clone(), group: group.clone(), outcome }).clone()
-        };
-        ConsumerMetrics {
-            handled: counter("handled"),
-            duplicate: counter("duplicate"),
-            retried: counter("retried"),
-            dead_lettered: counter("dead_lettered"),
-            duration: self
-                .handler_durations
-                .get_or_create(&ConsumerLabels { topic: topic.clone(), group: group.clone() })
-                .clone(),
-        }
-    }
-
-    /// How many deliveries of `topic` to `group` ended with `outcome` (for tests and reports).
-    pub fn consumed(&self, topic: &str, group: &str, outcome: &'static str) -> u64 {
-        self.consumed.get_or_create(&ConsumedLabels { topic: topic.into(), group: group.into(), outcome }).get()
-    }
-}
-
-/// One consumer's metric handles (see [`EventMetrics::consumer`]).
-#[derive(Debug, Clone)]
-pub struct ConsumerMetrics {
-    /// Deliveries handled (effects committed).
-    pub handled: Counter,
-    /// Deliveries the inbox recognised as already handled.
-    pub duplicate: Counter,
-    /// Failed attempts that were retried.
-    pub retried: Counter,
-    /// Deliveries given up on.
-    pub dead_lettered: Counter,
-    /// Duration of handler attempts.
-    pub duration: LatencyHistogram,
-}
-
 /// Labels of `http_server_request_duration_seconds`, named after the OpenTelemetry semantic
 /// conventions' `http.server.request.duration` attributes.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -353,45 +177,6 @@ impl fmt::Debug for Metrics {
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
-    }
-}
-
-impl Default for SagaMetrics {
-    fn default() -> Self {
-        Self::with_buckets(&Buckets::default())
-    }
-}
-
-impl SagaMetrics {
-    fn with_buckets(buckets: &Buckets) -> Self {
-        SagaMetrics {
-            started: Family::default(),
-            completed: Family::default(),
-            compensated: Family::default(),
-            parked: Family::default(),
-            steps: Family::default(),
-            step_durations: histograms(buckets),
-        }
-    }
-}
-
-impl Default for EventMetrics {
-    fn default() -> Self {
-        Self::with_buckets(&Buckets::default())
-    }
-}
-
-impl EventMetrics {
-    fn with_buckets(buckets: &Buckets) -> Self {
-        EventMetrics {
-            consumed: Family::default(),
-            handler_durations: histograms(buckets),
-            outbox_published: Counter::default(),
-            outbox_failed: Counter::default(),
-            outbox_pending: Gauge::default(),
-            outbox_parked: Gauge::default(),
-            outbox_lag_seconds: Gauge::default(),
-        }
     }
 }
 
@@ -429,48 +214,9 @@ impl Metrics {
         );
         registry.register_collector(Box::new(policies.clone()));
         let events = EventMetrics::with_buckets(&buckets);
-        registry.register("marty_events_consumed", "Deliveries to event handlers, by outcome", events.consumed.clone());
-        registry.register(
-            "marty_event_handler_duration_seconds",
-            "Duration of event handler attempts",
-            events.handler_durations.clone(),
-        );
-        registry.register(
-            "marty_outbox_published",
-            "Outbox events the broker acknowledged",
-            events.outbox_published.clone(),
-        );
-        registry.register(
-            "marty_outbox_failed",
-            "Outbox publish attempts the broker did not acknowledge",
-            events.outbox_failed.clone(),
-        );
-        registry.register(
-            "marty_outbox_pending",
-            "Outbox events waiting to be published",
-            events.outbox_pending.clone(),
-        );
-        registry.register(
-            "marty_outbox_parked",
-            "Outbox events parked after too many failed attempts",
-            events.outbox_parked.clone(),
-        );
-        registry.register(
-            "marty_outbox_lag_seconds",
-            "Age of the oldest pending outbox event",
-            events.outbox_lag_seconds.clone(),
-        );
+        events.register(&mut registry);
         let sagas = SagaMetrics::with_buckets(&buckets);
-        registry.register("marty_sagas_started", "Sagas started", sagas.started.clone());
-        registry.register("marty_sagas_completed", "Sagas that ran every step", sagas.completed.clone());
-        registry.register("marty_sagas_compensated", "Sagas undone by their compensations", sagas.compensated.clone());
-        registry.register("marty_sagas_parked", "Sagas parked for an operator", sagas.parked.clone());
-        registry.register("marty_saga_steps", "Saga step and compensation attempts, by outcome", sagas.steps.clone());
-        registry.register(
-            "marty_saga_step_duration_seconds",
-            "Duration of saga step and compensation attempts",
-            sagas.step_durations.clone(),
-        );
+        sagas.register(&mut registry);
         registry.register_collector(Box::new(process::ProcessMetrics));
         let own = Mutex::new(Registry::default());
         Metrics {
@@ -507,11 +253,8 @@ impl Metrics {
         let labels = OperationLabels { dependency: dependency.clone(), operation: operation.clone() };
         let outcomes = Outcome::ALL.map(counter);
         let duration = self.durations.get_or_create(&labels).clone();
-        let _ = outcomes[Outcome::Success as usize].successes.set(Successes {
-            timed: duration.clone(),
-            failed: [Outcome::Error, Outcome::Timeout].map(|failure| outcomes[failure as usize].counted.clone()),
-            reported: AtomicU64::new(0),
-        });
+        let failed = [Outcome::Error, Outcome::Timeout].map(|failure| outcomes[failure as usize].counted.clone());
+        let _ = outcomes[Outcome::Success as usize].successes.set(Successes::new(duration.clone(), failed));
         CallMetrics { outcomes, duration, retries: self.retries.get_or_create(&labels).clone() }
     }
 
@@ -600,256 +343,6 @@ impl CallMetrics {
     /// Attempts recorded with `outcome` so far (for tests and dashboards built in code).
     pub fn count(&self, outcome: Outcome) -> u64 {
         self.outcomes[outcome as usize].get()
-    }
-}
-
-/// One series of `marty_calls_total`. Successes are not counted on the call path: they are the
-/// attempts the duration histogram timed less the errors and timeouts, which saves every successful
-/// call one atomic add.
-#[derive(Debug, Clone, Default)]
-struct CallCounter {
-    counted: StripedCounter,
-    /// Set on the `success` series: the count is derived, and `counted` stays at zero.
-    successes: Arc<OnceLock<Successes>>,
-}
-
-impl CallCounter {
-    fn get(&self) -> u64 {
-        match self.successes.get() {
-            Some(successes) => successes.get(),
-            None => self.counted.get(),
-        }
-    }
-}
-
-impl TypedMetric for CallCounter {
-    const TYPE: MetricType = MetricType::Counter;
-}
-
-impl EncodeMetric for CallCounter {
-    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
-        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Counter
-    }
-}
-
-/// The successful attempts of one call site: timed attempts less failed ones.
-#[derive(Debug)]
-struct Successes {
-    timed: LatencyHistogram,
-    /// The errors and timeouts, the other outcomes that are timed.
-    failed: [StripedCounter; 2],
-    /// The highest count reported, so that the series never goes down.
-    reported: AtomicU64,
-}
-
-impl Successes {
-    fn get(&self) -> u64 {
-        // The histogram is read first: a failure is counted before it is timed, so a call racing
-        // this read can make the difference low, but not high. A low read is a count that lags
-        // by the calls in flight; the maximum keeps a later low read from looking like a reset.
-        let timed = self.timed.count();
-        let failed: u64 = self.failed.iter().map(StripedCounter::get).sum();
-        let now = timed.saturating_sub(failed);
-        self.reported.fetch_max(now, Ordering::Relaxed).max(now)
-    }
-}
-
-/// A counter spread over `STRIPES` cache lines.
-#[derive(Debug, Clone, Default)]
-pub struct StripedCounter {
-    stripes: Arc<[Padded<AtomicU64>; STRIPES]>,
-}
-
-impl StripedCounter {
-    /// Adds one.
-    #[inline]
-    pub fn inc(&self) {
-        self.stripes[stripe::current()].0.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The total.
-    pub fn get(&self) -> u64 {
-        self.stripes.iter().map(|cell| cell.0.load(Ordering::Relaxed)).sum()
-    }
-}
-
-impl TypedMetric for StripedCounter {
-    const TYPE: MetricType = MetricType::Counter;
-}
-
-impl EncodeMetric for StripedCounter {
-    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
-        encoder.encode_counter::<NoLabelSet, _, u64>(&self.get(), None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Counter
-    }
-}
-
-/// The most bucket bounds a histogram may have (`[telemetry] histogram_buckets`).
-pub const MAX_BUCKETS: usize = 30;
-
-/// Default upper bounds in seconds: 0.5 ms to 10 s, the range that separates a cache hit from a
-/// stuck query.
-const DEFAULT_BUCKETS: [f64; 14] =
-    [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
-
-/// The upper bounds every histogram of one [`Metrics`] counts into, kept in nanoseconds so that
-/// recording compares integers.
-#[derive(Debug, Clone)]
-pub struct Buckets {
-    nanos: Arc<[u64]>,
-}
-
-impl Default for Buckets {
-    fn default() -> Self {
-        Buckets::from_seconds(&DEFAULT_BUCKETS)
-    }
-}
-
-impl Buckets {
-    /// Bounds in seconds, increasing (as `[telemetry] histogram_buckets` checks); at most
-    /// [`MAX_BUCKETS`] are kept.
-    pub fn from_seconds(seconds: &[f64]) -> Self {
-        let nanos: Vec<u64> = seconds.iter().take(MAX_BUCKETS).map(|bound| (bound * 1e9).round() as u64).collect();
-        Buckets { nanos: nanos.into() }
-    }
-
-    /// The bounds in seconds.
-    pub fn seconds(&self) -> impl Iterator<Item = f64> + '_ {
-        self.nanos.iter().map(|&nanos| nanos as f64 / 1e9)
-    }
-}
-
-/// A family of histograms with one [`Metrics`]' buckets.
-type Histograms<L> = Family<L, LatencyHistogram, HistogramMaker>;
-
-fn histograms<L: Clone + std::hash::Hash + Eq>(buckets: &Buckets) -> Histograms<L> {
-    Family::new_with_constructor(HistogramMaker(buckets.clone()))
-}
-
-/// Makes the histograms of a family, with the family's buckets.
-#[derive(Debug, Clone)]
-struct HistogramMaker(Buckets);
-
-impl MetricConstructor<LatencyHistogram> for HistogramMaker {
-    fn new_metric(&self) -> LatencyHistogram {
-        LatencyHistogram::with_buckets(self.0.clone())
-    }
-}
-
-/// A lock-free latency histogram, striped like [`StripedCounter`]: prometheus-client's own takes a
-/// mutex per observation, which serialises every worker thread calling the same dependency.
-#[derive(Debug, Clone, Default)]
-pub struct LatencyHistogram {
-    buckets: Buckets,
-    stripes: Arc<[Padded<HistogramCells>; STRIPES]>,
-}
-
-#[derive(Debug, Default)]
-struct HistogramCells {
-    /// Per-bucket (not cumulative) counts; the one after the last bound is `+Inf`.
-    buckets: [AtomicU64; MAX_BUCKETS + 1],
-    sum_nanos: AtomicU64,
-}
-
-impl LatencyHistogram {
-    /// A histogram counting into `buckets`.
-    pub fn with_buckets(buckets: Buckets) -> Self {
-        LatencyHistogram { buckets, stripes: Arc::default() }
-    }
-
-    /// Records one duration.
-    #[inline]
-    pub fn observe(&self, elapsed: Duration) {
-        let nanos = u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX);
-        let bounds = &self.buckets.nanos;
-        let bucket = bounds.iter().position(|&bound| nanos <= bound).unwrap_or(bounds.len());
-        let cells = &self.stripes[stripe::current()].0;
-        cells.buckets[bucket].fetch_add(1, Ordering::Relaxed);
-        cells.sum_nanos.fetch_add(nanos, Ordering::Relaxed);
-    }
-
-    /// Durations recorded so far.
-    pub fn count(&self) -> u64 {
-        self.stripes.iter().flat_map(|stripe| &stripe.0.buckets).map(|cell| cell.load(Ordering::Relaxed)).sum()
-    }
-}
-
-impl TypedMetric for LatencyHistogram {
-    const TYPE: MetricType = MetricType::Histogram;
-}
-
-impl EncodeMetric for LatencyHistogram {
-    fn encode(&self, mut encoder: MetricEncoder<'_>) -> Result<(), fmt::Error> {
-        let used = self.buckets.nanos.len() + 1;
-        let mut counts = [0u64; MAX_BUCKETS + 1];
-        let mut sum_nanos = 0u64;
-        for stripe in self.stripes.iter() {
-            for (count, cell) in counts[..used].iter_mut().zip(&stripe.0.buckets) {
-                *count += cell.load(Ordering::Relaxed);
-            }
-            sum_nanos = sum_nanos.wrapping_add(stripe.0.sum_nanos.load(Ordering::Relaxed));
-        }
-        let counts = &counts[..used];
-        let buckets: Vec<(f64, u64)> =
-            self.buckets.seconds().chain([f64::INFINITY]).zip(counts.iter().copied()).collect();
-        let sum = sum_nanos as f64 / 1e9;
-        encoder.encode_histogram::<NoLabelSet>(sum, counts.iter().sum(), &buckets, None)
-    }
-
-    fn metric_type(&self) -> MetricType {
-        MetricType::Histogram
-    }
-}
-
-type WatchedPolicy = (Arc<str>, Weak<CircuitBreaker>, Weak<Bulkhead>);
-
-/// Gauges read from live policies when scraped, so the call path never updates them.
-#[derive(Debug, Default)]
-struct PolicyGauges {
-    watched: Mutex<Vec<WatchedPolicy>>,
-}
-
-impl PolicyGauges {
-    fn lock(&self) -> std::sync::MutexGuard<'_, Vec<WatchedPolicy>> {
-        self.watched.lock().unwrap_or_else(|poison| poison.into_inner())
-    }
-}
-
-#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct DependencyLabels {
-    dependency: Arc<str>,
-}
-
-impl Collector for PolicyGauges {
-    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), fmt::Error> {
-        let mut live: Vec<(Arc<str>, Arc<CircuitBreaker>, Arc<Bulkhead>)> = Vec::new();
-        self.lock().retain(|(name, breaker, bulkhead)| match (breaker.upgrade(), bulkhead.upgrade()) {
-            (Some(breaker), Some(bulkhead)) => {
-                live.push((name.clone(), breaker, bulkhead));
-                true
-            }
-            _ => false,
-        });
-        let help = "Circuit breaker state: 0 closed, 1 open, 2 half-open";
-        let mut family = encoder.encode_descriptor("marty_circuit_state", help, None, MetricType::Gauge)?;
-        for (name, breaker, _) in &live {
-            let labels = DependencyLabels { dependency: name.clone() };
-            ConstGauge::new(breaker.state().as_gauge()).encode(family.encode_family(&labels)?)?;
-        }
-        let help = "Free bulkhead permits";
-        let mut family = encoder.encode_descriptor("marty_bulkhead_available", help, None, MetricType::Gauge)?;
-        for (name, _, bulkhead) in &live {
-            let labels = DependencyLabels { dependency: name.clone() };
-            ConstGauge::new(bulkhead.available() as i64).encode(family.encode_family(&labels)?)?;
-        }
-        Ok(())
     }
 }
 
