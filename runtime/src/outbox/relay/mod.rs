@@ -8,11 +8,20 @@ use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+#[cfg(feature = "postgres")]
+mod postgres;
+#[cfg(feature = "sqlite")]
+mod sqlite;
+mod wake;
+
 use super::Store;
 use crate::events::{Broker, BrokerError, Message};
 use crate::metrics::EventMetrics;
 #[cfg(feature = "sqlite")]
 use crate::store::unix_seconds;
+use wake::Wake;
+#[cfg(feature = "sqlite")]
+pub(crate) use wake::LOCAL_WRITES;
 
 /// How long the relay waits after a small batch before taking the next.
 const LINGER: Duration = Duration::from_millis(2);
@@ -435,206 +444,4 @@ fn taken_of(mut rows: Vec<Row>) -> Taken {
         });
     }
     taken
-}
-
-#[cfg(feature = "postgres")]
-impl Relay {
-    async fn postgres_batch(&self, pool: &sqlx::PgPool) -> Result<BatchReport, sqlx::Error> {
-        // Gate: only rows of transactions older than every transaction still running, so a row
-        // whose transaction commits later can never be overtaken. Order: a row is published only
-        // if no earlier pending row of its key is outside this batch.
-        const TAKE: &str = "
-            with batch as (
-                select id, key from marty_outbox
-                where state = 0 and next_attempt_at <= now()
-                  and tx_id < pg_snapshot_xmin(pg_current_snapshot())
-                order by id
-                limit $1
-                for update skip locked
-            )
-            select o.id, o.event_id, o.topic, o.key, o.version, o.payload, o.traceparent, o.tracestate, o.attempts
-            from batch b join marty_outbox o on o.id = b.id
-            where b.key is null or not exists (
-                select 1 from marty_outbox p
-                where p.key = b.key and p.id < b.id and p.state = 0
-                  and p.id not in (select id from batch))";
-        let mut tx = pool.begin().await?;
-        let rows: Vec<Row> = sqlx::query_as(TAKE).bind(i64::from(self.options.batch_size)).fetch_all(&mut *tx).await?;
-        let mut report = BatchReport { taken: rows.len(), ..BatchReport::default() };
-        if rows.is_empty() {
-            // Rows held back by the gate, or any transaction in progress (its commit may not wake
-            // a relay that is not yet marked as waiting).
-            report.waiting = sqlx::query_scalar(
-                "select exists (select 1 from marty_outbox where state = 0 and next_attempt_at <= now()
-                                and tx_id >= pg_snapshot_xmin(pg_current_snapshot()))
-                     or pg_snapshot_xmin(pg_current_snapshot()) < pg_snapshot_xmax(pg_current_snapshot())",
-            )
-            .fetch_one(&mut *tx)
-            .await?;
-        }
-        if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(report);
-        }
-        let taken = taken_of(rows);
-        let settled = self.publish(&taken, &mut report).await;
-        if !settled.sent.is_empty() {
-            let mark_sent = if self.options.retention.is_zero() {
-                "delete from marty_outbox where id = any($1)"
-            } else {
-                "update marty_outbox set state = 1, sent_at = now() where id = any($1)"
-            };
-            sqlx::query(mark_sent).bind(&settled.sent).execute(&mut *tx).await?;
-        }
-        for (id, attempts, park, problem) in &settled.rejected {
-            sqlx::query(
-                "update marty_outbox set attempts = $2, state = $3, last_error = $4,
-                 next_attempt_at = now() + make_interval(secs => $5) where id = $1",
-            )
-            .bind(id)
-            .bind(attempts)
-            .bind(if *park { 2i16 } else { 0 })
-            .bind(problem)
-            .bind(Self::retry_delay(*attempts).as_secs_f64())
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(report)
-    }
-}
-
-#[cfg(feature = "sqlite")]
-impl Relay {
-    async fn sqlite_batch(&self, pool: &sqlx::SqlitePool) -> Result<BatchReport, sqlx::Error> {
-        // SQLite serialises writers, so ids are in commit order and no gate is needed. Rows are
-        // claimed for a lease in one statement (it has no row locks); a row is claimed only if no
-        // earlier pending row of its key is claimed by someone else or waiting for its retry.
-        const CLAIM: &str = "
-            update marty_outbox set claimed_until = ?1 + ?2
-            where id in (
-                select o.id from marty_outbox o
-                where o.state = 0 and o.claimed_until < ?1 and o.next_attempt_at <= ?1
-                  and (o.key is null or not exists (
-                      select 1 from marty_outbox p
-                      where p.key = o.key and p.id < o.id and p.state = 0
-                        and (p.claimed_until >= ?1 or p.next_attempt_at > ?1)))
-                order by o.id
-                limit ?3)
-            returning id, event_id, topic, key, version, payload, traceparent, tracestate, attempts";
-        let now = unix_seconds();
-        let rows: Vec<Row> = sqlx::query_as(CLAIM)
-            .bind(now)
-            .bind(self.options.claim_lease.as_secs_f64())
-            .bind(i64::from(self.options.batch_size))
-            .fetch_all(pool)
-            .await?;
-        let mut report = BatchReport { taken: rows.len(), ..BatchReport::default() };
-        if rows.is_empty() {
-            return Ok(report);
-        }
-        let taken = taken_of(rows);
-        let settled = self.publish(&taken, &mut report).await;
-        let ids = |ids: &[i64]| format!("[{}]", ids.iter().map(i64::to_string).collect::<Vec<_>>().join(","));
-        let mut tx = pool.begin().await?;
-        if !settled.sent.is_empty() {
-            let mark_sent = if self.options.retention.is_zero() {
-                "delete from marty_outbox where ?1 > 0 and id in (select value from json_each(?2))"
-            } else {
-                "update marty_outbox set state = 1, sent_at = ?1, claimed_until = 0
-                 where id in (select value from json_each(?2))"
-            };
-            sqlx::query(mark_sent).bind(unix_seconds()).bind(ids(&settled.sent)).execute(&mut *tx).await?;
-        }
-        if !settled.unavailable.is_empty() {
-            sqlx::query("update marty_outbox set claimed_until = 0 where id in (select value from json_each(?))")
-                .bind(ids(&settled.unavailable))
-                .execute(&mut *tx)
-                .await?;
-        }
-        for (id, attempts, park, problem) in &settled.rejected {
-            sqlx::query(
-                "update marty_outbox set attempts = ?, state = ?, last_error = ?, next_attempt_at = ?,
-                 claimed_until = 0 where id = ?",
-            )
-            .bind(attempts)
-            .bind(if *park { 2i64 } else { 0 })
-            .bind(problem)
-            .bind(unix_seconds() + Self::retry_delay(*attempts).as_secs_f64())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
-        }
-        tx.commit().await?;
-        Ok(report)
-    }
-}
-
-/// What wakes the relay before its poll interval: PostgreSQL's `NOTIFY marty_outbox` (sent by
-/// `publish` while a relay is marked waiting, delivered when its transaction commits); in-process
-/// outbox writes otherwise.
-enum Wake {
-    #[cfg(feature = "postgres")]
-    Listen(Option<sqlx::postgres::PgListener>),
-    #[cfg(feature = "sqlite")]
-    Local,
-}
-
-/// Outbox writes made in this process, for stores without a commit notification.
-#[cfg(feature = "sqlite")]
-pub(crate) static LOCAL_WRITES: tokio::sync::Notify = tokio::sync::Notify::const_new();
-
-impl Wake {
-    async fn new(store: &Store) -> Self {
-        match store {
-            #[cfg(feature = "postgres")]
-            Store::Postgres(pool) => {
-                let listener = async {
-                    let mut listener = sqlx::postgres::PgListener::connect_with(pool).await?;
-                    listener.listen("marty_outbox").await?;
-                    Ok::<_, sqlx::Error>(listener)
-                };
-                match listener.await {
-                    Ok(listener) => Wake::Listen(Some(listener)),
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot LISTEN for outbox commits; polling only");
-                        Wake::Listen(None)
-                    }
-                }
-            }
-            #[cfg(feature = "sqlite")]
-            Store::Sqlite(_) => Wake::Local,
-        }
-    }
-
-    /// Waits up to `pause`; `true` when a write woke it.
-    async fn wait(&mut self, pause: Duration) -> bool {
-        match self {
-            #[cfg(feature = "postgres")]
-            Wake::Listen(Some(listener)) => {
-                tokio::select! {
-                    notified = listener.recv() => {
-                        if let Err(error) = notified {
-                            tracing::warn!(%error, "outbox LISTEN connection lost; reconnecting");
-                            tokio::time::sleep(pause.min(Duration::from_millis(100))).await;
-                        }
-                        true
-                    }
-                    () = tokio::time::sleep(pause) => false,
-                }
-            }
-            #[cfg(feature = "postgres")]
-            Wake::Listen(None) => {
-                tokio::time::sleep(pause).await;
-                false
-            }
-            #[cfg(feature = "sqlite")]
-            Wake::Local => {
-                tokio::select! {
-                    () = LOCAL_WRITES.notified() => true,
-                    () = tokio::time::sleep(pause) => false,
-                }
-            }
-        }
-    }
 }
