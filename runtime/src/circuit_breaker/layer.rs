@@ -1,16 +1,17 @@
 //! [`CircuitBreakerLayer`]: a shared circuit breaker as a tower layer.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 
 use tokio::time::Instant;
 use tower_layer::Layer;
 use tower_service::Service;
 
-use super::{CallOutcome, CircuitBreaker};
+use super::{CallOutcome, CircuitBreaker, OwnedPermit};
 use crate::classify::Classify;
 use crate::error::Error;
-use crate::BoxFuture;
 
 /// Rejects calls with [`Error::CircuitOpen`] while the shared breaker is open and records every
 /// call's outcome (classified by [`Classify`]) into it.
@@ -44,34 +45,65 @@ pub struct CircuitBreakerService<S> {
 impl<S, Req> Service<Req> for CircuitBreakerService<S>
 where
     S: Service<Req>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    S::Error: Send + 'static,
     S::Error: From<Error> + Classify,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        if let Err(error) = self.breaker.try_acquire().map(drop) {
-            return Box::pin(std::future::ready(Err(error.into())));
-        }
         let breaker = self.breaker.clone();
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            // Acquired again inside the future so the permit lives exactly as long as the call:
-            // a cancelled call hands its half-open trial slot back.
-            let permit = breaker.try_acquire()?;
-            let start = Instant::now();
-            let result = future.await;
+        match self.breaker.try_acquire().map(drop) {
+            // Open: no call is made.
+            Err(error) => ResponseFuture { inner: None, breaker, rejected: Some(error), running: None },
+            Ok(()) => ResponseFuture { inner: Some(self.inner.call(request)), breaker, rejected: None, running: None },
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`CircuitBreakerService`]'s future: [`Error::CircuitOpen`] when the breaker turned the call
+    /// away, else the call's result, recorded into the breaker. The permit is taken at the first
+    /// poll and lives exactly as long as the call: a cancelled call hands its half-open trial slot back.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: Option<F>,
+        breaker: Arc<CircuitBreaker>,
+        rejected: Option<Error>,
+        running: Option<(OwnedPermit, Instant)>,
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: From<Error> + Classify,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        if let Some(error) = this.rejected.take() {
+            return Poll::Ready(Err(error.into()));
+        }
+        if this.running.is_none() {
+            match this.breaker.try_acquire_owned() {
+                Ok(permit) => *this.running = Some((permit, Instant::now())),
+                Err(error) => return Poll::Ready(Err(error.into())),
+            }
+        }
+        // `None` only once a rejection was returned: polled after completion, as an `async` block would.
+        let inner = this.inner.as_pin_mut().expect("`ResponseFuture` polled after completion");
+        let result = ready!(inner.poll(cx));
+        if let Some((permit, start)) = this.running.take() {
             let class = result.as_ref().err().map(Classify::classify);
-            permit.record(CallOutcome::new(class, start.elapsed(), breaker.slow_call_duration()));
-            result
-        })
+            permit.record(CallOutcome::new(class, start.elapsed(), this.breaker.slow_call_duration()));
+        }
+        Poll::Ready(result)
     }
 }

@@ -21,7 +21,7 @@ use tokio::time::Instant;
 use crate::classify::ErrorClass;
 use crate::error::Error;
 
-pub use layer::{CircuitBreakerLayer, CircuitBreakerService};
+pub use layer::{CircuitBreakerLayer, CircuitBreakerService, ResponseFuture};
 
 /// The breaker's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -112,6 +112,29 @@ impl Permit<'_> {
 }
 
 impl Drop for Permit<'_> {
+    fn drop(&mut self) {
+        if self.trial {
+            self.breaker.release_trial();
+        }
+    }
+}
+
+/// A [`Permit`] that holds its breaker, for a future that outlives a borrow of it (the tower
+/// layer's); the same rules: record the outcome, or dropping it hands a trial slot back.
+#[derive(Debug)]
+pub(crate) struct OwnedPermit {
+    breaker: Arc<CircuitBreaker>,
+    trial: bool,
+}
+
+impl OwnedPermit {
+    pub(crate) fn record(mut self, outcome: CallOutcome) {
+        self.breaker.record(self.trial, outcome);
+        self.trial = false;
+    }
+}
+
+impl Drop for OwnedPermit {
     fn drop(&mut self) {
         if self.trial {
             self.breaker.release_trial();
@@ -231,6 +254,15 @@ impl CircuitBreaker {
             return Ok(Permit { breaker: self, trial: false });
         }
         self.try_acquire_slow()
+    }
+
+    /// [`Self::try_acquire`], with a permit that holds the breaker.
+    pub(crate) fn try_acquire_owned(self: &Arc<Self>) -> Result<OwnedPermit, Error> {
+        let permit = self.try_acquire()?;
+        let owned = OwnedPermit { breaker: self.clone(), trial: permit.trial };
+        // Its trial slot, if any, now belongs to the owned permit, which gives it back on drop.
+        std::mem::forget(permit);
+        Ok(owned)
     }
 
     #[cold]

@@ -184,3 +184,56 @@ async fn a_disabled_breaker_never_opens() {
     assert_eq!(breaker.state(), CircuitState::Closed);
     assert!(log.lock().unwrap().is_empty());
 }
+
+/// Through the tower layer: failures are recorded, an open breaker answers without calling, and a
+/// trial call dropped mid-flight hands its slot back.
+#[tokio::test(start_paused = true)]
+async fn the_layer_records_calls_rejects_when_open_and_frees_a_cancelled_trial() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use tower::{Service, ServiceBuilder, ServiceExt};
+
+    use crate::error::CallError;
+
+    let mut one_trial = config();
+    one_trial.half_open_calls = 1;
+    let breaker = Arc::new(CircuitBreaker::new("db", one_trial));
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let mut service =
+        ServiceBuilder::new().layer(CircuitBreakerLayer::new(breaker.clone())).service_fn(move |fail: bool| {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async move {
+                if fail {
+                    return Err(CallError::Inner(std::io::Error::other("down")));
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                Ok::<_, CallError<std::io::Error>>(())
+            }
+        });
+    for _ in 0..4 {
+        assert!(service.ready().await.unwrap().call(true).await.is_err());
+    }
+    assert_eq!(breaker.state(), CircuitState::Open, "four failures recorded through the layer");
+    let rejected = service.ready().await.unwrap().call(false).await;
+    assert!(matches!(rejected, Err(CallError::Resilience(Error::CircuitOpen { .. }))));
+    assert_eq!(calls.load(Ordering::SeqCst), 4, "an open breaker makes no call");
+
+    tokio::time::advance(Duration::from_secs(10)).await;
+    let mut trial = Box::pin(service.ready().await.unwrap().call(false));
+    assert!(poll_once(trial.as_mut()).await.is_none(), "the trial is in flight");
+    assert!(breaker.try_acquire().is_err(), "its slot is taken");
+    drop(trial);
+    service.ready().await.unwrap().call(false).await.expect("the freed slot admits a trial");
+    assert_eq!(breaker.state(), CircuitState::Closed);
+}
+
+/// Polls `future` once: its output if it was ready.
+async fn poll_once<F: std::future::Future + Unpin>(future: F) -> Option<F::Output> {
+    let mut future = future;
+    std::future::poll_fn(|cx| match std::pin::Pin::new(&mut future).poll(cx) {
+        std::task::Poll::Ready(output) => std::task::Poll::Ready(Some(output)),
+        std::task::Poll::Pending => std::task::Poll::Ready(None),
+    })
+    .await
+}

@@ -4,12 +4,11 @@
 //! The macros take `fallback = path`; this is the same as a tower layer, placed outermost.
 
 use std::future::Future;
-use std::task::{Context, Poll};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
 
 use tower_layer::Layer;
 use tower_service::Service;
-
-use crate::BoxFuture;
 
 /// Answers a failed call with `fallback(error)`.
 #[derive(Debug, Clone)]
@@ -42,29 +41,62 @@ pub struct FallbackService<S, F> {
 impl<S, F, Fut, Req> Service<Req> for FallbackService<S, F>
 where
     S: Service<Req>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    S::Error: Send + 'static,
-    F: Fn(S::Error) -> Fut + Clone + Send + 'static,
-    Fut: Future<Output = Result<S::Response, S::Error>> + Send,
+    F: Fn(S::Error) -> Fut + Clone,
+    Fut: Future<Output = Result<S::Response, S::Error>>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = ResponseFuture<S::Future, F, Fut>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let call = self.inner.call(request);
-        let fallback = self.fallback.clone();
-        Box::pin(async move {
-            match call.await {
-                Ok(response) => Ok(response),
-                Err(error) => fallback(error).await,
+        ResponseFuture { state: State::Calling { call: self.inner.call(request) }, fallback: self.fallback.clone() }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`FallbackService`]'s future: the call's result, or, when it failed, the fallback's.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<C, F, Fut> {
+        #[pin]
+        state: State<C, Fut>,
+        fallback: F,
+    }
+}
+
+pin_project_lite::pin_project! {
+    #[project = StateProjection]
+    enum State<C, Fut> {
+        Calling { #[pin] call: C },
+        Falling { #[pin] fallback: Fut },
+    }
+}
+
+impl<C, F, Fut, T, E> Future for ResponseFuture<C, F, Fut>
+where
+    C: Future<Output = Result<T, E>>,
+    F: Fn(E) -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let mut this = self.project();
+        loop {
+            match this.state.as_mut().project() {
+                StateProjection::Calling { call } => match ready!(call.poll(cx)) {
+                    Ok(response) => return Poll::Ready(Ok(response)),
+                    Err(error) => {
+                        let fallback = (this.fallback)(error);
+                        this.state.set(State::Falling { fallback });
+                    }
+                },
+                StateProjection::Falling { fallback } => return fallback.poll(cx),
             }
-        })
+        }
     }
 }
 

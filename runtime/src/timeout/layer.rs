@@ -1,7 +1,9 @@
 //! [`TimeoutLayer`]: a per-dependency timeout as a tower layer.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -10,7 +12,6 @@ use tower_service::Service;
 
 use super::{Deadline, WithDeadline};
 use crate::error::Error;
-use crate::BoxFuture;
 
 /// Cancels a call that takes longer than `timeout` with [`Error::Timeout`]. The inner service's error
 /// type must hold Marty's errors (`From<marty::Error>`; wrap others with `marty::CallError`).
@@ -45,14 +46,11 @@ pub struct TimeoutService<S> {
 impl<S, Req> Service<Req> for TimeoutService<S>
 where
     S: Service<Req>,
-    S::Future: Send + 'static,
-    S::Response: Send + 'static,
-    S::Error: Send + 'static,
     S::Error: From<Error>,
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    type Future = ResponseFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -60,8 +58,34 @@ where
 
     fn call(&mut self, request: Req) -> Self::Future {
         let deadline = Deadline::after(Instant::now(), self.layer.timeout);
-        let future = WithDeadline::new(self.inner.call(request), deadline.at);
-        let dependency = self.layer.dependency.clone();
-        Box::pin(async move { future.await.unwrap_or_else(|_| Err(deadline.elapsed_error(&dependency).into())) })
+        let inner = WithDeadline::new(self.inner.call(request), deadline.at);
+        ResponseFuture { inner, deadline, dependency: self.layer.dependency.clone() }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// [`TimeoutService`]'s future: the call's, or [`Error::Timeout`] once its deadline passes.
+    #[must_use = "futures do nothing unless polled"]
+    pub struct ResponseFuture<F> {
+        #[pin]
+        inner: WithDeadline<F>,
+        deadline: Deadline,
+        dependency: Arc<str>,
+    }
+}
+
+impl<F, T, E> Future for ResponseFuture<F>
+where
+    F: Future<Output = Result<T, E>>,
+    E: From<Error>,
+{
+    type Output = Result<T, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        Poll::Ready(match ready!(this.inner.poll(cx)) {
+            Ok(result) => result,
+            Err(_elapsed) => Err(this.deadline.elapsed_error(this.dependency).into()),
+        })
     }
 }

@@ -13,7 +13,7 @@ use tokio::time::{Instant, Sleep};
 
 use crate::error::Error;
 
-pub use layer::{TimeoutLayer, TimeoutService};
+pub use layer::{ResponseFuture, TimeoutLayer, TimeoutService};
 
 /// When an attempt must be over, and the timeout it came from (for the error).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,6 +185,29 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::from_secs(1));
         let quick = WithDeadline::new(async { 7 }, Instant::now()).await;
         assert_eq!(quick, Ok(7), "a ready future wins even at a deadline that has passed");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_layer_answers_a_slow_call_with_a_timeout_naming_the_dependency() {
+        use tower::{ServiceBuilder, ServiceExt};
+
+        use crate::error::CallError;
+
+        let service = ServiceBuilder::new().layer(TimeoutLayer::new("db", Duration::from_secs(1))).service_fn(
+            |sleep: u64| async move {
+                tokio::time::sleep(Duration::from_secs(sleep)).await;
+                Ok::<_, CallError<std::io::Error>>(sleep)
+            },
+        );
+        assert_eq!(service.clone().oneshot(0).await.unwrap(), 0);
+        let start = Instant::now();
+        match service.oneshot(5).await {
+            Err(CallError::Resilience(Error::Timeout { dependency, timeout })) => {
+                assert_eq!((&*dependency, timeout), ("db", Duration::from_secs(1)));
+            }
+            other => panic!("expected a timeout, got {other:?}"),
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(1), "cut at the deadline");
     }
 
     #[tokio::test(start_paused = true)]
