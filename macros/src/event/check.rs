@@ -91,7 +91,7 @@ fn check_key(
             for field in data.variants.iter().flat_map(|variant| variant.fields.iter()) {
                 if let Some(attr) = field.attrs.iter().find(|attr| attr.path().is_ident("event")) {
                     errors.push(error(
-                        attr.span(),
+                        attr.meta.span(),
                         "`#[event(key)]` is only supported on struct fields",
                         "give each kind of event its own struct with its key field, or leave the enum without a key",
                     ));
@@ -112,7 +112,8 @@ fn check_key(
         }
         if key.is_some() {
             let help = "an event belongs to one aggregate: keep `#[event(key)]` on one field";
-            errors.push(error(field.span(), "`#[event(key)]` is on more than one field", help));
+            let span = field.ident.as_ref().map_or_else(|| field.span(), |ident| ident.span());
+            errors.push(error(span, "`#[event(key)]` is on more than one field", help));
             return None;
         }
         key = Some((access, field.ty.clone()));

@@ -55,7 +55,8 @@ pub(super) fn validate(
 /// Each route's path and handler, and no route twice (axum would panic at startup).
 fn check_routes(routed: Vec<RoutedMethod>, errors: &mut Accumulator) -> Vec<Route> {
     let mut routes = Vec::new();
-    let mut seen: HashMap<(super::HttpMethod, String), Span> = HashMap::new();
+    // Each route's handler, by method and normalized path.
+    let mut seen: HashMap<(super::HttpMethod, String), String> = HashMap::new();
     let mut spellings: HashMap<String, String> = HashMap::new();
     for method in routed {
         let handler_ok = check_handler(&method, errors);
@@ -72,14 +73,11 @@ fn check_routes(routed: Vec<RoutedMethod>, errors: &mut Accumulator) -> Vec<Rout
                 errors.push(error(route.path.span, problem, format!("spell it `{spelling}` here too")));
                 continue;
             }
-            if seen.insert((route.method, normalized), route.path.span).is_some() {
-                let name = route.method.as_str();
-                let problem = format!("`{} {}` is routed twice", name.to_uppercase(), route.path.value);
-                errors.push(error(
-                    route.path.span,
-                    problem,
-                    "each method and path may have one handler; remove or change one of them",
-                ));
+            if let Some(first) = seen.insert((route.method, normalized), method.sig.ident.to_string()) {
+                let name = route.method.as_str().to_uppercase();
+                let problem = format!("`{name} {}` is routed twice: `{first}` handles it already", route.path.value);
+                let help = "each method and path may have one handler; remove or change one of them";
+                errors.push(error(route.path.span, problem, help));
                 continue;
             }
             if handler_ok && path_ok {

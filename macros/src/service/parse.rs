@@ -116,7 +116,7 @@ fn parse_route_path(attr: &syn::Attribute, method: HttpMethod) -> darling::Resul
     let name = method.as_str();
     let help = format!("write the path as a string: `#[{name}(\"/orders/{{id}}\")]`");
     let syn::Meta::List(list) = &attr.meta else {
-        return Err(error(attr.span(), format!("`#[{name}]` needs a path"), help));
+        return Err(error(attr.path().span(), format!("`#[{name}]` needs a path"), help));
     };
     match syn::parse2::<syn::LitStr>(list.tokens.clone()) {
         Ok(lit) => Ok(StrArg { value: lit.value(), span: lit.span() }),

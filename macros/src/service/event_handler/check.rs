@@ -5,7 +5,6 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use darling::error::Accumulator;
-use proc_macro2::Span;
 use quote::quote;
 use syn::spanned::Spanned;
 
@@ -34,16 +33,21 @@ pub(crate) fn check(
         }
         return handlers;
     }
-    let mut seen: HashMap<(String, String), Span> = HashMap::new();
+    // Each handler's name, by topic and group.
+    let mut seen: HashMap<(String, String), String> = HashMap::new();
     for method in methods {
         let Some(handler) = check_one(method, file, config, errors) else { continue };
         let event = &handler.event;
         let topic_key = handler.topic.as_ref().map_or_else(|| quote!(#event).to_string(), |topic| topic.value.clone());
         let group_key = handler.group.clone().unwrap_or_default();
-        if seen.insert((topic_key.clone(), group_key), handler.method.span()).is_some() {
+        if let Some(first) = seen.insert((topic_key.clone(), group_key), handler.method.to_string()) {
+            let group = handler
+                .group
+                .as_deref()
+                .map_or_else(|| "the service's consumer group".to_owned(), |group| format!("group `{group}`"));
             errors.push(error(
                 handler.method.span(),
-                format!("a second handler of `{topic_key}` in the same consumer group"),
+                format!("a second handler of `{topic_key}` in {group}: `{first}` handles it already"),
                 "each event reaches one handler per group: merge the two, or give this one its own `group = \"..\"`",
             ));
             continue;
