@@ -113,7 +113,7 @@ pub const MAX_BUCKETS: usize = 30;
 pub(super) const DEFAULT_BUCKETS: [f64; 14] =
     [0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
-/// The upper bounds every histogram of one [`Metrics`] counts into, kept in nanoseconds so that
+/// The upper bounds every histogram of one [`Metrics`](super::Metrics) counts into, kept in nanoseconds so that
 /// recording compares integers.
 #[derive(Debug, Clone)]
 pub struct Buckets {
