@@ -73,6 +73,20 @@ impl Drop for BulkheadPermit<'_> {
     }
 }
 
+/// A bulkhead permit that holds its bulkhead, so it can move into a spawned task (as tokio's
+/// `OwnedSemaphorePermit` can); dropping it frees the slot.
+#[derive(Debug)]
+#[must_use = "the permit is released when dropped"]
+pub struct OwnedBulkheadPermit {
+    bulkhead: Arc<Bulkhead>,
+}
+
+impl Drop for OwnedBulkheadPermit {
+    fn drop(&mut self) {
+        self.bulkhead.release();
+    }
+}
+
 impl Bulkhead {
     /// A bulkhead of `max_concurrent` permits where a call may wait `max_wait` for one.
     pub fn new(dependency: impl Into<Arc<str>>, max_concurrent: usize, max_wait: Duration) -> Self {
@@ -185,6 +199,24 @@ impl Bulkhead {
         }
     }
 
+    /// [`Self::try_acquire`], with a permit that holds the bulkhead.
+    pub fn try_acquire_owned(self: &Arc<Self>) -> Option<OwnedBulkheadPermit> {
+        let permit = self.try_acquire()?;
+        Some(self.own(permit))
+    }
+
+    /// [`Self::acquire`], with a permit that holds the bulkhead: for work handed to another task.
+    pub async fn acquire_owned(self: &Arc<Self>, deadline: Option<Deadline>) -> Result<OwnedBulkheadPermit, Error> {
+        let permit = self.acquire(deadline).await?;
+        Ok(self.own(permit))
+    }
+
+    /// The slot `permit` holds, now held by an owned permit (which releases it).
+    fn own(self: &Arc<Self>, permit: BulkheadPermit<'_>) -> OwnedBulkheadPermit {
+        std::mem::forget(permit);
+        OwnedBulkheadPermit { bulkhead: self.clone() }
+    }
+
     /// Waits for a permit after [`Self::try_acquire`] found none. Boxed: the wait's timer and waiter
     /// would otherwise make every caller's future larger, and every call pays to move it, while only
     /// a call that actually waits (with `max_wait` > 0) pays for the box.
@@ -243,6 +275,23 @@ mod tests {
         assert_eq!(start.elapsed(), Duration::ZERO);
         drop(held);
         assert!(bulkhead.acquire(None).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_owned_permit_holds_its_slot_in_a_spawned_task_until_dropped() {
+        let bulkhead = Arc::new(Bulkhead::new("db", 1, Duration::ZERO));
+        let permit = bulkhead.acquire_owned(None).await.unwrap();
+        let (release, released) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _held = permit;
+            let _ = released.await;
+        });
+        tokio::task::yield_now().await;
+        assert!(bulkhead.try_acquire_owned().is_none(), "the task holds the only slot");
+        release.send(()).unwrap();
+        task.await.unwrap();
+        assert!(bulkhead.try_acquire_owned().is_some(), "the task's end freed it");
+        assert_eq!(bulkhead.available(), 1, "and the probe's permit was dropped again");
     }
 
     #[tokio::test(start_paused = true)]
