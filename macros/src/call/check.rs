@@ -3,7 +3,7 @@
 //! every mistake in one compile.
 
 use darling::error::Accumulator;
-use marty_config::{Backoff, Config, DependencyKind};
+use marty_config::{Backoff, DependencyKind};
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 
@@ -144,10 +144,7 @@ fn check_dependency(
 ) -> Option<String> {
     let attribute = kind.attribute();
     let Some(arg) = arg else {
-        let declared = match &*file.state {
-            FileState::Valid(config) => names_of_kind(config, kind),
-            _ => Vec::new(),
-        };
+        let declared = file.names_of_kind(kind);
         let help = match declared.first() {
             Some(first) => format!(
                 "add `dependency = \"{first}\"`; `{}` declares {} dependencies: {}",
@@ -165,8 +162,8 @@ fn check_dependency(
     };
     let name = &arg.value;
     match &*file.state {
-        FileState::Valid(config) => {
-            file.check_dependency(config, name, arg.span, DependencyUse::Call(kind), errors).then(|| name.clone())
+        FileState::Valid(_) => {
+            file.check_dependency(name, arg.span, DependencyUse::Call(kind), errors).then(|| name.clone())
         }
         // `config = ".."` already reported its own missing file.
         FileState::Missing if named_by_arg => None,
@@ -181,10 +178,6 @@ fn check_dependency(
             None
         }
     }
-}
-
-fn names_of_kind(config: &Config, kind: DependencyKind) -> Vec<&str> {
-    config.dependencies.values().filter(|d| d.kind == kind).map(|d| d.name.as_str()).collect()
 }
 
 /// The operation label defaults to the fn's name; an explicit one must say something.

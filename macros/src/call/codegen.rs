@@ -86,7 +86,7 @@ pub(super) fn emit(model: &CallModel) -> TokenStream {
             }
         },
     };
-    let finish = emit_fallback(model, &core, &result, &with_return_type);
+    let finish = emit_fallback(model, &core, &result, with_return_type(rt::CALL_RETURN, quote!(#result)));
     let config_error_return =
         with_return_type(rt::CALL_RETURN, quote!(#core::result::Result::Err(#convert(#config_error))));
     quote! {
@@ -153,13 +153,8 @@ fn emit_call_site(model: &CallModel, paths: &Paths, name: &syn::Ident) -> TokenS
 }
 
 /// `fallback = path` gets the final error: `path(self, error)` for methods, `path(error)` otherwise.
-fn emit_fallback(
-    model: &CallModel,
-    core: &TokenStream,
-    result: &syn::Ident,
-    with_return_type: &dyn Fn(Item, TokenStream) -> TokenStream,
-) -> TokenStream {
-    let call_return = with_return_type(rt::CALL_RETURN, quote!(#result));
+/// `call_return` turns the result into the fn's return type.
+fn emit_fallback(model: &CallModel, core: &TokenStream, result: &syn::Ident, call_return: TokenStream) -> TokenStream {
     let Some(fallback) = &model.fallback else { return call_return };
     let error = format_ident!("__marty_error", span = Span::mixed_site());
     let has_receiver = matches!(model.func.sig.inputs.first(), Some(syn::FnArg::Receiver(_)));

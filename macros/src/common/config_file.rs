@@ -142,20 +142,34 @@ impl DependencyUse<'_> {
 }
 
 impl ConfigFile {
-    /// `name`, written at `span`, must be a dependency that `config` (this file, valid) declares with
-    /// the kind `usage` needs. Every attribute that names a dependency checks it here, so the messages
-    /// and suggestions are the same everywhere.
+    /// The configuration, when the file exists and is valid.
+    pub(crate) fn valid(&self) -> Option<&Config> {
+        match &*self.state {
+            FileState::Valid(config) => Some(config),
+            _ => None,
+        }
+    }
+
+    /// The names of the dependencies of `kind` the file declares (none when it is not valid).
+    pub(crate) fn names_of_kind(&self, kind: DependencyKind) -> Vec<&str> {
+        let dependencies = self.valid().into_iter().flat_map(|config| config.dependencies.values());
+        dependencies.filter(|d| d.kind == kind).map(|d| d.name.as_str()).collect()
+    }
+
+    /// `name`, written at `span`, must be a dependency that this file declares with the kind `usage`
+    /// needs. Every attribute that names a dependency checks it here, so the messages and suggestions
+    /// are the same everywhere. `false` without a message when the file is not valid: its own errors
+    /// are reported by the attribute (`require`, `report_invalid`).
     pub(crate) fn check_dependency(
         &self,
-        config: &Config,
         name: &str,
         span: Span,
         usage: DependencyUse<'_>,
         errors: &mut Accumulator,
     ) -> bool {
+        let Some(config) = self.valid() else { return false };
         let kind = usage.kind();
-        let of_kind: Vec<&str> =
-            config.dependencies.values().filter(|d| d.kind == kind).map(|d| d.name.as_str()).collect();
+        let of_kind = self.names_of_kind(kind);
         let file = &self.display;
         let Some(declared) = config.dependency(name) else {
             let declare = format!("`[dependencies.{name}]` with `kind = \"{kind}\"`");
@@ -197,18 +211,18 @@ impl ConfigFile {
     }
 
     /// The database that holds `what` for an attribute: `arg` if written, else `[outbox] store`
-    /// (checked by `marty-config` already); `missing` is the error when there is neither.
+    /// (checked by `marty-config` already); `missing` is the error when there is neither. `None`
+    /// without a message when the file is not valid, as for [`Self::check_dependency`].
     pub(crate) fn store(
         &self,
-        config: &Config,
         arg: Option<&StrArg>,
         what: &str,
         missing: impl FnOnce() -> darling::Error,
         errors: &mut Accumulator,
     ) -> Option<String> {
-        match (arg, &config.outbox) {
+        match (arg, &self.valid()?.outbox) {
             (Some(arg), _) => self
-                .check_dependency(config, &arg.value, arg.span, DependencyUse::Holds(what), errors)
+                .check_dependency(&arg.value, arg.span, DependencyUse::Holds(what), errors)
                 .then(|| arg.value.clone()),
             (None, Some(outbox)) => Some(outbox.store.clone()),
             (None, None) => {

@@ -54,7 +54,6 @@ runtime_items! {
     RESULT = service_support::Result;
     DURATION = service_support::Duration;
     PANIC = service_support::panic;
-    SERVICE_EVENT = service_support::Event;
     EVENT_HANDLER = service_support::EventHandler;
     HANDLED = service_support::Handled;
     HANDLER_OPTIONS = service_support::HandlerOptions;

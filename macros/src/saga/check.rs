@@ -8,7 +8,7 @@ use syn::spanned::Spanned;
 
 use super::parse::{SagaArgs, StepMethod};
 use super::{Compensation, SagaModel, Step};
-use crate::common::config_file::{self, FileState};
+use crate::common::config_file;
 use crate::common::diagnostic::{did_you_mean, error};
 use crate::common::durations::positive_duration;
 
@@ -25,19 +25,14 @@ pub(super) fn validate(
     let config = config_file::load(args.config.as_ref().map(|arg| arg.value.as_str()));
     let config_span = args.config.as_ref().map_or(Span::call_site(), |arg| arg.span);
     let config_ok = config.require(config_span, errors);
-    let store = match &*config.state {
-        FileState::Valid(valid) => {
-            let missing = || {
-                error(
-                    Span::call_site(),
-                    format!("saga `{type_name}` names no database to keep its state in"),
-                    "name a database dependency of marty.toml: `#[saga(store = \"orders_db\")]`",
-                )
-            };
-            config.store(valid, args.store.as_ref(), "a saga's state", missing, errors)
-        }
-        _ => None,
+    let missing_store = || {
+        error(
+            Span::call_site(),
+            format!("saga `{type_name}` names no database to keep its state in"),
+            "name a database dependency of marty.toml: `#[saga(store = \"orders_db\")]`",
+        )
     };
+    let store = config.store(args.store.as_ref(), "a saga's state", missing_store, errors);
     let timeout = args.timeout.as_ref().and_then(|arg| {
         positive_duration("timeout", arg, "saga", "give `timeout` a positive duration, e.g. `\"30s\"`", errors)
     });

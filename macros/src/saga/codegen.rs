@@ -1,7 +1,7 @@
 //! Stage 3: the `marty::saga::Saga` impl. Never validates, never fails.
 
 use proc_macro2::{Span, TokenStream};
-use quote::{format_ident, quote, quote_spanned};
+use quote::{format_ident, quote};
 use syn::spanned::Spanned;
 
 use super::{SagaModel, Step};
@@ -122,7 +122,6 @@ fn emit_call(paths: &Paths, method: &syn::Ident, context: &Option<syn::Type>, ou
         None => quote!(self),
     };
     let step_result = paths.get_at(rt::STEP_RESULT, output);
-    let step_result = quote_spanned!(output=> #step_result);
     let result = format_ident!("__marty_result", span = Span::mixed_site());
     let at_output = syn::Ident::new("__marty_result", Span::mixed_site().located_at(output));
     quote!(#boxed::pin(async move {

@@ -9,7 +9,7 @@ use syn::spanned::Spanned;
 use super::parse::{Marked, ProbeMethod, RoutedMethod, ServiceArgs};
 use super::{event_handler, Route, ServiceModel};
 use crate::common::args::PathArg;
-use crate::common::config_file::{self, FileState};
+use crate::common::config_file;
 use crate::common::diagnostic::error;
 
 pub(super) fn validate(
@@ -23,10 +23,7 @@ pub(super) fn validate(
     let config = config_file::load(args.config.as_ref().map(|arg| arg.value.as_str()));
     let config_ok = config.require(args.config.as_ref().map_or(Span::call_site(), |arg| arg.span), errors);
     let routes = check_routes(routed, errors);
-    let name = args.name.map(|arg| arg.value).or_else(|| match &*config.state {
-        FileState::Valid(config) => config.service.name.clone(),
-        _ => None,
-    });
+    let name = args.name.map(|arg| arg.value).or_else(|| config.valid().and_then(|valid| valid.service.name.clone()));
     let name = name.unwrap_or_else(|| std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "service".to_owned()));
     let (grpc, reflection) = check_grpc(args.grpc, args.reflection, errors);
     let probes = probes
@@ -34,11 +31,7 @@ pub(super) fn validate(
         .filter(|probe| check_probe(probe, errors))
         .map(|probe| (probe.sig.ident, probe.cfgs))
         .collect();
-    let valid_config = match &*config.state {
-        FileState::Valid(config) => Some(&**config),
-        _ => None,
-    };
-    let handlers = event_handler::check(handlers, &config, valid_config, errors);
+    let handlers = event_handler::check(handlers, &config, errors);
     config_ok.then_some(ServiceModel {
         name,
         config_path: config.path,

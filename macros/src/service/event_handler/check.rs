@@ -14,14 +14,9 @@ use crate::common::config_file::ConfigFile;
 use crate::common::diagnostic::error;
 use crate::common::durations::duration;
 
-/// Checks every handler against `config` (the service's, when valid), and that no two handle the
+/// Checks every handler against the service's configuration `file`, and that no two handle the
 /// same topic in the same consumer group.
-pub(crate) fn check(
-    methods: Vec<HandlerMethod>,
-    file: &ConfigFile,
-    config: Option<&marty_config::Config>,
-    errors: &mut Accumulator,
-) -> Vec<Handler> {
+pub(crate) fn check(methods: Vec<HandlerMethod>, file: &ConfigFile, errors: &mut Accumulator) -> Vec<Handler> {
     let mut handlers = Vec::new();
     if !cfg!(feature = "events") {
         if let Some(first) = methods.first() {
@@ -36,7 +31,7 @@ pub(crate) fn check(
     // Each handler's name, by topic and group.
     let mut seen: HashMap<(String, String), String> = HashMap::new();
     for method in methods {
-        let Some(handler) = check_one(method, file, config, errors) else { continue };
+        let Some(handler) = check_one(method, file, errors) else { continue };
         let event = &handler.event;
         let topic_key = handler.topic.as_ref().map_or_else(|| quote!(#event).to_string(), |topic| topic.value.clone());
         let group_key = handler.group.clone().unwrap_or_default();
@@ -64,12 +59,7 @@ struct HandlerSignature {
     output: syn::Type,
 }
 
-fn check_one(
-    method: HandlerMethod,
-    file: &ConfigFile,
-    config: Option<&marty_config::Config>,
-    errors: &mut Accumulator,
-) -> Option<Handler> {
+fn check_one(method: HandlerMethod, file: &ConfigFile, errors: &mut Accumulator) -> Option<Handler> {
     let signature = check_signature(&method.sig, errors);
     let args = method.args;
     let name = &method.sig.ident;
@@ -82,8 +72,8 @@ fn check_one(
     }
     // Unknown when the signature did not check out: then `inbox` is not judged either.
     let takes_tx = signature.as_ref().map(|signature| signature.takes_tx);
-    let inbox = match (takes_tx, config) {
-        (Some(true), Some(config)) => {
+    let inbox = match (takes_tx, file.valid()) {
+        (Some(true), Some(_)) => {
             let missing = || {
                 error(
                     method.attr_span,
@@ -91,7 +81,7 @@ fn check_one(
                     "name the database dependency: `#[event_handler(inbox = \"orders_db\")]`, or configure `[outbox] store`",
                 )
             };
-            let store = file.store(config, args.inbox.as_ref(), "the inbox", missing, errors);
+            let store = file.store(args.inbox.as_ref(), "the inbox", missing, errors);
             ok &= store.is_some();
             store
         }

@@ -47,7 +47,7 @@ fn emit_one(handler: &Handler, service_name: &str, paths: &Paths, names: &Names)
     let group = handler.group.as_deref().unwrap_or(service_name);
     let name = format!("{service_name}::{}", handler.method);
     let (arc, event_handler, message_type) = (paths.get(rt::ARC), paths.get(rt::EVENT_HANDLER), paths.get(rt::MESSAGE));
-    let (event_trait, boxed) = (paths.get(rt::SERVICE_EVENT), paths.get(rt::BOX));
+    let (event_trait, boxed) = (paths.get(rt::EVENT), paths.get(rt::BOX));
     // At the parameter's type: a type that is not an event is reported there.
     let assert_event = paths.get(rt::ASSERT_EVENT);
     let event_check = quote_spanned!(event.span()=> #assert_event::<#event>(););
