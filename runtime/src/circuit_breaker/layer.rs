@@ -56,26 +56,33 @@ where
     }
 
     fn call(&mut self, request: Req) -> Self::Future {
-        let breaker = self.breaker.clone();
-        match self.breaker.try_acquire().map(drop) {
+        match self.breaker.try_acquire_owned() {
             // Open: no call is made.
-            Err(error) => ResponseFuture { inner: None, breaker, rejected: Some(error), running: None },
-            Ok(()) => ResponseFuture { inner: Some(self.inner.call(request)), breaker, rejected: None, running: None },
+            Err(error) => ResponseFuture { inner: None, permit: None, started: None, rejected: Some(error) },
+            Ok(permit) => ResponseFuture {
+                inner: Some(self.inner.call(request)),
+                permit: Some(permit),
+                started: None,
+                rejected: None,
+            },
         }
     }
 }
 
 pin_project_lite::pin_project! {
     /// [`CircuitBreakerService`]'s future: [`Error::CircuitOpen`] when the breaker turned the call
-    /// away, else the call's result, recorded into the breaker. The permit is taken at the first
-    /// poll and lives exactly as long as the call: a cancelled call hands its half-open trial slot back.
+    /// away, else the call's result, recorded into the breaker. It holds the call's permit, so a
+    /// cancelled call hands its half-open trial slot back when the future is dropped.
     #[must_use = "futures do nothing unless polled"]
     pub struct ResponseFuture<F> {
         #[pin]
         inner: Option<F>,
-        breaker: Arc<CircuitBreaker>,
+        // The call's permit, until its outcome is recorded.
+        permit: Option<OwnedPermit>,
+        // When the call was first polled: its duration counts from there.
+        started: Option<Instant>,
+        // Why the breaker turned the call away (then `inner` is `None`).
         rejected: Option<Error>,
-        running: Option<(OwnedPermit, Instant)>,
     }
 }
 
@@ -91,18 +98,14 @@ where
         if let Some(error) = this.rejected.take() {
             return Poll::Ready(Err(error.into()));
         }
-        if this.running.is_none() {
-            match this.breaker.try_acquire_owned() {
-                Ok(permit) => *this.running = Some((permit, Instant::now())),
-                Err(error) => return Poll::Ready(Err(error.into())),
-            }
-        }
+        let started = *this.started.get_or_insert_with(Instant::now);
         // `None` only once a rejection was returned: polled after completion, as an `async` block would.
         let inner = this.inner.as_pin_mut().expect("`ResponseFuture` polled after completion");
         let result = ready!(inner.poll(cx));
-        if let Some((permit, start)) = this.running.take() {
+        if let Some(permit) = this.permit.take() {
             let class = result.as_ref().err().map(Classify::classify);
-            permit.record(CallOutcome::new(class, start.elapsed(), this.breaker.slow_call_duration()));
+            let slow = permit.breaker.slow_call_duration();
+            permit.record(CallOutcome::new(class, started.elapsed(), slow));
         }
         Poll::Ready(result)
     }
