@@ -128,12 +128,8 @@ pub use message::{headers, new_event_id, Message};
 pub use crate::BoxFuture;
 
 /// What an event's type must be to travel as JSON: `Serialize + DeserializeOwned`, named as one
-/// trait so that a type missing serde's derives is told so in words, at its name.
-#[diagnostic::on_unimplemented(
-    message = "`{Self}` cannot be an event: it travels as JSON, so it must be `Serialize` and `Deserialize`",
-    label = "derive serde's traits for it",
-    note = "write `#[derive(serde::Serialize, serde::Deserialize, marty::Event)]`"
-)]
+/// trait so that a type missing serde's derives gets serde's own "add `#[derive(serde::Serialize)]`"
+/// at its name, without rustc's note on `DeserializeOwned` being a sealed trait of `serde_core`.
 pub trait EventPayload: Serialize + DeserializeOwned {}
 
 impl<T: Serialize + DeserializeOwned> EventPayload for T {}
