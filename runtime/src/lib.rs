@@ -27,7 +27,8 @@
 //! - `saga`: `#[saga]`, persisted and crash-safe (features `postgres` or `sqlite`);
 //! - `store`: the databases Marty's tables live in, their DDL and retention;
 //! - [`config`]: `marty.toml`, environment overrides, the service's own `[app]` settings;
-//! - [`metrics`] and `telemetry`: Prometheus, logs, OpenTelemetry traces and metrics.
+//! - [`metrics`] and `telemetry`: Prometheus, logs, OpenTelemetry traces and metrics;
+//! - [`Runtime`]: what a service keeps while it runs, and a runtime of your own for a test.
 //!
 //! Testing timing: the call policies read tokio's clock when they wait, so under
 //! `#[tokio::test(start_paused = true)]` timeouts, retry backoffs and a breaker's `open_for` pass at
@@ -55,6 +56,7 @@ pub mod outbox;
 pub mod policy;
 mod registry;
 pub mod retry;
+mod runtime;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod saga;
@@ -82,6 +84,7 @@ use std::pin::Pin;
 pub use classify::{Classify, ErrorClass};
 pub use error::{CallError, Error, HoldsMartyErrors};
 pub use registry::DependencyRegistry;
+pub use runtime::Runtime;
 
 /// `marty.toml`: the configuration schema, shared with the macros.
 pub use marty_config as config;

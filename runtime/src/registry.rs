@@ -3,14 +3,14 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock, RwLock};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, RwLock};
 
 use marty_config::{Config, ConfigError, ConfigErrors, DependencyKind, Origin};
 
 use crate::error::Error;
 use crate::metrics::{Buckets, Metrics};
 use crate::policy::{CallPolicy, Dependency};
+use crate::runtime::Runtime;
 
 /// The dependencies of one service, built from its configuration.
 #[derive(Debug)]
@@ -39,14 +39,6 @@ impl Provenance {
         Provenance { found, overrides }
     }
 }
-
-static GLOBAL: OnceLock<DependencyRegistry> = OnceLock::new();
-
-/// The last configuration that failed to load, and when: a failure is not kept for the life of the
-/// process (the file may be fixed, a variable set), but calls made meanwhile re-read it at most once
-/// per [`RELOAD_AFTER_FAILURE`].
-static LAST_FAILURE: Mutex<Option<(Instant, Error)>> = Mutex::new(None);
-const RELOAD_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 impl DependencyRegistry {
     /// Builds every `[dependencies.<name>]` of `config`, recording into a new [`Metrics`].
@@ -192,31 +184,28 @@ impl DependencyRegistry {
         Ok(policy)
     }
 
-    /// Makes this registry the one the macros use. Call it at startup, before the first wrapped call;
-    /// `Err` gives the registry back when one is already in place.
+    /// Makes this registry the global runtime's ([`Runtime::global`]), the one the macros use. Call it
+    /// at startup, before the first wrapped call; `Err` gives the registry back when one is already
+    /// in place.
     pub fn install_global(self) -> Result<&'static DependencyRegistry, DependencyRegistry> {
-        GLOBAL.set(self)?;
-        Ok(GLOBAL.get().expect("just installed"))
+        Runtime::global().install(self).map(|registry| &**registry)
     }
 
-    /// The registry the macros use, if one is installed (or was loaded by a first wrapped call).
+    /// The global runtime's registry, the one the macros use, if one is installed (or was loaded by
+    /// a first wrapped call).
     pub fn global() -> Option<&'static DependencyRegistry> {
-        GLOBAL.get()
+        Runtime::global().registry().map(|registry| &**registry)
     }
 
-    /// The global registry, loading it on first use: from the file `MARTY_CONFIG` names, else from
+    /// The global runtime's registry, loading it on first use (see [`Runtime::registry_or_load`]).
+    pub(crate) fn global_or_load(compiled_path: &str, embedded: &str) -> Result<&'static DependencyRegistry, Error> {
+        Runtime::global().registry_or_load(compiled_path, embedded).map(|registry| &**registry)
+    }
+
+    /// Loads the configuration as a service starts: from the file `MARTY_CONFIG` names, else from
     /// `compiled_path` (the file the macros checked) if it exists, else from `embedded` (its text at
     /// compile time), always with `MARTY__` overrides and `${VAR}` expansion from the environment.
-    /// A configuration that does not load fails the call with its errors; the next call after
-    /// [`RELOAD_AFTER_FAILURE`] reads it again.
-    pub(crate) fn global_or_load(compiled_path: &str, embedded: &str) -> Result<&'static DependencyRegistry, Error> {
-        if let Some(registry) = GLOBAL.get() {
-            return Ok(registry);
-        }
-        let mut last_failure = LAST_FAILURE.lock().unwrap_or_else(|poison| poison.into_inner());
-        if let Some((_, error)) = last_failure.as_ref().filter(|(at, _)| at.elapsed() < RELOAD_AFTER_FAILURE) {
-            return Err(error.clone());
-        }
+    pub(crate) fn load_for_startup(compiled_path: &str, embedded: &str) -> Result<Self, ConfigErrors> {
         let env = marty_config::Environment::from_process();
         let (loaded, found) = match env.get(marty_config::CONFIG_PATH_VAR) {
             Some(path) => (Self::load(Path::new(path)), "named by MARTY_CONFIG"),
@@ -228,19 +217,9 @@ impl DependencyRegistry {
                 "compiled in: the file checked at compile time is not on this machine",
             ),
         };
-        match loaded {
-            Ok(mut registry) => {
-                registry.provenance = Box::new(Provenance::of(&env, found));
-                *last_failure = None;
-                Ok(GLOBAL.get_or_init(|| registry))
-            }
-            Err(errors) => {
-                tracing::error!(%errors, "invalid Marty configuration; wrapped calls fail until it is fixed");
-                let error = Error::Config(Arc::new(errors));
-                *last_failure = Some((Instant::now(), error.clone()));
-                Err(error)
-            }
-        }
+        let mut registry = loaded?;
+        registry.provenance = Box::new(Provenance::of(&env, found));
+        Ok(registry)
     }
 
     fn unknown_dependency(&self, name: &str) -> Error {

@@ -1,6 +1,7 @@
-//! A `#[service]` that shuts down gracefully releases the leases of the process's saga orchestrators,
+//! A `#[service]` that shuts down gracefully releases the leases of its runtime's saga orchestrators,
 //! so another replica continues their sagas at once instead of after the lease. A binary of its own:
-//! the release is process-wide, and would stop the orchestrators of tests running beside it.
+//! the release covers every orchestrator of the global runtime, and would stop those of tests
+//! running beside it.
 
 mod support;
 

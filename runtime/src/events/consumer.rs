@@ -19,6 +19,7 @@ use super::broker::{Broker, Delivery, SubscribeOptions, Subscription};
 use super::{message, Message};
 use crate::events::BoxFuture;
 use crate::metrics::{ConsumerMetrics, EventMetrics};
+use crate::Runtime;
 
 /// How a handler's attempt ended when it did not fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -143,13 +144,25 @@ impl EventHandler {
         EventHandler { topic: topic.into(), group: group.into(), name, options, invoke }
     }
 
+    /// In [`Runtime::current`]; see [`Self::start_in`].
+    pub async fn start(
+        self,
+        broker: Arc<dyn Broker>,
+        metrics: EventMetrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> JoinHandle<()> {
+        self.start_in(Runtime::current(), broker, metrics, shutdown).await
+    }
+
     /// Subscribes (retrying while the broker cannot be reached), then handles deliveries in the
     /// background until `shutdown` turns true; deliveries in flight then finish their current
     /// attempt, and those not started are left for the broker to redeliver. Returns once subscribed,
     /// so what is published after it reaches this group; or, if `shutdown` came first, a finished
     /// task.
-    pub async fn start(
+    /// The handler runs in `runtime` (its [`Runtime::current`]: the inbox's pools are `runtime`'s).
+    pub async fn start_in(
         self,
+        runtime: Runtime,
         broker: Arc<dyn Broker>,
         metrics: EventMetrics,
         mut shutdown: watch::Receiver<bool>,
@@ -170,16 +183,22 @@ impl EventHandler {
                 }
             }
         };
-        tokio::spawn(self.run(subscription, metrics, shutdown))
+        tokio::spawn(self.run(runtime, subscription, metrics, shutdown))
     }
 
-    async fn run(self, mut subscription: Subscription, metrics: EventMetrics, mut shutdown: watch::Receiver<bool>) {
+    async fn run(
+        self,
+        runtime: Runtime,
+        mut subscription: Subscription,
+        metrics: EventMetrics,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
         let metrics = metrics.consumer(&self.topic, &self.group);
         let handler = Arc::new(self);
         let lanes: Vec<_> = (0..handler.options.concurrency)
             .map(|_| {
                 let (sender, receiver) = mpsc::channel::<Delivery>(16);
-                let lane = tokio::spawn(lane(handler.clone(), metrics.clone(), receiver));
+                let lane = tokio::spawn(lane(handler.clone(), runtime.clone(), metrics.clone(), receiver));
                 (sender, lane)
             })
             .collect();
@@ -212,14 +231,19 @@ impl EventHandler {
     }
 }
 
-async fn lane(handler: Arc<EventHandler>, metrics: ConsumerMetrics, mut deliveries: mpsc::Receiver<Delivery>) {
+async fn lane(
+    handler: Arc<EventHandler>,
+    runtime: Runtime,
+    metrics: ConsumerMetrics,
+    mut deliveries: mpsc::Receiver<Delivery>,
+) {
     while let Some(delivery) = deliveries.recv().await {
-        handle(&handler, &metrics, delivery).await;
+        handle(&handler, &runtime, &metrics, delivery).await;
     }
 }
 
 /// Handles one delivery to the end: acknowledged, or dead-lettered with the reason.
-async fn handle(handler: &EventHandler, metrics: &ConsumerMetrics, delivery: Delivery) {
+async fn handle(handler: &EventHandler, runtime: &Runtime, metrics: &ConsumerMetrics, delivery: Delivery) {
     let message = &delivery.message;
     // OpenTelemetry's consumer span for a handler processing one message.
     let span = tracing::info_span!(
@@ -249,7 +273,8 @@ async fn handle(handler: &EventHandler, metrics: &ConsumerMetrics, delivery: Del
             let started = Instant::now();
             let outcome = {
                 // Its own task, so a handler that panics fails this attempt and not the consumer.
-                let attempt = tokio::spawn((handler.invoke)(delivery.message.clone()).in_current_span());
+                let attempt = (handler.invoke)(delivery.message.clone());
+                let attempt = tokio::spawn(runtime.clone().scope(attempt).in_current_span());
                 let attempt = async {
                     attempt.await.unwrap_or_else(|failed| {
                         let panic =

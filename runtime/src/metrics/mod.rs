@@ -69,6 +69,8 @@ mod events;
 mod gauges;
 mod primitives;
 pub mod process;
+#[cfg(feature = "http")]
+mod rpc_methods;
 mod sagas;
 
 use std::fmt;
@@ -88,6 +90,10 @@ pub use events::{ConsumerMetrics, EventMetrics};
 use gauges::PolicyGauges;
 use primitives::{histograms, CallCounter, Histograms, Successes};
 pub use primitives::{Buckets, LatencyHistogram, StripedCounter, MAX_BUCKETS};
+#[cfg(feature = "http")]
+pub(crate) use rpc_methods::RpcMethod;
+#[cfg(feature = "http")]
+use rpc_methods::RpcMethods;
 pub use sagas::{SagaMetrics, SagaTypeMetrics, StepMetrics, StepOutcome};
 
 /// How one attempt ended, as the `outcome` label says it.
@@ -142,6 +148,9 @@ pub struct Metrics {
     retries: Family<OperationLabels, Counter>,
     http_requests: Histograms<HttpLabels>,
     rpc_calls: Histograms<RpcLabels>,
+    /// The gRPC methods admitted as `rpc_calls` labels.
+    #[cfg(feature = "http")]
+    rpc_methods: RpcMethods,
     policies: Arc<PolicyGauges>,
     events: EventMetrics,
     sagas: SagaMetrics,
@@ -226,6 +235,8 @@ impl Metrics {
             retries,
             http_requests,
             rpc_calls,
+            #[cfg(feature = "http")]
+            rpc_methods: RpcMethods::default(),
             policies,
             events,
             sagas,
@@ -276,6 +287,12 @@ impl Metrics {
     /// Reports a dependency's breaker state and free bulkhead permits at every scrape, while they live.
     pub fn watch_policies(&self, dependency: Arc<str>, breaker: &Arc<CircuitBreaker>, bulkhead: &Arc<Bulkhead>) {
         self.policies.lock().push((dependency, Arc::downgrade(breaker), Arc::downgrade(bulkhead)));
+    }
+
+    /// The labels of a gRPC method served: its own, or `_OTHER` once a thousand are admitted.
+    #[cfg(feature = "http")]
+    pub(crate) fn rpc_method(&self, service: &str, method: &str) -> RpcMethod {
+        self.rpc_methods.label(service, method)
     }
 
     /// The consumer and outbox metrics.

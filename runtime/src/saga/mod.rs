@@ -109,32 +109,44 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 
 use crate::events::{BoxFuture, Event, EventError, Message};
-use crate::{Classify, ErrorClass};
+use crate::{Classify, ErrorClass, Runtime};
 
 pub use orchestrator::{HistoryEntry, Orchestrator, SagaError, SagaStatus, Status};
 
-/// How the process's orchestrators are stopped when its service shuts down gracefully.
+/// How an orchestrator is stopped when its service shuts down gracefully; `None` once it is gone.
 type Stop = Box<dyn Fn() -> Option<BoxFuture<'static, ()>> + Send + Sync>;
 
-fn running() -> &'static Mutex<Vec<Stop>> {
-    static RUNNING: std::sync::OnceLock<Mutex<Vec<Stop>>> = std::sync::OnceLock::new();
-    RUNNING.get_or_init(Mutex::default)
+/// The orchestrators running in one [`Runtime`], stopped together when its service shuts down.
+#[derive(Default)]
+pub(crate) struct Running(Mutex<Vec<Stop>>);
+
+impl fmt::Debug for Running {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Running").finish_non_exhaustive()
+    }
 }
 
-/// Remembers an orchestrator for [`shutdown_all`]; `stop` returns `None` once it is gone.
-pub(crate) fn on_shutdown(stop: Stop) {
-    running().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(stop);
-}
+impl Running {
+    pub(super) fn add(&self, stop: Stop) {
+        self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).push(stop);
+    }
 
-/// Stops every orchestrator of the process and releases its leases (a `#[service]` does this when it
-/// shuts down gracefully, so other replicas continue its sagas at once rather than after the lease).
-pub async fn shutdown_all() {
-    let stops: Vec<_> = running().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).drain(..).collect();
-    for stop in stops {
-        if let Some(stopping) = stop() {
-            stopping.await;
+    /// Stops every orchestrator and releases its leases, so that other replicas continue its sagas
+    /// at once rather than after the lease.
+    pub(crate) async fn stop_all(&self) {
+        let stops: Vec<_> = self.0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).drain(..).collect();
+        for stop in stops {
+            if let Some(stopping) = stop() {
+                stopping.await;
+            }
         }
     }
+}
+
+/// Stops every orchestrator of [`Runtime::current`] and releases its leases (a `#[service]` does this for its runtime when it shuts down
+/// gracefully).
+pub async fn shutdown_all() {
+    Runtime::current().shared().sagas.stop_all().await;
 }
 
 /// A saga: its state is `Self`, its steps are methods. Implemented by `#[saga]`; by hand it is the

@@ -1,6 +1,7 @@
 //! The event side of a service: its consumers and, with `[outbox]`, the outbox relay, started with
 //! the server on the `[events]` broker and stopped when it stops accepting requests.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -8,6 +9,7 @@ use tokio::task::JoinHandle;
 
 use crate::events::{broker, EventHandler};
 use crate::registry::DependencyRegistry;
+use crate::Runtime;
 
 /// The running consumers and relay.
 pub(super) struct EventTasks {
@@ -16,7 +18,8 @@ pub(super) struct EventTasks {
 
 /// Connects the broker and starts `handlers` and the relay; all stop when `stop` turns true.
 pub(super) async fn start(
-    registry: &'static DependencyRegistry,
+    runtime: Runtime,
+    registry: Arc<DependencyRegistry>,
     handlers: Vec<EventHandler>,
     stop: watch::Receiver<bool>,
 ) -> std::io::Result<EventTasks> {
@@ -26,17 +29,19 @@ pub(super) async fn start(
     if handlers.is_empty() && relay.is_none() {
         return Ok(EventTasks { tasks });
     }
-    let broker = broker::connect(config.events.as_ref()).await.map_err(std::io::Error::other)?;
+    let broker = broker::connect_in(&runtime, config.events.as_ref()).await.map_err(std::io::Error::other)?;
     // Consumers subscribe first: the in-process broker acknowledges a relayed event only once
     // every group subscribed to its topic has handled it, so none may be missing when the relay
     // starts.
     for handler in handlers {
         tracing::info!(topic = %handler.topic, group = %handler.group, handler = handler.name, "consuming");
-        tasks.push(handler.start(broker.clone(), registry.metrics().events().clone(), stop.clone()).await);
+        let metrics = registry.metrics().events().clone();
+        tasks.push(handler.start_in(runtime.clone(), broker.clone(), metrics, stop.clone()).await);
     }
     #[cfg(any(feature = "postgres", feature = "sqlite"))]
     if let Some(outbox) = relay {
-        let store = crate::store::get(&outbox.store)
+        let store = runtime
+            .store(&outbox.store)
             .await
             .map_err(|error| std::io::Error::other(format!("outbox store `{}`: {error}", outbox.store)))?;
         let options = crate::outbox::RelayOptions::from_config(outbox);

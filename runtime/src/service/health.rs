@@ -114,7 +114,7 @@ impl HealthCheck {
 /// What the health endpoints read.
 #[derive(Debug, Clone)]
 pub(crate) struct HealthState {
-    pub(crate) registry: &'static DependencyRegistry,
+    pub(crate) registry: Arc<DependencyRegistry>,
     pub(crate) readiness: Arc<Readiness>,
     pub(crate) checks: Arc<Vec<HealthCheck>>,
 }
@@ -165,7 +165,7 @@ async fn run_checks(checks: &[HealthCheck]) -> Vec<(&'static str, Result<(), Str
 /// The readiness rule without the probes: started, not draining, no required dependency down.
 #[cfg(feature = "grpc")]
 pub(crate) fn ready_but_for_probes(state: &HealthState) -> bool {
-    unready_because(state).is_none() && required_down(state.registry).is_empty()
+    unready_because(state).is_none() && required_down(&state.registry).is_empty()
 }
 
 /// Whether every `#[health_check]` passes.
@@ -191,7 +191,7 @@ pub(crate) async fn readyz(State(state): State<HealthState>) -> Response {
             }),
         );
     }
-    let down = required_down(state.registry);
+    let down = required_down(&state.registry);
     let mut checks = serde_json::Map::new();
     let mut failing = Vec::new();
     for (name, result) in run_checks(&state.checks).await {

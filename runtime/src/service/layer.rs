@@ -87,7 +87,7 @@ where
         // matched, so raw paths never become span names), kind server.
         // A gRPC call is named after its method: `orders.v1.Orders/Get`.
         let matched = request.extensions().get::<MatchedPath>().is_some();
-        let rpc = super::rpc::method_of(&request);
+        let rpc = super::rpc::method_of(&request, &self.metrics);
         let span = tracing::info_span!(
             "http.request",
             otel.name = %SpanName { method, route: matched.then_some(&*route), rpc: rpc.as_ref() },
@@ -138,7 +138,7 @@ struct Observed {
     method: &'static str,
     route: Arc<str>,
     /// The gRPC method, for a gRPC call: measured as one, to the end of its response.
-    rpc: Option<super::rpc::RpcMethod>,
+    rpc: Option<crate::metrics::RpcMethod>,
     request_id: HeaderValue,
     span: tracing::Span,
     metrics: Arc<Metrics>,
@@ -343,7 +343,7 @@ fn route_label(template: &str) -> Arc<str> {
 struct SpanName<'a> {
     method: &'static str,
     route: Option<&'a str>,
-    rpc: Option<&'a super::rpc::RpcMethod>,
+    rpc: Option<&'a crate::metrics::RpcMethod>,
 }
 
 impl std::fmt::Display for SpanName<'_> {

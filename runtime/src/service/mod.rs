@@ -160,6 +160,7 @@ pub use problem::{Problem, ProblemType, PROBLEM_JSON};
 
 use crate::metrics::Metrics;
 use crate::registry::DependencyRegistry;
+use crate::Runtime;
 
 /// A service's own routes; `#[service]` implements it from the methods marked `#[get(..)]`, `#[post(..)]`, ...
 pub trait Routes: Send + Sync + 'static {
@@ -253,26 +254,32 @@ impl From<std::io::Error> for ServeError {
     }
 }
 
-/// The server for `service`, with the configuration loaded (or the installed registry) and logging
-/// started.
+/// The server for `service` on the global runtime (see [`server_in`]).
 pub fn server<S: Routes>(service: S) -> Result<Server, ServeError> {
-    let registry = load_and_start_logging::<S>()?;
-    Ok(server_for(Arc::new(service), registry))
+    server_in(Runtime::global(), service)
+}
+
+/// The server for `service` on `runtime`, with its configuration loaded (the global runtime's on
+/// first use) and logging started.
+pub fn server_in<S: Routes>(runtime: &Runtime, service: S) -> Result<Server, ServeError> {
+    let registry = load_and_start_logging::<S>(runtime)?;
+    Ok(server_for(Arc::new(service), runtime, registry))
 }
 
 /// The configuration, then logging ([`crate::telemetry`]), then a log line saying where the
 /// configuration came from.
-fn load_and_start_logging<S: Routes>() -> Result<&'static DependencyRegistry, ServeError> {
+fn load_and_start_logging<S: Routes>(runtime: &Runtime) -> Result<Arc<DependencyRegistry>, ServeError> {
     let (path, text) = S::CONFIG;
-    let registry = DependencyRegistry::global_or_load(path, text).map_err(ServeError::Config)?;
+    let registry = runtime.registry_or_load(path, text).map_err(ServeError::Config)?;
     if crate::telemetry::init(S::NAME, &registry.config().telemetry) {
         registry.log_provenance();
     }
-    Ok(registry)
+    Ok(registry.clone())
 }
 
-fn server_for<S: Routes>(service: Arc<S>, registry: &'static DependencyRegistry) -> Server {
-    let server = Server::new(service.clone().routes(), registry).with_health_checks(service.clone().health_checks());
+fn server_for<S: Routes>(service: Arc<S>, runtime: &Runtime, registry: Arc<DependencyRegistry>) -> Server {
+    let server = Server::with_registry(service.clone().routes(), runtime.clone(), registry)
+        .with_health_checks(service.clone().health_checks());
     #[cfg(feature = "events")]
     let server = server.with_event_handlers(service.clone().event_handlers());
     #[cfg(feature = "grpc")]
@@ -283,7 +290,7 @@ fn server_for<S: Routes>(service: Arc<S>, registry: &'static DependencyRegistry)
 }
 
 /// Loads the configuration, then builds the service's state with it (connect pools, read settings),
-/// and returns its server.
+/// and returns its server, on the global runtime.
 pub async fn server_with<S, F, Fut, E>(build: F) -> Result<Server, ServeError>
 where
     S: Routes,
@@ -291,9 +298,11 @@ where
     Fut: Future<Output = Result<S, E>>,
     E: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let registry = load_and_start_logging::<S>()?;
-    let service = build(registry).await.map_err(|error| ServeError::Startup(error.into()))?;
-    Ok(server_for(Arc::new(service), registry))
+    let runtime = Runtime::global();
+    let registry = load_and_start_logging::<S>(runtime)?;
+    let global = DependencyRegistry::global().expect("loaded into the global runtime just above");
+    let service = build(global).await.map_err(|error| ServeError::Startup(error.into()))?;
+    Ok(server_for(Arc::new(service), runtime, registry))
 }
 
 /// Loads the configuration, starts logging ([`crate::telemetry`]), binds `[http] addr` and serves
@@ -311,7 +320,8 @@ pub const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_stat
 #[derive(Debug)]
 pub struct Server {
     routes: Router,
-    registry: &'static DependencyRegistry,
+    runtime: Runtime,
+    registry: Arc<DependencyRegistry>,
     readiness: Arc<Readiness>,
     checks: Vec<HealthCheck>,
     #[cfg(feature = "grpc")]
@@ -321,10 +331,23 @@ pub struct Server {
 }
 
 impl Server {
-    /// A server for `routes`, with the dependencies (and their metrics) of `registry`.
-    pub fn new(routes: Router, registry: &'static DependencyRegistry) -> Self {
+    /// A server for `routes` on `runtime`, with its dependencies (and their metrics). The runtime must
+    /// have its configuration: one made with [`Runtime::new`], or the global once loaded or installed.
+    pub fn new(routes: Router, runtime: &Runtime) -> Result<Self, ServeError> {
+        let registry = runtime.registry().cloned().ok_or_else(|| {
+            ServeError::Startup(
+                "the runtime has no configuration yet: make it with `Runtime::new(registry)`, or give the global \
+                 one its configuration with `DependencyRegistry::install_global` (or use `marty::service::server`)"
+                    .into(),
+            )
+        })?;
+        Ok(Self::with_registry(routes, runtime.clone(), registry))
+    }
+
+    fn with_registry(routes: Router, runtime: Runtime, registry: Arc<DependencyRegistry>) -> Self {
         Server {
             routes,
+            runtime,
             registry,
             readiness: Arc::new(Readiness::default()),
             checks: Vec::new(),
@@ -377,7 +400,7 @@ impl Server {
     /// What the readiness rule reads, for `/readyz` and gRPC health.
     fn health_state(&self) -> health::HealthState {
         health::HealthState {
-            registry: self.registry,
+            registry: self.registry.clone(),
             readiness: self.readiness.clone(),
             checks: Arc::new(self.checks.clone()),
         }
@@ -500,9 +523,14 @@ impl Server {
                 let _ = stopped.wait_for(|stopped| *stopped).await;
             }
         };
-        let registry = self.registry;
+        let (runtime, registry) = (self.runtime.clone(), self.registry.clone());
         #[cfg(feature = "events")]
-        let startup = events::start(registry, std::mem::take(&mut self.handlers), stop_accepting.subscribe());
+        let startup = events::start(
+            runtime.clone(),
+            registry.clone(),
+            std::mem::take(&mut self.handlers),
+            stop_accepting.subscribe(),
+        );
         #[cfg(not(feature = "events"))]
         let startup = std::future::ready(Ok::<(), std::io::Error>(()));
         let management = match &config.management {
@@ -583,7 +611,7 @@ impl Server {
         let () = events;
         // After the requests that may start sagas: their replicas elsewhere continue them at once.
         #[cfg(any(feature = "postgres", feature = "sqlite"))]
-        crate::saga::shutdown_all().await;
+        runtime.shared().sagas.stop_all().await;
         exports.finish().await;
         result
     }

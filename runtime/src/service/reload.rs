@@ -2,6 +2,8 @@
 //! configuration is re-read and applied to the running dependencies (see
 //! [`DependencyRegistry::reload`]).
 
+use std::sync::Arc;
+
 use crate::registry::DependencyRegistry;
 
 #[cfg(unix)]
@@ -15,7 +17,7 @@ const RELOAD_POLL: std::time::Duration = std::time::Duration::from_secs(2);
 /// Re-reads the configuration on SIGHUP or when its file changes, and applies it to the running
 /// dependencies (see [`DependencyRegistry::reload`]). An invalid file is rejected with its errors
 /// logged, and the configuration in force stays.
-async fn reload_on_change(registry: &'static DependencyRegistry, mut hangups: Option<Hangups>) {
+async fn reload_on_change(registry: Arc<DependencyRegistry>, mut hangups: Option<Hangups>) {
     let Some(path) = registry.source().map(std::path::Path::to_owned) else { return };
     let modified = |path: &std::path::Path| std::fs::metadata(path).and_then(|meta| meta.modified()).ok();
     let mut last_modified = modified(&path);
@@ -52,7 +54,7 @@ async fn reload_on_change(registry: &'static DependencyRegistry, mut hangups: Op
 
 /// Starts reloading `registry` from its file for as long as the task runs. The SIGHUP handler is
 /// registered before this returns, so a SIGHUP can never meet the default action (terminate).
-pub(super) fn spawn(registry: &'static DependencyRegistry) -> tokio::task::JoinHandle<()> {
+pub(super) fn spawn(registry: Arc<DependencyRegistry>) -> tokio::task::JoinHandle<()> {
     #[cfg(unix)]
     let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
     #[cfg(not(unix))]

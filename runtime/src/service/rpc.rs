@@ -4,10 +4,8 @@
 //! byte to its last, streams included. The status is the `grpc-status` of a trailers-only answer
 //! (errors before the handler) or of the trailers that end the body.
 
-use std::cell::RefCell;
-use std::collections::HashMap;
 use std::pin::Pin;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::body::Body;
@@ -15,36 +13,12 @@ use axum::extract::Request;
 use axum::response::Response;
 use http_body::Frame;
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, RpcMethod};
 use crate::timeout::Stopwatch;
 
-/// A gRPC method, as its request's path names it.
-#[derive(Debug, Clone)]
-pub(crate) struct RpcMethod {
-    pub(crate) service: Arc<str>,
-    pub(crate) method: Arc<str>,
-}
-
-impl std::fmt::Display for RpcMethod {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.service, self.method)
-    }
-}
-
-/// Distinct `(service, method)` labels a process keeps; past it, methods read `_OTHER`. Clients
-/// choose the path, and a flood of made-up method names must grow neither the metrics nor memory.
-const MAX_METHODS: usize = 1_000;
-
-/// The methods admitted as labels, process-wide (looked up only when a thread's cache misses).
-static ADMITTED: Mutex<Option<HashMap<(String, String), RpcMethod>>> = Mutex::new(None);
-
-thread_local! {
-    /// Each thread's copy of the admitted methods it has served: no lock on the request path.
-    static LABELS: RefCell<HashMap<(String, String), RpcMethod>> = RefCell::new(HashMap::new());
-}
-
-/// The method a gRPC request calls (`POST /orders.v1.Orders/Get`, `application/grpc...`).
-pub(crate) fn method_of(request: &Request) -> Option<RpcMethod> {
+/// The method a gRPC request calls (`POST /orders.v1.Orders/Get`, `application/grpc...`), as a label
+/// `metrics` admits.
+pub(crate) fn method_of(request: &Request, metrics: &Metrics) -> Option<RpcMethod> {
     let grpc = request
         .headers()
         .get(http::header::CONTENT_TYPE)
@@ -57,31 +31,7 @@ pub(crate) fn method_of(request: &Request) -> Option<RpcMethod> {
     if service.is_empty() || method.is_empty() || method.contains('/') {
         return None;
     }
-    let key = (service.to_owned(), method.to_owned());
-    if let Some(known) = LABELS.with(|labels| labels.borrow().get(&key).cloned()) {
-        return Some(known);
-    }
-    let admitted = {
-        let mut admitted = ADMITTED.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        let admitted = admitted.get_or_insert_with(HashMap::new);
-        match admitted.get(&key) {
-            Some(known) => Some(known.clone()),
-            None if admitted.len() < MAX_METHODS => {
-                let label = RpcMethod { service: service.into(), method: method.into() };
-                admitted.insert(key.clone(), label.clone());
-                Some(label)
-            }
-            None => None,
-        }
-    };
-    match admitted {
-        Some(label) => {
-            LABELS.with(|labels| labels.borrow_mut().insert(key, label.clone()));
-            Some(label)
-        }
-        // Past the limit: counted as `_OTHER`, and remembered nowhere.
-        None => Some(RpcMethod { service: service.into(), method: "_OTHER".into() }),
-    }
+    Some(metrics.rpc_method(service, method))
 }
 
 /// The answer to `method`, measured until its body ends (or is dropped, when the client goes).
@@ -171,20 +121,13 @@ mod tests {
     }
 
     #[test]
-    fn methods_past_the_limit_read_other_and_are_not_kept() {
-        let named = method_of(&call("/orders.v1.Orders/GetOrder")).unwrap();
+    fn a_grpc_method_is_read_from_the_path_of_a_grpc_request() {
+        let metrics = Metrics::new();
+        let named = method_of(&call("/orders.v1.Orders/GetOrder"), &metrics).unwrap();
         assert_eq!(named.to_string(), "orders.v1.Orders/GetOrder");
-        assert!(method_of(&call("/orders.v1.Orders")).is_none() && method_of(&call("/a/b/c")).is_none());
+        assert!(method_of(&call("/orders.v1.Orders"), &metrics).is_none());
+        assert!(method_of(&call("/a/b/c"), &metrics).is_none());
         let plain = http::Request::post("/orders.v1.Orders/GetOrder").body(Body::empty()).unwrap();
-        assert!(method_of(&plain).is_none(), "not gRPC without its content type");
-        for index in 0..MAX_METHODS + 50 {
-            method_of(&call(&format!("/flood.Service/Made{index}"))).unwrap();
-        }
-        let late = method_of(&call("/orders.v1.Orders/Late")).unwrap();
-        assert_eq!(&*late.method, "_OTHER");
-        assert_eq!(&*method_of(&call("/orders.v1.Orders/GetOrder")).unwrap().method, "GetOrder", "admitted earlier");
-        let admitted = ADMITTED.lock().unwrap().as_ref().map_or(0, HashMap::len);
-        assert_eq!(admitted, MAX_METHODS);
-        assert!(LABELS.with(|labels| labels.borrow().len()) <= MAX_METHODS);
+        assert!(method_of(&plain, &metrics).is_none(), "not gRPC without its content type");
     }
 }

@@ -31,10 +31,10 @@ pub mod prune;
 pub mod schema;
 
 use std::any::{Any, TypeId};
-use std::collections::HashMap;
-use std::sync::{Mutex, OnceLock};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, MutexGuard};
 
-use crate::DependencyRegistry;
+use crate::Runtime;
 
 /// Now, as the saga tables keep times: Unix milliseconds, written by the replicas' own clocks.
 pub(crate) fn unix_millis() -> i64 {
@@ -77,38 +77,113 @@ impl From<sqlx::SqlitePool> for Store {
     }
 }
 
-fn stores() -> &'static Mutex<HashMap<String, Store>> {
-    static STORES: OnceLock<Mutex<HashMap<String, Store>>> = OnceLock::new();
-    STORES.get_or_init(Default::default)
+/// The databases one [`Runtime`] keeps Marty's tables in, by dependency name.
+#[derive(Debug, Default)]
+pub(crate) struct Stores {
+    registered: Mutex<HashMap<String, Store>>,
+    /// Pools of a type of the service's choosing (`sqlx::Any`), by name and database type.
+    typed: Mutex<HashMap<(String, TypeId), Box<dyn Any + Send + Sync>>>,
+    /// The names whose tables a pruner of this runtime already keeps.
+    pruned: Mutex<HashSet<String>>,
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Makes `pool` the database of dependency `name` for the outbox, the inbox and sagas, creating
-/// Marty's tables in it.
+/// Marty's tables in it: in [`Runtime::current`] (see [`Runtime::register_store`]).
 pub async fn register(name: &str, pool: impl Into<Store>) -> Result<Store, sqlx::Error> {
-    let store = pool.into();
-    let connections = match &store {
-        #[cfg(feature = "postgres")]
-        Store::Postgres(pool) => pool.options().get_max_connections(),
-        #[cfg(feature = "sqlite")]
-        Store::Sqlite(pool) => pool.options().get_max_connections(),
-    };
-    size_bulkhead(name, connections);
-    schema::prepare(&store).await?;
-    prune::spawn_pruner(name, &store);
-    stores().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name.to_owned(), store.clone());
-    Ok(store)
+    Runtime::current().register_store(name, pool).await
 }
 
-/// The database of dependency `name`: the registered pool, or one connected from its `url`.
+/// The database of dependency `name` in [`Runtime::current`] (see [`Runtime::store`]).
 pub async fn get(name: &str) -> Result<Store, sqlx::Error> {
-    if let Some(store) = stores().lock().unwrap_or_else(|poisoned| poisoned.into_inner()).get(name) {
-        return Ok(store.clone());
+    Runtime::current().store(name).await
+}
+
+/// Makes `pool` the one inbox transactions of type `DB` begin on for dependency `name`, in
+/// [`Runtime::current`] (see [`Runtime::register_pool`]).
+pub fn register_pool<DB: sqlx::Database>(name: &str, pool: sqlx::Pool<DB>) {
+    Runtime::current().register_pool(name, pool)
+}
+
+/// The pool of type `DB` for dependency `name` in [`Runtime::current`] (see [`Runtime::pool`]).
+pub async fn pool<DB: StoreDatabase>(name: &str) -> Result<sqlx::Pool<DB>, sqlx::Error> {
+    Runtime::current().pool(name).await
+}
+
+/// The stores of one runtime.
+impl Runtime {
+    /// Makes `pool` the database of dependency `name` for this runtime's outbox, inbox and sagas,
+    /// creating Marty's tables in it (or checking them, with `[storage] migrate = false`) and
+    /// starting their pruning.
+    pub async fn register_store(&self, name: &str, pool: impl Into<Store>) -> Result<Store, sqlx::Error> {
+        let store = pool.into();
+        let connections = match &store {
+            #[cfg(feature = "postgres")]
+            Store::Postgres(pool) => pool.options().get_max_connections(),
+            #[cfg(feature = "sqlite")]
+            Store::Sqlite(pool) => pool.options().get_max_connections(),
+        };
+        self.size_bulkhead(name, connections);
+        schema::prepare(&store, &self.storage_config()).await?;
+        let stores = &self.shared().stores;
+        if lock(&stores.pruned).insert(name.to_owned()) {
+            prune::spawn_pruner(self.downgrade(), name, &store);
+        }
+        lock(&stores.registered).insert(name.to_owned(), store.clone());
+        Ok(store)
     }
-    let url = DependencyRegistry::global()
-        .and_then(|registry| registry.config().dependencies.get(name).and_then(|dependency| dependency.url.clone()))
-        .ok_or_else(|| config_error(format!("dependency `{name}` has no `url` and no pool was registered for it")))?;
-    let store = connect(&url).await?;
-    register(name, store).await
+
+    /// The database of dependency `name`: the registered pool, or one connected from its `url`.
+    pub async fn store(&self, name: &str) -> Result<Store, sqlx::Error> {
+        if let Some(store) = lock(&self.shared().stores.registered).get(name) {
+            return Ok(store.clone());
+        }
+        let url = self
+            .registry()
+            .and_then(|registry| registry.config().dependencies.get(name).and_then(|dependency| dependency.url.clone()))
+            .ok_or_else(|| {
+                config_error(format!("dependency `{name}` has no `url` and no pool was registered for it"))
+            })?;
+        let store = connect(&url).await?;
+        self.register_store(name, store).await
+    }
+
+    /// Makes `pool` the one inbox transactions of type `DB` begin on for dependency `name`: for a
+    /// service that talks to its database through `sqlx::Any` (so PostgreSQL or SQLite is a matter of
+    /// configuration). The outbox relay still connects its own pool from the dependency's `url`.
+    pub fn register_pool<DB: sqlx::Database>(&self, name: &str, pool: sqlx::Pool<DB>) {
+        self.size_bulkhead(name, pool.options().get_max_connections());
+        lock(&self.shared().stores.typed).insert((name.to_owned(), TypeId::of::<DB>()), Box::new(pool));
+    }
+
+    /// The pool of type `DB` for dependency `name`: the one registered with [`Self::register_pool`],
+    /// else the store's own when it is that database.
+    pub async fn pool<DB: StoreDatabase>(&self, name: &str) -> Result<sqlx::Pool<DB>, sqlx::Error> {
+        let registered = lock(&self.shared().stores.typed)
+            .get(&(name.to_owned(), TypeId::of::<DB>()))
+            .and_then(|pool| pool.downcast_ref::<sqlx::Pool<DB>>())
+            .cloned();
+        if let Some(pool) = registered {
+            return Ok(pool);
+        }
+        DB::pool_of(&self.store(name).await?).ok_or_else(|| {
+            config_error(format!(
+                "dependency `{name}` is not a {} database, as the handler's transaction type says",
+                DB::NAME
+            ))
+        })
+    }
+
+    /// Sizes dependency `name`'s bulkhead from the pool registered for it (see
+    /// [`crate::policy::Dependency::size_from_pool`]).
+    fn size_bulkhead(&self, name: &str, connections: u32) {
+        if let Some(dependency) = self.registry().and_then(|registry| registry.dependency(name)) {
+            dependency.size_from_pool(connections as usize);
+        }
+    }
 }
 
 /// Connects a pool to `url` (`postgres://..` or `sqlite:..`).
@@ -140,7 +215,7 @@ pub async fn connect(url: &str) -> Result<Store, sqlx::Error> {
 /// over either (with the `any` feature).
 pub trait StoreDatabase: sqlx::Database {
     /// `store`'s pool, when it is this database (an `Any` pool is registered on its own, see
-    /// [`register_pool`]).
+    /// [`Runtime::register_pool`]).
     fn pool_of(store: &Store) -> Option<sqlx::Pool<Self>>;
 }
 
@@ -173,62 +248,12 @@ impl StoreDatabase for sqlx::Any {
     }
 }
 
-type TypedPools = Mutex<HashMap<(String, TypeId), Box<dyn Any + Send + Sync>>>;
-
-fn typed_pools() -> &'static TypedPools {
-    static POOLS: OnceLock<TypedPools> = OnceLock::new();
-    POOLS.get_or_init(Default::default)
-}
-
-/// Makes `pool` the one inbox transactions of type `DB` begin on for dependency `name`: for a
-/// service that talks to its database through `sqlx::Any` (so PostgreSQL or SQLite is a matter of
-/// configuration). The outbox relay still connects its own pool from the dependency's `url`.
-pub fn register_pool<DB: sqlx::Database>(name: &str, pool: sqlx::Pool<DB>) {
-    size_bulkhead(name, pool.options().get_max_connections());
-    let mut pools = typed_pools().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-    pools.insert((name.to_owned(), TypeId::of::<DB>()), Box::new(pool));
-}
-
-/// The pool of type `DB` for dependency `name`: the one registered with [`register_pool`], else the
-/// store's own when it is that database.
-pub async fn pool<DB: StoreDatabase>(name: &str) -> Result<sqlx::Pool<DB>, sqlx::Error> {
-    let registered = {
-        let pools = typed_pools().lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        pools
-            .get(&(name.to_owned(), TypeId::of::<DB>()))
-            .and_then(|pool| pool.downcast_ref::<sqlx::Pool<DB>>())
-            .cloned()
-    };
-    if let Some(pool) = registered {
-        return Ok(pool);
-    }
-    DB::pool_of(&get(name).await?).ok_or_else(|| {
-        config_error(format!(
-            "dependency `{name}` is not a {} database, as the handler's transaction type says",
-            DB::NAME
-        ))
-    })
-}
-
 /// The error for a database Marty keeps no tables in.
 #[allow(dead_code)]
 pub(crate) fn unsupported(backend: &str) -> sqlx::Error {
     config_error(format!("marty keeps its outbox and inbox in PostgreSQL or SQLite, not {backend}"))
 }
 
-/// `[storage]` from the configuration in force, or its defaults when none is loaded.
-pub(crate) fn storage_config() -> marty_config::StorageConfig {
-    DependencyRegistry::global().map(|registry| registry.config().storage.clone()).unwrap_or_default()
-}
-
 fn config_error(problem: String) -> sqlx::Error {
     sqlx::Error::Configuration(problem.into())
-}
-
-/// Sizes dependency `name`'s bulkhead from the pool registered for it (see
-/// [`crate::policy::Dependency::size_from_pool`]).
-fn size_bulkhead(name: &str, connections: u32) {
-    if let Some(dependency) = DependencyRegistry::global().and_then(|registry| registry.dependency(name)) {
-        dependency.size_from_pool(connections as usize);
-    }
 }

@@ -4,8 +4,6 @@
 //! Every registered store gets a background task that prunes it, in batches, so a backlog never
 //! holds long locks.
 
-use std::collections::HashSet;
-use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use marty_config::StorageConfig;
@@ -13,6 +11,7 @@ use marty_config::StorageConfig;
 #[cfg(feature = "sqlite")]
 use super::unix_seconds;
 use super::{unix_millis, Store};
+use crate::runtime::WeakRuntime;
 
 /// What one [`prune`] deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -105,18 +104,14 @@ async fn prune_sagas(store: &Store, cutoff: i64) -> Result<u64, sqlx::Error> {
     Ok(done)
 }
 
-/// Starts the task that prunes the store of dependency `name`, once per name per process. It reads
-/// `[storage]` from the configuration in force at each round, so a reload applies.
-pub(crate) fn spawn_pruner(name: &str, store: &Store) {
-    static STARTED: OnceLock<Mutex<HashSet<String>>> = OnceLock::new();
-    let started = STARTED.get_or_init(Default::default);
-    if !started.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).insert(name.to_owned()) {
-        return;
-    }
+/// Starts the task that prunes the store of dependency `name` in `runtime` (once per name: the
+/// runtime remembers). It reads `[storage]` from the runtime's configuration at each round, so a
+/// reload applies, and ends with the runtime.
+pub(crate) fn spawn_pruner(runtime: WeakRuntime, name: &str, store: &Store) {
     let (name, store) = (name.to_owned(), store.clone());
     tokio::spawn(async move {
         loop {
-            let storage = super::storage_config();
+            let Some(storage) = runtime.upgrade().map(|runtime| runtime.storage_config()) else { return };
             tokio::time::sleep(interval(&storage)).await;
             match prune(&store, &storage).await {
                 Ok(pruned) if pruned != Pruned::default() => {

@@ -223,8 +223,8 @@ pub fn ddl(database: Database) -> String {
 
 /// Creates or upgrades Marty's tables in `store`, or with `[storage] migrate = false` checks that
 /// they are at the version this build needs.
-pub(crate) async fn prepare(store: &Store) -> Result<(), sqlx::Error> {
-    if super::storage_config().migrate {
+pub(crate) async fn prepare(store: &Store, storage: &marty_config::StorageConfig) -> Result<(), sqlx::Error> {
+    if storage.migrate {
         migrate(store).await
     } else {
         verify(store).await

@@ -6,7 +6,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{mpsc, oneshot};
 
@@ -110,10 +110,10 @@ impl MemoryBroker {
         Self::default()
     }
 
-    /// The process's shared broker, the one `[events] broker = "memory"` means.
+    /// The broker `[events] broker = "memory"` means in [`crate::Runtime::current`] (see
+    /// [`crate::Runtime::memory_broker`]).
     pub fn shared() -> Arc<dyn super::Broker> {
-        static SHARED: OnceLock<Arc<MemoryBroker>> = OnceLock::new();
-        SHARED.get_or_init(|| Arc::new(MemoryBroker::new())).clone()
+        crate::Runtime::current().memory_broker()
     }
 
     /// Every message a group gave up on, oldest first.

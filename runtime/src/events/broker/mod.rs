@@ -165,14 +165,22 @@ impl fmt::Display for BrokerError {
 
 impl std::error::Error for BrokerError {}
 
-/// The broker `[events]` names, connected: `memory` is this process's shared in-process broker.
+/// The broker `[events]` names, connected: `memory` is [`crate::Runtime::current`]'s in-process broker.
 pub async fn connect(config: Option<&marty_config::EventsConfig>) -> Result<Arc<dyn Broker>, BrokerError> {
+    connect_in(&crate::Runtime::current(), config).await
+}
+
+/// The broker `[events]` names, connected: `memory` is `runtime`'s in-process broker.
+pub(crate) async fn connect_in(
+    runtime: &crate::Runtime,
+    config: Option<&marty_config::EventsConfig>,
+) -> Result<Arc<dyn Broker>, BrokerError> {
     use marty_config::Broker as Kind;
     let Some(config) = config else {
-        return Ok(MemoryBroker::shared());
+        return Ok(runtime.memory_broker());
     };
     match config.broker {
-        Kind::Memory => Ok(MemoryBroker::shared()),
+        Kind::Memory => Ok(runtime.memory_broker()),
         #[cfg(feature = "nats")]
         Kind::Nats => {
             let url = config.url.as_deref().unwrap_or("nats://127.0.0.1:4222");

@@ -23,7 +23,7 @@ use super::Saga;
 use crate::events::{current_trace_context, new_event_id};
 use crate::metrics::{Metrics, SagaTypeMetrics};
 use crate::store::{unix_millis, Store};
-use crate::DependencyRegistry;
+use crate::Runtime;
 use drive::spawn_drive;
 use leases::{renew_leases, replica_from_environment, take_over};
 
@@ -218,27 +218,46 @@ enum Next {
 }
 
 impl<S: Saga> Orchestrator<S> {
-    /// The orchestrator for `S`, on the database dependency its `#[saga(store = ..)]` names, with
-    /// `[sagas]` settings and metrics from `marty.toml` (the one the macros checked, or `MARTY_CONFIG`).
-    /// It resumes unfinished sagas at once.
+    /// The orchestrator for `S` in [`Runtime::current`] (see [`Self::new_in`]).
     pub async fn new(env: S::Env) -> Result<Self, SagaError> {
+        Self::new_in(&Runtime::current(), env).await
+    }
+
+    /// The orchestrator for `S` in `runtime`: on the database dependency its `#[saga(store = ..)]`
+    /// names, with `[sagas]` settings and metrics from the runtime's `marty.toml` (the one the
+    /// macros checked, or `MARTY_CONFIG`). It resumes unfinished sagas at once, and stops when the
+    /// runtime's service shuts down gracefully, or at [`Self::shutdown`].
+    pub async fn new_in(runtime: &Runtime, env: S::Env) -> Result<Self, SagaError> {
         let definition = S::DEFINITION;
         let (path, text) = definition.config;
-        let registry =
-            DependencyRegistry::global_or_load(path, text).map_err(|error| SagaError::Config(error.to_string()))?;
-        let store = crate::store::get(definition.store).await?;
+        let registry = runtime.registry_or_load(path, text).map_err(|error| SagaError::Config(error.to_string()))?;
+        let store = runtime.store(definition.store).await?;
         let mut settings = registry.config().sagas.clone();
         if settings.replica.is_none() {
             settings.replica = replica_from_environment();
         }
-        Self::with_store(store, env, settings, registry.metrics()).await
+        Self::launch(runtime, store, env, settings, registry.metrics()).await
     }
 
     /// The orchestrator for `S` on `store`, with explicit settings, recording into `metrics`. With a
     /// `replica` name in `settings`, it takes back the unfinished sagas an earlier run of the same
     /// replica owned as soon as that run has missed two lease renewals, not once the whole lease ran
-    /// out.
+    /// out. It belongs to [`Runtime::current`]: Marty's tables are created in `store` (or checked,
+    /// as the runtime's `[storage] migrate` says), and it stops when the runtime's service shuts down
+    /// gracefully, or at [`Self::shutdown`].
     pub async fn with_store(
+        store: Store,
+        env: S::Env,
+        settings: SagasConfig,
+        metrics: &Metrics,
+    ) -> Result<Self, SagaError> {
+        Self::launch(&Runtime::current(), store, env, settings, metrics).await
+    }
+
+    /// Starts the orchestrator's background work in `runtime`, which stops it when its service shuts
+    /// down.
+    async fn launch(
+        runtime: &Runtime,
         store: Store,
         env: S::Env,
         settings: SagasConfig,
@@ -248,7 +267,7 @@ impl<S: Saga> Orchestrator<S> {
         if definition.steps.is_empty() {
             return Err(SagaError::Config(format!("saga `{}` has no steps", definition.name)));
         }
-        crate::store::schema::prepare(&store).await?;
+        crate::store::schema::prepare(&store, &runtime.storage_config()).await?;
         let step_names: Vec<&'static str> = definition.steps.iter().map(|step| step.name).collect();
         let replica_prefix = settings.replica.as_ref().map(|replica| format!("{replica}/{}/", definition.name));
         let owner = match &replica_prefix {
@@ -271,7 +290,7 @@ impl<S: Saga> Orchestrator<S> {
         let leases = tokio::spawn(renew_leases(inner.clone()));
         lock(&inner.background).extend([poller, leases]);
         let weak = Arc::downgrade(&inner);
-        super::on_shutdown(Box::new(move || {
+        runtime.shared().sagas.add(Box::new(move || {
             let orchestrator = Orchestrator { inner: weak.upgrade()? };
             Some(Box::pin(async move { orchestrator.shutdown().await }))
         }));
