@@ -78,6 +78,7 @@ mod duration;
 mod error;
 mod read;
 mod schema;
+mod security;
 pub mod suggest;
 mod tree;
 
@@ -91,6 +92,7 @@ pub use schema::{
     DependencyReadiness, EventsConfig, HttpConfig, KafkaConfig, ListenerConfig, LogFormat, NatsConfig, NatsStorage,
     OutboxConfig, QueueType, RabbitMqConfig, RetryConfig, SagasConfig, ServiceConfig, StorageConfig, TelemetryConfig,
 };
+pub use security::{Access, JwtConfig, KeySource, SecurityConfig, JWT_ALGORITHMS};
 pub use tree::ENV_PREFIX;
 
 /// The file name Marty looks for beside `Cargo.toml` (at compile time) or in the working directory.

@@ -318,6 +318,45 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// An array of distinct, non-empty strings (each with `${VAR}`s expanded at startup).
+    pub(crate) fn strings(&mut self, table: &Table<'_>, key: &str, example: &str) -> Option<Vec<String>> {
+        let node = find(table, key)?;
+        let Value::Array(items) = &node.value else {
+            self.type_error(table, key, node, "an array of strings", example);
+            return None;
+        };
+        let mut strings: Vec<String> = Vec::with_capacity(items.len());
+        for item in items {
+            let text = match &item.value {
+                Value::String(text) => text,
+                other => {
+                    let problem = format!("expected strings, found {}", other.type_name());
+                    let help = Some(format!("write it as `{key} = {example}`"));
+                    self.error(&item.origin, &join(&table.path, key), problem, help);
+                    return None;
+                }
+            };
+            let text = match self.expand {
+                Some(lookup) => self.expanded(table, key, item, text, lookup)?,
+                None => text.clone(),
+            };
+            let problem = if text.trim().is_empty() {
+                Some("an empty name".to_owned())
+            } else if strings.contains(&text) {
+                Some(format!("`{text}` is listed twice"))
+            } else {
+                None
+            };
+            if let Some(problem) = problem {
+                let help = Some(format!("list each once, e.g. `{key} = {example}`"));
+                self.error(&item.origin, &join(&table.path, key), problem, help);
+                return None;
+            }
+            strings.push(text);
+        }
+        Some(strings)
+    }
+
     pub(crate) fn has(&self, table: &Table<'_>, key: &str) -> bool {
         find(table, key).is_some()
     }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use crate::app::AppSettings;
 use crate::read::{join, Reader, Table};
+use crate::security::{read_security, SecurityConfig};
 use crate::suggest;
 
 /// A validated `marty.toml`.
@@ -38,6 +39,9 @@ pub struct Config {
     pub sagas: SagasConfig,
     /// `[storage]`: how Marty's tables are created and pruned (defaults when absent).
     pub storage: StorageConfig,
+    /// `[security]`: how callers authenticate and what routes require (none when absent: every
+    /// route is public).
+    pub security: Option<SecurityConfig>,
     /// `[app]`: the application's own settings; read them with `config.app.get::<YourSettings>()`.
     pub app: AppSettings,
 }
@@ -583,6 +587,7 @@ const ROOT_KEYS: &[&str] = &[
     "outbox",
     "sagas",
     "storage",
+    "security",
     "app",
 ];
 const HTTP_KEYS: &[&str] = &[
@@ -691,6 +696,7 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
     });
     let sagas = read_sagas(reader, root, &dependencies);
     let storage = read_storage(reader, root);
+    let security = read_security(reader, root);
     let app = AppSettings::new(file, reader.free_form(root, "app"));
     Config {
         file: file.to_owned(),
@@ -704,6 +710,7 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         outbox,
         sagas,
         storage,
+        security,
         app,
     }
 }

@@ -60,6 +60,9 @@ mod runtime;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod saga;
+#[cfg(feature = "security")]
+#[cfg_attr(docsrs, doc(cfg(feature = "security")))]
+pub mod security;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod service;

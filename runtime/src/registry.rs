@@ -118,9 +118,13 @@ impl DependencyRegistry {
             needs_restart.push(format!("dependency `{name}` was removed; it keeps its old settings until a restart"));
         }
         let previous = self.config();
-        if previous.service != config.service || previous.http != config.http || previous.telemetry != config.telemetry
+        if previous.service != config.service
+            || previous.http != config.http
+            || previous.telemetry != config.telemetry
+            || previous.security != config.security
         {
-            needs_restart.push("[service], [http] and [telemetry] changes apply after a restart".to_owned());
+            needs_restart
+                .push("[service], [http], [telemetry] and [security] changes apply after a restart".to_owned());
         }
         *self.config.write().unwrap_or_else(|poison| poison.into_inner()) = Arc::new(config);
         for warning in &needs_restart {

@@ -271,6 +271,7 @@ pub fn server_in<S: Routes>(runtime: &Runtime, service: S) -> Result<Server, Ser
 fn load_and_start_logging<S: Routes>(runtime: &Runtime) -> Result<Arc<DependencyRegistry>, ServeError> {
     let (path, text) = S::CONFIG;
     let registry = runtime.registry_or_load(path, text).map_err(ServeError::Config)?;
+    check_features(registry)?;
     if crate::telemetry::init(S::NAME, &registry.config().telemetry) {
         registry.log_provenance();
     }
@@ -313,6 +314,24 @@ pub async fn serve<S: Routes>(service: S) -> Result<(), ServeError> {
     server.serve().await.map_err(ServeError::Io)
 }
 
+/// Refuses a configuration that needs a feature this build of marty lacks: a service must not
+/// serve unprotected routes because `[security]` was silently ignored.
+fn check_features(registry: &DependencyRegistry) -> Result<(), ServeError> {
+    let config = registry.config();
+    if cfg!(not(feature = "security")) && config.security.is_some() {
+        return Err(ServeError::Config(crate::Error::Config(Arc::new(marty_config::ConfigErrors(vec![
+            marty_config::ConfigError {
+                file: config.file.clone(),
+                origin: marty_config::Origin::Missing,
+                key: "security".to_owned(),
+                problem: "`[security]` is configured, but marty was built without its `security` feature".to_owned(),
+                help: Some("add `features = [\"security\"]` to marty in Cargo.toml".to_owned()),
+            },
+        ])))));
+    }
+    Ok(())
+}
+
 /// The header carrying a request's id, taken from the client when present, generated otherwise.
 pub const REQUEST_ID: axum::http::HeaderName = axum::http::HeaderName::from_static("x-request-id");
 
@@ -322,6 +341,9 @@ pub struct Server {
     routes: Router,
     runtime: Runtime,
     registry: Arc<DependencyRegistry>,
+    /// `[security]`: what the service's own routes require of a caller.
+    #[cfg(feature = "security")]
+    authenticator: Option<Arc<crate::security::Authenticator>>,
     readiness: Arc<Readiness>,
     checks: Vec<HealthCheck>,
     #[cfg(feature = "grpc")]
@@ -341,14 +363,19 @@ impl Server {
                     .into(),
             )
         })?;
+        check_features(&registry)?;
         Ok(Self::with_registry(routes, runtime.clone(), registry))
     }
 
     fn with_registry(routes: Router, runtime: Runtime, registry: Arc<DependencyRegistry>) -> Self {
+        #[cfg(feature = "security")]
+        let authenticator = registry.config().security.as_ref().map(crate::security::Authenticator::from_config);
         Server {
             routes,
             runtime,
             registry,
+            #[cfg(feature = "security")]
+            authenticator,
             readiness: Arc::new(Readiness::default()),
             checks: Vec::new(),
             #[cfg(feature = "grpc")]
@@ -408,7 +435,18 @@ impl Server {
 
     /// User routes and built-in endpoints, before the layer every request passes.
     fn http_routes(&self) -> Router {
-        self.routes.clone().merge(self.operations_routes()).fallback(errors::not_found)
+        self.guarded_routes().merge(self.operations_routes()).fallback(errors::not_found)
+    }
+
+    /// The service's own routes, behind `[security]` when it is configured (the built-in endpoints
+    /// stay open to probes and scrapers).
+    fn guarded_routes(&self) -> Router {
+        #[cfg(feature = "security")]
+        if let Some(authenticator) = &self.authenticator {
+            let guard = axum::middleware::from_fn_with_state(authenticator.clone(), crate::security::guard);
+            return self.routes.clone().route_layer(guard);
+        }
+        self.routes.clone()
     }
 
     /// The built-in endpoints: liveness, readiness and metrics.
@@ -436,7 +474,7 @@ impl Server {
     fn connection_services(mut self, management: bool) -> ConnectionServices {
         let observe = self.http_layer();
         let api_routes = match management {
-            true => self.routes.clone().fallback(errors::not_found),
+            true => self.guarded_routes().fallback(errors::not_found),
             false => self.http_routes(),
         };
         let http = api_routes.layer(observe.clone());
@@ -502,6 +540,10 @@ impl Server {
         let readiness = self.readiness.clone();
         readiness.begin_starting();
         let exports = crate::telemetry::Exports::start(self.registry.metrics());
+        #[cfg(feature = "security")]
+        if let Some(authenticator) = &self.authenticator {
+            authenticator.start();
+        }
         // Flips to true when the listeners must stop accepting; every listener and the in-flight
         // deadline wait on it.
         let (stop_accepting, stopped) = tokio::sync::watch::channel(false);
@@ -523,6 +565,7 @@ impl Server {
                 let _ = stopped.wait_for(|stopped| *stopped).await;
             }
         };
+        #[cfg_attr(not(feature = "events"), allow(unused_variables))]
         let (runtime, registry) = (self.runtime.clone(), self.registry.clone());
         #[cfg(feature = "events")]
         let startup = events::start(

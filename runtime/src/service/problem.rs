@@ -43,6 +43,9 @@ pub struct Problem {
 pub enum ProblemType {
     /// 400: the request could not be read (malformed HTTP, JSON or parameters).
     BadRequest,
+    /// 401: the request has no credentials, or credentials that are not valid (see
+    /// `WWW-Authenticate`).
+    Unauthorized,
     /// 404: no route matches.
     NotFound,
     /// 405: the route exists for other methods (see `Allow`).
@@ -73,6 +76,7 @@ impl ProblemType {
     pub fn uri(self) -> &'static str {
         match self {
             ProblemType::BadRequest => "urn:marty:problem:bad-request",
+            ProblemType::Unauthorized => "urn:marty:problem:unauthorized",
             ProblemType::NotFound => "urn:marty:problem:not-found",
             ProblemType::MethodNotAllowed => "urn:marty:problem:method-not-allowed",
             ProblemType::RequestTimeout => "urn:marty:problem:request-timeout",

@@ -1,0 +1,283 @@
+//! `[security]`: who may call the service, and how callers prove who they are.
+
+use std::time::Duration;
+
+use crate::read::{join, Reader, Table};
+
+/// `[security]`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct SecurityConfig {
+    /// What a route without `#[public]` or `#[authorize]` requires.
+    pub default: Access,
+    /// The roles the service's attributes may name.
+    pub roles: Vec<String>,
+    /// The scopes the service's attributes may name.
+    pub scopes: Vec<String>,
+    /// `[security.jwt]`: bearer tokens from an OpenID Connect or OAuth2 issuer.
+    pub jwt: Option<JwtConfig>,
+}
+
+/// What a route requires of its caller.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// A caller who proved who they are (`"authenticated"`, the default).
+    Authenticated,
+    /// Anyone (`"public"`).
+    Public,
+}
+
+/// `[security.jwt]`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct JwtConfig {
+    /// The `iss` every token must carry.
+    pub issuer: String,
+    /// The `aud` values accepted: a token must name at least one.
+    pub audiences: Vec<String>,
+    /// The signature algorithms accepted (default `["RS256", "ES256"]`).
+    pub algorithms: Vec<String>,
+    /// Where the issuer's public keys are.
+    pub keys: KeySource,
+    /// How far `exp` and `nbf` may be off, for clocks that disagree (default `30s`).
+    pub leeway: Duration,
+    /// The claim holding the caller's roles, dotted for nested objects (default `roles`; Keycloak's
+    /// is `realm_access.roles`).
+    pub roles_claim: String,
+    /// The claim holding the caller's scopes, a space-separated string or an array (default
+    /// `scope`; `scp` is read when it is absent).
+    pub scopes_claim: String,
+    /// How often the keys are fetched again in the background (default `5m`).
+    pub refresh: Duration,
+}
+
+/// Where an issuer publishes its public keys.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    /// A JWKS document at this URL.
+    Jwks(String),
+    /// OpenID Connect discovery: `<issuer>/.well-known/openid-configuration` names the JWKS.
+    Discovery(String),
+}
+
+/// Algorithms a token may be signed with: asymmetric only, so the service holds no secret.
+pub const JWT_ALGORITHMS: &[&str] = &["RS256", "RS384", "PS256", "ES256", "ES384", "EdDSA"];
+
+const SECURITY_KEYS: &[&str] = &["default", "roles", "scopes", "jwt"];
+const JWT_KEYS: &[&str] = &[
+    "issuer",
+    "audiences",
+    "algorithms",
+    "jwks_url",
+    "discovery_url",
+    "leeway",
+    "roles_claim",
+    "scopes_claim",
+    "refresh",
+];
+
+pub(crate) fn read_security(reader: &mut Reader<'_>, root: &Table<'_>) -> Option<SecurityConfig> {
+    let table = reader.table(root, "security")?;
+    reader.deny_unknown_keys(&table, SECURITY_KEYS);
+    let default = match reader.choice(&table, "default", &["authenticated", "public"]).as_deref() {
+        Some("public") => Access::Public,
+        _ => Access::Authenticated,
+    };
+    let roles = reader.strings(&table, "roles", "[\"admin\", \"clerk\"]").unwrap_or_default();
+    let scopes = reader.strings(&table, "scopes", "[\"orders:read\", \"orders:write\"]").unwrap_or_default();
+    let jwt = reader.table(&table, "jwt").and_then(|jwt| read_jwt(reader, &jwt));
+    if jwt.is_none() && !reader.has(&table, "jwt") && default == Access::Authenticated {
+        let origin = reader.origin_of(&table, "default").clone();
+        let help = Some(
+            "configure how callers authenticate, e.g. `[security.jwt]` with `issuer`, `audiences` and `jwks_url`, \
+             or set `default = \"public\"`"
+                .to_owned(),
+        );
+        reader.error(
+            &origin,
+            "security.default",
+            "every route needs an authenticated caller, but nothing can authenticate one",
+            help,
+        );
+    }
+    Some(SecurityConfig { default, roles, scopes, jwt })
+}
+
+fn read_jwt(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<JwtConfig> {
+    reader.deny_unknown_keys(table, JWT_KEYS);
+    let issuer = required_string(reader, table, "issuer", "\"https://login.example.com/realms/shop\"");
+    let audiences = reader.strings(table, "audiences", "[\"orders\"]");
+    if audiences.as_ref().is_some_and(Vec::is_empty) || (audiences.is_none() && !reader.has(table, "audiences")) {
+        let origin = reader.origin_of(table, "audiences").clone();
+        let help =
+            Some("name the audience this service's tokens are issued for: `audiences = [\"orders\"]`".to_owned());
+        reader.error(&origin, "security.jwt.audiences", "no audience: a token issued for any service would do", help);
+    }
+    let algorithms = read_algorithms(reader, table);
+    let keys = read_key_source(reader, table);
+    let leeway = reader.duration(table, "leeway").unwrap_or(Duration::from_secs(30));
+    if leeway > Duration::from_secs(300) {
+        let origin = reader.origin_of(table, "leeway").clone();
+        let help = Some("keep it to clock skew: `leeway = \"30s\"`".to_owned());
+        reader.error(&origin, "security.jwt.leeway", "more than 5 minutes keeps expired tokens valid", help);
+    }
+    let refresh = reader.duration(table, "refresh").unwrap_or(Duration::from_secs(300));
+    let roles_claim = reader.string(table, "roles_claim").unwrap_or_else(|| "roles".to_owned());
+    let scopes_claim = reader.string(table, "scopes_claim").unwrap_or_else(|| "scope".to_owned());
+    Some(JwtConfig {
+        issuer: issuer?,
+        audiences: audiences.filter(|audiences| !audiences.is_empty())?,
+        algorithms: algorithms?,
+        keys: keys?,
+        leeway,
+        roles_claim,
+        scopes_claim,
+        refresh,
+    })
+}
+
+fn required_string(reader: &mut Reader<'_>, table: &Table<'_>, key: &str, example: &str) -> Option<String> {
+    let value = reader.string(table, key);
+    if value.is_none() && !reader.has(table, key) {
+        let origin = reader.origin_of(table, key).clone();
+        reader.error(&origin, &join(&table.path, key), "missing key", Some(format!("add `{key} = {example}`")));
+    }
+    value
+}
+
+/// `algorithms`: asymmetric ones only, never `none`.
+fn read_algorithms(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<Vec<String>> {
+    let Some(algorithms) = reader.strings(table, "algorithms", "[\"RS256\", \"ES256\"]") else {
+        return (!reader.has(table, "algorithms")).then(|| vec!["RS256".to_owned(), "ES256".to_owned()]);
+    };
+    let origin = reader.origin_of(table, "algorithms").clone();
+    let key = "security.jwt.algorithms";
+    let valid = crate::suggest::list(JWT_ALGORITHMS.iter().copied());
+    for algorithm in &algorithms {
+        if JWT_ALGORITHMS.contains(&algorithm.as_str()) {
+            continue;
+        }
+        let (problem, help) = match algorithm.to_ascii_uppercase().as_str() {
+            "NONE" => ("`none` accepts unsigned tokens: anyone could forge one".to_owned(), format!("accepted: {valid}")),
+            hmac if hmac.starts_with("HS") => (
+                format!("`{algorithm}` is HMAC: it would need the issuer's shared secret, and accept tokens signed with the public key"),
+                format!("use the issuer's asymmetric keys: {valid}"),
+            ),
+            _ => (
+                format!("unknown algorithm `{algorithm}`"),
+                match crate::suggest::nearest(algorithm, JWT_ALGORITHMS.iter().copied()) {
+                    Some(near) => format!("did you mean `{near}`? accepted: {valid}"),
+                    None => format!("accepted: {valid}"),
+                },
+            ),
+        };
+        reader.error(&origin, key, problem, Some(help));
+        return None;
+    }
+    if algorithms.is_empty() {
+        reader.error(&origin, key, "no algorithm: no token could be accepted", Some(format!("accepted: {valid}")));
+        return None;
+    }
+    Some(algorithms)
+}
+
+/// `jwks_url` or `discovery_url`, exactly one, over HTTPS unless the issuer is on this machine.
+fn read_key_source(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<KeySource> {
+    let jwks = reader.string(table, "jwks_url");
+    let discovery = reader.string(table, "discovery_url");
+    let (key, source) = match (jwks, discovery) {
+        (Some(url), None) => ("jwks_url", KeySource::Jwks(url)),
+        (None, Some(url)) => ("discovery_url", KeySource::Discovery(url)),
+        (Some(_), Some(_)) => {
+            let origin = reader.origin_of(table, "discovery_url").clone();
+            let help = Some("keep one: `jwks_url` names the keys, `discovery_url` the issuer's metadata".to_owned());
+            reader.error(&origin, "security.jwt.discovery_url", "both `jwks_url` and `discovery_url`", help);
+            return None;
+        }
+        (None, None) => {
+            if !reader.has(table, "jwks_url") && !reader.has(table, "discovery_url") {
+                let origin = reader.origin_of(table, "jwks_url").clone();
+                let help = Some(
+                    "add `jwks_url = \"https://login.example.com/.../certs\"`, or `discovery_url` for OpenID Connect discovery"
+                        .to_owned(),
+                );
+                reader.error(&origin, "security.jwt.jwks_url", "no keys to check signatures with", help);
+            }
+            return None;
+        }
+    };
+    let (KeySource::Jwks(url) | KeySource::Discovery(url)) = &source;
+    if !is_https_or_local(url) {
+        let origin = reader.origin_of(table, key).clone();
+        let help =
+            Some("use `https://` (plain `http://` only for an issuer on this machine, in development)".to_owned());
+        reader.error(
+            &origin,
+            &format!("security.jwt.{key}"),
+            format!("`{url}` is not HTTPS: keys fetched over it could be replaced"),
+            help,
+        );
+        return None;
+    }
+    Some(source)
+}
+
+fn is_https_or_local(url: &str) -> bool {
+    if url.starts_with("https://") {
+        return true;
+    }
+    let Some(rest) = url.strip_prefix("http://") else { return false };
+    let host = rest.split(['/', '?']).next().unwrap_or("");
+    let host = match host.rsplit_once(':') {
+        Some((host, port)) if port.chars().all(|c| c.is_ascii_digit()) => host,
+        _ => host,
+    };
+    matches!(host, "localhost" | "127.0.0.1" | "[::1]")
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+
+    fn errors(text: &str) -> String {
+        Config::parse(text, "marty.toml").unwrap_err().to_string()
+    }
+
+    const JWT: &str = "[security.jwt]\nissuer = \"https://id.example\"\naudiences = [\"orders\"]\njwks_url = \"https://id.example/certs\"\n";
+
+    #[test]
+    fn a_jwt_issuer_is_read_with_its_defaults() {
+        let config = Config::parse(&format!("[security]\nroles = [\"admin\"]\n{JWT}"), "marty.toml").unwrap();
+        let security = config.security.unwrap();
+        assert_eq!(security.default, super::Access::Authenticated);
+        assert_eq!(security.roles, ["admin"]);
+        let jwt = security.jwt.unwrap();
+        assert_eq!(jwt.algorithms, ["RS256", "ES256"]);
+        assert_eq!(jwt.keys, super::KeySource::Jwks("https://id.example/certs".into()));
+        assert_eq!((jwt.roles_claim.as_str(), jwt.scopes_claim.as_str()), ("roles", "scope"));
+    }
+
+    #[test]
+    fn unsafe_algorithms_and_plain_http_keys_are_refused_with_the_fix() {
+        let none = errors(&format!("{JWT}algorithms = [\"none\"]\n"));
+        assert!(none.contains("security.jwt.algorithms") && none.contains("forge"), "{none}");
+        let hmac = errors(&format!("{JWT}algorithms = [\"HS256\"]\n"));
+        assert!(hmac.contains("HMAC") && hmac.contains("RS256"), "{hmac}");
+        let typo = errors(&format!("{JWT}algorithms = [\"RS265\"]\n"));
+        assert!(typo.contains("did you mean `RS256`"), "{typo}");
+        let plain = errors(&JWT.replace("https://id.example/certs", "http://id.example/certs"));
+        assert!(plain.contains("security.jwt.jwks_url") && plain.contains("not HTTPS"), "{plain}");
+        assert!(Config::parse(&JWT.replace("https://id.example/certs", "http://127.0.0.1:9/certs"), "m").is_ok());
+    }
+
+    #[test]
+    fn authentication_by_default_needs_a_way_to_authenticate() {
+        let error = errors("[security]\nroles = [\"admin\"]\n");
+        assert!(error.contains("security.default") && error.contains("[security.jwt]"), "{error}");
+        assert!(Config::parse("[security]\ndefault = \"public\"\n", "m").is_ok());
+        let audience = errors(&JWT.replace("audiences = [\"orders\"]\n", ""));
+        assert!(audience.contains("security.jwt.audiences"), "{audience}");
+        let twice = errors("[security]\ndefault = \"public\"\nroles = [\"admin\", \"admin\"]\n");
+        assert!(twice.contains("listed twice"), "{twice}");
+    }
+}

@@ -1,0 +1,233 @@
+//! Who may call a service: callers authenticate with a bearer token (a JWT from your OpenID Connect
+//! or OAuth2 issuer), checked against the issuer's public keys, and handlers read the caller as a
+//! [`Principal`]. Configured under `[security]` in `marty.toml` (feature `security`):
+//!
+//! ```toml
+//! [security]
+//! default = "authenticated"   # what a route requires; "public" lets anyone in
+//! roles = ["admin", "clerk"]  # the roles the service's attributes may name
+//! scopes = ["orders:read"]
+//!
+//! [security.jwt]
+//! issuer = "https://login.example.com/realms/shop"
+//! audiences = ["orders"]
+//! jwks_url = "https://login.example.com/realms/shop/protocol/openid-connect/certs"
+//! # or: discovery_url = "https://login.example.com/realms/shop/.well-known/openid-configuration"
+//! algorithms = ["RS256", "ES256"]      # asymmetric only: never `none`, never HMAC
+//! roles_claim = "realm_access.roles"   # dotted for nested claims (default `roles`)
+//! scopes_claim = "scope"               # a space-separated string or an array (`scp` when absent)
+//! leeway = "30s"
+//! refresh = "5m"
+//! ```
+//!
+//! What a request gets:
+//! - no `Authorization: Bearer` on a route that needs a caller: **401** with `WWW-Authenticate:
+//!   Bearer`; a token that is not valid (signature, issuer, audience, expiry, algorithm): **401**
+//!   with `WWW-Authenticate: Bearer error="invalid_token"` and nothing said about why (the reason
+//!   goes to the log at debug level, on target `marty::security`; the token never does);
+//! - before the issuer's keys were ever fetched: **503** with `Retry-After` (the token may well be
+//!   valid); once fetched, the keys are refreshed every `refresh` and when a token names a key not
+//!   in the cache (at most once every 10 s), and the cached keys keep validating while the issuer
+//!   is unreachable;
+//! - `/healthz`, `/readyz` and `/metrics` stay open to probes and scrapers.
+//!
+//! All answers are problem+json. Not yet here: per-route `#[authorize]` / `#[public]`, API keys,
+//! mTLS identities, gRPC, rate limiting and the audit trail.
+
+mod jwks;
+mod principal;
+
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use jsonwebtoken::{Algorithm, Validation};
+use marty_config::{Access, JwtConfig, SecurityConfig};
+
+use crate::service::{Problem, ProblemType};
+pub use principal::Principal;
+
+/// Checks every request's credentials, as `[security]` says.
+pub(crate) struct Authenticator {
+    default: Access,
+    jwt: Option<JwtCheck>,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator").field("default", &self.default).finish_non_exhaustive()
+    }
+}
+
+/// Why a request is turned away.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Denial {
+    /// No credentials where a caller is needed.
+    Missing,
+    /// Credentials that are not valid; why stays in the log.
+    Invalid,
+    /// Credentials cannot be checked now (the issuer's keys were never fetched).
+    Unavailable,
+}
+
+impl Denial {
+    pub(crate) fn into_response(self, _grpc: bool) -> Response {
+        let (status, kind, detail, challenge) = match self {
+            Denial::Missing => (
+                StatusCode::UNAUTHORIZED,
+                ProblemType::Unauthorized,
+                "this request needs credentials: send `Authorization: Bearer <token>`",
+                Some("Bearer"),
+            ),
+            Denial::Invalid => (
+                StatusCode::UNAUTHORIZED,
+                ProblemType::Unauthorized,
+                "the bearer token is not valid",
+                Some("Bearer error=\"invalid_token\""),
+            ),
+            Denial::Unavailable => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                ProblemType::Unavailable,
+                "the service cannot check credentials now; try again later",
+                None,
+            ),
+        };
+        let mut problem = Problem::new(status, detail).with_type(kind.uri());
+        if self == Denial::Unavailable {
+            problem = problem.retry_after(jwks::MIN_REFETCH.as_secs());
+        }
+        let mut response = problem.into_response();
+        if let Some(challenge) = challenge {
+            response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
+        response
+    }
+}
+
+impl Authenticator {
+    pub(crate) fn from_config(config: &SecurityConfig) -> Arc<Self> {
+        Arc::new(Authenticator { default: config.default, jwt: config.jwt.as_ref().map(JwtCheck::new) })
+    }
+
+    /// Starts fetching the issuer's keys, and refreshing them, in the background.
+    pub(crate) fn start(&self) {
+        if let Some(jwt) = &self.jwt {
+            jwt.keys.spawn_refresh(jwt.config.refresh);
+        }
+    }
+
+    /// The caller `headers` prove, if any.
+    async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Principal>, Denial> {
+        let mut values = headers.get_all(header::AUTHORIZATION).iter();
+        let Some(value) = values.next() else { return Ok(None) };
+        if values.next().is_some() {
+            return Err(denied("more than one Authorization header"));
+        }
+        let value = value.to_str().map_err(|_| denied("an Authorization header that is not text"))?;
+        let token = match value.split_once(' ') {
+            Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") => token.trim(),
+            _ => return Err(denied("an Authorization header that is not a bearer token")),
+        };
+        match &self.jwt {
+            Some(jwt) => jwt.check(token).await.map(Some),
+            None => Err(denied("a bearer token, and no `[security.jwt]` to check it with")),
+        }
+    }
+}
+
+/// Logs why credentials were refused (never the credentials), and refuses them.
+fn denied(reason: &str) -> Denial {
+    tracing::debug!(target: "marty::security", reason, "credentials refused");
+    Denial::Invalid
+}
+
+/// The middleware on the service's own routes: a caller proven, refused, or not needed.
+pub(crate) async fn guard(State(auth): State<Arc<Authenticator>>, mut request: Request, next: Next) -> Response {
+    let grpc = false;
+    match auth.authenticate(request.headers()).await {
+        Ok(Some(principal)) => {
+            request.extensions_mut().insert(principal);
+            next.run(request).await
+        }
+        Ok(None) if auth.default == Access::Public => next.run(request).await,
+        Ok(None) => Denial::Missing.into_response(grpc),
+        Err(denial) => denial.into_response(grpc),
+    }
+}
+
+/// Bearer tokens checked against `[security.jwt]`.
+struct JwtCheck {
+    config: JwtConfig,
+    algorithms: Vec<Algorithm>,
+    keys: Arc<jwks::KeySet>,
+}
+
+impl JwtCheck {
+    fn new(config: &JwtConfig) -> Self {
+        // The configuration checked the names already.
+        let algorithms = config.algorithms.iter().filter_map(|name| name.parse().ok()).collect();
+        let keys = jwks::KeySet::new(config.keys.clone(), config.issuer.clone());
+        JwtCheck { config: config.clone(), algorithms, keys }
+    }
+
+    async fn check(&self, token: &str) -> Result<Principal, Denial> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| denied("a token that is not a JWT"))?;
+        if !self.algorithms.contains(&header.alg) {
+            return Err(denied("a token signed with an algorithm `[security.jwt] algorithms` does not accept"));
+        }
+        let kid = header.kid.as_deref();
+        let key = match self.keys.lookup(kid) {
+            jwks::Lookup::Found(key) => key,
+            jwks::Lookup::NotFetched | jwks::Lookup::Unknown => {
+                self.keys.refetch_for_unknown_key().await;
+                match self.keys.lookup(kid) {
+                    jwks::Lookup::Found(key) => key,
+                    jwks::Lookup::Unknown => {
+                        return Err(denied("a token signed with a key the issuer does not publish"))
+                    }
+                    jwks::Lookup::NotFetched => return Err(Denial::Unavailable),
+                }
+            }
+        };
+        if key.algorithm.is_some_and(|pinned| pinned != header.alg) {
+            return Err(denied("a token whose algorithm is not the one its key is for"));
+        }
+        let mut validation = Validation::new(header.alg);
+        validation.set_issuer(&[&self.config.issuer]);
+        validation.set_audience(&self.config.audiences);
+        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        validation.validate_nbf = true;
+        validation.leeway = self.config.leeway.as_secs();
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key.decoding, &validation)
+            .map_err(|error| denied(&format!("a token that does not validate: {error}")))?
+            .claims;
+        let subject = claims
+            .get("sub")
+            .and_then(|sub| sub.as_str())
+            .ok_or_else(|| denied("a token whose `sub` is not a string"))?;
+        let roles = names_at(&claims, &self.config.roles_claim);
+        let scopes = match (self.config.scopes_claim.as_str(), claim_at(&claims, &self.config.scopes_claim)) {
+            ("scope", None) => names_at(&claims, "scp"),
+            (path, _) => names_at(&claims, path),
+        };
+        Ok(Principal::new(subject.to_owned(), roles, scopes, claims))
+    }
+}
+
+/// The claim at a dotted `path` (`realm_access.roles`).
+fn claim_at<'a>(claims: &'a serde_json::Value, path: &str) -> Option<&'a serde_json::Value> {
+    path.split('.').try_fold(claims, |value, key| value.get(key))
+}
+
+/// The names a claim holds: an array of strings, or one space-separated string (OAuth2's `scope`).
+fn names_at(claims: &serde_json::Value, path: &str) -> Vec<String> {
+    match claim_at(claims, path) {
+        Some(serde_json::Value::Array(items)) => {
+            items.iter().filter_map(|item| item.as_str()).map(str::to_owned).collect()
+        }
+        Some(serde_json::Value::String(names)) => names.split_whitespace().map(str::to_owned).collect(),
+        _ => Vec::new(),
+    }
+}

@@ -1,0 +1,254 @@
+//! `[security]` with real cryptography: an issuer served by the test publishes ES256 keys generated
+//! here, and a service checks bearer tokens against them. Forged, expired, misdirected and unsigned
+//! tokens are refused with a 401 that says nothing of why; keys rotate; a flood of made-up key ids
+//! fetches nothing more; the cached keys keep validating while the issuer is down.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use marty::axum::extract::State;
+use marty::axum::http::StatusCode;
+use marty::axum::routing::get;
+use marty::axum::{Json, Router};
+use marty::config::Config;
+use marty::security::Principal;
+use marty::service::{RunningServer, Server};
+use marty::{DependencyRegistry, Runtime};
+use ring::rand::SystemRandom;
+use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
+use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A signing key of the issuer's.
+struct SigningKey {
+    kid: String,
+    pkcs8: Vec<u8>,
+    jwk: Value,
+}
+
+impl SigningKey {
+    fn generate(kid: &str) -> Self {
+        let rng = SystemRandom::new();
+        let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng).unwrap().as_ref().to_vec();
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &pkcs8, &rng).unwrap();
+        // An uncompressed point: 0x04, then x and y.
+        let point = pair.public_key().as_ref();
+        let jwk = json!({
+            "kty": "EC", "crv": "P-256", "use": "sig", "alg": "ES256", "kid": kid,
+            "x": URL_SAFE_NO_PAD.encode(&point[1..33]), "y": URL_SAFE_NO_PAD.encode(&point[33..]),
+        });
+        SigningKey { kid: kid.to_owned(), pkcs8, jwk }
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        let header = Header { kid: Some(self.kid.clone()), ..Header::new(Algorithm::ES256) };
+        jsonwebtoken::encode(&header, claims, &EncodingKey::from_ec_der(&self.pkcs8)).unwrap()
+    }
+}
+
+/// The issuer's JWKS endpoint: the keys it publishes, how often it was asked, and whether it is up.
+#[derive(Default)]
+struct Issuer {
+    keys: Mutex<Vec<Value>>,
+    fetches: AtomicUsize,
+    down: AtomicBool,
+}
+
+async fn jwks(State(issuer): State<Arc<Issuer>>) -> Result<Json<Value>, StatusCode> {
+    issuer.fetches.fetch_add(1, Ordering::SeqCst);
+    if issuer.down.load(Ordering::SeqCst) {
+        return Err(StatusCode::SERVICE_UNAVAILABLE);
+    }
+    Ok(Json(json!({ "keys": *issuer.keys.lock().unwrap() })))
+}
+
+async fn start_issuer(issuer: Arc<Issuer>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/certs", get(jwks)).with_state(issuer);
+    tokio::spawn(async move { marty::axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+const ISSUER: &str = "https://id.example.test/realms/shop";
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn claims() -> Value {
+    json!({
+        "iss": ISSUER, "aud": "orders", "sub": "alice", "exp": now() + 300, "iat": now(),
+        "realm_access": { "roles": ["clerk"] }, "scope": "orders:read orders:write", "tenant": "acme",
+    })
+}
+
+/// A service whose one route says who called it, secured by `[security]` against `jwks`.
+async fn serve(jwks: SocketAddr) -> RunningServer {
+    let text = format!(
+        r#"
+[security]
+roles = ["clerk", "admin"]
+
+[security.jwt]
+issuer = "{ISSUER}"
+audiences = ["orders"]
+algorithms = ["ES256"]
+jwks_url = "http://{jwks}/certs"
+roles_claim = "realm_access.roles"
+"#
+    );
+    let runtime = Runtime::new(DependencyRegistry::from_config(Config::parse(&text, "marty.toml").unwrap()));
+    #[derive(serde::Deserialize)]
+    struct Tenant {
+        tenant: String,
+    }
+    let whoami = |caller: Principal| async move {
+        let tenant = caller.claims::<Tenant>().unwrap().tenant;
+        Json(
+            json!({ "subject": caller.subject(), "roles": caller.roles(), "scopes": caller.scopes(), "tenant": tenant }),
+        )
+    };
+    let server = Server::new(Router::new().route("/whoami", get(whoami)), &runtime).unwrap();
+    server.start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap()
+}
+
+struct Answer {
+    status: u16,
+    head: String,
+    body: String,
+}
+
+async fn call(addr: SocketAddr, path: &str, token: Option<&str>) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let authorization = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{authorization}Connection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = String::new();
+    stream.read_to_string(&mut raw).await.unwrap();
+    let (head, body) = raw.split_once("\r\n\r\n").unwrap();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    Answer { status, head: head.to_ascii_lowercase(), body: body.to_owned() }
+}
+
+fn assert_refused(answer: &Answer, challenge: &str) {
+    assert_eq!(answer.status, 401, "{}", answer.body);
+    assert!(answer.head.contains(&format!("www-authenticate: {challenge}")), "{}", answer.head);
+    assert!(answer.head.contains("content-type: application/problem+json"), "{}", answer.head);
+    for secret in ["signature", "expired", "audience", "issuer", "kid", "algorithm"] {
+        assert!(!answer.body.to_lowercase().contains(secret), "the answer says why: {}", answer.body);
+    }
+}
+
+#[tokio::test]
+async fn bearer_tokens_are_checked_against_the_issuers_keys() {
+    let issuer = Arc::new(Issuer::default());
+    let key = SigningKey::generate("2026-12");
+    issuer.keys.lock().unwrap().push(key.jwk.clone());
+    let service = serve(start_issuer(issuer.clone()).await).await;
+    let addr = service.addr();
+
+    let answer = call(addr, "/whoami", Some(&key.sign(&claims()))).await;
+    assert_eq!(answer.status, 200, "{}", answer.body);
+    let caller: Value = serde_json::from_str(&answer.body).unwrap();
+    assert_eq!(caller["subject"], "alice");
+    assert_eq!(caller["roles"], json!(["clerk"]));
+    assert_eq!(caller["scopes"], json!(["orders:read", "orders:write"]));
+    assert_eq!(caller["tenant"], "acme");
+
+    assert_refused(&call(addr, "/whoami", None).await, "bearer\r");
+    // Probes and scrapers need no token.
+    assert_eq!(call(addr, "/healthz", None).await.status, 200);
+    assert_eq!(call(addr, "/metrics", None).await.status, 200);
+
+    let invalid = "bearer error=\"invalid_token\"";
+    // Signed by a key the issuer does not publish, under the published key's id.
+    let forger = SigningKey { kid: key.kid.clone(), ..SigningKey::generate("forged") };
+    assert_refused(&call(addr, "/whoami", Some(&forger.sign(&claims()))).await, invalid);
+    // Expired (beyond the leeway), for another audience, from another issuer, without a subject.
+    let mut expired = claims();
+    expired["exp"] = json!(now() - 120);
+    assert_refused(&call(addr, "/whoami", Some(&key.sign(&expired))).await, invalid);
+    let mut elsewhere = claims();
+    elsewhere["aud"] = json!("payments");
+    assert_refused(&call(addr, "/whoami", Some(&key.sign(&elsewhere))).await, invalid);
+    let mut impostor = claims();
+    impostor["iss"] = json!("https://evil.example.test");
+    assert_refused(&call(addr, "/whoami", Some(&key.sign(&impostor))).await, invalid);
+    let mut nobody = claims();
+    nobody.as_object_mut().unwrap().remove("sub");
+    assert_refused(&call(addr, "/whoami", Some(&key.sign(&nobody))).await, invalid);
+    // Unsigned (`alg: none`), and HMAC with the public key as the secret (algorithm confusion).
+    let encode = |value: &Value| URL_SAFE_NO_PAD.encode(value.to_string());
+    let unsigned = format!("{}.{}.", encode(&json!({"alg": "none", "kid": key.kid})), encode(&claims()));
+    assert_refused(&call(addr, "/whoami", Some(&unsigned)).await, invalid);
+    let public_key = key.jwk.to_string();
+    let confused = jsonwebtoken::encode(
+        &Header { kid: Some(key.kid.clone()), ..Header::new(Algorithm::HS256) },
+        &claims(),
+        &EncodingKey::from_secret(public_key.as_bytes()),
+    )
+    .unwrap();
+    assert_refused(&call(addr, "/whoami", Some(&confused)).await, invalid);
+    assert_refused(&call(addr, "/whoami", Some("not.a.jwt")).await, invalid);
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn keys_rotate_and_a_flood_of_made_up_key_ids_fetches_nothing_more() {
+    let issuer = Arc::new(Issuer::default());
+    let old = SigningKey::generate("old");
+    issuer.keys.lock().unwrap().push(old.jwk.clone());
+    let service = serve(start_issuer(issuer.clone()).await).await;
+    let addr = service.addr();
+    assert_eq!(call(addr, "/whoami", Some(&old.sign(&claims()))).await.status, 200);
+
+    // The issuer rotates: a token under the new key makes the service fetch the keys once more.
+    let new = SigningKey::generate("new");
+    issuer.keys.lock().unwrap().push(new.jwk.clone());
+    let fetched = issuer.fetches.load(Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(11)).await; // past the 10 s between fetches
+    assert_eq!(call(addr, "/whoami", Some(&new.sign(&claims()))).await.status, 200);
+    assert_eq!(issuer.fetches.load(Ordering::SeqCst), fetched + 1, "one fetch for the new key");
+
+    // Made-up key ids, a hundred at once: at most one more fetch, however many there are.
+    let fetched = issuer.fetches.load(Ordering::SeqCst);
+    let mut floods = tokio::task::JoinSet::new();
+    for index in 0..100 {
+        let forged = SigningKey::generate(&format!("made-up-{index}"));
+        floods.spawn(async move { call(addr, "/whoami", Some(&forged.sign(&claims()))).await.status });
+    }
+    let statuses = floods.join_all().await;
+    assert!(statuses.iter().all(|status| *status == 401), "{statuses:?}");
+    assert!(
+        issuer.fetches.load(Ordering::SeqCst) <= fetched + 1,
+        "a flood of unknown kids fetched the keys again and again"
+    );
+
+    // The issuer goes down: the keys cached keep validating.
+    issuer.down.store(true, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    let unknown = SigningKey::generate("unknown");
+    assert_eq!(call(addr, "/whoami", Some(&unknown.sign(&claims()))).await.status, 401);
+    assert_eq!(call(addr, "/whoami", Some(&old.sign(&claims()))).await.status, 200);
+    assert_eq!(call(addr, "/whoami", Some(&new.sign(&claims()))).await.status, 200);
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn before_the_keys_were_ever_fetched_a_token_gets_503_not_401() {
+    let issuer = Arc::new(Issuer::default());
+    issuer.down.store(true, Ordering::SeqCst);
+    let key = SigningKey::generate("k");
+    issuer.keys.lock().unwrap().push(key.jwk.clone());
+    let service = serve(start_issuer(issuer.clone()).await).await;
+    let answer = call(service.addr(), "/whoami", Some(&key.sign(&claims()))).await;
+    assert_eq!(answer.status, 503, "{}", answer.body);
+    assert!(answer.head.contains("retry-after"), "{}", answer.head);
+    service.shutdown().await.unwrap();
+}
