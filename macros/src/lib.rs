@@ -184,6 +184,12 @@ pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
 /// a response (`marty::Error` becomes problem+json). Paths are axum templates (`/orders/{id}`).
 /// `#[database_call]` and other attributes on the methods keep working.
 ///
+/// With `[security]` in `marty.toml` (feature `security`), a route requires what
+/// `[security] default` says, unless it is marked `#[public]` (anyone) or
+/// `#[authorize(roles = ["admin", "clerk"], scopes = ["orders:write"])]` (an authenticated caller
+/// with **any** of the roles and **all** of the scopes; bare `#[authorize]`: any authenticated
+/// caller). Roles and scopes must be declared under `[security]`; see `marty::security`.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -231,11 +237,12 @@ pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
 /// At compile time: a route path that does not start with `/`, has a malformed or repeated parameter
 /// or uses the old `:param` syntax; the same method and path twice; a handler that is not async or
 /// does not take `&self`; a reference argument; a generic or trait impl; a missing or invalid
-/// `marty.toml`.
+/// `marty.toml`; a role or scope `[security]` does not declare (the nearest is suggested);
+/// `#[authorize]` without `[security]` or without a way to authenticate, or with `#[public]`.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
     if !cfg!(feature = "http") {
-        let inner = &["get", "post", "put", "patch", "delete", "health_check", "event_handler"];
+        let inner = &["get", "post", "put", "patch", "delete", "health_check", "event_handler", "public", "authorize"];
         return feature_missing(item, "#[service]", "`http` feature (on by default)", "marty = \"0.1\"", inner);
     }
     service::expand(args.into(), item.into()).into()
@@ -364,6 +371,8 @@ route_attribute! {
     patch => "Marks a method of a `#[service]` impl block as the handler of `PATCH` requests to a path: `#[patch(\"/orders/{id}\")]`; see `service`.",
     delete => "Marks a method of a `#[service]` impl block as the handler of `DELETE` requests to a path: `#[delete(\"/orders/{id}\")]`; see `service`.",
     health_check => "Marks a method of a `#[service]` impl block as a readiness probe, `async fn ..(&self) -> Result<T, E>`: `/readyz` runs it on every probe, 2s at most, and reports 503 while it fails (gRPC health follows the same rule); see `service`.",
+    public => "Lets anyone call a route of a `#[service]` impl block, whatever `[security] default` says; see `service`.",
+    authorize => "Requires an authenticated caller on a route of a `#[service]` impl block: `#[authorize(roles = [\"admin\", \"clerk\"], scopes = [\"orders:write\"])]` admits a caller with any of the roles and all of the scopes (bare `#[authorize]`: any authenticated caller); the names must be declared under `[security]` in `marty.toml`. Others get 401 (no or bad credentials) or 403; see `service`.",
     event_handler => "Marks a method of a `#[service]` impl block as the consumer of one topic, `async fn ..(&self, event: E) -> Result<(), Err>`, optionally taking the inbox transaction third: `#[event_handler(topic = \"orders.placed\")]`, with `group`, `inbox`, `max_attempts`, `concurrency`, `backoff` and `ack_wait` as `service` lists them; see `service`.",
 }
 

@@ -97,8 +97,8 @@ pub use marty_config as config;
 pub use events::Event;
 #[doc(inline)]
 pub use marty_macros::{
-    api_call, cache_call, database_call, delete, event_handler, get, health_check, patch, post, put, saga, saga_step,
-    service, Event,
+    api_call, authorize, cache_call, database_call, delete, event_handler, get, health_check, patch, post, public, put,
+    saga, saga_step, service, Event,
 };
 
 #[cfg(feature = "http")]

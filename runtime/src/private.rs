@@ -196,7 +196,7 @@ pub mod service_support {
 
     #[cfg(feature = "grpc")]
     pub use crate::service::GrpcServices;
-    pub use crate::service::{HealthCheck, Routes};
+    pub use crate::service::{HealthCheck, Requirement, RouteAccess, Routes};
 
     /// Implemented by everything a route handler may return: every axum `IntoResponse`.
     #[diagnostic::on_unimplemented(

@@ -55,7 +55,10 @@ impl DependencyRegistry {
                 (dependency_config.name.clone(), dependency)
             })
             .collect();
-        let provenance = Box::default();
+        let provenance = Box::new(Provenance {
+            found: "given by the service (`DependencyRegistry::from_config`)",
+            overrides: Vec::new(),
+        });
         DependencyRegistry { config: RwLock::new(Arc::new(config)), source: None, provenance, dependencies, metrics }
     }
 
@@ -83,7 +86,7 @@ impl DependencyRegistry {
                 config.file = %self.config().file,
                 config.found = found,
                 config.overrides = %overrides,
-                "configuration loaded from the text compiled in",
+                "configuration loaded, not from a file",
             ),
         }
     }

@@ -88,22 +88,15 @@ fn claims() -> Value {
     })
 }
 
+/// `tests/security.marty.toml`, with the test issuer's address.
+fn runtime(jwks: SocketAddr) -> Runtime {
+    let text = include_str!("../security.marty.toml").replace("127.0.0.1:9", &jwks.to_string());
+    Runtime::new(DependencyRegistry::from_config(Config::parse(&text, "security.marty.toml").unwrap()))
+}
+
 /// A service whose one route says who called it, secured by `[security]` against `jwks`.
 async fn serve(jwks: SocketAddr) -> RunningServer {
-    let text = format!(
-        r#"
-[security]
-roles = ["clerk", "admin"]
-
-[security.jwt]
-issuer = "{ISSUER}"
-audiences = ["orders"]
-algorithms = ["ES256"]
-jwks_url = "http://{jwks}/certs"
-roles_claim = "realm_access.roles"
-"#
-    );
-    let runtime = Runtime::new(DependencyRegistry::from_config(Config::parse(&text, "marty.toml").unwrap()));
+    let runtime = runtime(jwks);
     #[derive(serde::Deserialize)]
     struct Tenant {
         tenant: String,
@@ -125,9 +118,14 @@ struct Answer {
 }
 
 async fn call(addr: SocketAddr, path: &str, token: Option<&str>) -> Answer {
+    send(addr, "GET", path, token).await
+}
+
+async fn send(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Answer {
     let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let authorization = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
-    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\n{authorization}Connection: close\r\n\r\n");
+    let request =
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
@@ -251,4 +249,84 @@ async fn before_the_keys_were_ever_fetched_a_token_gets_503_not_401() {
     assert_eq!(answer.status, 503, "{}", answer.body);
     assert!(answer.head.contains("retry-after"), "{}", answer.head);
     service.shutdown().await.unwrap();
+}
+
+/// A shop whose routes say what they require, checked against `tests/security.marty.toml`.
+struct Shop;
+
+#[marty::service(config = "security.marty.toml")]
+impl Shop {
+    #[marty::get("/catalog")]
+    #[marty::public]
+    async fn catalog(&self, caller: Option<Principal>) -> String {
+        caller.map_or_else(|| "anyone".to_owned(), |caller| caller.subject().to_owned())
+    }
+
+    /// No attribute: `[security] default` (authenticated).
+    #[marty::get("/orders")]
+    async fn orders(&self, caller: Principal) -> String {
+        format!("orders of {}", caller.subject())
+    }
+
+    #[marty::post("/orders")]
+    #[marty::authorize(roles = ["clerk", "admin"], scopes = ["orders:write"])]
+    async fn place(&self) -> StatusCode {
+        StatusCode::CREATED
+    }
+
+    #[marty::delete("/orders/{id}")]
+    #[marty::authorize(roles = ["admin"])]
+    async fn cancel(&self, marty::axum::extract::Path(id): marty::axum::extract::Path<u64>) -> String {
+        format!("cancelled {id}")
+    }
+}
+
+fn token_of(key: &SigningKey, subject: &str, roles: &[&str], scope: &str) -> String {
+    let mut claims = claims();
+    claims["sub"] = json!(subject);
+    claims["realm_access"] = json!({ "roles": roles });
+    claims["scope"] = json!(scope);
+    key.sign(&claims)
+}
+
+#[tokio::test]
+async fn routes_admit_any_of_their_roles_and_all_of_their_scopes() {
+    let issuer = Arc::new(Issuer::default());
+    let key = SigningKey::generate("shop");
+    issuer.keys.lock().unwrap().push(key.jwk.clone());
+    let runtime = runtime(start_issuer(issuer).await);
+    let server = marty::service::server_in(&runtime, Shop).expect("the routes' names are declared");
+    let service = server.start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
+    let addr = service.addr();
+    let reader = token_of(&key, "rita", &["clerk"], "orders:read");
+    let clerk = token_of(&key, "carl", &["clerk"], "orders:read orders:write");
+    let admin = token_of(&key, "ada", &["admin"], "");
+
+    let public = call(addr, "/catalog", None).await;
+    assert_eq!((public.status, public.body.as_str()), (200, "anyone"));
+    assert_eq!(call(addr, "/catalog", Some(&clerk)).await.body, "carl", "a public route still sees its caller");
+    assert_refused(&call(addr, "/orders", None).await, "bearer\r");
+    assert_eq!(call(addr, "/orders", Some(&reader)).await.body, "orders of rita");
+
+    let forbidden = send(addr, "POST", "/orders", Some(&reader)).await;
+    assert_eq!(forbidden.status, 403, "a clerk without `orders:write`: {}", forbidden.body);
+    assert!(
+        forbidden.head.contains("application/problem+json") && forbidden.body.contains("urn:marty:problem:forbidden")
+    );
+    assert_eq!(send(addr, "POST", "/orders", Some(&clerk)).await.status, 201);
+    assert_eq!(send(addr, "POST", "/orders", Some(&admin)).await.status, 403, "an admin without the scope");
+    assert_refused(&send(addr, "POST", "/orders", None).await, "bearer\r");
+
+    assert_eq!(send(addr, "DELETE", "/orders/7", Some(&clerk)).await.status, 403);
+    let cancelled = send(addr, "DELETE", "/orders/7", Some(&admin)).await;
+    assert_eq!((cancelled.status, cancelled.body.as_str()), (200, "cancelled 7"));
+    service.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_configuration_in_force_that_lost_a_routes_role_stops_startup() {
+    let text = include_str!("../security.marty.toml").replace("roles = [\"clerk\", \"admin\"]", "roles = [\"clerk\"]");
+    let runtime = Runtime::new(DependencyRegistry::from_config(Config::parse(&text, "security.marty.toml").unwrap()));
+    let error = marty::service::server_in(&runtime, Shop).unwrap_err().to_string();
+    assert!(error.contains("security.roles") && error.contains("`DELETE /orders/{id}` requires `admin`"), "{error}");
 }

@@ -169,6 +169,28 @@ impl FromMeta for StrArg {
     }
 }
 
+/// An array of string literals, `["admin", "clerk"]`, each with where it was written.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct StrListArg(pub(crate) Vec<StrArg>);
+
+impl FromMeta for StrListArg {
+    fn from_expr(expr: &Expr) -> darling::Result<Self> {
+        match unwrap_group(expr) {
+            Expr::Array(array) => {
+                let mut errors = darling::Error::accumulator();
+                let items = array.elems.iter().filter_map(|item| errors.handle(StrArg::from_expr(item))).collect();
+                errors.finish_with(StrListArg(items))
+            }
+            Expr::Lit(syn::ExprLit { lit: Lit::Str(lit), .. }) => Err(error(
+                lit.span(),
+                "expected an array of strings",
+                format!("put it in brackets: `[\"{}\"]`", lit.value()),
+            )),
+            other => Err(error(other.span(), "expected an array of strings", "write it as `[\"admin\", \"clerk\"]`")),
+        }
+    }
+}
+
 /// A whole number and where it was written.
 #[derive(Debug, Clone)]
 pub(crate) struct IntArg {

@@ -49,6 +49,8 @@ runtime_items! {
     HANDLER_OUTPUT = service_support::handler_output;
     HEALTH_CHECK = service_support::HealthCheck;
     GRPC_SERVICES = service_support::GrpcServices;
+    ROUTE_ACCESS = service_support::RouteAccess;
+    REQUIREMENT = service_support::Requirement;
     // #[event_handler]
     BOX = service_support::Box;
     RESULT = service_support::Result;

@@ -6,11 +6,11 @@ use darling::error::Accumulator;
 use proc_macro2::Span;
 use syn::spanned::Spanned;
 
-use super::parse::{Marked, ProbeMethod, RoutedMethod, ServiceArgs};
-use super::{event_handler, Route, ServiceModel};
-use crate::common::args::PathArg;
-use crate::common::config_file;
-use crate::common::diagnostic::error;
+use super::parse::{AccessAttr, Marked, ProbeMethod, RoutedMethod, ServiceArgs};
+use super::{event_handler, Requirement, Route, ServiceModel};
+use crate::common::args::{PathArg, StrArg};
+use crate::common::config_file::{self, ConfigFile};
+use crate::common::diagnostic::{did_you_mean, error};
 
 pub(super) fn validate(
     args: ServiceArgs,
@@ -22,7 +22,7 @@ pub(super) fn validate(
     check_not_generic(&item, errors);
     let config = config_file::load(args.config.as_ref().map(|arg| arg.value.as_str()));
     let config_ok = config.require(args.config.as_ref().map_or(Span::call_site(), |arg| arg.span), errors);
-    let routes = check_routes(routed, errors);
+    let routes = check_routes(routed, &config, errors);
     let name = args.name.map(|arg| arg.value).or_else(|| config.valid().and_then(|valid| valid.service.name.clone()));
     let name = name.unwrap_or_else(|| std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "service".to_owned()));
     let (grpc, reflection) = check_grpc(args.grpc, args.reflection, errors);
@@ -46,13 +46,14 @@ pub(super) fn validate(
 }
 
 /// Each route's path and handler, and no route twice (axum would panic at startup).
-fn check_routes(routed: Vec<RoutedMethod>, errors: &mut Accumulator) -> Vec<Route> {
+fn check_routes(routed: Vec<RoutedMethod>, config: &ConfigFile, errors: &mut Accumulator) -> Vec<Route> {
     let mut routes = Vec::new();
     // Each route's handler, by method and normalized path.
     let mut seen: HashMap<(super::HttpMethod, String), String> = HashMap::new();
     let mut spellings: HashMap<String, String> = HashMap::new();
     for method in routed {
         let handler_ok = check_handler(&method, errors);
+        let requirement = check_access(&method.access, config, errors);
         for route in &method.routes {
             let path_ok = check_path(&route.path.value, route.path.span, errors);
             let normalized = normalize(&route.path.value);
@@ -84,11 +85,75 @@ fn check_routes(routed: Vec<RoutedMethod>, errors: &mut Accumulator) -> Vec<Rout
                         syn::ReturnType::Default => None,
                     },
                     cfgs: method.cfgs.clone(),
+                    requirement: requirement.clone(),
                 });
             }
         }
     }
     routes
+}
+
+/// One of `#[public]` or `#[authorize]`, naming only the roles and scopes `[security]` declares, in
+/// a service whose callers can authenticate.
+fn check_access(access: &[AccessAttr], config: &ConfigFile, errors: &mut Accumulator) -> Requirement {
+    let Some(first) = access.first() else { return Requirement::Default };
+    if !cfg!(feature = "security") {
+        let help = "in Cargo.toml: `marty = { version = \"0.1\", features = [\"security\"] }`";
+        errors.push(error(first.span(), "`#[public]` and `#[authorize]` need marty's `security` feature", help));
+        return Requirement::Default;
+    }
+    if let Some(second) = access.get(1) {
+        let (problem, help) = match (first, second) {
+            (AccessAttr::Authorize { .. }, AccessAttr::Authorize { .. }) => {
+                ("`#[authorize]` is given twice", "merge them into one: `#[authorize(roles = [..], scopes = [..])]`")
+            }
+            (AccessAttr::Public(_), AccessAttr::Public(_)) => ("`#[public]` is given twice", "remove one"),
+            _ => (
+                "`#[public]` and `#[authorize]` contradict each other",
+                "keep `#[authorize(..)]` to require a caller, or `#[public]` to let anyone in",
+            ),
+        };
+        errors.push(error(second.span(), problem, help));
+        return Requirement::Default;
+    }
+    let AccessAttr::Authorize { span, roles, scopes } = first else { return Requirement::Public };
+    // An invalid file was reported where it was loaded.
+    let Some(valid) = config.valid() else { return Requirement::Default };
+    let Some(security) = valid.security.as_ref() else {
+        let help = "declare how callers authenticate in marty.toml: `[security.jwt]` with `issuer`, `audiences` and `jwks_url`, and the `roles` and `scopes` routes may name under `[security]`";
+        errors.push(error(*span, "`#[authorize]` needs `[security]` in marty.toml", help));
+        return Requirement::Default;
+    };
+    if security.jwt.is_none() {
+        let help = "add `[security.jwt]` with `issuer`, `audiences` and `jwks_url`";
+        errors.push(error(
+            *span,
+            "`#[authorize]` needs a caller, and `[security]` configures no way to authenticate one",
+            help,
+        ));
+        return Requirement::Default;
+    }
+    let mut ok = true;
+    for (kind, named, declared) in [("role", roles, &security.roles), ("scope", scopes, &security.scopes)] {
+        let declared: Vec<&str> = declared.iter().map(String::as_str).collect();
+        for name in named.iter().filter(|name| !declared.contains(&name.value.as_str())) {
+            let help = match declared.is_empty() {
+                true => format!("declare it in marty.toml: `[security] {kind}s = [\"{}\"]`", name.value),
+                false => did_you_mean(
+                    &name.value,
+                    &declared,
+                    &format!("or declare it under `[security] {kind}s`; declared:"),
+                ),
+            };
+            errors.push(error(name.span, format!("{kind} `{}` is not declared in marty.toml", name.value), help));
+            ok = false;
+        }
+    }
+    let values = |names: &[StrArg]| names.iter().map(|name| name.value.clone()).collect();
+    match ok {
+        true => Requirement::Authorize { roles: values(roles), scopes: values(scopes) },
+        false => Requirement::Default,
+    }
 }
 
 /// `grpc(..)` needs its feature; `reflection` needs servers to describe.

@@ -5,7 +5,7 @@ use proc_macro2::{Span, TokenStream};
 use quote::{format_ident, quote, quote_spanned};
 use syn::spanned::Spanned;
 
-use super::{HttpMethod, Route, ServiceModel};
+use super::{HttpMethod, Requirement, Route, ServiceModel};
 use crate::common::config_file::embedded_text;
 use crate::common::paths::{respan, rt, Paths};
 
@@ -23,6 +23,7 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
     let grpc = emit_grpc(model, &paths);
     let probes = emit_probes(model, &paths);
     let handlers = super::event_handler::emit(&model.handlers, name, &paths);
+    let access = emit_access(model, &paths);
     // axum merges the method routers of one path, so each route is added on its own.
     let routes = model.routes.iter().map(|route| {
         let path = &route.path;
@@ -41,6 +42,7 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
             impl #routes_trait for #self_ty {
                 const NAME: &'static str = #name;
                 const CONFIG: (&'static str, &'static str) = (#config_path, #embedded);
+                #access
 
                 fn routes(self: #arc<Self>) -> #router {
                     let #local_router = #router::new();
@@ -90,6 +92,30 @@ fn emit_handler(route: &Route, paths: &Paths, service: &syn::Ident) -> TokenStre
             move |#(#args: #types),*| async move { #body }
         })
     }
+}
+
+/// `const ACCESS`: what the routes with `#[public]` or `#[authorize]` require of their caller.
+fn emit_access(model: &ServiceModel, paths: &Paths) -> TokenStream {
+    let (route_access, requirement) = (paths.get(rt::ROUTE_ACCESS), paths.get(rt::REQUIREMENT));
+    let entries: Vec<TokenStream> = model
+        .routes
+        .iter()
+        .filter_map(|route| {
+            let required = match &route.requirement {
+                Requirement::Default => return None,
+                Requirement::Public => quote!(#requirement::Public),
+                Requirement::Authorize { roles, scopes } => {
+                    quote!(#requirement::Authorize { roles: &[#(#roles),*], scopes: &[#(#scopes),*] })
+                }
+            };
+            let (method, path) = (route.method.as_str().to_uppercase(), &route.path);
+            Some(quote!(#route_access { method: #method, path: #path, requirement: #required }))
+        })
+        .collect();
+    if entries.is_empty() {
+        return TokenStream::new();
+    }
+    quote!(const ACCESS: &'static [#route_access] = &[#(#entries),*];)
 }
 
 /// `fn grpc(..)`: each named tonic server over the shared state, and reflection's descriptors.

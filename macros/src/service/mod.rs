@@ -45,6 +45,19 @@ pub(crate) struct Route {
     pub(crate) output: Option<syn::Type>,
     /// The method's `#[cfg(..)]`s, copied onto the route.
     pub(crate) cfgs: Vec<syn::Attribute>,
+    /// What the route requires of its caller.
+    pub(crate) requirement: Requirement,
+}
+
+/// What a route requires of its caller, checked against `[security]`.
+#[derive(Clone, PartialEq, Eq, Debug)]
+pub(crate) enum Requirement {
+    /// No attribute: `[security] default` decides.
+    Default,
+    /// `#[public]`.
+    Public,
+    /// `#[authorize(..)]`: any of the roles (none listed: any), all of the scopes.
+    Authorize { roles: Vec<String>, scopes: Vec<String> },
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]

@@ -1,14 +1,15 @@
 //! Stage 1: `#[service(..)]`'s arguments (darling) and the route attributes on its methods, matched
-//! by their last path segment (`get` or `marty::get`) and removed from the methods.
+//! by their last path segment (`get` or `marty::get`) and removed from the methods, with the
+//! `#[public]` / `#[authorize]` that say what a route requires of its caller.
 
 use darling::FromMeta;
-use proc_macro2::TokenStream;
+use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
 use syn::spanned::Spanned;
 
 use super::event_handler::{self, is_event_handler, HandlerMethod};
 use super::HttpMethod;
-use crate::common::args::{check_names, parse_list, PathArg, Shape, StrArg};
+use crate::common::args::{check_names, parse_list, PathArg, Shape, StrArg, StrListArg};
 use crate::common::cfg_attributes;
 use crate::common::diagnostic::error;
 
@@ -61,6 +62,68 @@ pub(crate) struct RoutedMethod {
     pub(crate) routes: Vec<RouteAttr>,
     pub(crate) sig: syn::Signature,
     pub(crate) cfgs: Vec<syn::Attribute>,
+    /// `#[public]` and `#[authorize(..)]`, as written (the check allows one).
+    pub(crate) access: Vec<AccessAttr>,
+}
+
+/// What a route's attributes say it requires of its caller.
+pub(crate) enum AccessAttr {
+    /// `#[public]`: anyone.
+    Public(Span),
+    /// `#[authorize(roles = [..], scopes = [..])]`: an authenticated caller with any of the roles and
+    /// all of the scopes (`#[authorize]` alone: any authenticated caller).
+    Authorize { span: Span, roles: Vec<StrArg>, scopes: Vec<StrArg> },
+}
+
+impl AccessAttr {
+    pub(crate) fn span(&self) -> Span {
+        match self {
+            AccessAttr::Public(span) | AccessAttr::Authorize { span, .. } => *span,
+        }
+    }
+}
+
+#[derive(FromMeta, Default)]
+struct AuthorizeArgs {
+    #[darling(default)]
+    roles: StrListArg,
+    #[darling(default)]
+    scopes: StrListArg,
+}
+
+const AUTHORIZE_ARGS: &[(&str, Shape)] = &[
+    ("roles", Shape::Value("roles = [\"admin\", \"clerk\"]")),
+    ("scopes", Shape::Value("scopes = [\"orders:write\"]")),
+];
+
+fn access_kind(attr: &syn::Attribute) -> Option<&'static str> {
+    let last = attr.path().segments.last()?.ident.to_string();
+    ["public", "authorize"].into_iter().find(|name| *name == last)
+}
+
+fn parse_access(attr: &syn::Attribute, errors: &mut darling::error::Accumulator) -> Option<AccessAttr> {
+    // The attribute's own name (`authorize` of `marty::authorize`).
+    let span = attr.path().segments.last().map_or_else(|| attr.path().span(), |segment| segment.ident.span());
+    match (access_kind(attr)?, &attr.meta) {
+        ("public", syn::Meta::Path(_)) => Some(AccessAttr::Public(span)),
+        ("public", _) => {
+            let help = "write it bare: `#[public]`; to require a caller, use `#[authorize(roles = [..])]`";
+            errors.push(error(attr.meta.span(), "`#[public]` takes no arguments", help));
+            None
+        }
+        (_, syn::Meta::Path(_)) => Some(AccessAttr::Authorize { span, roles: Vec::new(), scopes: Vec::new() }),
+        (_, syn::Meta::List(list)) => {
+            let items = parse_list("authorize", "roles = [\"admin\"]", list.tokens.clone(), errors)?;
+            let kept = check_names("#[authorize]", &items, AUTHORIZE_ARGS, errors);
+            let args = errors.handle(AuthorizeArgs::from_list(&kept))?;
+            Some(AccessAttr::Authorize { span, roles: args.roles.0, scopes: args.scopes.0 })
+        }
+        (_, syn::Meta::NameValue(value)) => {
+            let help = "write `#[authorize(roles = [\"admin\"], scopes = [\"orders:write\"])]`";
+            errors.push(error(value.eq_token.span(), "`#[authorize]` takes a list of arguments", help));
+            None
+        }
+    }
 }
 
 fn route_method(attr: &syn::Attribute) -> Option<HttpMethod> {
@@ -96,6 +159,12 @@ pub(crate) fn take_routes(
         if method.attrs.len() != before {
             probes.push(ProbeMethod { sig: method.sig.clone(), cfgs: cfg_attributes(&method.attrs) });
         }
+        let mut access = Vec::new();
+        method.attrs.retain(|attr| {
+            let Some(_) = access_kind(attr) else { return true };
+            access.extend(parse_access(attr, errors));
+            false
+        });
         let mut routes = Vec::new();
         method.attrs.retain(|attr| {
             let Some(http_method) = route_method(attr) else { return true };
@@ -105,8 +174,14 @@ pub(crate) fn take_routes(
             }
             false
         });
-        if !routes.is_empty() {
-            routed.push(RoutedMethod { routes, sig: method.sig.clone(), cfgs: cfg_attributes(&method.attrs) });
+        if routes.is_empty() {
+            for attr in &access {
+                let help = "put it on a method with a route attribute, e.g. `#[get(\"/orders\")]`";
+                errors.push(error(attr.span(), "only a route handler can require a caller", help));
+            }
+        } else {
+            let cfgs = cfg_attributes(&method.attrs);
+            routed.push(RoutedMethod { routes, sig: method.sig.clone(), cfgs, access });
         }
     }
     (item, Marked { routed, probes, handlers })
@@ -131,9 +206,12 @@ pub(crate) fn strip_route_attributes(item: TokenStream) -> TokenStream {
         Ok(mut item_impl) => {
             for impl_item in &mut item_impl.items {
                 if let syn::ImplItem::Fn(method) = impl_item {
-                    method
-                        .attrs
-                        .retain(|attr| route_method(attr).is_none() && !is_probe(attr) && !is_event_handler(attr));
+                    method.attrs.retain(|attr| {
+                        route_method(attr).is_none()
+                            && !is_probe(attr)
+                            && !is_event_handler(attr)
+                            && access_kind(attr).is_none()
+                    });
                 }
             }
             item_impl.into_token_stream()

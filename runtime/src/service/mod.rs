@@ -128,6 +128,7 @@
 //! force stays. New dependencies and `[service]`/`[http]`/`[telemetry]` changes take a restart, and
 //! the log says so. `DependencyRegistry::reload(config)` does the same from code.
 
+mod access;
 mod dispatch;
 mod errors;
 #[cfg(feature = "events")]
@@ -152,6 +153,7 @@ use axum::Router;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 
+pub use access::{Requirement, RouteAccess};
 #[cfg(feature = "grpc")]
 pub use grpc::GrpcServices;
 pub use health::{HealthCheck, Readiness};
@@ -170,6 +172,10 @@ pub trait Routes: Send + Sync + 'static {
     /// runtime reads the file again at startup (see [`crate::DependencyRegistry`]).
     #[doc(hidden)]
     const CONFIG: (&'static str, &'static str);
+
+    /// What the routes with `#[public]` or `#[authorize]` require of their caller.
+    #[doc(hidden)]
+    const ACCESS: &'static [RouteAccess] = &[];
 
     /// The routes, with handlers that call the service's methods.
     fn routes(self: Arc<Self>) -> Router;
@@ -272,6 +278,8 @@ fn load_and_start_logging<S: Routes>(runtime: &Runtime) -> Result<Arc<Dependency
     let (path, text) = S::CONFIG;
     let registry = runtime.registry_or_load(path, text).map_err(ServeError::Config)?;
     check_features(registry)?;
+    access::check(&registry.config(), S::ACCESS)
+        .map_err(|errors| ServeError::Config(crate::Error::Config(Arc::new(errors))))?;
     if crate::telemetry::init(S::NAME, &registry.config().telemetry) {
         registry.log_provenance();
     }
@@ -280,6 +288,7 @@ fn load_and_start_logging<S: Routes>(runtime: &Runtime) -> Result<Arc<Dependency
 
 fn server_for<S: Routes>(service: Arc<S>, runtime: &Runtime, registry: Arc<DependencyRegistry>) -> Server {
     let server = Server::with_registry(service.clone().routes(), runtime.clone(), registry)
+        .with_route_access(S::ACCESS)
         .with_health_checks(service.clone().health_checks());
     #[cfg(feature = "events")]
     let server = server.with_event_handlers(service.clone().event_handlers());
@@ -344,6 +353,8 @@ pub struct Server {
     /// `[security]`: what the service's own routes require of a caller.
     #[cfg(feature = "security")]
     authenticator: Option<Arc<crate::security::Authenticator>>,
+    /// The routes' `#[public]` and `#[authorize]`.
+    access: &'static [RouteAccess],
     readiness: Arc<Readiness>,
     checks: Vec<HealthCheck>,
     #[cfg(feature = "grpc")]
@@ -376,6 +387,7 @@ impl Server {
             registry,
             #[cfg(feature = "security")]
             authenticator,
+            access: &[],
             readiness: Arc::new(Readiness::default()),
             checks: Vec::new(),
             #[cfg(feature = "grpc")]
@@ -389,6 +401,13 @@ impl Server {
     #[cfg(feature = "events")]
     pub fn with_event_handlers(mut self, handlers: impl IntoIterator<Item = crate::events::EventHandler>) -> Self {
         self.handlers.extend(handlers);
+        self
+    }
+
+    /// What routes require of their callers beyond `[security] default` (`#[service]` passes its
+    /// `#[public]` and `#[authorize]` attributes here).
+    pub fn with_route_access(mut self, access: &'static [RouteAccess]) -> Self {
+        self.access = access;
         self
     }
 
@@ -443,7 +462,8 @@ impl Server {
     fn guarded_routes(&self) -> Router {
         #[cfg(feature = "security")]
         if let Some(authenticator) = &self.authenticator {
-            let guard = axum::middleware::from_fn_with_state(authenticator.clone(), crate::security::guard);
+            let gate = crate::security::Gate::new(authenticator.clone(), self.access);
+            let guard = axum::middleware::from_fn_with_state(gate, crate::security::guard);
             return self.routes.clone().route_layer(guard);
         }
         self.routes.clone()

@@ -46,6 +46,8 @@ pub enum ProblemType {
     /// 401: the request has no credentials, or credentials that are not valid (see
     /// `WWW-Authenticate`).
     Unauthorized,
+    /// 403: the caller is known, and lacks the role or scope the route requires.
+    Forbidden,
     /// 404: no route matches.
     NotFound,
     /// 405: the route exists for other methods (see `Allow`).
@@ -77,6 +79,7 @@ impl ProblemType {
         match self {
             ProblemType::BadRequest => "urn:marty:problem:bad-request",
             ProblemType::Unauthorized => "urn:marty:problem:unauthorized",
+            ProblemType::Forbidden => "urn:marty:problem:forbidden",
             ProblemType::NotFound => "urn:marty:problem:not-found",
             ProblemType::MethodNotAllowed => "urn:marty:problem:method-not-allowed",
             ProblemType::RequestTimeout => "urn:marty:problem:request-timeout",
