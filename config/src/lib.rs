@@ -73,6 +73,7 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+mod api_keys;
 mod app;
 mod duration;
 mod error;
@@ -84,6 +85,7 @@ mod tree;
 
 use std::path::Path;
 
+pub use api_keys::{parse_api_keys, ApiKeyEntry};
 pub use app::AppSettings;
 pub use duration::{format_duration, parse_duration, DurationError, DURATION_HELP};
 pub use error::{ConfigError, ConfigErrors, Origin};
@@ -92,7 +94,9 @@ pub use schema::{
     DependencyReadiness, EventsConfig, HttpConfig, KafkaConfig, ListenerConfig, LogFormat, NatsConfig, NatsStorage,
     OutboxConfig, QueueType, RabbitMqConfig, RetryConfig, SagasConfig, ServiceConfig, StorageConfig, TelemetryConfig,
 };
-pub use security::{Access, JwtConfig, KeySource, SecurityConfig, JWT_ALGORITHMS};
+pub use security::{
+    Access, ApiKeysConfig, ApiKeysSource, CorsConfig, JwtConfig, KeySource, SecurityConfig, JWT_ALGORITHMS,
+};
 pub use tree::ENV_PREFIX;
 
 /// The file name Marty looks for beside `Cargo.toml` (at compile time) or in the working directory.

@@ -99,6 +99,10 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// The largest request head (request line and headers), in bytes (default 32 KiB).
     pub max_header_bytes: usize,
+    /// Whether responses carry the usual security headers (`X-Content-Type-Options: nosniff`,
+    /// `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer` and a `Content-Security-Policy`
+    /// that loads nothing), where the handler did not set them: default `true`.
+    pub security_headers: bool,
 }
 
 impl Default for HttpConfig {
@@ -111,6 +115,7 @@ impl Default for HttpConfig {
             max_connections: None,
             max_body_bytes: 2 * 1024 * 1024,
             max_header_bytes: 32 * 1024,
+            security_headers: true,
         }
     }
 }
@@ -598,6 +603,7 @@ const HTTP_KEYS: &[&str] = &[
     "max_connections",
     "max_body_bytes",
     "max_header_bytes",
+    "security_headers",
 ];
 const SAGAS_KEYS: &[&str] = &[
     "lease",
@@ -942,6 +948,7 @@ fn read_http(reader: &mut Reader<'_>, root: &Table<'_>) -> HttpConfig {
         max_body_bytes: limit(reader, "max_body_bytes", 0, 1 << 40, defaults.max_body_bytes),
         // hyper's read buffer cannot be smaller than 8 KiB.
         max_header_bytes: limit(reader, "max_header_bytes", 8192, 1 << 20, defaults.max_header_bytes),
+        security_headers: reader.boolean(&table, "security_headers").unwrap_or(defaults.security_headers),
     }
 }
 

@@ -16,6 +16,55 @@ pub struct SecurityConfig {
     pub scopes: Vec<String>,
     /// `[security.jwt]`: bearer tokens from an OpenID Connect or OAuth2 issuer.
     pub jwt: Option<JwtConfig>,
+    /// `[security.api_keys]`: keys for machine clients, in a header.
+    pub api_keys: Option<ApiKeysConfig>,
+    /// `[security.cors]`: which browser origins may call the service.
+    pub cors: Option<CorsConfig>,
+}
+
+/// `[security.cors]`: cross-origin requests from browsers, answered before authentication (a
+/// preflight carries no credentials).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct CorsConfig {
+    /// Origins allowed (`https://shop.example.com`), or `["*"]` for any.
+    pub allowed_origins: Vec<String>,
+    /// Methods allowed (default `GET`, `POST`, `PUT`, `PATCH`, `DELETE`).
+    pub allowed_methods: Vec<String>,
+    /// Request headers allowed (default `authorization`, `content-type`, `x-request-id`).
+    pub allowed_headers: Vec<String>,
+    /// Response headers a page may read (default `x-request-id`, `retry-after`).
+    pub expose_headers: Vec<String>,
+    /// Whether cookies and `Authorization` may be sent (default `false`; not with `*`).
+    pub allow_credentials: bool,
+    /// How long a browser may cache a preflight's answer (default `10m`).
+    pub max_age: Duration,
+}
+
+impl SecurityConfig {
+    /// Whether any way for a caller to authenticate is configured.
+    pub fn can_authenticate(&self) -> bool {
+        self.jwt.is_some() || self.api_keys.is_some()
+    }
+}
+
+/// `[security.api_keys]`.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ApiKeysConfig {
+    /// The request header carrying the key (default `x-api-key`).
+    pub header: String,
+    /// Where the keys file is (see [`crate::parse_api_keys`]).
+    pub source: ApiKeysSource,
+}
+
+/// Where the API keys file is read from at startup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeysSource {
+    /// A file (a mounted secret).
+    File(String),
+    /// An environment variable holding the file's text.
+    Env(String),
 }
 
 /// What a route requires of its caller.
@@ -63,7 +112,7 @@ pub enum KeySource {
 /// Algorithms a token may be signed with: asymmetric only, so the service holds no secret.
 pub const JWT_ALGORITHMS: &[&str] = &["RS256", "RS384", "PS256", "ES256", "ES384", "EdDSA"];
 
-const SECURITY_KEYS: &[&str] = &["default", "roles", "scopes", "jwt"];
+const SECURITY_KEYS: &[&str] = &["default", "roles", "scopes", "jwt", "api_keys", "cors"];
 const JWT_KEYS: &[&str] = &[
     "issuer",
     "audiences",
@@ -86,11 +135,14 @@ pub(crate) fn read_security(reader: &mut Reader<'_>, root: &Table<'_>) -> Option
     let roles = reader.strings(&table, "roles", "[\"admin\", \"clerk\"]").unwrap_or_default();
     let scopes = reader.strings(&table, "scopes", "[\"orders:read\", \"orders:write\"]").unwrap_or_default();
     let jwt = reader.table(&table, "jwt").and_then(|jwt| read_jwt(reader, &jwt));
-    if jwt.is_none() && !reader.has(&table, "jwt") && default == Access::Authenticated {
+    let api_keys = reader.table(&table, "api_keys").and_then(|keys| read_api_keys(reader, &keys));
+    let cors = reader.table(&table, "cors").and_then(|cors| read_cors(reader, &cors));
+    let configured = reader.has(&table, "jwt") || reader.has(&table, "api_keys");
+    if !configured && default == Access::Authenticated {
         let origin = reader.origin_of(&table, "default").clone();
         let help = Some(
-            "configure how callers authenticate, e.g. `[security.jwt]` with `issuer`, `audiences` and `jwks_url`, \
-             or set `default = \"public\"`"
+            "configure how callers authenticate: `[security.jwt]` with `issuer`, `audiences` and `jwks_url`, \
+             or `[security.api_keys]` with a keys `file`; or set `default = \"public\"`"
                 .to_owned(),
         );
         reader.error(
@@ -100,7 +152,98 @@ pub(crate) fn read_security(reader: &mut Reader<'_>, root: &Table<'_>) -> Option
             help,
         );
     }
-    Some(SecurityConfig { default, roles, scopes, jwt })
+    Some(SecurityConfig { default, roles, scopes, jwt, api_keys, cors })
+}
+
+fn read_cors(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<CorsConfig> {
+    reader.deny_unknown_keys(
+        table,
+        &["allowed_origins", "allowed_methods", "allowed_headers", "expose_headers", "allow_credentials", "max_age"],
+    );
+    let names = |list: &[&str]| list.iter().map(|name| (*name).to_owned()).collect::<Vec<_>>();
+    let allowed_origins = reader.strings(table, "allowed_origins", "[\"https://shop.example.com\"]");
+    let allowed_methods = reader
+        .strings(table, "allowed_methods", "[\"GET\", \"POST\"]")
+        .unwrap_or_else(|| names(&["GET", "POST", "PUT", "PATCH", "DELETE"]));
+    let allowed_headers = reader
+        .strings(table, "allowed_headers", "[\"authorization\", \"content-type\"]")
+        .unwrap_or_else(|| names(&["authorization", "content-type", "x-request-id"]));
+    let expose_headers = reader
+        .strings(table, "expose_headers", "[\"x-request-id\"]")
+        .unwrap_or_else(|| names(&["x-request-id", "retry-after"]));
+    let allow_credentials = reader.boolean(table, "allow_credentials").unwrap_or(false);
+    let max_age = reader.duration(table, "max_age").unwrap_or(Duration::from_secs(600));
+    let origin = reader.origin_of(table, "allowed_origins").clone();
+    let key = "security.cors.allowed_origins";
+    let Some(allowed_origins) = allowed_origins.filter(|origins| !origins.is_empty()) else {
+        let help = Some("list the pages' origins: `allowed_origins = [\"https://shop.example.com\"]`".to_owned());
+        reader.error(&origin, key, "no origin: no browser page could call the service", help);
+        return None;
+    };
+    if allowed_origins.iter().any(|origin| origin == "*") {
+        if allowed_origins.len() > 1 || allow_credentials {
+            let help = Some("use `[\"*\"]` alone and without `allow_credentials`, or list the origins".to_owned());
+            reader.error(&origin, key, "`*` allows every origin: browsers refuse it with credentials", help);
+            return None;
+        }
+    } else if let Some(bad) = allowed_origins.iter().find(|origin| !is_origin(origin)) {
+        let help =
+            Some("write scheme, host and port only: `https://shop.example.com` (no path, no trailing `/`)".to_owned());
+        reader.error(&origin, key, format!("`{bad}` is not an origin"), help);
+        return None;
+    }
+    let known = ["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"];
+    if let Some(bad) = allowed_methods.iter().find(|method| !known.contains(&method.as_str())) {
+        let origin = reader.origin_of(table, "allowed_methods").clone();
+        let help = Some(format!("methods are upper case: {}", crate::suggest::list(known.iter().copied())));
+        reader.error(&origin, "security.cors.allowed_methods", format!("unknown method `{bad}`"), help);
+        return None;
+    }
+    Some(CorsConfig { allowed_origins, allowed_methods, allowed_headers, expose_headers, allow_credentials, max_age })
+}
+
+/// `scheme://host[:port]`, as a browser's `Origin` header says.
+fn is_origin(origin: &str) -> bool {
+    let Some((scheme, rest)) = origin.split_once("://") else { return false };
+    matches!(scheme, "http" | "https")
+        && !rest.is_empty()
+        && !rest.contains(['/', '?', '#', ' '])
+        && rest.chars().all(|c| c.is_ascii_alphanumeric() || "-.:[]".contains(c))
+}
+
+fn read_api_keys(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<ApiKeysConfig> {
+    reader.deny_unknown_keys(table, &["header", "file", "env"]);
+    let header = reader.string(table, "header").unwrap_or_else(|| "x-api-key".to_owned());
+    let is_token = |c: char| c.is_ascii_alphanumeric() || "!#$%&'*+-.^_`|~".contains(c);
+    if header.is_empty() || !header.chars().all(is_token) || header.eq_ignore_ascii_case("authorization") {
+        let origin = reader.origin_of(table, "header").clone();
+        let help = Some("name a header of its own, e.g. `header = \"x-api-key\"`".to_owned());
+        reader.error(&origin, "security.api_keys.header", format!("`{header}` cannot carry API keys"), help);
+        return None;
+    }
+    let source = match (reader.string(table, "file"), reader.string(table, "env")) {
+        (Some(file), None) => ApiKeysSource::File(file),
+        (None, Some(env)) => ApiKeysSource::Env(env),
+        (Some(_), Some(_)) => {
+            let origin = reader.origin_of(table, "env").clone();
+            let help =
+                Some("keep one: `file` names a mounted secret, `env` a variable holding the same text".to_owned());
+            reader.error(&origin, "security.api_keys.env", "both `file` and `env`", help);
+            return None;
+        }
+        (None, None) => {
+            if !reader.has(table, "file") && !reader.has(table, "env") {
+                let origin = reader.origin_of(table, "file").clone();
+                let help = Some(
+                    "add `file = \"/run/secrets/api-keys.toml\"`, the keys as SHA-256 hashes with their roles"
+                        .to_owned(),
+                );
+                reader.error(&origin, "security.api_keys.file", "no keys file", help);
+            }
+            return None;
+        }
+    };
+    Some(ApiKeysConfig { header: header.to_ascii_lowercase(), source })
 }
 
 fn read_jwt(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<JwtConfig> {
@@ -268,6 +411,18 @@ mod tests {
         let plain = errors(&JWT.replace("https://id.example/certs", "http://id.example/certs"));
         assert!(plain.contains("security.jwt.jwks_url") && plain.contains("not HTTPS"), "{plain}");
         assert!(Config::parse(&JWT.replace("https://id.example/certs", "http://127.0.0.1:9/certs"), "m").is_ok());
+    }
+
+    #[test]
+    fn cors_origins_are_origins_and_a_wildcard_goes_without_credentials() {
+        let cors = |lines: &str| format!("[security]\ndefault = \"public\"\n[security.cors]\n{lines}");
+        let config = Config::parse(&cors("allowed_origins = [\"https://shop.example.com\"]\n"), "m").unwrap();
+        let cors_config = config.security.unwrap().cors.unwrap();
+        assert_eq!(cors_config.allowed_methods, ["GET", "POST", "PUT", "PATCH", "DELETE"]);
+        let path = errors(&cors("allowed_origins = [\"https://shop.example.com/\"]\n"));
+        assert!(path.contains("is not an origin"), "{path}");
+        let wildcard = errors(&cors("allowed_origins = [\"*\"]\nallow_credentials = true\n"));
+        assert!(wildcard.contains("with credentials"), "{wildcard}");
     }
 
     #[test]

@@ -122,10 +122,15 @@ async fn call(addr: SocketAddr, path: &str, token: Option<&str>) -> Answer {
 }
 
 async fn send(addr: SocketAddr, method: &str, path: &str, token: Option<&str>) -> Answer {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let authorization = token.map(|token| format!("Authorization: Bearer {token}\r\n")).unwrap_or_default();
+    send_with(addr, method, path, &authorization).await
+}
+
+/// A request with `headers` (each line ending in `\r\n`).
+async fn send_with(addr: SocketAddr, method: &str, path: &str, headers: &str) -> Answer {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
     let request =
-        format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{authorization}Content-Length: 0\r\nConnection: close\r\n\r\n");
+        format!("{method} {path} HTTP/1.1\r\nHost: x\r\n{headers}Content-Length: 0\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = String::new();
     stream.read_to_string(&mut raw).await.unwrap();
@@ -160,6 +165,13 @@ async fn bearer_tokens_are_checked_against_the_issuers_keys() {
     assert_eq!(caller["tenant"], "acme");
 
     assert_refused(&call(addr, "/whoami", None).await, "bearer\r");
+    // Every answer carries the usual security headers, refusals included.
+    for head in [&answer.head, &call(addr, "/whoami", None).await.head] {
+        for header in ["x-content-type-options: nosniff", "x-frame-options: deny", "referrer-policy: no-referrer"] {
+            assert!(head.contains(header), "{header} missing: {head}");
+        }
+        assert!(head.contains("content-security-policy: default-src 'none'"), "{head}");
+    }
     // Probes and scrapers need no token.
     assert_eq!(call(addr, "/healthz", None).await.status, 200);
     assert_eq!(call(addr, "/metrics", None).await.status, 200);
@@ -329,4 +341,90 @@ async fn a_configuration_in_force_that_lost_a_routes_role_stops_startup() {
     let runtime = Runtime::new(DependencyRegistry::from_config(Config::parse(&text, "security.marty.toml").unwrap()));
     let error = marty::service::server_in(&runtime, Shop).unwrap_err().to_string();
     assert!(error.contains("security.roles") && error.contains("`DELETE /orders/{id}` requires `admin`"), "{error}");
+}
+
+/// The shop on `tests/security.marty.toml` with `extra` settings added.
+fn shop_with(jwks: SocketAddr, extra: &str) -> Result<marty::service::Server, marty::service::ServeError> {
+    let text = format!("{}\n{extra}", include_str!("../security.marty.toml").replace("127.0.0.1:9", &jwks.to_string()));
+    let runtime = Runtime::new(DependencyRegistry::from_config(Config::parse(&text, "security.marty.toml").unwrap()));
+    marty::service::server_in(&runtime, Shop)
+}
+
+/// The shop with API keys from `keys` (a file written for the test).
+fn runtime_with_api_keys(jwks: SocketAddr, keys: &str) -> Result<marty::service::Server, marty::service::ServeError> {
+    let path = std::env::temp_dir().join(format!("marty-api-keys-{}-{}.toml", std::process::id(), fastrand::u64(..)));
+    std::fs::write(&path, keys).unwrap();
+    let server = shop_with(jwks, &format!("[security.api_keys]\nfile = \"{}\"\n", path.display()));
+    std::fs::remove_file(&path).unwrap();
+    server
+}
+
+fn sha256_hex(key: &str) -> String {
+    ring::digest::digest(&ring::digest::SHA256, key.as_bytes())
+        .as_ref()
+        .iter()
+        .map(|byte| format!("{byte:02x}"))
+        .collect()
+}
+
+#[tokio::test]
+async fn machine_clients_authenticate_with_api_keys_known_only_by_their_hash() {
+    let issuer = Arc::new(Issuer::default());
+    let key = SigningKey::generate("shop");
+    issuer.keys.lock().unwrap().push(key.jwk.clone());
+    let jwks = start_issuer(issuer).await;
+    let secret = "mk_live_7f3c9a1e5b2d4c6f8a0b";
+    let keys = format!(
+        "[keys.batch]\nsha256 = \"{}\"\nroles = [\"clerk\"]\nscopes = [\"orders:write\"]\n",
+        sha256_hex(secret)
+    );
+    let server = runtime_with_api_keys(jwks, &keys).expect("the keys file is valid");
+    let service = server.start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
+    let addr = service.addr();
+
+    let with_key = |key: &str| format!("x-api-key: {key}\r\n");
+    assert_eq!(send_with(addr, "GET", "/orders", &with_key(secret)).await.body, "orders of api-key:batch");
+    assert_eq!(send_with(addr, "POST", "/orders", &with_key(secret)).await.status, 201);
+    assert_eq!(send_with(addr, "DELETE", "/orders/7", &with_key(secret)).await.status, 403, "the key grants no admin");
+    let unknown = send_with(addr, "POST", "/orders", &with_key("mk_live_7f3c9a1e5b2d4c6f8a0c")).await;
+    assert_eq!(unknown.status, 401, "{}", unknown.body);
+    let hash_as_key = send_with(addr, "POST", "/orders", &with_key(&sha256_hex(secret))).await;
+    assert_eq!(hash_as_key.status, 401, "the stored hash is not a key");
+    let token = token_of(&key, "carl", &["clerk"], "orders:write");
+    let both = format!("{}Authorization: Bearer {token}\r\n", with_key(secret));
+    assert_eq!(send_with(addr, "POST", "/orders", &both).await.status, 401, "two credentials at once");
+    service.shutdown().await.unwrap();
+
+    // A key file that grants an undeclared role stops startup, naming the file, line and key.
+    let keys = format!("[keys.batch]\nsha256 = \"{}\"\nroles = [\"root\"]\n", sha256_hex(secret));
+    let error = runtime_with_api_keys(jwks, &keys).unwrap_err().to_string();
+    assert!(
+        error.contains(".toml:3") && error.contains("keys.batch.roles") && error.contains("`root` is not declared"),
+        "{error}"
+    );
+    assert!(!error.contains(secret), "{error}");
+}
+
+#[tokio::test]
+async fn browser_pages_of_allowed_origins_pass_cors_before_authentication() {
+    let jwks = start_issuer(Arc::new(Issuer::default())).await;
+    let cors = "[security.cors]\nallowed_origins = [\"https://shop.example.com\"]\n";
+    let server = shop_with(jwks, cors).expect("valid");
+    let service = server.start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
+    let addr = service.addr();
+    let preflight = |origin: &str| {
+        format!("Origin: {origin}\r\nAccess-Control-Request-Method: POST\r\nAccess-Control-Request-Headers: authorization\r\n")
+    };
+    let allowed = send_with(addr, "OPTIONS", "/orders", &preflight("https://shop.example.com")).await;
+    assert_eq!(allowed.status, 200, "a preflight needs no credentials: {}", allowed.body);
+    assert!(allowed.head.contains("access-control-allow-origin: https://shop.example.com"), "{}", allowed.head);
+    assert!(allowed.head.contains("access-control-allow-headers: authorization"), "{}", allowed.head);
+    let elsewhere = send_with(addr, "OPTIONS", "/orders", &preflight("https://evil.example.com")).await;
+    assert!(!elsewhere.head.contains("access-control-allow-origin"), "{}", elsewhere.head);
+    // A refusal is readable by the page (so it can sign in), and says which headers it may read.
+    let refused = send_with(addr, "GET", "/orders", "Origin: https://shop.example.com\r\n").await;
+    assert_eq!(refused.status, 401);
+    assert!(refused.head.contains("access-control-allow-origin: https://shop.example.com"), "{}", refused.head);
+    assert!(refused.head.contains("access-control-expose-headers: x-request-id,retry-after"), "{}", refused.head);
+    service.shutdown().await.unwrap();
 }

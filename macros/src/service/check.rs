@@ -124,8 +124,8 @@ fn check_access(access: &[AccessAttr], config: &ConfigFile, errors: &mut Accumul
         errors.push(error(*span, "`#[authorize]` needs `[security]` in marty.toml", help));
         return Requirement::Default;
     };
-    if security.jwt.is_none() {
-        let help = "add `[security.jwt]` with `issuer`, `audiences` and `jwks_url`";
+    if !security.can_authenticate() {
+        let help = "add `[security.jwt]` with `issuer`, `audiences` and `jwks_url`, or `[security.api_keys]` with a keys `file`";
         errors.push(error(
             *span,
             "`#[authorize]` needs a caller, and `[security]` configures no way to authenticate one",

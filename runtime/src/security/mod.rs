@@ -38,9 +38,22 @@
 //! declared name, and a startup error if the configuration in force lost it. A token that is
 //! present but not valid is refused even on a `#[public]` route.
 //!
-//! All answers are problem+json. Not yet here: API keys, mTLS identities, gRPC, rate limiting and
-//! the audit trail.
+//! Machine clients can present an API key instead (`[security.api_keys]`): a header (default
+//! `x-api-key`) carrying a key that the service knows only by its SHA-256, from a file read at
+//! startup, each key granting its own roles and scopes (see `marty::config::parse_api_keys` for the
+//! file). The caller's subject is `api-key:<name>`. A request with both a bearer token and an API
+//! key is refused.
+//!
+//! Browser pages on other origins may call the service as `[security.cors]` allows
+//! (`allowed_origins`, `allowed_methods`, `allowed_headers`, `expose_headers`,
+//! `allow_credentials`, `max_age`); preflights are answered before authentication. Every response
+//! also carries the usual security headers (`[http] security_headers`).
+//!
+//! All answers are problem+json. Not yet here: mTLS identities, gRPC, rate limiting and the audit
+//! trail.
 
+mod api_keys;
+pub(crate) mod cors;
 mod jwks;
 mod principal;
 
@@ -53,7 +66,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, Validation};
-use marty_config::{Access, JwtConfig, SecurityConfig};
+use marty_config::{Access, ConfigErrors, JwtConfig, SecurityConfig};
 
 use crate::service::{Problem, ProblemType, Requirement, RouteAccess};
 pub use principal::Principal;
@@ -62,6 +75,7 @@ pub use principal::Principal;
 pub(crate) struct Authenticator {
     default: Access,
     jwt: Option<JwtCheck>,
+    api_keys: Option<api_keys::ApiKeys>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -124,8 +138,14 @@ impl Denial {
 }
 
 impl Authenticator {
-    pub(crate) fn from_config(config: &SecurityConfig) -> Arc<Self> {
-        Arc::new(Authenticator { default: config.default, jwt: config.jwt.as_ref().map(JwtCheck::new) })
+    /// The checks `config` asks for; the API keys are read now. `file` names the configuration in
+    /// errors.
+    pub(crate) fn from_config(config: &SecurityConfig, file: &str) -> Result<Arc<Self>, ConfigErrors> {
+        let api_keys = match &config.api_keys {
+            Some(keys) => Some(api_keys::ApiKeys::load(keys, config, file)?),
+            None => None,
+        };
+        Ok(Arc::new(Authenticator { default: config.default, jwt: config.jwt.as_ref().map(JwtCheck::new), api_keys }))
     }
 
     /// Starts fetching the issuer's keys, and refreshing them, in the background.
@@ -137,8 +157,19 @@ impl Authenticator {
 
     /// The caller `headers` prove, if any.
     async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Principal>, Denial> {
+        let api_key = self.api_keys.as_ref().and_then(|keys| Some((keys, headers.get(keys.header())?)));
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
-        let Some(value) = values.next() else { return Ok(None) };
+        let Some(value) = values.next() else {
+            return match api_key {
+                Some((keys, key)) => {
+                    keys.check(key.as_bytes()).map(Some).ok_or_else(|| denied("an API key that is not known"))
+                }
+                None => Ok(None),
+            };
+        };
+        if api_key.is_some() {
+            return Err(denied("both an Authorization header and an API key"));
+        }
         if values.next().is_some() {
             return Err(denied("more than one Authorization header"));
         }

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use axum::extract::{DefaultBodyLimit, MatchedPath, Request};
-use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderName, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body::Body as _;
 use tower_layer::Layer;
@@ -35,21 +35,42 @@ use crate::timeout::Stopwatch;
 pub struct HttpLayer {
     metrics: Arc<Metrics>,
     body_limit: DefaultBodyLimit,
+    security_headers: bool,
 }
 
 impl HttpLayer {
     /// A layer recording into `metrics`, letting axum's extractors read bodies of up to
-    /// `max_body_bytes`.
+    /// `max_body_bytes`, adding the security headers to responses.
     pub fn new(metrics: Arc<Metrics>, max_body_bytes: usize) -> Self {
-        HttpLayer { metrics, body_limit: DefaultBodyLimit::max(max_body_bytes) }
+        HttpLayer { metrics, body_limit: DefaultBodyLimit::max(max_body_bytes), security_headers: true }
+    }
+
+    /// Whether responses get the security headers (`[http] security_headers`) where the handler
+    /// did not set them.
+    pub fn security_headers(mut self, enabled: bool) -> Self {
+        self.security_headers = enabled;
+        self
     }
 }
+
+/// The headers `[http] security_headers` adds: an API's responses are data, never a page to frame,
+/// sniff or load resources for.
+const SECURITY_HEADERS: [(HeaderName, HeaderValue); 4] = [
+    (header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff")),
+    (header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY")),
+    (header::REFERRER_POLICY, HeaderValue::from_static("no-referrer")),
+    (header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'")),
+];
 
 impl<S> Layer<S> for HttpLayer {
     type Service = HttpService<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        HttpService { inner: self.body_limit.layer(inner), metrics: self.metrics.clone() }
+        HttpService {
+            inner: self.body_limit.layer(inner),
+            metrics: self.metrics.clone(),
+            security_headers: self.security_headers,
+        }
     }
 }
 
@@ -58,6 +79,7 @@ impl<S> Layer<S> for HttpLayer {
 pub struct HttpService<S> {
     inner: <DefaultBodyLimit as Layer<S>>::Service,
     metrics: Arc<Metrics>,
+    security_headers: bool,
 }
 
 impl<S> Service<Request> for HttpService<S>
@@ -128,7 +150,16 @@ where
         };
         ResponseFuture {
             inner,
-            observed: Some(Observed { start, method, route, rpc, request_id, span, metrics: self.metrics.clone() }),
+            observed: Some(Observed {
+                start,
+                method,
+                route,
+                rpc,
+                request_id,
+                span,
+                metrics: self.metrics.clone(),
+                security_headers: self.security_headers,
+            }),
         }
     }
 }
@@ -142,6 +173,7 @@ struct Observed {
     request_id: HeaderValue,
     span: tracing::Span,
     metrics: Arc<Metrics>,
+    security_headers: bool,
 }
 
 pin_project_lite::pin_project! {
@@ -204,6 +236,12 @@ fn finish(observed: Observed, mut response: Response) -> Response {
         response.headers_mut().extend(headers);
     }
     response.headers_mut().insert(REQUEST_ID, observed.request_id);
+    if observed.security_headers && observed.rpc.is_none() {
+        let headers = response.headers_mut();
+        for (name, value) in SECURITY_HEADERS {
+            headers.entry(name).or_insert(value);
+        }
+    }
     if let Some(rpc) = observed.rpc {
         return super::rpc::observe(rpc, response, observed.span, observed.metrics, observed.start);
     }

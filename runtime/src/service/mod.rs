@@ -80,6 +80,7 @@
 //! max_connections = 10000      # unset: 10,000, or 3/4 of the open-file limit when lower; more wait to be accepted
 //! max_body_bytes = 2097152     # a larger declared Content-Length is refused (413) before any of it is read
 //! max_header_bytes = 32768     # request line and headers (431)
+//! security_headers = true      # nosniff, DENY framing, no referrer, a CSP that loads nothing
 //! ```
 //!
 //! HTTP/2 connections (gRPC) are pinged every 20 s and closed when a ping goes unanswered for 20 s.
@@ -269,7 +270,7 @@ pub fn server<S: Routes>(service: S) -> Result<Server, ServeError> {
 /// first use) and logging started.
 pub fn server_in<S: Routes>(runtime: &Runtime, service: S) -> Result<Server, ServeError> {
     let registry = load_and_start_logging::<S>(runtime)?;
-    Ok(server_for(Arc::new(service), runtime, registry))
+    server_for(Arc::new(service), runtime, registry)
 }
 
 /// The configuration, then logging ([`crate::telemetry`]), then a log line saying where the
@@ -286,17 +287,21 @@ fn load_and_start_logging<S: Routes>(runtime: &Runtime) -> Result<Arc<Dependency
     Ok(registry.clone())
 }
 
-fn server_for<S: Routes>(service: Arc<S>, runtime: &Runtime, registry: Arc<DependencyRegistry>) -> Server {
-    let server = Server::with_registry(service.clone().routes(), runtime.clone(), registry)
+fn server_for<S: Routes>(
+    service: Arc<S>,
+    runtime: &Runtime,
+    registry: Arc<DependencyRegistry>,
+) -> Result<Server, ServeError> {
+    let server = Server::with_registry(service.clone().routes(), runtime.clone(), registry)?
         .with_route_access(S::ACCESS)
         .with_health_checks(service.clone().health_checks());
     #[cfg(feature = "events")]
     let server = server.with_event_handlers(service.clone().event_handlers());
     #[cfg(feature = "grpc")]
     if let Some(grpc) = service.grpc() {
-        return server.with_grpc(grpc);
+        return Ok(server.with_grpc(grpc));
     }
-    server
+    Ok(server)
 }
 
 /// Loads the configuration, then builds the service's state with it (connect pools, read settings),
@@ -312,7 +317,7 @@ where
     let registry = load_and_start_logging::<S>(runtime)?;
     let global = DependencyRegistry::global().expect("loaded into the global runtime just above");
     let service = build(global).await.map_err(|error| ServeError::Startup(error.into()))?;
-    Ok(server_for(Arc::new(service), runtime, registry))
+    server_for(Arc::new(service), runtime, registry)
 }
 
 /// Loads the configuration, starts logging ([`crate::telemetry`]), binds `[http] addr` and serves
@@ -375,13 +380,24 @@ impl Server {
             )
         })?;
         check_features(&registry)?;
-        Ok(Self::with_registry(routes, runtime.clone(), registry))
+        Self::with_registry(routes, runtime.clone(), registry)
     }
 
-    fn with_registry(routes: Router, runtime: Runtime, registry: Arc<DependencyRegistry>) -> Self {
+    fn with_registry(routes: Router, runtime: Runtime, registry: Arc<DependencyRegistry>) -> Result<Self, ServeError> {
         #[cfg(feature = "security")]
-        let authenticator = registry.config().security.as_ref().map(crate::security::Authenticator::from_config);
-        Server {
+        let authenticator = {
+            let config = registry.config();
+            match config
+                .security
+                .as_ref()
+                .map(|security| crate::security::Authenticator::from_config(security, &config.file))
+            {
+                Some(Ok(authenticator)) => Some(authenticator),
+                Some(Err(errors)) => return Err(ServeError::Config(crate::Error::Config(Arc::new(errors)))),
+                None => None,
+            }
+        };
+        Ok(Server {
             routes,
             runtime,
             registry,
@@ -394,7 +410,7 @@ impl Server {
             grpc: None,
             #[cfg(feature = "events")]
             handlers: Vec::new(),
-        }
+        })
     }
 
     /// Adds event consumers, started with the server on the `[events]` broker.
@@ -435,12 +451,23 @@ impl Server {
 
     /// The complete application: user routes, built-in endpoints, and the layers every request passes.
     pub fn app(&self) -> Router {
-        self.http_routes().layer(self.http_layer())
+        self.cors(self.http_routes()).layer(self.http_layer())
+    }
+
+    /// `[security.cors]` around `routes`, outside authentication: a browser's preflight carries no
+    /// credentials.
+    fn cors(&self, routes: Router) -> Router {
+        #[cfg(feature = "security")]
+        if let Some(cors) = self.registry.config().security.as_ref().and_then(|security| security.cors.as_ref()) {
+            return routes.layer(crate::security::cors::layer(cors));
+        }
+        routes
     }
 
     /// The layer every request passes, with this service's metrics and body limit.
     fn http_layer(&self) -> HttpLayer {
-        HttpLayer::new(self.registry.metrics().clone(), self.registry.config().http.max_body_bytes)
+        let http = &self.registry.config().http;
+        HttpLayer::new(self.registry.metrics().clone(), http.max_body_bytes).security_headers(http.security_headers)
     }
 
     /// What the readiness rule reads, for `/readyz` and gRPC health.
@@ -497,7 +524,7 @@ impl Server {
             true => self.guarded_routes().fallback(errors::not_found),
             false => self.http_routes(),
         };
-        let http = api_routes.layer(observe.clone());
+        let http = self.cors(api_routes).layer(observe.clone());
         let management_http =
             management.then(|| self.operations_routes().fallback(errors::not_found).layer(observe.clone()));
         #[cfg(feature = "grpc")]
