@@ -57,9 +57,8 @@ pub(crate) mod cors;
 mod jwks;
 mod principal;
 
-use std::sync::Arc;
-
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -98,18 +97,18 @@ pub(crate) enum Denial {
 }
 
 impl Denial {
-    pub(crate) fn into_response(self, _grpc: bool) -> Response {
+    pub(crate) fn into_response(self) -> Response {
         let (status, kind, detail, challenge) = match self {
             Denial::Missing => (
                 StatusCode::UNAUTHORIZED,
                 ProblemType::Unauthorized,
-                "this request needs credentials: send `Authorization: Bearer <token>`",
+                "this request needs credentials: a bearer token (`Authorization: Bearer <token>`) or an API key",
                 Some("Bearer"),
             ),
             Denial::Invalid => (
                 StatusCode::UNAUTHORIZED,
                 ProblemType::Unauthorized,
-                "the bearer token is not valid",
+                "the credentials are not valid",
                 Some("Bearer error=\"invalid_token\""),
             ),
             Denial::Forbidden => (
@@ -212,12 +211,11 @@ impl Gate {
 /// The middleware on the service's own routes (after routing, so the matched route is known): a
 /// caller proven and allowed, refused, or not needed.
 pub(crate) async fn guard(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
-    let grpc = false;
     let route = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str());
     let requirement = route.and_then(|route| gate.routes.get(&(request.method().clone(), route))).copied();
     let caller = match gate.authenticator.authenticate(request.headers()).await {
         Ok(caller) => caller,
-        Err(denial) => return denial.into_response(grpc),
+        Err(denial) => return denial.into_response(),
     };
     let allowed = match (requirement, &caller) {
         (Some(Requirement::Public), _) => Ok(()),
@@ -233,7 +231,7 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut request: Request, next: 
         (None, Some(_)) => Ok(()),
     };
     if let Err(denial) = allowed {
-        return denial.into_response(grpc);
+        return denial.into_response();
     }
     if let Some(caller) = caller {
         request.extensions_mut().insert(caller);

@@ -77,7 +77,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Principal {
     type Rejection = axum::response::Response;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        parts.extensions.get::<Principal>().cloned().ok_or_else(|| Denial::Missing.into_response(false))
+        parts.extensions.get::<Principal>().cloned().ok_or_else(|| Denial::Missing.into_response())
     }
 }
 
