@@ -77,6 +77,7 @@ mod api_keys;
 mod app;
 mod duration;
 mod error;
+mod rate_limit;
 mod read;
 mod schema;
 mod security;
@@ -89,6 +90,7 @@ pub use api_keys::{parse_api_keys, ApiKeyEntry};
 pub use app::AppSettings;
 pub use duration::{format_duration, parse_duration, DurationError, DURATION_HELP};
 pub use error::{ConfigError, ConfigErrors, Origin};
+pub use rate_limit::{ClientIpHeader, IpRange, Limit, LimitKey, RateLimitConfig, RouteLimit};
 pub use schema::{
     is_replica_name, Backoff, Broker, CircuitBreakerConfig, Config, DependencyConfig, DependencyKind,
     DependencyReadiness, EventsConfig, HttpConfig, KafkaConfig, ListenerConfig, LogFormat, NatsConfig, NatsStorage,

@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use crate::app::AppSettings;
+use crate::rate_limit::{read_rate_limit, RateLimitConfig};
 use crate::read::{join, Reader, Table};
 use crate::security::{read_security, SecurityConfig};
 use crate::suggest;
@@ -42,6 +43,8 @@ pub struct Config {
     /// `[security]`: how callers authenticate and what routes require (none when absent: every
     /// route is public).
     pub security: Option<SecurityConfig>,
+    /// `[rate_limit]`: how many requests a caller may make (none when absent).
+    pub rate_limit: Option<RateLimitConfig>,
     /// `[app]`: the application's own settings; read them with `config.app.get::<YourSettings>()`.
     pub app: AppSettings,
 }
@@ -593,6 +596,7 @@ const ROOT_KEYS: &[&str] = &[
     "sagas",
     "storage",
     "security",
+    "rate_limit",
     "app",
 ];
 const HTTP_KEYS: &[&str] = &[
@@ -703,6 +707,7 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
     let sagas = read_sagas(reader, root, &dependencies);
     let storage = read_storage(reader, root);
     let security = read_security(reader, root);
+    let rate_limit = read_rate_limit(reader, root);
     let app = AppSettings::new(file, reader.free_form(root, "app"));
     Config {
         file: file.to_owned(),
@@ -717,6 +722,7 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         sagas,
         storage,
         security,
+        rate_limit,
         app,
     }
 }

@@ -221,27 +221,16 @@ fn read_api_keys(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<ApiKeysCo
         reader.error(&origin, "security.api_keys.header", format!("`{header}` cannot carry API keys"), help);
         return None;
     }
-    let source = match (reader.string(table, "file"), reader.string(table, "env")) {
-        (Some(file), None) => ApiKeysSource::File(file),
-        (None, Some(env)) => ApiKeysSource::Env(env),
-        (Some(_), Some(_)) => {
-            let origin = reader.origin_of(table, "env").clone();
-            let help =
-                Some("keep one: `file` names a mounted secret, `env` a variable holding the same text".to_owned());
-            reader.error(&origin, "security.api_keys.env", "both `file` and `env`", help);
-            return None;
-        }
-        (None, None) => {
-            if !reader.has(table, "file") && !reader.has(table, "env") {
-                let origin = reader.origin_of(table, "file").clone();
-                let help = Some(
-                    "add `file = \"/run/secrets/api-keys.toml\"`, the keys as SHA-256 hashes with their roles"
-                        .to_owned(),
-                );
-                reader.error(&origin, "security.api_keys.file", "no keys file", help);
-            }
-            return None;
-        }
+    let (key, value) = one_of(
+        reader,
+        table,
+        ["file", "env"],
+        "keep one: `file` names a mounted secret, `env` a variable holding the same text",
+        ("no keys file", "add `file = \"/run/secrets/api-keys.toml\"`, the keys as SHA-256 hashes with their roles"),
+    )?;
+    let source = match key {
+        "file" => ApiKeysSource::File(value),
+        _ => ApiKeysSource::Env(value),
     };
     Some(ApiKeysConfig { header: header.to_ascii_lowercase(), source })
 }
@@ -326,28 +315,19 @@ fn read_algorithms(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<Vec<Str
 
 /// `jwks_url` or `discovery_url`, exactly one, over HTTPS unless the issuer is on this machine.
 fn read_key_source(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<KeySource> {
-    let jwks = reader.string(table, "jwks_url");
-    let discovery = reader.string(table, "discovery_url");
-    let (key, source) = match (jwks, discovery) {
-        (Some(url), None) => ("jwks_url", KeySource::Jwks(url)),
-        (None, Some(url)) => ("discovery_url", KeySource::Discovery(url)),
-        (Some(_), Some(_)) => {
-            let origin = reader.origin_of(table, "discovery_url").clone();
-            let help = Some("keep one: `jwks_url` names the keys, `discovery_url` the issuer's metadata".to_owned());
-            reader.error(&origin, "security.jwt.discovery_url", "both `jwks_url` and `discovery_url`", help);
-            return None;
-        }
-        (None, None) => {
-            if !reader.has(table, "jwks_url") && !reader.has(table, "discovery_url") {
-                let origin = reader.origin_of(table, "jwks_url").clone();
-                let help = Some(
-                    "add `jwks_url = \"https://login.example.com/.../certs\"`, or `discovery_url` for OpenID Connect discovery"
-                        .to_owned(),
-                );
-                reader.error(&origin, "security.jwt.jwks_url", "no keys to check signatures with", help);
-            }
-            return None;
-        }
+    let (key, url) = one_of(
+        reader,
+        table,
+        ["jwks_url", "discovery_url"],
+        "keep one: `jwks_url` names the keys, `discovery_url` the issuer's metadata",
+        (
+            "no keys to check signatures with",
+            "add `jwks_url = \"https://login.example.com/.../certs\"`, or `discovery_url` for OpenID Connect discovery",
+        ),
+    )?;
+    let source = match key {
+        "jwks_url" => KeySource::Jwks(url),
+        _ => KeySource::Discovery(url),
     };
     let (KeySource::Jwks(url) | KeySource::Discovery(url)) = &source;
     if !is_https_or_local(url) {
@@ -363,6 +343,35 @@ fn read_key_source(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<KeySour
         return None;
     }
     Some(source)
+}
+
+/// Exactly one of two keys that say the same thing two ways: which, with its value; an error when
+/// both or neither are given (`missing`: problem and help).
+fn one_of(
+    reader: &mut Reader<'_>,
+    table: &Table<'_>,
+    [first, second]: [&'static str; 2],
+    both_help: &str,
+    (missing, missing_help): (&str, &str),
+) -> Option<(&'static str, String)> {
+    match (reader.string(table, first), reader.string(table, second)) {
+        (Some(value), None) => Some((first, value)),
+        (None, Some(value)) => Some((second, value)),
+        (Some(_), Some(_)) => {
+            let origin = reader.origin_of(table, second).clone();
+            let problem = format!("both `{first}` and `{second}`");
+            reader.error(&origin, &join(&table.path, second), problem, Some(both_help.to_owned()));
+            None
+        }
+        (None, None) => {
+            // A key given with a bad value was reported where it was read.
+            if !reader.has(table, first) && !reader.has(table, second) {
+                let origin = reader.origin_of(table, first).clone();
+                reader.error(&origin, &join(&table.path, first), missing, Some(missing_help.to_owned()));
+            }
+            None
+        }
+    }
 }
 
 fn is_https_or_local(url: &str) -> bool {

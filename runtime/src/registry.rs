@@ -125,9 +125,11 @@ impl DependencyRegistry {
             || previous.http != config.http
             || previous.telemetry != config.telemetry
             || previous.security != config.security
+            || previous.rate_limit != config.rate_limit
         {
-            needs_restart
-                .push("[service], [http], [telemetry] and [security] changes apply after a restart".to_owned());
+            needs_restart.push(
+                "[service], [http], [telemetry], [security] and [rate_limit] changes apply after a restart".to_owned(),
+            );
         }
         *self.config.write().unwrap_or_else(|poison| poison.into_inner()) = Arc::new(config);
         for warning in &needs_restart {

@@ -428,3 +428,82 @@ async fn browser_pages_of_allowed_origins_pass_cors_before_authentication() {
     assert!(refused.head.contains("access-control-expose-headers: x-request-id,retry-after"), "{}", refused.head);
     service.shutdown().await.unwrap();
 }
+
+/// The value of header `name` (lower case) in an answer's head.
+fn header<'a>(answer: &'a Answer, name: &str) -> Option<&'a str> {
+    answer.head.lines().find_map(|line| line.strip_prefix(name)?.strip_prefix(": "))
+}
+
+const RATE_LIMITS: &str = "[rate_limit]\ndefault = { limit = \"100/s\" }\ntrusted_proxies = [\"127.0.0.1\"]\n\
+    [rate_limit.routes]\n\"GET /catalog\" = { limit = \"3/m\", key = \"ip\" }\n\"POST /orders\" = { limit = \"2/m\" }\n";
+
+#[tokio::test]
+async fn callers_over_their_rate_limit_get_429_with_when_to_retry() {
+    let issuer = Arc::new(Issuer::default());
+    let key = SigningKey::generate("shop");
+    issuer.keys.lock().unwrap().push(key.jwk.clone());
+    let server = shop_with(start_issuer(issuer).await, RATE_LIMITS).expect("the limited routes exist");
+    let service = server.start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
+    let addr = service.addr();
+
+    // By address: three a minute, then 429 problem+json saying when to come back.
+    for remaining in [2, 1, 0] {
+        let answer = call(addr, "/catalog", None).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        assert_eq!(header(&answer, "ratelimit-policy"), Some("\"get /catalog\";q=3;w=60"), "lower-cased head");
+        let state = header(&answer, "ratelimit").unwrap();
+        assert!(state.starts_with(&format!("\"get /catalog\";r={remaining};t=")), "{state}");
+    }
+    let over = call(addr, "/catalog", None).await;
+    assert_eq!(over.status, 429, "{}", over.body);
+    assert!(over.head.contains("content-type: application/problem+json"), "{}", over.head);
+    assert!(over.body.contains("urn:marty:problem:too-many-requests"), "{}", over.body);
+    let retry_after: u64 = header(&over, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=20).contains(&retry_after), "one request's share of a minute: {retry_after}");
+    assert!(header(&over, "ratelimit").unwrap().contains(";r=0;"), "{}", over.head);
+    // Behind a trusted proxy, the client it names has an allowance of its own; what an untrusted
+    // hop claims about the ones before it (a forged leftmost address) changes nothing.
+    let forwarded = |chain: &str| format!("X-Forwarded-For: {chain}\r\n");
+    assert_eq!(send_with(addr, "GET", "/catalog", &forwarded("203.0.113.9")).await.status, 200);
+    for forged in ["198.51.100.1", "198.51.100.2", "198.51.100.3"] {
+        let _ = send_with(addr, "GET", "/catalog", &forwarded(&format!("{forged}, 203.0.113.9"))).await;
+    }
+    assert_eq!(send_with(addr, "GET", "/catalog", &forwarded("203.0.113.9")).await.status, 429);
+    // Probes are never limited.
+    assert_eq!(call(addr, "/healthz", None).await.status, 200);
+
+    // By caller: each subject has its own allowance, whatever its address.
+    let carl = token_of(&key, "carl", &["clerk"], "orders:write");
+    let cora = token_of(&key, "cora", &["clerk"], "orders:write");
+    assert_eq!(send(addr, "POST", "/orders", Some(&carl)).await.status, 201);
+    assert_eq!(send(addr, "POST", "/orders", Some(&carl)).await.status, 201);
+    assert_eq!(send(addr, "POST", "/orders", Some(&carl)).await.status, 429);
+    assert_eq!(send(addr, "POST", "/orders", Some(&cora)).await.status, 201, "another caller");
+    // Failed credentials count against the address: guessing is limited too.
+    let statuses: Vec<u16> = refused_statuses(addr, 3).await;
+    assert_eq!(statuses, [401, 401, 429]);
+    // Routes without a limit of their own get the default.
+    let listed = call(addr, "/orders", Some(&cora)).await;
+    assert_eq!(header(&listed, "ratelimit-policy"), Some("\"default\";q=100;w=1"), "{}", listed.head);
+    service.shutdown().await.unwrap();
+}
+
+/// `count` requests to `POST /orders` with a token that is not valid, one after the other.
+async fn refused_statuses(addr: SocketAddr, count: usize) -> Vec<u16> {
+    let mut statuses = Vec::new();
+    for _ in 0..count {
+        statuses.push(send(addr, "POST", "/orders", Some("not-a-token")).await.status);
+    }
+    statuses
+}
+
+#[tokio::test]
+async fn a_rate_limit_for_a_route_the_service_does_not_have_stops_startup() {
+    let jwks = start_issuer(Arc::new(Issuer::default())).await;
+    let error =
+        shop_with(jwks, "[rate_limit.routes]\n\"POST /order\" = { limit = \"1/s\" }\n").unwrap_err().to_string();
+    assert!(
+        error.contains("rate_limit.routes.\"POST /order\"") && error.contains("did you mean `POST /orders`"),
+        "{error}"
+    );
+}

@@ -23,6 +23,7 @@ pub(super) fn validate(
     let config = config_file::load(args.config.as_ref().map(|arg| arg.value.as_str()));
     let config_ok = config.require(args.config.as_ref().map_or(Span::call_site(), |arg| arg.span), errors);
     let routes = check_routes(routed, &config, errors);
+    check_rate_limited_routes(&routes, &config, args.config.as_ref().map_or(Span::call_site(), |arg| arg.span), errors);
     let name = args.name.map(|arg| arg.value).or_else(|| config.valid().and_then(|valid| valid.service.name.clone()));
     let name = name.unwrap_or_else(|| std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "service".to_owned()));
     let (grpc, reflection) = check_grpc(args.grpc, args.reflection, errors);
@@ -91,6 +92,28 @@ fn check_routes(routed: Vec<RoutedMethod>, config: &ConfigFile, errors: &mut Acc
         }
     }
     routes
+}
+
+/// `[rate_limit.routes]` names routes this service has (reported at `span`: the limit is in the
+/// file, the routes are here).
+fn check_rate_limited_routes(routes: &[Route], config: &ConfigFile, span: Span, errors: &mut Accumulator) {
+    let Some(rate_limit) = config.valid().and_then(|valid| valid.rate_limit.as_ref()) else { return };
+    let served: Vec<String> =
+        routes.iter().map(|route| format!("{} {}", route.method.as_str().to_uppercase(), route.path)).collect();
+    for unknown in rate_limit.unknown_routes(&served) {
+        let line = match unknown.origin {
+            marty_config::Origin::Line(line) => format!("{}:{line}", config.display),
+            _ => config.display.clone(),
+        };
+        let problem =
+            format!("`[rate_limit.routes]` limits `{}` ({line}), a route this service does not have", unknown.name());
+        let candidates: Vec<&str> = served.iter().map(String::as_str).collect();
+        let help = match candidates.is_empty() {
+            true => "remove the limit: this service has no HTTP routes".to_owned(),
+            false => did_you_mean(&unknown.name(), &candidates, "the service's routes:"),
+        };
+        errors.push(error(span, problem, help));
+    }
 }
 
 /// One of `#[public]` or `#[authorize]`, naming only the roles and scopes `[security]` declares, in

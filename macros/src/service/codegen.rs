@@ -94,7 +94,8 @@ fn emit_handler(route: &Route, paths: &Paths, service: &syn::Ident) -> TokenStre
     }
 }
 
-/// `const ACCESS`: what the routes with `#[public]` or `#[authorize]` require of their caller.
+/// `const ACCESS`: what the routes with `#[public]` or `#[authorize]` require of their caller; and
+/// `const ROUTE_NAMES`, every route, for the startup check of `[rate_limit.routes]`.
 fn emit_access(model: &ServiceModel, paths: &Paths) -> TokenStream {
     let (route_access, requirement) = (paths.get(rt::ROUTE_ACCESS), paths.get(rt::REQUIREMENT));
     let entries: Vec<TokenStream> = model
@@ -112,10 +113,16 @@ fn emit_access(model: &ServiceModel, paths: &Paths) -> TokenStream {
             Some(quote!(#route_access { method: #method, path: #path, requirement: #required }))
         })
         .collect();
+    let option = paths.get(rt::OPTION);
+    let names = model.routes.iter().map(|route| format!("{} {}", route.method.as_str().to_uppercase(), route.path));
+    let route_names = quote!(const ROUTE_NAMES: #option<&'static [&'static str]> = #option::Some(&[#(#names),*]););
     if entries.is_empty() {
-        return TokenStream::new();
+        return route_names;
     }
-    quote!(const ACCESS: &'static [#route_access] = &[#(#entries),*];)
+    quote! {
+        const ACCESS: &'static [#route_access] = &[#(#entries),*];
+        #route_names
+    }
 }
 
 /// `fn grpc(..)`: each named tonic server over the shared state, and reflection's descriptors.

@@ -49,13 +49,40 @@
 //! `allow_credentials`, `max_age`); preflights are answered before authentication. Every response
 //! also carries the usual security headers (`[http] security_headers`).
 //!
-//! All answers are problem+json. Not yet here: mTLS identities, gRPC, rate limiting and the audit
-//! trail.
+//! Rate limits (`[rate_limit]`, see below) are checked in the same place, after routing:
+//!
+//! ```toml
+//! [rate_limit]
+//! default = { limit = "100/s", burst = 200 }  # routes without their own (none: unlimited)
+//! trusted_proxies = ["10.0.0.0/8"]           # whose X-Forwarded-For names the client
+//! client_ip_header = "x-forwarded-for"       # or "forwarded" (RFC 7239), "x-real-ip"
+//! max_keys = 100000                          # callers tracked per limit
+//!
+//! [rate_limit.routes]
+//! "POST /orders" = { limit = "10/s", burst = 20, key = "caller" }  # or key = "ip"
+//! ```
+//!
+//! A limit is GCRA (`governor`): `limit` requests per second, minute or hour, `burst` at once
+//! (default: `limit`'s count). `key = "caller"` (the default) counts the authenticated subject or
+//! API key, and the client's address for anonymous callers; `key = "ip"` counts the address and is
+//! checked before credentials, so a flood of forged tokens costs no signature checks. Failed
+//! credentials always count against the address. The address is the socket's, unless the peer is
+//! one of `trusted_proxies`: then the forwarding chain is walked back to the first hop that is not
+//! a trusted proxy. IPv6 clients are counted per /64. Over the limit: **429** problem+json with
+//! `Retry-After`; limited responses carry `RateLimit-Policy: "POST /orders";q=20;w=2` and
+//! `RateLimit: "POST /orders";r=<left>;t=<seconds until whole>` (the IETF draft's fields). A route
+//! named under `[rate_limit.routes]` that the service does not have is a compile error, and a
+//! startup error for the configuration in force (a file several services share can therefore hold
+//! only `default`). Each limit tracks at most `max_keys` callers: beyond them, new callers share
+//! one allowance until tracked ones go quiet, and a warning says so.
+//!
+//! All answers are problem+json. Not yet here: mTLS identities, gRPC and the audit trail.
 
 mod api_keys;
 pub(crate) mod cors;
 mod jwks;
 mod principal;
+mod rate_limit;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -65,10 +92,12 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, Validation};
-use marty_config::{Access, ConfigErrors, JwtConfig, SecurityConfig};
+use marty_config::{Access, ConfigErrors, JwtConfig, LimitKey, SecurityConfig};
 
 use crate::service::{Problem, ProblemType, Requirement, RouteAccess};
 pub use principal::Principal;
+pub(crate) use rate_limit::RateLimits;
+use rate_limit::{Allowance, OverLimit};
 
 /// Checks every request's credentials, as `[security]` says.
 pub(crate) struct Authenticator {
@@ -190,36 +219,104 @@ fn denied(reason: &str) -> Denial {
     Denial::Invalid
 }
 
-/// The authenticator and each route's requirement, for [`guard`].
+/// What the guard checks: credentials, each route's requirement, rate limits.
 #[derive(Debug, Clone)]
 pub(crate) struct Gate {
-    authenticator: Arc<Authenticator>,
+    authenticator: Option<Arc<Authenticator>>,
+    rate_limits: Option<Arc<RateLimits>>,
     /// `#[public]` and `#[authorize]`, by method and path as routed.
     routes: Arc<HashMap<(Method, &'static str), Requirement>>,
 }
 
 impl Gate {
-    pub(crate) fn new(authenticator: Arc<Authenticator>, access: &'static [RouteAccess]) -> Self {
+    pub(crate) fn new(
+        authenticator: Option<Arc<Authenticator>>,
+        rate_limits: Option<Arc<RateLimits>>,
+        access: &'static [RouteAccess],
+    ) -> Self {
         let routes = access
             .iter()
             .filter_map(|route| Some(((route.method.parse().ok()?, route.path), route.requirement)))
             .collect();
-        Gate { authenticator, routes: Arc::new(routes) }
+        Gate { authenticator, rate_limits, routes: Arc::new(routes) }
     }
 }
 
 /// The middleware on the service's own routes (after routing, so the matched route is known): a
-/// caller proven and allowed, refused, or not needed.
+/// caller proven, allowed and within its rate limit, or refused.
 pub(crate) async fn guard(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+    match admit(&gate, &mut request).await {
+        Ok(allowance) => {
+            let mut response = next.run(request).await;
+            if let Some(allowance) = allowance {
+                allowance.add_to(&mut response);
+            }
+            response
+        }
+        Err(Refusal::Denied(denial)) => denial.into_response(),
+        Err(Refusal::OverLimit(over)) => over.into_response(),
+    }
+}
+
+/// Why [`admit`] turned a request away.
+enum Refusal {
+    Denied(Denial),
+    OverLimit(OverLimit),
+}
+
+impl From<Denial> for Refusal {
+    fn from(denial: Denial) -> Self {
+        Refusal::Denied(denial)
+    }
+}
+
+impl From<OverLimit> for Refusal {
+    fn from(over: OverLimit) -> Self {
+        Refusal::OverLimit(over)
+    }
+}
+
+/// Checks `request` in the order that costs an abuser most: limits by address before credentials
+/// (a flood of forged tokens costs no signature check), failed credentials counted against the
+/// address (guessing keys is limited too), limits by caller once the caller is known. Puts the
+/// caller in the request for [`Principal`].
+async fn admit(gate: &Gate, request: &mut Request) -> Result<Option<Allowance>, Refusal> {
     let route = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str());
     let requirement = route.and_then(|route| gate.routes.get(&(request.method().clone(), route))).copied();
-    let caller = match gate.authenticator.authenticate(request.headers()).await {
-        Ok(caller) => caller,
-        Err(denial) => return denial.into_response(),
+    let limit =
+        gate.rate_limits.as_deref().and_then(|limits| Some((limits, limits.for_route(request.method(), route)?)));
+    let mut allowance = match limit {
+        Some((limits, limiter)) if limiter.key() == LimitKey::Ip => Some(limits.check(limiter, None, request)?),
+        _ => None,
     };
-    let allowed = match (requirement, &caller) {
+    let caller = match &gate.authenticator {
+        None => None,
+        Some(authenticator) => match authenticator.authenticate(request.headers()).await {
+            Ok(caller) => caller,
+            Err(denial) => {
+                if let (None, Some((limits, limiter))) = (&allowance, limit) {
+                    limits.check(limiter, None, request)?;
+                }
+                return Err(denial.into());
+            }
+        },
+    };
+    let default = gate.authenticator.as_ref().map_or(Access::Public, |authenticator| authenticator.default);
+    authorize(default, requirement, caller.as_ref())?;
+    if let (None, Some((limits, limiter))) = (&allowance, limit) {
+        allowance = Some(limits.check(limiter, caller.as_ref(), request)?);
+    }
+    if let Some(caller) = caller {
+        request.extensions_mut().insert(caller);
+    }
+    Ok(allowance)
+}
+
+/// Whether `caller` may call a route with `requirement` (`None`: the route follows `default`).
+fn authorize(default: Access, requirement: Option<Requirement>, caller: Option<&Principal>) -> Result<(), Denial> {
+    match (requirement, caller) {
         (Some(Requirement::Public), _) => Ok(()),
-        (None, None) if gate.authenticator.default == Access::Public => Ok(()),
+        (None, None) if default == Access::Public => Ok(()),
         (_, None) => Err(Denial::Missing),
         (Some(Requirement::Authorize { roles, scopes }), Some(caller)) => {
             let has_role = roles.is_empty() || roles.iter().any(|role| caller.has_role(role));
@@ -229,14 +326,7 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut request: Request, next: 
             }
         }
         (None, Some(_)) => Ok(()),
-    };
-    if let Err(denial) = allowed {
-        return denial.into_response();
     }
-    if let Some(caller) = caller {
-        request.extensions_mut().insert(caller);
-    }
-    next.run(request).await
 }
 
 /// Bearer tokens checked against `[security.jwt]`.

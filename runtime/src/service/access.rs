@@ -33,7 +33,9 @@ pub struct RouteAccess {
 /// The routes' roles and scopes are declared under `[security]`, and callers can authenticate
 /// where a route requires one: the same rules the macros applied, against the configuration in
 /// force (which `MARTY_CONFIG` may have replaced).
-pub(crate) fn check(config: &Config, routes: &[RouteAccess]) -> Result<(), ConfigErrors> {
+///
+/// And `[rate_limit.routes]` names only routes among `served`, when they are known.
+pub(crate) fn check(config: &Config, routes: &[RouteAccess], served: Option<&[&str]>) -> Result<(), ConfigErrors> {
     let mut errors = Vec::new();
     let mut error = |key: &str, problem: String, help: String| {
         errors.push(ConfigError {
@@ -55,7 +57,7 @@ pub(crate) fn check(config: &Config, routes: &[RouteAccess]) -> Result<(), Confi
             );
             continue;
         };
-        if security.jwt.is_none() {
+        if !security.can_authenticate() {
             error(
                 "security.jwt",
                 format!("{name} has `#[authorize]`, and `[security]` configures no way to authenticate a caller"),
@@ -71,6 +73,21 @@ pub(crate) fn check(config: &Config, routes: &[RouteAccess]) -> Result<(), Confi
                 );
             }
         }
+    }
+    let served_known = served.is_some();
+    let served: Vec<String> = served.unwrap_or_default().iter().map(|name| (*name).to_owned()).collect();
+    let limits = config.rate_limit.as_ref().filter(|_| served_known);
+    for unknown in limits.iter().flat_map(|rate_limit| rate_limit.unknown_routes(&served)) {
+        errors.push(ConfigError {
+            file: config.file.clone(),
+            origin: unknown.origin.clone(),
+            key: format!("rate_limit.routes.\"{}\"", unknown.name()),
+            problem: "a route this service does not have".to_owned(),
+            help: Some(match marty_config::suggest::nearest(&unknown.name(), served.iter().map(String::as_str)) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => "remove the limit, or add the route".to_owned(),
+            }),
+        });
     }
     match errors.is_empty() {
         true => Ok(()),

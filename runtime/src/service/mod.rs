@@ -178,6 +178,11 @@ pub trait Routes: Send + Sync + 'static {
     #[doc(hidden)]
     const ACCESS: &'static [RouteAccess] = &[];
 
+    /// Every route as `"METHOD /path"`, for the startup check of `[rate_limit.routes]` (`None`:
+    /// not known, not checked).
+    #[doc(hidden)]
+    const ROUTE_NAMES: Option<&'static [&'static str]> = None;
+
     /// The routes, with handlers that call the service's methods.
     fn routes(self: Arc<Self>) -> Router;
 
@@ -279,7 +284,7 @@ fn load_and_start_logging<S: Routes>(runtime: &Runtime) -> Result<Arc<Dependency
     let (path, text) = S::CONFIG;
     let registry = runtime.registry_or_load(path, text).map_err(ServeError::Config)?;
     check_features(registry)?;
-    access::check(&registry.config(), S::ACCESS)
+    access::check(&registry.config(), S::ACCESS, S::ROUTE_NAMES)
         .map_err(|errors| ServeError::Config(crate::Error::Config(Arc::new(errors))))?;
     if crate::telemetry::init(S::NAME, &registry.config().telemetry) {
         registry.log_provenance();
@@ -329,21 +334,25 @@ pub async fn serve<S: Routes>(service: S) -> Result<(), ServeError> {
 }
 
 /// Refuses a configuration that needs a feature this build of marty lacks: a service must not
-/// serve unprotected routes because `[security]` was silently ignored.
+/// serve unprotected or unlimited routes because `[security]` or `[rate_limit]` was silently ignored.
 fn check_features(registry: &DependencyRegistry) -> Result<(), ServeError> {
     let config = registry.config();
-    if cfg!(not(feature = "security")) && config.security.is_some() {
-        return Err(ServeError::Config(crate::Error::Config(Arc::new(marty_config::ConfigErrors(vec![
-            marty_config::ConfigError {
-                file: config.file.clone(),
-                origin: marty_config::Origin::Missing,
-                key: "security".to_owned(),
-                problem: "`[security]` is configured, but marty was built without its `security` feature".to_owned(),
-                help: Some("add `features = [\"security\"]` to marty in Cargo.toml".to_owned()),
-            },
-        ])))));
+    let unprotected = [("security", config.security.is_some()), ("rate_limit", config.rate_limit.is_some())];
+    let errors: Vec<_> = unprotected
+        .iter()
+        .filter(|(_, configured)| cfg!(not(feature = "security")) && *configured)
+        .map(|(key, _)| marty_config::ConfigError {
+            file: config.file.clone(),
+            origin: marty_config::Origin::Missing,
+            key: (*key).to_owned(),
+            problem: format!("`[{key}]` is configured, but marty was built without its `security` feature"),
+            help: Some("add `features = [\"security\"]` to marty in Cargo.toml".to_owned()),
+        })
+        .collect();
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(ServeError::Config(crate::Error::Config(Arc::new(marty_config::ConfigErrors(errors))))),
     }
-    Ok(())
 }
 
 /// The header carrying a request's id, taken from the client when present, generated otherwise.
@@ -358,6 +367,9 @@ pub struct Server {
     /// `[security]`: what the service's own routes require of a caller.
     #[cfg(feature = "security")]
     authenticator: Option<Arc<crate::security::Authenticator>>,
+    /// `[rate_limit]`: each route's allowance per caller.
+    #[cfg(feature = "security")]
+    rate_limits: Option<Arc<crate::security::RateLimits>>,
     /// The routes' `#[public]` and `#[authorize]`.
     access: &'static [RouteAccess],
     readiness: Arc<Readiness>,
@@ -397,12 +409,16 @@ impl Server {
                 None => None,
             }
         };
+        #[cfg(feature = "security")]
+        let rate_limits = registry.config().rate_limit.as_ref().map(crate::security::RateLimits::new);
         Ok(Server {
             routes,
             runtime,
             registry,
             #[cfg(feature = "security")]
             authenticator,
+            #[cfg(feature = "security")]
+            rate_limits,
             access: &[],
             readiness: Arc::new(Readiness::default()),
             checks: Vec::new(),
@@ -488,8 +504,8 @@ impl Server {
     /// stay open to probes and scrapers).
     fn guarded_routes(&self) -> Router {
         #[cfg(feature = "security")]
-        if let Some(authenticator) = &self.authenticator {
-            let gate = crate::security::Gate::new(authenticator.clone(), self.access);
+        if self.authenticator.is_some() || self.rate_limits.is_some() {
+            let gate = crate::security::Gate::new(self.authenticator.clone(), self.rate_limits.clone(), self.access);
             let guard = axum::middleware::from_fn_with_state(gate, crate::security::guard);
             return self.routes.clone().route_layer(guard);
         }

@@ -62,6 +62,8 @@ pub enum ProblemType {
     UnsupportedMediaType,
     /// 422: the body was read but its content is not valid for the route.
     Unprocessable,
+    /// 429: the caller is over its rate limit (`[rate_limit]`); see `Retry-After`.
+    TooManyRequests,
     /// 431: the request head is over `[http] max_header_bytes`.
     HeadersTooLarge,
     /// 500: the request failed unexpectedly (a handler panicked, the configuration is invalid).
@@ -87,6 +89,7 @@ impl ProblemType {
             ProblemType::UriTooLong => "urn:marty:problem:uri-too-long",
             ProblemType::UnsupportedMediaType => "urn:marty:problem:unsupported-media-type",
             ProblemType::Unprocessable => "urn:marty:problem:unprocessable",
+            ProblemType::TooManyRequests => "urn:marty:problem:too-many-requests",
             ProblemType::HeadersTooLarge => "urn:marty:problem:headers-too-large",
             ProblemType::Internal => "urn:marty:problem:internal",
             ProblemType::Unavailable => "urn:marty:problem:unavailable",
@@ -102,6 +105,7 @@ impl ProblemType {
             StatusCode::PAYLOAD_TOO_LARGE => ProblemType::PayloadTooLarge,
             StatusCode::UNSUPPORTED_MEDIA_TYPE => ProblemType::UnsupportedMediaType,
             StatusCode::UNPROCESSABLE_ENTITY => ProblemType::Unprocessable,
+            StatusCode::TOO_MANY_REQUESTS => ProblemType::TooManyRequests,
             _ => ProblemType::BadRequest,
         }
     }

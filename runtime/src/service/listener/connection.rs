@@ -8,6 +8,7 @@
 //!   client cannot stretch the shutdown; the others finish their requests and close.
 
 use std::convert::Infallible;
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -139,6 +140,7 @@ impl Activity {
 /// Serves one connection until the client closes it, a timeout closes it, or shutdown ends it.
 pub(super) async fn serve<S>(
     stream: TcpStream,
+    peer: SocketAddr,
     service: S,
     limits: Arc<Limits>,
     stop: watch::Receiver<bool>,
@@ -150,7 +152,7 @@ pub(super) async fn serve<S>(
     let _ = stream.set_nodelay(true);
     let activity = Arc::new(Activity::new());
     let io = TokioIo::new(WatchedIo::new(stream, activity.clone()));
-    let requests = Requests::new(service, activity.clone(), limits.clone());
+    let requests = Requests::new(service, peer, activity.clone(), limits.clone());
     let builder = builder(&limits);
     let connection = builder.serve_connection_with_upgrades(io, requests);
     tokio::pin!(connection);

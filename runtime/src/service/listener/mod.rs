@@ -105,8 +105,9 @@ where
         };
         while connections.try_join_next().is_some() {}
         match accepted {
-            Ok((stream, _)) => {
-                connections.spawn(connection::serve(stream, service.clone(), limits.clone(), stop.clone(), permit));
+            Ok((stream, peer)) => {
+                let connection = connection::serve(stream, peer, service.clone(), limits.clone(), stop.clone(), permit);
+                connections.spawn(connection);
             }
             // The client gave up before we took its connection: nothing to do.
             Err(error) if is_per_connection(&error) => {}

@@ -5,13 +5,14 @@
 
 use std::convert::Infallible;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 
 use axum::body::{Body, Bytes};
-use axum::extract::Request;
+use axum::extract::{ConnectInfo, Request};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use http_body::{Body as _, Frame, SizeHint};
@@ -30,13 +31,15 @@ const MAX_URI_BYTES: usize = 8192;
 #[derive(Debug, Clone)]
 pub(super) struct Requests<S> {
     service: S,
+    /// The client's address, given to every request as `ConnectInfo` (rate limits key on it).
+    peer: ConnectInfo<SocketAddr>,
     activity: Arc<Activity>,
     limits: Arc<Limits>,
 }
 
 impl<S> Requests<S> {
-    pub(super) fn new(service: S, activity: Arc<Activity>, limits: Arc<Limits>) -> Self {
-        Requests { service, activity, limits }
+    pub(super) fn new(service: S, peer: SocketAddr, activity: Arc<Activity>, limits: Arc<Limits>) -> Self {
+        Requests { service, peer: ConnectInfo(peer), activity, limits }
     }
 }
 
@@ -89,6 +92,8 @@ where
             .headers()
             .get(header::CONTENT_TYPE)
             .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
+        let mut request = request;
+        request.extensions_mut().insert(self.peer);
         let (request, body_timed_out) = if request.body().is_end_stream() || streaming {
             (request.map(Body::new), None)
         } else {
