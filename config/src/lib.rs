@@ -97,7 +97,8 @@ pub use schema::{
     OutboxConfig, QueueType, RabbitMqConfig, RetryConfig, SagasConfig, ServiceConfig, StorageConfig, TelemetryConfig,
 };
 pub use security::{
-    Access, ApiKeysConfig, ApiKeysSource, CorsConfig, JwtConfig, KeySource, SecurityConfig, JWT_ALGORITHMS,
+    Access, ApiKeysConfig, ApiKeysSource, CorsConfig, GrpcMethodAccess, JwtConfig, KeySource, SecurityConfig,
+    JWT_ALGORITHMS,
 };
 pub use tree::ENV_PREFIX;
 

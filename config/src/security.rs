@@ -20,6 +20,27 @@ pub struct SecurityConfig {
     pub api_keys: Option<ApiKeysConfig>,
     /// `[security.cors]`: which browser origins may call the service.
     pub cors: Option<CorsConfig>,
+    /// `[security.grpc]`: what gRPC methods require beyond `default`.
+    pub grpc: Vec<GrpcMethodAccess>,
+}
+
+/// What one gRPC method requires of its caller (`"store.Payments/Charge" = { roles = [..] }`).
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct GrpcMethodAccess {
+    /// The full method name: `package.Service/Method`.
+    pub method: String,
+    /// Where it is named, for errors.
+    pub origin: crate::Origin,
+    /// `None`: anyone (`"public"`); else any of `roles` (none: no role needed) and all of `scopes`.
+    pub authorize: Option<(Vec<String>, Vec<String>)>,
+}
+
+impl GrpcMethodAccess {
+    /// The service part: `package.Service`.
+    pub fn service(&self) -> &str {
+        self.method.split_once('/').map_or(&self.method, |(service, _)| service)
+    }
 }
 
 /// `[security.cors]`: cross-origin requests from browsers, answered before authentication (a
@@ -112,7 +133,7 @@ pub enum KeySource {
 /// Algorithms a token may be signed with: asymmetric only, so the service holds no secret.
 pub const JWT_ALGORITHMS: &[&str] = &["RS256", "RS384", "PS256", "ES256", "ES384", "EdDSA"];
 
-const SECURITY_KEYS: &[&str] = &["default", "roles", "scopes", "jwt", "api_keys", "cors"];
+const SECURITY_KEYS: &[&str] = &["default", "roles", "scopes", "jwt", "api_keys", "cors", "grpc"];
 const JWT_KEYS: &[&str] = &[
     "issuer",
     "audiences",
@@ -137,6 +158,10 @@ pub(crate) fn read_security(reader: &mut Reader<'_>, root: &Table<'_>) -> Option
     let jwt = reader.table(&table, "jwt").and_then(|jwt| read_jwt(reader, &jwt));
     let api_keys = reader.table(&table, "api_keys").and_then(|keys| read_api_keys(reader, &keys));
     let cors = reader.table(&table, "cors").and_then(|cors| read_cors(reader, &cors));
+    let grpc = match reader.table(&table, "grpc") {
+        Some(grpc) => read_grpc(reader, &grpc, &roles, &scopes),
+        None => Vec::new(),
+    };
     let configured = reader.has(&table, "jwt") || reader.has(&table, "api_keys");
     if !configured && default == Access::Authenticated {
         let origin = reader.origin_of(&table, "default").clone();
@@ -152,7 +177,60 @@ pub(crate) fn read_security(reader: &mut Reader<'_>, root: &Table<'_>) -> Option
             help,
         );
     }
-    Some(SecurityConfig { default, roles, scopes, jwt, api_keys, cors })
+    Some(SecurityConfig { default, roles, scopes, jwt, api_keys, cors, grpc })
+}
+
+/// `[security.grpc]`: `"package.Service/Method" = "public"` or `{ roles = [..], scopes = [..] }`,
+/// naming only declared roles and scopes.
+fn read_grpc(reader: &mut Reader<'_>, table: &Table<'_>, roles: &[String], scopes: &[String]) -> Vec<GrpcMethodAccess> {
+    let mut methods = Vec::new();
+    for (method, node) in reader.named_entries(table) {
+        let key = join(&table.path, &format!("\"{method}\""));
+        let well_formed = method.split_once('/').is_some_and(|(service, name)| {
+            !service.is_empty() && !service.contains(' ') && !name.is_empty() && !name.contains(['/', '.', ' '])
+        });
+        if !well_formed {
+            let help = Some(
+                "name the method as `\"store.Payments/Charge\"`: the proto package and service, `/`, the method"
+                    .to_owned(),
+            );
+            reader.error(&node.origin, &key, format!("`{method}` is not a gRPC method"), help);
+            continue;
+        }
+        let authorize = match &node.value {
+            crate::tree::Value::String(text) if text == "public" => None,
+            crate::tree::Value::String(text) => {
+                let help =
+                    Some("write `\"public\"`, or `{ roles = [..], scopes = [..] }` for what callers need".to_owned());
+                reader.error(&node.origin, &key, format!("unknown requirement `{text}`"), help);
+                continue;
+            }
+            _ => {
+                let Some(access) = reader.as_table(node, key.clone()) else { continue };
+                reader.deny_unknown_keys(&access, &["roles", "scopes"]);
+                let named_roles = reader.strings(&access, "roles", "[\"clerk\"]").unwrap_or_default();
+                let named_scopes = reader.strings(&access, "scopes", "[\"payments:write\"]").unwrap_or_default();
+                let mut ok = true;
+                for (kind, named, declared) in [("roles", &named_roles, roles), ("scopes", &named_scopes, scopes)] {
+                    for missing in named.iter().filter(|name| !declared.contains(name)) {
+                        let origin = reader.origin_of(&access, kind).clone();
+                        let help = Some(match crate::suggest::nearest(missing, declared.iter().map(String::as_str)) {
+                            Some(near) => format!("did you mean `{near}`? or declare it under `[security] {kind}`"),
+                            None => format!("declare it: `[security] {kind} = [\"{missing}\"]`"),
+                        });
+                        reader.error(&origin, &join(&key, kind), format!("`{missing}` is not declared"), help);
+                        ok = false;
+                    }
+                }
+                if !ok {
+                    continue;
+                }
+                Some((named_roles, named_scopes))
+            }
+        };
+        methods.push(GrpcMethodAccess { method: method.clone(), origin: node.origin.clone(), authorize });
+    }
+    methods
 }
 
 fn read_cors(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<CorsConfig> {
@@ -432,6 +510,27 @@ mod tests {
         assert!(path.contains("is not an origin"), "{path}");
         let wildcard = errors(&cors("allowed_origins = [\"*\"]\nallow_credentials = true\n"));
         assert!(wildcard.contains("with credentials"), "{wildcard}");
+    }
+
+    #[test]
+    fn grpc_methods_name_declared_roles_and_scopes() {
+        let base =
+            "[security]\ndefault = \"public\"\nroles = [\"clerk\"]\nscopes = [\"payments:write\"]\n[security.grpc]\n";
+        let config = Config::parse(
+            &format!("{base}\"store.Payments/Charge\" = {{ roles = [\"clerk\"], scopes = [\"payments:write\"] }}\n\"store.Payments/Quote\" = \"public\"\n"),
+            "m",
+        )
+        .unwrap();
+        let grpc = config.security.unwrap().grpc;
+        assert_eq!(grpc[0].service(), "store.Payments");
+        assert_eq!(grpc[0].authorize, Some((vec!["clerk".to_owned()], vec!["payments:write".to_owned()])));
+        assert_eq!(grpc[1].authorize, None);
+        let undeclared = errors(&format!("{base}\"store.Payments/Charge\" = {{ roles = [\"clark\"] }}\n"));
+        assert!(undeclared.contains("did you mean `clerk`"), "{undeclared}");
+        let path = errors(&format!("{base}\"/store.Payments/Charge\" = \"public\"\n"));
+        assert!(path.contains("is not a gRPC method"), "{path}");
+        let typo = errors(&format!("{base}\"store.Payments/Charge\" = \"pubic\"\n"));
+        assert!(typo.contains("unknown requirement"), "{typo}");
     }
 
     #[test]

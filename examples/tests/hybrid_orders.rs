@@ -271,3 +271,87 @@ fn an_idle_http2_connection_is_closed_after_the_idle_timeout() {
     }
     assert!(types.contains(&7), "a GOAWAY before closing: frame types {types:?}");
 }
+
+/// The hybrid service's configuration with `[security]`: an API key for a clerk and one for a
+/// guest, and `[security.grpc]` making `GetOrder` public and `CreateOrder` a clerk's. `grpc` replaces
+/// that last table when given.
+fn secured_config(name: &str, grpc: Option<&str>) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("marty-hybrid-{name}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // The keys `ord_clerk_5b1e2c` and `ord_guest_9d4f7a`, by their SHA-256.
+    let keys = "[keys.clerk]\nsha256 = \"4c6747da4a0b4587a6381732cc0a6271fa0d86fc68c1c29796a736049bbacb27\"\n\
+                roles = [\"clerk\"]\n\
+                [keys.guest]\nsha256 = \"95fc241710e9440d4b16672655e6c72f5916cb038b32f08f367d691aee59f1b2\"\n";
+    std::fs::write(dir.join("keys.toml"), keys).unwrap();
+    let grpc = grpc.unwrap_or(
+        "\"orders.v1.Orders/GetOrder\" = \"public\"\n\"orders.v1.Orders/CreateOrder\" = { roles = [\"clerk\"] }\n",
+    );
+    let security = format!(
+        "\n[security]\nroles = [\"clerk\"]\n[security.api_keys]\nfile = \"{}\"\n[security.grpc]\n{grpc}",
+        dir.join("keys.toml").display()
+    );
+    let path = dir.join("marty.toml");
+    std::fs::write(&path, format!("{}{security}", include_str!("../marty.toml"))).unwrap();
+    path
+}
+
+/// A call carrying the API key `key` in its metadata, as machine clients send it.
+fn with_key<T>(message: T, key: &str) -> tonic::Request<T> {
+    let mut request = tonic::Request::new(message);
+    request.metadata_mut().insert("x-api-key", key.parse().unwrap());
+    request
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_methods_need_the_caller_and_roles_the_configuration_says() {
+    let config = secured_config("secured", None);
+    let service = tokio::task::spawn_blocking(move || {
+        Service::start_with(BINARY, "hybrid-secured", std::process::Stdio::null(), Some(&config))
+    })
+    .await
+    .unwrap();
+    let channel =
+        Channel::from_shared(format!("http://{}", service.addr)).unwrap().connect().await.expect("gRPC connects");
+    // Health needs no credentials, as probes do not.
+    wait_until_serving(channel.clone(), "orders.v1.Orders").await;
+
+    let mut orders = OrdersClient::new(channel);
+    let order = || CreateOrderRequest { item: "book".into(), quantity: 1 };
+    let anonymous = orders.create_order(order()).await.unwrap_err();
+    assert_eq!(anonymous.code(), tonic::Code::Unauthenticated, "{anonymous:?}");
+    let forged = orders.create_order(with_key(order(), "ord_clerk_5b1e2d")).await.unwrap_err();
+    assert_eq!(forged.code(), tonic::Code::Unauthenticated, "{forged:?}");
+    let guest = orders.create_order(with_key(order(), "ord_guest_9d4f7a")).await.unwrap_err();
+    assert_eq!(guest.code(), tonic::Code::PermissionDenied, "a key without the clerk role: {guest:?}");
+    let created = orders.create_order(with_key(order(), "ord_clerk_5b1e2c")).await.expect("a clerk may order");
+    // `GetOrder` is public; the REST route, with no attribute, follows `default` (authenticated).
+    let id = created.into_inner().id;
+    assert_eq!(orders.get_order(GetOrderRequest { id }).await.expect("public").into_inner().item, "book");
+    let addr = service.addr;
+    let rest = tokio::task::spawn_blocking(move || support::request(addr, "GET", &format!("/orders/{id}"), None))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(rest.status, 401, "{}", rest.body);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grpc_method_the_service_does_not_serve_stops_startup() {
+    let config = secured_config("misspelled", Some("\"orders.v1.Orders/CreateOrdr\" = { roles = [\"clerk\"] }\n"));
+    let output = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(BINARY)
+            .env("MARTY_CONFIG", &config)
+            .env("MARTY__HTTP__ADDR", "127.0.0.1:0")
+            .output()
+            .expect("the example runs")
+    })
+    .await
+    .unwrap();
+    assert!(!output.status.success(), "it started with a misspelled method");
+    let printed = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(
+        printed.contains("security.grpc.\"orders.v1.Orders/CreateOrdr\"")
+            && printed.contains("did you mean `orders.v1.Orders/CreateOrder`"),
+        "{printed}"
+    );
+}

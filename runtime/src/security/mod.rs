@@ -76,7 +76,24 @@
 //! only `default`). Each limit tracks at most `max_keys` callers: beyond them, new callers share
 //! one allowance until tracked ones go quiet, and a warning says so.
 //!
-//! All answers are problem+json. Not yet here: mTLS identities, gRPC and the audit trail.
+//! **gRPC** methods pass the same checks (authentication, `[rate_limit] default`), with the bearer
+//! token or API key in the call's metadata, and are answered with gRPC statuses: `UNAUTHENTICATED`,
+//! `PERMISSION_DENIED`, `RESOURCE_EXHAUSTED`, `UNAVAILABLE`. A method follows `[security] default`
+//! unless `[security.grpc]` says otherwise, by full method name:
+//!
+//! ```toml
+//! [security.grpc]
+//! "store.Payments/Quote" = "public"
+//! "store.Payments/Charge" = { roles = ["clerk"], scopes = ["payments:write"] }
+//! ```
+//!
+//! Undeclared roles and scopes are errors when the service compiles (the file is checked with it);
+//! the methods are checked at startup against the services the service serves and their
+//! descriptors (`#[service(grpc(..), reflection = FILE_DESCRIPTOR_SET)]`, required for an entry to
+//! be checked): a misspelled method stops startup with the nearest real one. Health and reflection
+//! stay open, as the HTTP probes do.
+//!
+//! HTTP answers are problem+json. Not yet here: mTLS identities and the audit trail.
 
 mod api_keys;
 pub(crate) mod cors;
@@ -97,11 +114,13 @@ use marty_config::{Access, ConfigErrors, JwtConfig, LimitKey, SecurityConfig};
 use crate::service::{Problem, ProblemType, Requirement, RouteAccess};
 pub use principal::Principal;
 pub(crate) use rate_limit::RateLimits;
-use rate_limit::{Allowance, OverLimit};
+use rate_limit::{Allowance, Limiter, OverLimit};
 
 /// Checks every request's credentials, as `[security]` says.
 pub(crate) struct Authenticator {
     default: Access,
+    /// `[security.grpc]`.
+    grpc: Vec<marty_config::GrpcMethodAccess>,
     jwt: Option<JwtCheck>,
     api_keys: Option<api_keys::ApiKeys>,
 }
@@ -173,7 +192,12 @@ impl Authenticator {
             Some(keys) => Some(api_keys::ApiKeys::load(keys, config, file)?),
             None => None,
         };
-        Ok(Arc::new(Authenticator { default: config.default, jwt: config.jwt.as_ref().map(JwtCheck::new), api_keys }))
+        Ok(Arc::new(Authenticator {
+            default: config.default,
+            grpc: config.grpc.clone(),
+            jwt: config.jwt.as_ref().map(JwtCheck::new),
+            api_keys,
+        }))
     }
 
     /// Starts fetching the issuer's keys, and refreshing them, in the background.
@@ -226,7 +250,12 @@ pub(crate) struct Gate {
     rate_limits: Option<Arc<RateLimits>>,
     /// `#[public]` and `#[authorize]`, by method and path as routed.
     routes: Arc<HashMap<(Method, &'static str), Requirement>>,
+    /// `[security.grpc]`, by full method name (`store.Payments/Charge`): `None` for `"public"`,
+    /// else the roles (any) and scopes (all).
+    grpc: Arc<HashMap<String, GrpcNeed>>,
 }
+
+type GrpcNeed = Option<(Vec<String>, Vec<String>)>;
 
 impl Gate {
     pub(crate) fn new(
@@ -238,14 +267,25 @@ impl Gate {
             .iter()
             .filter_map(|route| Some(((route.method.parse().ok()?, route.path), route.requirement)))
             .collect();
-        Gate { authenticator, rate_limits, routes: Arc::new(routes) }
+        let grpc = authenticator.as_ref().map_or_else(HashMap::new, |authenticator| {
+            authenticator.grpc.iter().map(|method| (method.method.clone(), method.authorize.clone())).collect()
+        });
+        Gate { authenticator, rate_limits, routes: Arc::new(routes), grpc: Arc::new(grpc) }
     }
 }
 
 /// The middleware on the service's own routes (after routing, so the matched route is known): a
 /// caller proven, allowed and within its rate limit, or refused.
 pub(crate) async fn guard(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
-    match admit(&gate, &mut request).await {
+    let route = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str());
+    let need = match route.and_then(|route| gate.routes.get(&(request.method().clone(), route))) {
+        None => Need::Default,
+        Some(Requirement::Public) => Need::Public,
+        Some(Requirement::Authorize { roles, scopes }) => Need::Authorize { roles, scopes },
+    };
+    let limit =
+        gate.rate_limits.as_deref().and_then(|limits| Some((limits, limits.for_route(request.method(), route)?)));
+    match admit(&gate, need, limit, &mut request).await {
         Ok(allowance) => {
             let mut response = next.run(request).await;
             if let Some(allowance) = allowance {
@@ -256,6 +296,52 @@ pub(crate) async fn guard(State(gate): State<Gate>, mut request: Request, next: 
         Err(Refusal::Denied(denial)) => denial.into_response(),
         Err(Refusal::OverLimit(over)) => over.into_response(),
     }
+}
+
+/// The same checks for gRPC calls, by method (`/store.Payments/Charge`) and answered with gRPC
+/// statuses: `UNAUTHENTICATED`, `PERMISSION_DENIED`, `RESOURCE_EXHAUSTED` (over `[rate_limit]
+/// default`), `UNAVAILABLE`. Health and reflection stay open, as the HTTP probes do.
+#[cfg(feature = "grpc")]
+pub(crate) async fn grpc_guard(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let method = path.strip_prefix('/').unwrap_or(path);
+    if method.starts_with("grpc.health.v1.Health/") || method.starts_with("grpc.reflection.") {
+        return next.run(request).await;
+    }
+    let need = match gate.grpc.get(method) {
+        None => Need::Default,
+        Some(None) => Need::Public,
+        Some(Some((roles, scopes))) => Need::Authorize { roles: roles.as_slice(), scopes: scopes.as_slice() },
+    };
+    let limit = gate.rate_limits.as_deref().and_then(|limits| Some((limits, limits.for_route(&Method::POST, None)?)));
+    let status = match admit(&gate, need, limit, &mut request).await {
+        Ok(_) => return next.run(request).await,
+        Err(Refusal::Denied(Denial::Missing)) => tonic::Status::unauthenticated(
+            "this call needs credentials: a bearer token (`authorization: Bearer <token>` metadata) or an API key",
+        ),
+        Err(Refusal::Denied(Denial::Invalid)) => tonic::Status::unauthenticated("the credentials are not valid"),
+        Err(Refusal::Denied(Denial::Forbidden)) => tonic::Status::permission_denied(
+            "the caller may not do this: a role or scope the method requires is missing",
+        ),
+        Err(Refusal::Denied(Denial::Unavailable)) => {
+            tonic::Status::unavailable("the service cannot check credentials now; try again later")
+        }
+        Err(Refusal::OverLimit(_)) => tonic::Status::resource_exhausted("too many requests: slow down and retry later"),
+    };
+    status.into_http()
+}
+
+/// What a route or method requires, with the names it lists.
+#[derive(Debug, Clone, Copy)]
+enum Need<'a, Name> {
+    /// No attribute or entry: `[security] default` decides.
+    Default,
+    Public,
+    /// Any of `roles` (none listed: no role needed) and all of `scopes`.
+    Authorize {
+        roles: &'a [Name],
+        scopes: &'a [Name],
+    },
 }
 
 /// Why [`admit`] turned a request away.
@@ -280,11 +366,12 @@ impl From<OverLimit> for Refusal {
 /// (a flood of forged tokens costs no signature check), failed credentials counted against the
 /// address (guessing keys is limited too), limits by caller once the caller is known. Puts the
 /// caller in the request for [`Principal`].
-async fn admit(gate: &Gate, request: &mut Request) -> Result<Option<Allowance>, Refusal> {
-    let route = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str());
-    let requirement = route.and_then(|route| gate.routes.get(&(request.method().clone(), route))).copied();
-    let limit =
-        gate.rate_limits.as_deref().and_then(|limits| Some((limits, limits.for_route(request.method(), route)?)));
+async fn admit<Name: AsRef<str>>(
+    gate: &Gate,
+    need: Need<'_, Name>,
+    limit: Option<(&RateLimits, &Limiter)>,
+    request: &mut Request,
+) -> Result<Option<Allowance>, Refusal> {
     let mut allowance = match limit {
         Some((limits, limiter)) if limiter.key() == LimitKey::Ip => Some(limits.check(limiter, None, request)?),
         _ => None,
@@ -302,7 +389,7 @@ async fn admit(gate: &Gate, request: &mut Request) -> Result<Option<Allowance>, 
         },
     };
     let default = gate.authenticator.as_ref().map_or(Access::Public, |authenticator| authenticator.default);
-    authorize(default, requirement, caller.as_ref())?;
+    authorize(default, need, caller.as_ref())?;
     if let (None, Some((limits, limiter))) = (&allowance, limit) {
         allowance = Some(limits.check(limiter, caller.as_ref(), request)?);
     }
@@ -312,20 +399,24 @@ async fn admit(gate: &Gate, request: &mut Request) -> Result<Option<Allowance>, 
     Ok(allowance)
 }
 
-/// Whether `caller` may call a route with `requirement` (`None`: the route follows `default`).
-fn authorize(default: Access, requirement: Option<Requirement>, caller: Option<&Principal>) -> Result<(), Denial> {
-    match (requirement, caller) {
-        (Some(Requirement::Public), _) => Ok(()),
-        (None, None) if default == Access::Public => Ok(()),
+/// Whether `caller` may call what `need`s this (`Need::Default`: what `default` says).
+fn authorize<Name: AsRef<str>>(
+    default: Access,
+    need: Need<'_, Name>,
+    caller: Option<&Principal>,
+) -> Result<(), Denial> {
+    match (need, caller) {
+        (Need::Public, _) => Ok(()),
+        (Need::Default, None) if default == Access::Public => Ok(()),
         (_, None) => Err(Denial::Missing),
-        (Some(Requirement::Authorize { roles, scopes }), Some(caller)) => {
-            let has_role = roles.is_empty() || roles.iter().any(|role| caller.has_role(role));
-            match has_role && scopes.iter().all(|scope| caller.has_scope(scope)) {
+        (Need::Authorize { roles, scopes }, Some(caller)) => {
+            let has_role = roles.is_empty() || roles.iter().any(|role| caller.has_role(role.as_ref()));
+            match has_role && scopes.iter().all(|scope| caller.has_scope(scope.as_ref())) {
                 true => Ok(()),
                 false => Err(Denial::Forbidden),
             }
         }
-        (None, Some(_)) => Ok(()),
+        (Need::Default, Some(_)) => Ok(()),
     }
 }
 

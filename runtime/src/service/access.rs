@@ -94,3 +94,69 @@ pub(crate) fn check(config: &Config, routes: &[RouteAccess], served: Option<&[&s
         false => Err(ConfigErrors(errors)),
     }
 }
+
+/// `[security.grpc]` names only methods the service serves: its services are those added (`names`),
+/// their methods those in the descriptors given for reflection, without which no method can be
+/// checked (an entry for a misspelled method would leave the real one at `default`).
+#[cfg(feature = "grpc")]
+pub(crate) fn check_grpc(config: &Config, names: &[&str], descriptors: &[&[u8]]) -> Result<(), ConfigErrors> {
+    use prost::Message;
+    let Some(security) = config.security.as_ref().filter(|security| !security.grpc.is_empty()) else { return Ok(()) };
+    let served: Vec<String> = descriptors
+        .iter()
+        .filter_map(|bytes| prost_types::FileDescriptorSet::decode(*bytes).ok())
+        .flat_map(|set| set.file)
+        .flat_map(|file| {
+            let package = file.package.clone().filter(|package| !package.is_empty());
+            file.service.into_iter().flat_map(move |service| {
+                let name = match &package {
+                    Some(package) => format!("{package}.{}", service.name()),
+                    None => service.name().to_owned(),
+                };
+                service.method.into_iter().map(move |method| format!("{name}/{}", method.name()))
+            })
+        })
+        .collect();
+    let mut errors = Vec::new();
+    for entry in &security.grpc {
+        let (problem, help) = if !names.contains(&entry.service()) {
+            let help = match marty_config::suggest::nearest(entry.service(), names.iter().copied()) {
+                Some(near) => format!(
+                    "did you mean `{near}`? the service serves {}",
+                    marty_config::suggest::list(names.iter().copied())
+                ),
+                None => "remove the entry: the service serves no gRPC service of that name".to_owned(),
+            };
+            (format!("the service has no gRPC service `{}`", entry.service()), help)
+        } else if served.is_empty() {
+            (
+                "the service's gRPC methods are not known, so this one cannot be checked".to_owned(),
+                "give the service its descriptors: `#[service(grpc(..), reflection = FILE_DESCRIPTOR_SET)]`".to_owned(),
+            )
+        } else if !served.contains(&entry.method) {
+            let help = match marty_config::suggest::nearest(&entry.method, served.iter().map(String::as_str)) {
+                Some(near) => format!("did you mean `{near}`?"),
+                None => "remove the entry, or name a method of the service's proto".to_owned(),
+            };
+            (format!("`{}` is not a method of the service", entry.method), help)
+        } else if entry.authorize.is_some() && !security.can_authenticate() {
+            (
+                "the method requires a caller, and `[security]` configures no way to authenticate one".to_owned(),
+                "add `[security.jwt]` or `[security.api_keys]`".to_owned(),
+            )
+        } else {
+            continue;
+        };
+        errors.push(ConfigError {
+            file: config.file.clone(),
+            origin: entry.origin.clone(),
+            key: format!("security.grpc.\"{}\"", entry.method),
+            problem,
+            help: Some(help),
+        });
+    }
+    match errors.is_empty() {
+        true => Ok(()),
+        false => Err(ConfigErrors(errors)),
+    }
+}

@@ -56,6 +56,11 @@ impl GrpcServices {
         &self.names
     }
 
+    /// The encoded `FileDescriptorSet`s given for reflection.
+    pub(crate) fn descriptors(&self) -> &[&'static [u8]] {
+        &self.descriptors
+    }
+
     /// The gRPC router (services, health, and reflection unless `reflection_apart`), the router of
     /// the management port when `reflection_apart` (health and reflection), and the health reporter
     /// to keep in step.

@@ -304,7 +304,9 @@ fn server_for<S: Routes>(
     let server = server.with_event_handlers(service.clone().event_handlers());
     #[cfg(feature = "grpc")]
     if let Some(grpc) = service.grpc() {
-        return Ok(server.with_grpc(grpc));
+        let server = server.with_grpc(grpc);
+        server.check_grpc_access().map_err(|errors| ServeError::Config(crate::Error::Config(Arc::new(errors))))?;
+        return Ok(server);
     }
     Ok(server)
 }
@@ -504,12 +506,38 @@ impl Server {
     /// stay open to probes and scrapers).
     fn guarded_routes(&self) -> Router {
         #[cfg(feature = "security")]
-        if self.authenticator.is_some() || self.rate_limits.is_some() {
-            let gate = crate::security::Gate::new(self.authenticator.clone(), self.rate_limits.clone(), self.access);
+        if let Some(gate) = self.gate() {
             let guard = axum::middleware::from_fn_with_state(gate, crate::security::guard);
             return self.routes.clone().route_layer(guard);
         }
         self.routes.clone()
+    }
+
+    /// What the guard of routes and gRPC methods checks, when `[security]` or `[rate_limit]` is
+    /// configured.
+    #[cfg(feature = "security")]
+    fn gate(&self) -> Option<crate::security::Gate> {
+        (self.authenticator.is_some() || self.rate_limits.is_some())
+            .then(|| crate::security::Gate::new(self.authenticator.clone(), self.rate_limits.clone(), self.access))
+    }
+
+    /// `[security.grpc]` names methods these gRPC services serve.
+    #[cfg(feature = "grpc")]
+    fn check_grpc_access(&self) -> Result<(), marty_config::ConfigErrors> {
+        match &self.grpc {
+            Some(services) => access::check_grpc(&self.registry.config(), services.names(), services.descriptors()),
+            None => Ok(()),
+        }
+    }
+
+    /// The gRPC services behind the same checks as the routes (health and reflection stay open).
+    #[cfg(feature = "grpc")]
+    fn guarded_grpc(&self, grpc: Router) -> Router {
+        #[cfg(feature = "security")]
+        if let Some(gate) = self.gate() {
+            return grpc.layer(axum::middleware::from_fn_with_state(gate, crate::security::grpc_guard));
+        }
+        grpc
     }
 
     /// The built-in endpoints: liveness, readiness and metrics.
@@ -547,7 +575,7 @@ impl Server {
         if let Some(services) = self.grpc.take() {
             let names = services.names().to_vec();
             let (grpc, management_grpc, reporter) = services.into_routers(management);
-            let grpc = grpc.layer(axum::middleware::map_response(grpc::spec_status_codes));
+            let grpc = self.guarded_grpc(grpc).layer(axum::middleware::map_response(grpc::spec_status_codes));
             let health = tokio::spawn(grpc::follow_readiness(reporter, names, self.health_state()));
             let api = dispatch::Dispatch::hybrid(http, grpc.layer(observe.clone()));
             let management = management_http.map(|http| match management_grpc {
@@ -598,6 +626,8 @@ impl Server {
         second: Option<TcpListener>,
         signal: impl Future<Output = ()> + Send + 'static,
     ) -> std::io::Result<()> {
+        #[cfg(feature = "grpc")]
+        self.check_grpc_access().map_err(|errors| std::io::Error::new(std::io::ErrorKind::InvalidInput, errors))?;
         let config = self.registry.config();
         let (drain_delay, shutdown_timeout) = (drain_delay(&config.service), config.service.shutdown_timeout);
         let readiness = self.readiness.clone();
