@@ -82,6 +82,7 @@ mod read;
 mod schema;
 mod security;
 pub mod suggest;
+mod tls;
 mod tree;
 
 use std::path::Path;
@@ -100,6 +101,7 @@ pub use security::{
     Access, ApiKeysConfig, ApiKeysSource, CorsConfig, GrpcMethodAccess, JwtConfig, KeySource, SecurityConfig,
     JWT_ALGORITHMS,
 };
+pub use tls::{ClientAuth, TlsConfig};
 pub use tree::ENV_PREFIX;
 
 /// The file name Marty looks for beside `Cargo.toml` (at compile time) or in the working directory.

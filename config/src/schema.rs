@@ -11,6 +11,7 @@ use crate::rate_limit::{read_rate_limit, RateLimitConfig};
 use crate::read::{join, Reader, Table};
 use crate::security::{read_security, SecurityConfig};
 use crate::suggest;
+use crate::tls::{read_tls, TlsConfig};
 
 /// A validated `marty.toml`.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,6 +107,8 @@ pub struct HttpConfig {
     /// `X-Frame-Options: DENY`, `Referrer-Policy: no-referrer` and a `Content-Security-Policy`
     /// that loads nothing), where the handler did not set them: default `true`.
     pub security_headers: bool,
+    /// `[http.tls]`: serve HTTPS (and gRPC over TLS); plain text when absent.
+    pub tls: Option<TlsConfig>,
 }
 
 impl Default for HttpConfig {
@@ -119,6 +122,7 @@ impl Default for HttpConfig {
             max_body_bytes: 2 * 1024 * 1024,
             max_header_bytes: 32 * 1024,
             security_headers: true,
+            tls: None,
         }
     }
 }
@@ -608,6 +612,7 @@ const HTTP_KEYS: &[&str] = &[
     "max_body_bytes",
     "max_header_bytes",
     "security_headers",
+    "tls",
 ];
 const SAGAS_KEYS: &[&str] = &[
     "lease",
@@ -738,7 +743,7 @@ fn read_nats(reader: &mut Reader<'_>, events: &Table<'_>) -> NatsConfig {
         Some("memory") => NatsStorage::Memory,
         _ => NatsStorage::File,
     };
-    let (tls_ca, tls_client) = read_tls(reader, &table, "events.nats");
+    let (tls_ca, tls_client) = read_broker_tls(reader, &table, "events.nats");
     NatsConfig {
         replicas: reader.integer(&table, "replicas", 1, 5).map_or(defaults.replicas, |replicas| replicas as u32),
         storage,
@@ -751,7 +756,11 @@ fn read_nats(reader: &mut Reader<'_>, events: &Table<'_>) -> NatsConfig {
 
 /// `tls_ca`, `tls_client_cert` and `tls_client_key` of a broker's table (`section` names it in
 /// errors): a client certificate comes with its key.
-fn read_tls(reader: &mut Reader<'_>, table: &Table<'_>, section: &str) -> (Option<String>, Option<(String, String)>) {
+fn read_broker_tls(
+    reader: &mut Reader<'_>,
+    table: &Table<'_>,
+    section: &str,
+) -> (Option<String>, Option<(String, String)>) {
     let tls_client = match (reader.string(table, "tls_client_cert"), reader.string(table, "tls_client_key")) {
         (Some(cert), Some(key)) => Some((cert, key)),
         (None, None) => None,
@@ -778,7 +787,7 @@ fn read_rabbitmq(reader: &mut Reader<'_>, events: &Table<'_>) -> RabbitMqConfig 
         Some("classic") => QueueType::Classic,
         _ => QueueType::Quorum,
     };
-    let (tls_ca, tls_client) = read_tls(reader, &table, "events.rabbitmq");
+    let (tls_ca, tls_client) = read_broker_tls(reader, &table, "events.rabbitmq");
     RabbitMqConfig { queue_type, tls_ca, tls_client }
 }
 
@@ -955,6 +964,7 @@ fn read_http(reader: &mut Reader<'_>, root: &Table<'_>) -> HttpConfig {
         // hyper's read buffer cannot be smaller than 8 KiB.
         max_header_bytes: limit(reader, "max_header_bytes", 8192, 1 << 20, defaults.max_header_bytes),
         security_headers: reader.boolean(&table, "security_headers").unwrap_or(defaults.security_headers),
+        tls: read_tls(reader, &table),
     }
 }
 

@@ -81,7 +81,20 @@
 //! max_body_bytes = 2097152     # a larger declared Content-Length is refused (413) before any of it is read
 //! max_header_bytes = 32768     # request line and headers (431)
 //! security_headers = true      # nosniff, DENY framing, no referrer, a CSP that loads nothing
+//!
+//! [http.tls]                    # feature `tls`: HTTPS, and gRPC over TLS (ALPN h2)
+//! cert = "/etc/tls/tls.crt"     # PEM chain, leaf first
+//! key = "/etc/tls/tls.key"
+//! client_ca = "/etc/tls/ca.crt" # ask clients for certificates chaining to it (mTLS)
+//! client_auth = "required"      # or "optional": anonymous clients served without an identity
+//! watch_interval = "10s"        # rotated files load for new connections; open ones keep theirs
 //! ```
+//!
+//! With `[http.tls]`, `[http] addr` and `[grpc] addr` speak TLS 1.2 and 1.3 only (rustls); the
+//! handshake must finish within `header_read_timeout`; the management port stays plain text for
+//! in-cluster probes. A certificate that does not load stops startup naming the key; a rotation
+//! that does not load (yet) keeps the last good one served. A client's certificate is in each of its
+//! requests as [`ClientCertificate`].
 //!
 //! HTTP/2 connections (gRPC) are pinged every 20 s and closed when a ping goes unanswered for 20 s.
 //! A refused request (413, 408) is answered with `connection: close`, and what the client still
@@ -336,24 +349,49 @@ pub async fn serve<S: Routes>(service: S) -> Result<(), ServeError> {
 }
 
 /// Refuses a configuration that needs a feature this build of marty lacks: a service must not
-/// serve unprotected or unlimited routes because `[security]` or `[rate_limit]` was silently ignored.
+/// serve unprotected, unlimited or plain-text routes because `[security]`, `[rate_limit]` or
+/// `[http.tls]` was silently ignored.
 fn check_features(registry: &DependencyRegistry) -> Result<(), ServeError> {
     let config = registry.config();
-    let unprotected = [("security", config.security.is_some()), ("rate_limit", config.rate_limit.is_some())];
+    let unprotected = [
+        ("security", "security", config.security.is_some(), cfg!(feature = "security")),
+        ("rate_limit", "security", config.rate_limit.is_some(), cfg!(feature = "security")),
+        ("http.tls", "tls", config.http.tls.is_some(), cfg!(feature = "tls")),
+    ];
     let errors: Vec<_> = unprotected
         .iter()
-        .filter(|(_, configured)| cfg!(not(feature = "security")) && *configured)
-        .map(|(key, _)| marty_config::ConfigError {
+        .filter(|(_, _, configured, built)| *configured && !built)
+        .map(|(key, feature, _, _)| marty_config::ConfigError {
             file: config.file.clone(),
             origin: marty_config::Origin::Missing,
             key: (*key).to_owned(),
-            problem: format!("`[{key}]` is configured, but marty was built without its `security` feature"),
-            help: Some("add `features = [\"security\"]` to marty in Cargo.toml".to_owned()),
+            problem: format!("`[{key}]` is configured, but marty was built without its `{feature}` feature"),
+            help: Some(format!("add `features = [\"{feature}\"]` to marty in Cargo.toml")),
         })
         .collect();
     match errors.is_empty() {
         true => Ok(()),
         false => Err(ServeError::Config(crate::Error::Config(Arc::new(marty_config::ConfigErrors(errors))))),
+    }
+}
+
+/// The certificate the client presented in the TLS handshake (`[http.tls] client_ca`), in the
+/// extensions of each request on that connection: `Option<Extension<ClientCertificate>>` in a
+/// handler.
+#[derive(Debug, Clone)]
+pub struct ClientCertificate {
+    der: Arc<[u8]>,
+}
+
+impl ClientCertificate {
+    #[cfg_attr(not(feature = "tls"), allow(dead_code))]
+    pub(crate) fn from_der(der: &[u8]) -> Self {
+        ClientCertificate { der: der.into() }
+    }
+
+    /// The leaf certificate, DER-encoded (parse it with an X.509 crate to read more than Marty does).
+    pub fn der(&self) -> &[u8] {
+        &self.der
     }
 }
 
@@ -372,6 +410,8 @@ pub struct Server {
     /// `[rate_limit]`: each route's allowance per caller.
     #[cfg(feature = "security")]
     rate_limits: Option<Arc<crate::security::RateLimits>>,
+    /// `[http.tls]`: the certificate, reloaded when its files change.
+    tls: Option<Arc<listener::Tls>>,
     /// The routes' `#[public]` and `#[authorize]`.
     access: &'static [RouteAccess],
     readiness: Arc<Readiness>,
@@ -413,6 +453,16 @@ impl Server {
         };
         #[cfg(feature = "security")]
         let rate_limits = registry.config().rate_limit.as_ref().map(crate::security::RateLimits::new);
+        #[cfg(feature = "tls")]
+        let tls = match &registry.config().http.tls {
+            Some(tls) => Some(
+                listener::Tls::load(tls, &registry.config().file)
+                    .map_err(|errors| ServeError::Config(crate::Error::Config(Arc::new(errors))))?,
+            ),
+            None => None,
+        };
+        #[cfg(not(feature = "tls"))]
+        let tls = None;
         Ok(Server {
             routes,
             runtime,
@@ -421,6 +471,7 @@ impl Server {
             authenticator,
             #[cfg(feature = "security")]
             rate_limits,
+            tls,
             access: &[],
             readiness: Arc::new(Readiness::default()),
             checks: Vec::new(),
@@ -679,14 +730,20 @@ impl Server {
         };
         let limits = Arc::new(listener::Limits::from_config(&config.http));
         tracing::info!(?limits, "connection limits");
+        let tls = self.tls.clone();
+        #[cfg(feature = "tls")]
+        if let Some(tls) = &tls {
+            tls.watch();
+        }
         let services = self.connection_services(management.is_some());
         let grpc_health = services.grpc_health;
-        let serve = |listener: TcpListener, service: dispatch::Dispatch| {
-            listener::serve(listener, service, limits.clone(), stopped.clone())
+        let serve = |listener: TcpListener, service: dispatch::Dispatch, tls: Option<Arc<listener::Tls>>| {
+            listener::serve(listener, service, limits.clone(), stopped.clone(), tls)
         };
-        let first = serve(listener, services.api.clone());
-        let second = second.map(|second| serve(second, services.api));
-        let third = management.zip(services.management).map(|(listener, service)| serve(listener, service));
+        // The API's ports get TLS; the management port stays plain for in-cluster probes.
+        let first = serve(listener, services.api.clone(), tls.clone());
+        let second = second.map(|second| serve(second, services.api, tls));
+        let third = management.zip(services.management).map(|(listener, service)| serve(listener, service, None));
         let server = async move {
             let optional = |serving: Option<_>| async move {
                 match serving {

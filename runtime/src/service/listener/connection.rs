@@ -23,8 +23,10 @@ use tokio::time::Instant;
 use tower_service::Service;
 
 use super::request::Requests;
+use super::transport::Transport;
 use super::wire::WatchedIo;
 use super::Limits;
+use crate::service::ClientCertificate;
 use crate::timeout::Stopwatch;
 
 /// What the timeouts of one connection read: requests in flight and when it last went quiet. Kept
@@ -145,14 +147,16 @@ pub(super) async fn serve<S>(
     limits: Arc<Limits>,
     stop: watch::Receiver<bool>,
     _permit: OwnedSemaphorePermit,
+    tls: Option<TlsAcceptor>,
 ) where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
     S::Future: Send + 'static,
 {
     let _ = stream.set_nodelay(true);
+    let Some((transport, client_certificate)) = handshake(stream, peer, tls, &limits).await else { return };
     let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(WatchedIo::new(stream, activity.clone()));
-    let requests = Requests::new(service, peer, activity.clone(), limits.clone());
+    let io = TokioIo::new(WatchedIo::new(transport, activity.clone()));
+    let requests = Requests::new(service, peer, client_certificate, activity.clone(), limits.clone());
     let builder = builder(&limits);
     let connection = builder.serve_connection_with_upgrades(io, requests);
     tokio::pin!(connection);
@@ -177,6 +181,45 @@ pub(super) async fn serve<S>(
             let _ = tokio::time::timeout(Duration::from_millis(500), connection).await;
         }
         Ok(Verdict::DropNow) | Err(_) => {}
+    }
+}
+
+/// The TLS acceptor where `[http.tls]` is configured (a stand-in type without the `tls` feature).
+#[cfg(feature = "tls")]
+pub(super) type TlsAcceptor = tokio_rustls::TlsAcceptor;
+#[cfg(not(feature = "tls"))]
+pub(super) type TlsAcceptor = std::convert::Infallible;
+
+/// The connection's transport: TLS when `tls` is given, its handshake done within the header-read
+/// timeout (a client that stalls it is a slowloris too), with the client's certificate when it
+/// gave one. `None`: the handshake failed and the connection is dropped.
+#[cfg_attr(not(feature = "tls"), allow(clippy::unused_async))]
+async fn handshake(
+    stream: TcpStream,
+    peer: SocketAddr,
+    tls: Option<TlsAcceptor>,
+    limits: &Limits,
+) -> Option<(Transport, Option<ClientCertificate>)> {
+    let Some(acceptor) = tls else { return Some((Transport::Plain(stream), None)) };
+    #[cfg(not(feature = "tls"))]
+    let _ = (peer, limits);
+    #[cfg(not(feature = "tls"))]
+    match acceptor {}
+    #[cfg(feature = "tls")]
+    match tokio::time::timeout(limits.header_read_timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => {
+            let certificate = tls.get_ref().1.peer_certificates().and_then(|chain| chain.first());
+            let certificate = certificate.map(|leaf| ClientCertificate::from_der(leaf.as_ref()));
+            Some((Transport::Tls(Box::new(tls)), certificate))
+        }
+        Ok(Err(error)) => {
+            tracing::debug!(%peer, %error, "TLS handshake failed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake not finished within the header-read timeout");
+            None
+        }
     }
 }
 

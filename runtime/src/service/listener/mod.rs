@@ -7,11 +7,16 @@
 //!   connections with nothing in flight closed at once;
 //! - [`request`]: each request: an oversized declared body refused before it is read, the body's
 //!   deadline (408), and the in-flight count the connection's timeouts read;
+//! - [`transport`]: plain TCP, or TLS ([`tls`], `[http.tls]`) with its handshake bounded by the
+//!   header-read timeout;
 //! - [`wire`]: the errors hyper answers itself before any service sees the request (400, 414, 431),
 //!   rewritten as problem+json.
 
 mod connection;
 mod request;
+#[cfg(feature = "tls")]
+pub(crate) mod tls;
+mod transport;
 mod wire;
 
 use std::convert::Infallible;
@@ -26,6 +31,21 @@ use tokio::task::JoinSet;
 use tower_service::Service;
 
 use crate::throttled_log::{Throttle, WINDOW};
+
+#[cfg(feature = "tls")]
+pub(crate) use tls::Tls;
+
+/// Without the `tls` feature there is no TLS to serve: a type that cannot be made.
+#[cfg(not(feature = "tls"))]
+#[derive(Debug)]
+pub(crate) enum Tls {}
+
+#[cfg(not(feature = "tls"))]
+impl Tls {
+    fn acceptor(&self) -> connection::TlsAcceptor {
+        match *self {}
+    }
+}
 
 /// What each connection may take; `[http]` sets them.
 #[derive(Debug, Clone)]
@@ -73,6 +93,7 @@ pub(super) async fn serve<S>(
     service: S,
     limits: Arc<Limits>,
     mut stop: watch::Receiver<bool>,
+    tls: Option<Arc<Tls>>,
 ) -> std::io::Result<()>
 where
     S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + Sync + 'static,
@@ -106,7 +127,9 @@ where
         while connections.try_join_next().is_some() {}
         match accepted {
             Ok((stream, peer)) => {
-                let connection = connection::serve(stream, peer, service.clone(), limits.clone(), stop.clone(), permit);
+                let acceptor = tls.as_ref().map(|tls| tls.acceptor());
+                let connection =
+                    connection::serve(stream, peer, service.clone(), limits.clone(), stop.clone(), permit, acceptor);
                 connections.spawn(connection);
             }
             // The client gave up before we took its connection: nothing to do.

@@ -22,6 +22,7 @@ use tower_service::Service;
 use super::connection::Activity;
 use super::Limits;
 use crate::service::problem::{Problem, ProblemType};
+use crate::service::ClientCertificate;
 
 /// The longest request URI served (as nginx's default line buffer): routes and query strings are
 /// short, and longer ones are how caches and logs get flooded.
@@ -33,13 +34,21 @@ pub(super) struct Requests<S> {
     service: S,
     /// The client's address, given to every request as `ConnectInfo` (rate limits key on it).
     peer: ConnectInfo<SocketAddr>,
+    /// The certificate the client presented in the TLS handshake, given to every request.
+    client_certificate: Option<ClientCertificate>,
     activity: Arc<Activity>,
     limits: Arc<Limits>,
 }
 
 impl<S> Requests<S> {
-    pub(super) fn new(service: S, peer: SocketAddr, activity: Arc<Activity>, limits: Arc<Limits>) -> Self {
-        Requests { service, peer: ConnectInfo(peer), activity, limits }
+    pub(super) fn new(
+        service: S,
+        peer: SocketAddr,
+        client_certificate: Option<ClientCertificate>,
+        activity: Arc<Activity>,
+        limits: Arc<Limits>,
+    ) -> Self {
+        Requests { service, peer: ConnectInfo(peer), client_certificate, activity, limits }
     }
 }
 
@@ -94,6 +103,9 @@ where
             .is_some_and(|value| value.as_bytes().starts_with(b"application/grpc"));
         let mut request = request;
         request.extensions_mut().insert(self.peer);
+        if let Some(certificate) = &self.client_certificate {
+            request.extensions_mut().insert(certificate.clone());
+        }
         let (request, body_timed_out) = if request.body().is_end_stream() || streaming {
             (request.map(Body::new), None)
         } else {

@@ -14,15 +14,15 @@ use std::task::{ready, Context, Poll};
 
 use axum::http::StatusCode;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 
 use super::connection::Activity;
+use super::transport::Transport;
 use crate::service::problem::{Problem, ProblemType};
 
-/// A TCP stream watched for the connection's timeouts, with hyper's bare errors replaced.
+/// A connection's stream watched for the connection's timeouts, with hyper's bare errors replaced.
 pub(super) struct WatchedIo {
     /// Taken only when dropped, to linger.
-    stream: Option<TcpStream>,
+    stream: Option<Transport>,
     activity: Arc<Activity>,
     first_read: bool,
     /// A replacement response still to be written, and how much of it was.
@@ -30,11 +30,11 @@ pub(super) struct WatchedIo {
 }
 
 impl WatchedIo {
-    pub(super) fn new(stream: TcpStream, activity: Arc<Activity>) -> Self {
+    pub(super) fn new(stream: Transport, activity: Arc<Activity>) -> Self {
         WatchedIo { stream: Some(stream), activity, first_read: true, replacement: None }
     }
 
-    fn stream(&mut self) -> Pin<&mut TcpStream> {
+    fn stream(&mut self) -> Pin<&mut Transport> {
         Pin::new(self.stream.as_mut().expect("the stream is taken only when dropped"))
     }
 
@@ -148,7 +148,7 @@ impl AsyncWrite for WatchedIo {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.as_ref().is_some_and(TcpStream::is_write_vectored)
+        self.stream.as_ref().is_some_and(Transport::is_write_vectored)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -176,7 +176,7 @@ impl Drop for WatchedIo {
 
 /// Reads and drops what the client still sends, for 2 s at most, before closing: closing a socket
 /// with unread data resets it, and the client would lose the answer it was sent.
-async fn linger(mut stream: TcpStream) {
+async fn linger(mut stream: Transport) {
     use tokio::io::AsyncReadExt;
     const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
     let mut sink = [0u8; 8192];
