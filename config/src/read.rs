@@ -22,7 +22,7 @@ pub(crate) struct Reader<'a> {
 pub(crate) struct Table<'n> {
     pub(crate) path: String,
     entries: &'n [(String, Node)],
-    origin: &'n Origin,
+    pub(crate) origin: &'n Origin,
 }
 
 impl<'a> Reader<'a> {

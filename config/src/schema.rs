@@ -712,6 +712,12 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
     let sagas = read_sagas(reader, root, &dependencies);
     let storage = read_storage(reader, root);
     let security = read_security(reader, root);
+    let mtls = security.as_ref().and_then(|security| security.mtls.as_ref());
+    if let (Some(mtls), None) = (mtls, http.tls.as_ref().and_then(|tls| tls.client_ca.as_ref())) {
+        let help =
+            Some("add `[http.tls]` with `cert`, `key` and `client_ca`, the CA client certificates chain to".to_owned());
+        reader.error(&mtls.origin, "security.mtls", "client certificates as identities, and none are asked for", help);
+    }
     let rate_limit = read_rate_limit(reader, root);
     let app = AppSettings::new(file, reader.free_form(root, "app"));
     Config {

@@ -22,6 +22,19 @@ pub struct SecurityConfig {
     pub cors: Option<CorsConfig>,
     /// `[security.grpc]`: what gRPC methods require beyond `default`.
     pub grpc: Vec<GrpcMethodAccess>,
+    /// `[security.mtls]`: client certificates (`[http.tls] client_ca`) as callers' identities.
+    pub mtls: Option<MtlsConfig>,
+}
+
+/// `[security.mtls]`: a client certificate proves its first URI subject alternative name (a SPIFFE
+/// id) or, without one, its first DNS name; `identities` grants each its roles and scopes.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct MtlsConfig {
+    /// By identity (`"spiffe://shop.example/ns/prod/sa/orders"`): its roles and scopes.
+    pub identities: Vec<(String, Vec<String>, Vec<String>)>,
+    /// Where the table is, for errors.
+    pub origin: crate::Origin,
 }
 
 /// What one gRPC method requires of its caller (`"store.Payments/Charge" = { roles = [..] }`).
@@ -65,7 +78,7 @@ pub struct CorsConfig {
 impl SecurityConfig {
     /// Whether any way for a caller to authenticate is configured.
     pub fn can_authenticate(&self) -> bool {
-        self.jwt.is_some() || self.api_keys.is_some()
+        self.jwt.is_some() || self.api_keys.is_some() || self.mtls.is_some()
     }
 }
 
@@ -133,7 +146,7 @@ pub enum KeySource {
 /// Algorithms a token may be signed with: asymmetric only, so the service holds no secret.
 pub const JWT_ALGORITHMS: &[&str] = &["RS256", "RS384", "PS256", "ES256", "ES384", "EdDSA"];
 
-const SECURITY_KEYS: &[&str] = &["default", "roles", "scopes", "jwt", "api_keys", "cors", "grpc"];
+const SECURITY_KEYS: &[&str] = &["default", "roles", "scopes", "jwt", "api_keys", "cors", "grpc", "mtls"];
 const JWT_KEYS: &[&str] = &[
     "issuer",
     "audiences",
@@ -162,12 +175,13 @@ pub(crate) fn read_security(reader: &mut Reader<'_>, root: &Table<'_>) -> Option
         Some(grpc) => read_grpc(reader, &grpc, &roles, &scopes),
         None => Vec::new(),
     };
-    let configured = reader.has(&table, "jwt") || reader.has(&table, "api_keys");
+    let mtls = reader.table(&table, "mtls").map(|mtls| read_mtls(reader, &mtls, &roles, &scopes));
+    let configured = reader.has(&table, "jwt") || reader.has(&table, "api_keys") || reader.has(&table, "mtls");
     if !configured && default == Access::Authenticated {
         let origin = reader.origin_of(&table, "default").clone();
         let help = Some(
             "configure how callers authenticate: `[security.jwt]` with `issuer`, `audiences` and `jwks_url`, \
-             or `[security.api_keys]` with a keys `file`; or set `default = \"public\"`"
+             `[security.api_keys]` with a keys `file`, or `[security.mtls]`; or set `default = \"public\"`"
                 .to_owned(),
         );
         reader.error(
@@ -177,7 +191,7 @@ pub(crate) fn read_security(reader: &mut Reader<'_>, root: &Table<'_>) -> Option
             help,
         );
     }
-    Some(SecurityConfig { default, roles, scopes, jwt, api_keys, cors, grpc })
+    Some(SecurityConfig { default, roles, scopes, jwt, api_keys, cors, grpc, mtls })
 }
 
 /// `[security.grpc]`: `"package.Service/Method" = "public"` or `{ roles = [..], scopes = [..] }`,
@@ -207,30 +221,54 @@ fn read_grpc(reader: &mut Reader<'_>, table: &Table<'_>, roles: &[String], scope
             }
             _ => {
                 let Some(access) = reader.as_table(node, key.clone()) else { continue };
-                reader.deny_unknown_keys(&access, &["roles", "scopes"]);
-                let named_roles = reader.strings(&access, "roles", "[\"clerk\"]").unwrap_or_default();
-                let named_scopes = reader.strings(&access, "scopes", "[\"payments:write\"]").unwrap_or_default();
-                let mut ok = true;
-                for (kind, named, declared) in [("roles", &named_roles, roles), ("scopes", &named_scopes, scopes)] {
-                    for missing in named.iter().filter(|name| !declared.contains(name)) {
-                        let origin = reader.origin_of(&access, kind).clone();
-                        let help = Some(match crate::suggest::nearest(missing, declared.iter().map(String::as_str)) {
-                            Some(near) => format!("did you mean `{near}`? or declare it under `[security] {kind}`"),
-                            None => format!("declare it: `[security] {kind} = [\"{missing}\"]`"),
-                        });
-                        reader.error(&origin, &join(&key, kind), format!("`{missing}` is not declared"), help);
-                        ok = false;
-                    }
-                }
-                if !ok {
-                    continue;
-                }
-                Some((named_roles, named_scopes))
+                let Some(granted) = read_grants(reader, &access, roles, scopes) else { continue };
+                Some(granted)
             }
         };
         methods.push(GrpcMethodAccess { method: method.clone(), origin: node.origin.clone(), authorize });
     }
     methods
+}
+
+/// `roles` and `scopes` of `table`, naming only what `[security]` declares.
+fn read_grants(
+    reader: &mut Reader<'_>,
+    table: &Table<'_>,
+    roles: &[String],
+    scopes: &[String],
+) -> Option<(Vec<String>, Vec<String>)> {
+    reader.deny_unknown_keys(table, &["roles", "scopes"]);
+    let named_roles = reader.strings(table, "roles", "[\"clerk\"]").unwrap_or_default();
+    let named_scopes = reader.strings(table, "scopes", "[\"payments:write\"]").unwrap_or_default();
+    let mut ok = true;
+    for (kind, named, declared) in [("roles", &named_roles, roles), ("scopes", &named_scopes, scopes)] {
+        for missing in named.iter().filter(|name| !declared.contains(name)) {
+            let origin = reader.origin_of(table, kind).clone();
+            let help = Some(match crate::suggest::nearest(missing, declared.iter().map(String::as_str)) {
+                Some(near) => format!("did you mean `{near}`? or declare it under `[security] {kind}`"),
+                None => format!("declare it: `[security] {kind} = [\"{missing}\"]`"),
+            });
+            reader.error(&origin, &join(&table.path, kind), format!("`{missing}` is not declared"), help);
+            ok = false;
+        }
+    }
+    ok.then_some((named_roles, named_scopes))
+}
+
+/// `[security.mtls]`: `identities`, each with its grants.
+fn read_mtls(reader: &mut Reader<'_>, table: &Table<'_>, roles: &[String], scopes: &[String]) -> MtlsConfig {
+    reader.deny_unknown_keys(table, &["identities"]);
+    let mut identities = Vec::new();
+    if let Some(listed) = reader.table(table, "identities") {
+        for (identity, node) in reader.named_entries(&listed) {
+            let key = join(&listed.path, &format!("\"{identity}\""));
+            let Some(grants) = reader.as_table(node, key) else { continue };
+            if let Some((roles, scopes)) = read_grants(reader, &grants, roles, scopes) {
+                identities.push((identity.clone(), roles, scopes));
+            }
+        }
+    }
+    MtlsConfig { identities, origin: table.origin.clone() }
 }
 
 fn read_cors(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<CorsConfig> {

@@ -150,3 +150,33 @@ async fn tls_files_that_do_not_load_stop_startup_naming_the_key() {
     let error = Server::new(Router::new(), &runtime).unwrap_err().to_string();
     assert!(error.contains("http.tls.cert") && error.contains("/nonexistent/tls.crt"), "{error}");
 }
+
+#[tokio::test]
+async fn a_client_certificate_is_the_callers_identity_under_security_mtls() {
+    let dir = certificates_in("https-identity");
+    let text = format!(
+        "[http.tls]\n{}client_ca = \"{}\"\nclient_auth = \"optional\"\n\
+         [security]\nroles = [\"clerk\"]\n[security.mtls.identities]\n\"localhost\" = {{ roles = [\"clerk\"] }}\n",
+        server_files(&dir),
+        dir.join("ca.pem").display()
+    );
+    let runtime = Runtime::new(DependencyRegistry::from_config(Config::parse(&text, "marty.toml").unwrap()));
+    // The test certificates name `localhost` (and 127.0.0.1) as their subject alternative names.
+    let whoami =
+        |caller: marty::security::Principal| async move { format!("{} {:?} caller", caller.subject(), caller.roles()) };
+    let server = Server::new(Router::new().route("/hello", get(whoami)), &runtime).unwrap();
+    let service = server.start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
+
+    let certified = call(service.addr(), &client(&dir, Some(&dir))).await.unwrap();
+    assert_eq!(certified, "HTTP/1.1 200 OK localhost [\"clerk\"] caller");
+    let mut anonymous = connect(service.addr(), &client(&dir, None)).await.unwrap();
+    anonymous.write_all(b"GET /hello HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await.unwrap();
+    let mut answer = String::new();
+    let _ = anonymous.read_to_string(&mut answer).await;
+    assert!(answer.starts_with("HTTP/1.1 401"), "no certificate, no identity: {answer}");
+    service.shutdown().await.unwrap();
+
+    // Identities without client certificates to prove them are a configuration error.
+    let error = Config::parse("[security]\n[security.mtls]\n", "marty.toml").unwrap_err().to_string();
+    assert!(error.contains("security.mtls") && error.contains("client_ca"), "{error}");
+}

@@ -93,11 +93,24 @@
 //! be checked): a misspelled method stops startup with the nearest real one. Health and reflection
 //! stay open, as the HTTP probes do.
 //!
-//! HTTP answers are problem+json. Not yet here: mTLS identities and the audit trail.
+//! Services calling each other can prove who they are with **client certificates** (mTLS): with
+//! `[http.tls] client_ca` (feature `tls`) and `[security.mtls]`, a caller without a token or API
+//! key is the identity its certificate names (its first URI subject alternative name, a SPIFFE id,
+//! else its first DNS name), granted roles and scopes by `identities`:
+//!
+//! ```toml
+//! [security.mtls.identities]
+//! "spiffe://shop.example/ns/prod/sa/orders" = { roles = ["service"], scopes = ["payments:write"] }
+//! ```
+//!
+//! A bearer token in the same request wins (it names the end user the calling service acts for).
+//!
+//! HTTP answers are problem+json. Not yet here: the audit trail.
 
 mod api_keys;
 pub(crate) mod cors;
 mod jwks;
+mod mtls;
 mod principal;
 mod rate_limit;
 
@@ -111,7 +124,7 @@ use axum::response::{IntoResponse, Response};
 use jsonwebtoken::{Algorithm, Validation};
 use marty_config::{Access, ConfigErrors, JwtConfig, LimitKey, SecurityConfig};
 
-use crate::service::{Problem, ProblemType, Requirement, RouteAccess};
+use crate::service::{ClientCertificate, Problem, ProblemType, Requirement, RouteAccess};
 pub use principal::Principal;
 pub(crate) use rate_limit::RateLimits;
 use rate_limit::{Allowance, Limiter, OverLimit};
@@ -123,6 +136,7 @@ pub(crate) struct Authenticator {
     grpc: Vec<marty_config::GrpcMethodAccess>,
     jwt: Option<JwtCheck>,
     api_keys: Option<api_keys::ApiKeys>,
+    mtls: Option<mtls::Identities>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -197,6 +211,7 @@ impl Authenticator {
             grpc: config.grpc.clone(),
             jwt: config.jwt.as_ref().map(JwtCheck::new),
             api_keys,
+            mtls: config.mtls.as_ref().map(mtls::Identities::new),
         }))
     }
 
@@ -207,16 +222,25 @@ impl Authenticator {
         }
     }
 
-    /// The caller `headers` prove, if any.
-    async fn authenticate(&self, headers: &HeaderMap) -> Result<Option<Principal>, Denial> {
+    /// The caller a request proves, if any: by its bearer token or API key, else by the client
+    /// certificate of its connection (a token names the end user a service calls for).
+    async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        certificate: Option<&ClientCertificate>,
+    ) -> Result<Option<Principal>, Denial> {
         let api_key = self.api_keys.as_ref().and_then(|keys| Some((keys, headers.get(keys.header())?)));
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let Some(value) = values.next() else {
-            return match api_key {
-                Some((keys, key)) => {
+            return match (api_key, &self.mtls, certificate) {
+                (Some((keys, key)), _, _) => {
                     keys.check(key.as_bytes()).map(Some).ok_or_else(|| denied("an API key that is not known"))
                 }
-                None => Ok(None),
+                (None, Some(identities), Some(certificate)) => identities
+                    .caller(certificate)
+                    .map(Some)
+                    .ok_or_else(|| denied("a client certificate naming no URI or DNS identity")),
+                _ => Ok(None),
             };
         };
         if api_key.is_some() {
@@ -252,6 +276,7 @@ pub(crate) struct Gate {
     routes: Arc<HashMap<(Method, &'static str), Requirement>>,
     /// `[security.grpc]`, by full method name (`store.Payments/Charge`): `None` for `"public"`,
     /// else the roles (any) and scopes (all).
+    #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
     grpc: Arc<HashMap<String, GrpcNeed>>,
 }
 
@@ -378,7 +403,7 @@ async fn admit<Name: AsRef<str>>(
     };
     let caller = match &gate.authenticator {
         None => None,
-        Some(authenticator) => match authenticator.authenticate(request.headers()).await {
+        Some(authenticator) => match authenticator.authenticate(request.headers(), request.extensions().get()).await {
             Ok(caller) => caller,
             Err(denial) => {
                 if let (None, Some((limits, limiter))) = (&allowance, limit) {
