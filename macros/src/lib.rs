@@ -189,6 +189,8 @@ pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `#[authorize(roles = ["admin", "clerk"], scopes = ["orders:write"])]` (an authenticated caller
 /// with **any** of the roles and **all** of the scopes; bare `#[authorize]`: any authenticated
 /// caller). Roles and scopes must be declared under `[security]`; see `marty::security`.
+/// `#[audit]` writes the route's allowed requests to the audit trail too (refusals always are);
+/// see `marty::audit`.
 ///
 /// # Examples
 ///
@@ -238,11 +240,14 @@ pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
 /// or uses the old `:param` syntax; the same method and path twice; a handler that is not async or
 /// does not take `&self`; a reference argument; a generic or trait impl; a missing or invalid
 /// `marty.toml`; a role or scope `[security]` does not declare (the nearest is suggested);
-/// `#[authorize]` without `[security]` or without a way to authenticate, or with `#[public]`.
+/// `#[authorize]` without `[security]` or without a way to authenticate, or with `#[public]`;
+/// `#[audit]` with arguments or off a route; `[rate_limit.routes]` naming a route the service does
+/// not have.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
     if !cfg!(feature = "http") {
-        let inner = &["get", "post", "put", "patch", "delete", "health_check", "event_handler", "public", "authorize"];
+        let inner =
+            &["get", "post", "put", "patch", "delete", "health_check", "event_handler", "public", "authorize", "audit"];
         return feature_missing(item, "#[service]", "`http` feature (on by default)", "marty = \"0.1\"", inner);
     }
     service::expand(args.into(), item.into()).into()
@@ -373,6 +378,7 @@ route_attribute! {
     health_check => "Marks a method of a `#[service]` impl block as a readiness probe, `async fn ..(&self) -> Result<T, E>`: `/readyz` runs it on every probe, 2s at most, and reports 503 while it fails (gRPC health follows the same rule); see `service`.",
     public => "Lets anyone call a route of a `#[service]` impl block, whatever `[security] default` says; see `service`.",
     authorize => "Requires an authenticated caller on a route of a `#[service]` impl block: `#[authorize(roles = [\"admin\", \"clerk\"], scopes = [\"orders:write\"])]` admits a caller with any of the roles and all of the scopes (bare `#[authorize]`: any authenticated caller); the names must be declared under `[security]` in `marty.toml`. Others get 401 (no or bad credentials) or 403; see `service`.",
+    audit => "Writes every allowed request to a route of a `#[service]` impl block to the audit trail (refused requests always are): one event on the `marty::audit` tracing target with who, what, decision, request id, trace id and time; see `marty::audit`.",
     event_handler => "Marks a method of a `#[service]` impl block as the consumer of one topic, `async fn ..(&self, event: E) -> Result<(), Err>`, optionally taking the inbox transaction third: `#[event_handler(topic = \"orders.placed\")]`, with `group`, `inbox`, `max_attempts`, `concurrency`, `backoff` and `ack_wait` as `service` lists them; see `service`.",
 }
 

@@ -38,6 +38,9 @@
 #![cfg_attr(docsrs, feature(doc_cfg))]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
+#[cfg(any(feature = "events", feature = "security"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "events", feature = "security"))))]
+pub mod audit;
 pub mod bulkhead;
 pub mod circuit_breaker;
 mod classify;
@@ -97,8 +100,8 @@ pub use marty_config as config;
 pub use events::Event;
 #[doc(inline)]
 pub use marty_macros::{
-    api_call, authorize, cache_call, database_call, delete, event_handler, get, health_check, patch, post, public, put,
-    saga, saga_step, service, Event,
+    api_call, audit, authorize, cache_call, database_call, delete, event_handler, get, health_check, patch, post,
+    public, put, saga, saga_step, service, Event,
 };
 
 #[cfg(feature = "http")]

@@ -272,6 +272,8 @@ async fn a_handler_that_panics_fails_its_attempt_and_the_consumer_goes_on() {
 async fn postgres_never_skips_a_row_whose_transaction_commits_after_a_later_one() {
     let url = marty_tests::server_env("MARTY_TEST_POSTGRES_URL");
     let (store, pool) = postgres_store(&url, "outbox_gate").await;
+    let rows: i64 = sqlx::query_scalar("select count(*) from marty_outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(rows, 1, "the rolled-back change left no audit record");
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
     let relay = Relay::new(store, broker.clone(), RelayOptions::default(), EventMetrics::default());
 
@@ -566,4 +568,33 @@ async fn kafka_in_order_and_dead_letters(port: u16) {
     let mut dead = broker.subscribe("marty.dead_letter", "inspect", SubscribeOptions::default()).await.unwrap();
     let letter = tokio::time::timeout(Duration::from_secs(90), dead.next()).await.unwrap().unwrap();
     assert_eq!(letter.message.id, sent[5].id);
+}
+
+#[tokio::test]
+async fn an_audit_record_reaches_the_broker_exactly_when_its_change_commits() {
+    use marty::audit::AuditRecord;
+    let (store, pool, _dir) = sqlite_store().await;
+    for (account, commit) in [("kept", true), ("undone", false)] {
+        let mut tx = pool.begin().await.unwrap();
+        sqlx::query("insert into ledger values (?, 1)").bind(account).execute(&mut *tx).await.unwrap();
+        let record = AuditRecord::new("ada", format!("credit {account}"), "credited").request_id("req-7");
+        marty::audit::record(&mut tx, &record).await.unwrap();
+        match commit {
+            true => tx.commit().await.unwrap(),
+            false => tx.rollback().await.unwrap(),
+        }
+    }
+    let rows: i64 = sqlx::query_scalar("select count(*) from marty_outbox").fetch_one(&pool).await.unwrap();
+    assert_eq!(rows, 1, "the rolled-back change left no audit record");
+    let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
+    let relay = Relay::new(store, broker.clone(), RelayOptions::default(), EventMetrics::default());
+    let (stop, shutdown) = watch::channel(false);
+    let running = relay.start(shutdown);
+    let seen = collect(broker, "marty.audit", "auditors", 1).await;
+    let record: AuditRecord = serde_json::from_slice(&seen[0].payload).unwrap();
+    assert_eq!((record.who.as_str(), record.what.as_str()), ("ada", "credit kept"));
+    assert_eq!((record.decision.as_str(), record.request_id.as_deref()), ("credited", Some("req-7")));
+    assert_eq!(seen[0].key.as_deref(), Some("ada"));
+    stop.send(true).unwrap();
+    running.await.unwrap();
 }

@@ -288,6 +288,7 @@ impl Shop {
 
     #[marty::delete("/orders/{id}")]
     #[marty::authorize(roles = ["admin"])]
+    #[marty::audit]
     async fn cancel(&self, marty::axum::extract::Path(id): marty::axum::extract::Path<u64>) -> String {
         format!("cancelled {id}")
     }
@@ -506,4 +507,65 @@ async fn a_rate_limit_for_a_route_the_service_does_not_have_stops_startup() {
         error.contains("rate_limit.routes.\"POST /order\"") && error.contains("did you mean `POST /orders`"),
         "{error}"
     );
+}
+
+/// The `marty::audit` events written while it is the thread's subscriber, as `field=value` lines.
+#[derive(Clone, Default)]
+struct AuditTrail(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for AuditTrail {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={:?} ", field.name(), value));
+            }
+            fn record_str(&mut self, field: &tracing::field::Field, value: &str) {
+                self.0.push_str(&format!("{}={value} ", field.name()));
+            }
+        }
+        if event.metadata().target() == "marty::audit" {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn refusals_and_audited_routes_are_written_to_the_audit_trail() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let trail = AuditTrail::default();
+    // A current-thread runtime: the server's tasks run on this thread, under this subscriber.
+    let _subscriber = tracing::subscriber::set_default(tracing_subscriber::registry().with(trail.clone()));
+    let issuer = Arc::new(Issuer::default());
+    let key = SigningKey::generate("shop");
+    issuer.keys.lock().unwrap().push(key.jwk.clone());
+    let runtime = runtime(start_issuer(issuer).await);
+    let server = marty::service::server_in(&runtime, Shop).unwrap();
+    let service = server.start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
+    let addr = service.addr();
+    let (clerk, admin) = (token_of(&key, "carl", &["clerk"], ""), token_of(&key, "ada", &["admin"], ""));
+
+    let request_id = "X-Request-Id: audit-1\r\n";
+    let with = |token: &str| format!("{request_id}Authorization: Bearer {token}\r\n");
+    assert_eq!(send_with(addr, "DELETE", "/orders/7", &with(&clerk)).await.status, 403);
+    assert_eq!(send_with(addr, "DELETE", "/orders/7", &with(&admin)).await.status, 200);
+    assert_eq!(send(addr, "GET", "/orders", Some("forged")).await.status, 401);
+    assert_eq!(send(addr, "GET", "/orders", Some(&clerk)).await.status, 200, "not audited when allowed");
+    service.shutdown().await.unwrap();
+
+    let records = trail.0.lock().unwrap().clone();
+    assert_eq!(records.len(), 3, "{records:#?}");
+    let forbidden = &records[0];
+    for field in
+        ["who=carl", "what=DELETE /orders/{id}", "decision=denied", "reason=a required role or scope is missing"]
+    {
+        assert!(forbidden.contains(field), "{field} missing: {forbidden}");
+    }
+    assert!(forbidden.contains("time=20") && forbidden.contains("request_id=audit-1"), "{forbidden}");
+    assert!(records[1].contains("who=ada") && records[1].contains("decision=allowed"), "{}", records[1]);
+    let invalid = &records[2];
+    assert!(invalid.contains("who=anonymous") && invalid.contains("reason=credentials not valid"), "{invalid}");
+    assert!(!records.concat().contains(&clerk), "a token in the audit trail");
 }

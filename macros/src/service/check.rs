@@ -55,6 +55,14 @@ fn check_routes(routed: Vec<RoutedMethod>, config: &ConfigFile, errors: &mut Acc
     for method in routed {
         let handler_ok = check_handler(&method, errors);
         let requirement = check_access(&method.access, config, errors);
+        let audit = method.audit.is_some_and(|span| {
+            let built = cfg!(feature = "security");
+            if !built {
+                let help = "in Cargo.toml: `marty = { version = \"0.1\", features = [\"security\"] }`";
+                errors.push(error(span, "`#[audit]` needs marty's `security` feature", help));
+            }
+            built
+        });
         for route in &method.routes {
             let path_ok = check_path(&route.path.value, route.path.span, errors);
             let normalized = normalize(&route.path.value);
@@ -87,6 +95,7 @@ fn check_routes(routed: Vec<RoutedMethod>, config: &ConfigFile, errors: &mut Acc
                     },
                     cfgs: method.cfgs.clone(),
                     requirement: requirement.clone(),
+                    audit,
                 });
             }
         }

@@ -94,7 +94,8 @@ fn emit_handler(route: &Route, paths: &Paths, service: &syn::Ident) -> TokenStre
     }
 }
 
-/// `const ACCESS`: what the routes with `#[public]` or `#[authorize]` require of their caller; and
+/// `const ACCESS`: what the routes with `#[public]`, `#[authorize]` or `#[audit]` require of their
+/// caller and whether they are audited; and
 /// `const ROUTE_NAMES`, every route, for the startup check of `[rate_limit.routes]`.
 fn emit_access(model: &ServiceModel, paths: &Paths) -> TokenStream {
     let (route_access, requirement) = (paths.get(rt::ROUTE_ACCESS), paths.get(rt::REQUIREMENT));
@@ -103,14 +104,16 @@ fn emit_access(model: &ServiceModel, paths: &Paths) -> TokenStream {
         .iter()
         .filter_map(|route| {
             let required = match &route.requirement {
-                Requirement::Default => return None,
+                Requirement::Default if !route.audit => return None,
+                Requirement::Default => quote!(#requirement::Default),
                 Requirement::Public => quote!(#requirement::Public),
                 Requirement::Authorize { roles, scopes } => {
                     quote!(#requirement::Authorize { roles: &[#(#roles),*], scopes: &[#(#scopes),*] })
                 }
             };
             let (method, path) = (route.method.as_str().to_uppercase(), &route.path);
-            Some(quote!(#route_access { method: #method, path: #path, requirement: #required }))
+            let audit = route.audit;
+            Some(quote!(#route_access { method: #method, path: #path, requirement: #required, audit: #audit }))
         })
         .collect();
     let option = paths.get(rt::OPTION);

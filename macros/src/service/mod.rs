@@ -47,6 +47,8 @@ pub(crate) struct Route {
     pub(crate) cfgs: Vec<syn::Attribute>,
     /// What the route requires of its caller.
     pub(crate) requirement: Requirement,
+    /// `#[audit]`: allowed requests go to the audit trail too.
+    pub(crate) audit: bool,
 }
 
 /// What a route requires of its caller, checked against `[security]`.

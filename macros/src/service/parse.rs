@@ -64,6 +64,8 @@ pub(crate) struct RoutedMethod {
     pub(crate) cfgs: Vec<syn::Attribute>,
     /// `#[public]` and `#[authorize(..)]`, as written (the check allows one).
     pub(crate) access: Vec<AccessAttr>,
+    /// `#[audit]`, where it is.
+    pub(crate) audit: Option<Span>,
 }
 
 /// What a route's attributes say it requires of its caller.
@@ -95,6 +97,25 @@ const AUTHORIZE_ARGS: &[(&str, Shape)] = &[
     ("roles", Shape::Value("roles = [\"admin\", \"clerk\"]")),
     ("scopes", Shape::Value("scopes = [\"orders:write\"]")),
 ];
+
+fn is_audit(attr: &syn::Attribute) -> bool {
+    attr.path().segments.last().is_some_and(|segment| segment.ident == "audit")
+}
+
+/// `#[audit]`, bare.
+fn parse_audit(attr: &syn::Attribute, errors: &mut darling::error::Accumulator) -> Option<Span> {
+    match &attr.meta {
+        syn::Meta::Path(path) => Some(path.segments.last().map_or_else(|| path.span(), |segment| segment.ident.span())),
+        syn::Meta::List(list) => {
+            errors.push(error(list.tokens.span(), "`#[audit]` takes no arguments", "write it bare: `#[audit]`"));
+            None
+        }
+        syn::Meta::NameValue(value) => {
+            errors.push(error(value.eq_token.span(), "`#[audit]` takes no arguments", "write it bare: `#[audit]`"));
+            None
+        }
+    }
+}
 
 fn access_kind(attr: &syn::Attribute) -> Option<&'static str> {
     let last = attr.path().segments.last()?.ident.to_string();
@@ -165,6 +186,14 @@ pub(crate) fn take_routes(
             access.extend(parse_access(attr, errors));
             false
         });
+        let mut audit = None;
+        method.attrs.retain(|attr| {
+            if !is_audit(attr) {
+                return true;
+            }
+            audit = audit.or(parse_audit(attr, errors));
+            false
+        });
         let mut routes = Vec::new();
         method.attrs.retain(|attr| {
             let Some(http_method) = route_method(attr) else { return true };
@@ -175,13 +204,16 @@ pub(crate) fn take_routes(
             false
         });
         if routes.is_empty() {
+            let help = "put it on a method with a route attribute, e.g. `#[get(\"/orders\")]`";
             for attr in &access {
-                let help = "put it on a method with a route attribute, e.g. `#[get(\"/orders\")]`";
                 errors.push(error(attr.span(), "only a route handler can require a caller", help));
+            }
+            if let Some(span) = audit {
+                errors.push(error(span, "only a route handler's requests can be audited", help));
             }
         } else {
             let cfgs = cfg_attributes(&method.attrs);
-            routed.push(RoutedMethod { routes, sig: method.sig.clone(), cfgs, access });
+            routed.push(RoutedMethod { routes, sig: method.sig.clone(), cfgs, access, audit });
         }
     }
     (item, Marked { routed, probes, handlers })
@@ -211,6 +243,7 @@ pub(crate) fn strip_route_attributes(item: TokenStream) -> TokenStream {
                             && !is_probe(attr)
                             && !is_event_handler(attr)
                             && access_kind(attr).is_none()
+                            && !is_audit(attr)
                     });
                 }
             }

@@ -105,7 +105,11 @@
 //!
 //! A bearer token in the same request wins (it names the end user the calling service acts for).
 //!
-//! HTTP answers are problem+json. Not yet here: the audit trail.
+//! Every refused request (HTTP or gRPC), and every allowed request to a route marked `#[audit]`,
+//! is written to the audit trail (see [`marty::audit`](mod@crate::audit)): who, what, decision, reason, request id,
+//! trace id and time, on the tracing target `marty::audit`, never with the credentials.
+//!
+//! HTTP answers are problem+json.
 
 mod api_keys;
 pub(crate) mod cors;
@@ -272,8 +276,8 @@ fn denied(reason: &str) -> Denial {
 pub(crate) struct Gate {
     authenticator: Option<Arc<Authenticator>>,
     rate_limits: Option<Arc<RateLimits>>,
-    /// `#[public]` and `#[authorize]`, by method and path as routed.
-    routes: Arc<HashMap<(Method, &'static str), Requirement>>,
+    /// `#[public]` and `#[authorize]`, and whether `#[audit]` is on, by method and path as routed.
+    routes: Arc<HashMap<(Method, &'static str), RouteNeed>>,
     /// `[security.grpc]`, by full method name (`store.Payments/Charge`): `None` for `"public"`,
     /// else the roles (any) and scopes (all).
     #[cfg_attr(not(feature = "grpc"), allow(dead_code))]
@@ -281,6 +285,9 @@ pub(crate) struct Gate {
 }
 
 type GrpcNeed = Option<(Vec<String>, Vec<String>)>;
+
+/// A route's requirement, and whether it is audited.
+type RouteNeed = (Requirement, bool);
 
 impl Gate {
     pub(crate) fn new(
@@ -290,7 +297,7 @@ impl Gate {
     ) -> Self {
         let routes = access
             .iter()
-            .filter_map(|route| Some(((route.method.parse().ok()?, route.path), route.requirement)))
+            .filter_map(|route| Some(((route.method.parse().ok()?, route.path), (route.requirement, route.audit))))
             .collect();
         let grpc = authenticator.as_ref().map_or_else(HashMap::new, |authenticator| {
             authenticator.grpc.iter().map(|method| (method.method.clone(), method.authorize.clone())).collect()
@@ -303,14 +310,26 @@ impl Gate {
 /// caller proven, allowed and within its rate limit, or refused.
 pub(crate) async fn guard(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
     let route = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str());
-    let need = match route.and_then(|route| gate.routes.get(&(request.method().clone(), route))) {
-        None => Need::Default,
-        Some(Requirement::Public) => Need::Public,
-        Some(Requirement::Authorize { roles, scopes }) => Need::Authorize { roles, scopes },
+    let (requirement, audited) =
+        route.and_then(|route| gate.routes.get(&(request.method().clone(), route))).copied().unwrap_or_default();
+    let need = match requirement {
+        Requirement::Default => Need::Default,
+        Requirement::Public => Need::Public,
+        Requirement::Authorize { roles, scopes } => Need::Authorize { roles, scopes },
     };
     let limit =
         gate.rate_limits.as_deref().and_then(|limits| Some((limits, limits.for_route(request.method(), route)?)));
-    match admit(&gate, need, limit, &mut request).await {
+    let what = |request: &Request| {
+        let route = request.extensions().get::<MatchedPath>().map_or(request.uri().path(), MatchedPath::as_str);
+        format!("{} {route}", request.method())
+    };
+    let admitted = admit(&gate, need, limit, &mut request).await;
+    match &admitted {
+        Ok(_) if audited => audit(&request, what(&request), None),
+        Ok(_) => {}
+        Err(refusal) => audit(&request, what(&request), Some(refusal)),
+    }
+    match admitted {
         Ok(allowance) => {
             let mut response = next.run(request).await;
             if let Some(allowance) = allowance {
@@ -339,7 +358,11 @@ pub(crate) async fn grpc_guard(State(gate): State<Gate>, mut request: Request, n
         Some(Some((roles, scopes))) => Need::Authorize { roles: roles.as_slice(), scopes: scopes.as_slice() },
     };
     let limit = gate.rate_limits.as_deref().and_then(|limits| Some((limits, limits.for_route(&Method::POST, None)?)));
-    let status = match admit(&gate, need, limit, &mut request).await {
+    let admitted = admit(&gate, need, limit, &mut request).await;
+    if let Err(refusal) = &admitted {
+        audit(&request, request.uri().path().trim_start_matches('/').to_owned(), Some(refusal));
+    }
+    let status = match admitted {
         Ok(_) => return next.run(request).await,
         Err(Refusal::Denied(Denial::Missing)) => tonic::Status::unauthenticated(
             "this call needs credentials: a bearer token (`authorization: Bearer <token>` metadata) or an API key",
@@ -373,6 +396,34 @@ enum Need<'a, Name> {
 enum Refusal {
     Denied(Denial),
     OverLimit(OverLimit),
+}
+
+impl Refusal {
+    /// The reason in the audit trail.
+    fn reason(&self) -> &'static str {
+        match self {
+            Refusal::Denied(Denial::Missing) => "no credentials",
+            Refusal::Denied(Denial::Invalid) => "credentials not valid",
+            Refusal::Denied(Denial::Forbidden) => "a required role or scope is missing",
+            Refusal::Denied(Denial::Unavailable) => "the issuer's keys were never fetched",
+            Refusal::OverLimit(_) => "over the rate limit",
+        }
+    }
+}
+
+/// The request's decision in the audit trail (`refusal`: denied, and why; else allowed), with the
+/// caller when credentials proved one.
+fn audit(request: &Request, what: String, refusal: Option<&Refusal>) {
+    let who = request.extensions().get::<Principal>().map_or("anonymous", Principal::subject);
+    let decision = if refusal.is_some() { "denied" } else { "allowed" };
+    let mut record = crate::audit::AuditRecord::new(who, what, decision);
+    if let Some(refusal) = refusal {
+        record = record.reason(refusal.reason());
+    }
+    if let Some(request_id) = request.headers().get(crate::service::REQUEST_ID).and_then(|id| id.to_str().ok()) {
+        record = record.request_id(request_id);
+    }
+    record.log();
 }
 
 impl From<Denial> for Refusal {
@@ -413,13 +464,14 @@ async fn admit<Name: AsRef<str>>(
             }
         },
     };
+    // In the request from here on: for the handler's `Principal`, and the audit trail of a refusal.
+    if let Some(caller) = &caller {
+        request.extensions_mut().insert(caller.clone());
+    }
     let default = gate.authenticator.as_ref().map_or(Access::Public, |authenticator| authenticator.default);
     authorize(default, need, caller.as_ref())?;
     if let (None, Some((limits, limiter))) = (&allowance, limit) {
         allowance = Some(limits.check(limiter, caller.as_ref(), request)?);
-    }
-    if let Some(caller) = caller {
-        request.extensions_mut().insert(caller);
     }
     Ok(allowance)
 }

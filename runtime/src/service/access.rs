@@ -5,8 +5,11 @@
 use marty_config::{Config, ConfigError, ConfigErrors, Origin};
 
 /// What a route requires of its caller.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Requirement {
+    /// No attribute: what `[security] default` says.
+    #[default]
+    Default,
     /// `#[public]`: anyone.
     Public,
     /// `#[authorize(roles = [..], scopes = [..])]`: an authenticated caller holding any of `roles`
@@ -28,6 +31,8 @@ pub struct RouteAccess {
     pub path: &'static str,
     /// What the route requires.
     pub requirement: Requirement,
+    /// `#[audit]`: allowed requests are written to the audit trail too.
+    pub audit: bool,
 }
 
 /// The routes' roles and scopes are declared under `[security]`, and callers can authenticate
