@@ -272,8 +272,6 @@ async fn a_handler_that_panics_fails_its_attempt_and_the_consumer_goes_on() {
 async fn postgres_never_skips_a_row_whose_transaction_commits_after_a_later_one() {
     let url = marty_tests::server_env("MARTY_TEST_POSTGRES_URL");
     let (store, pool) = postgres_store(&url, "outbox_gate").await;
-    let rows: i64 = sqlx::query_scalar("select count(*) from marty_outbox").fetch_one(&pool).await.unwrap();
-    assert_eq!(rows, 1, "the rolled-back change left no audit record");
     let broker: Arc<dyn Broker> = Arc::new(MemoryBroker::new());
     let relay = Relay::new(store, broker.clone(), RelayOptions::default(), EventMetrics::default());
 
