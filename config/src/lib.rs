@@ -98,8 +98,8 @@ pub use schema::{
     OutboxConfig, QueueType, RabbitMqConfig, RetryConfig, SagasConfig, ServiceConfig, StorageConfig, TelemetryConfig,
 };
 pub use security::{
-    Access, ApiKeysConfig, ApiKeysSource, CorsConfig, GrpcMethodAccess, JwtConfig, KeySource, MtlsConfig,
-    SecurityConfig, JWT_ALGORITHMS,
+    Access, ApiKeysConfig, ApiKeysSource, ClientCredentialsConfig, CorsConfig, GrpcMethodAccess, JwtConfig, KeySource,
+    MtlsConfig, SecurityConfig, JWT_ALGORITHMS,
 };
 pub use tls::{ClientAuth, TlsConfig};
 pub use tree::ENV_PREFIX;

@@ -147,6 +147,14 @@ impl<'a> Reader<'a> {
         }
     }
 
+    /// A string as the file writes it, before `${VAR}` expansion (`None` for other types).
+    pub(crate) fn raw_string<'n>(&self, table: &Table<'n>, key: &str) -> Option<&'n str> {
+        match &find(table, key)?.value {
+            Value::String(text) => Some(text),
+            _ => None,
+        }
+    }
+
     pub(crate) fn string(&mut self, table: &Table<'_>, key: &str) -> Option<String> {
         let node = find(table, key)?;
         let Value::String(text) = &node.value else {

@@ -24,6 +24,38 @@ pub struct SecurityConfig {
     pub grpc: Vec<GrpcMethodAccess>,
     /// `[security.mtls]`: client certificates (`[http.tls] client_ca`) as callers' identities.
     pub mtls: Option<MtlsConfig>,
+    /// `[security.clients.<name>]`: how this service gets tokens to call other secured services.
+    pub clients: Vec<ClientCredentialsConfig>,
+}
+
+/// `[security.clients.<name>]`: an OAuth2 client-credentials grant at the issuer's token endpoint.
+#[derive(Clone, PartialEq)]
+#[non_exhaustive]
+pub struct ClientCredentialsConfig {
+    /// The name the code asks for it by (`marty::security::TokenSource::named("payments")`).
+    pub name: String,
+    /// The issuer's token endpoint (HTTPS unless on this machine).
+    pub token_url: String,
+    /// This service's client id.
+    pub client_id: String,
+    /// Its secret: `${VARIABLE}` from the environment (a literal is refused).
+    pub client_secret: String,
+    /// The scopes asked for (none: the client's defaults).
+    pub scopes: Vec<String>,
+    /// The `audience` parameter some issuers need (Auth0, Keycloak's token exchange).
+    pub audience: Option<String>,
+}
+
+impl std::fmt::Debug for ClientCredentialsConfig {
+    /// Without the secret.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientCredentialsConfig")
+            .field("name", &self.name)
+            .field("token_url", &self.token_url)
+            .field("client_id", &self.client_id)
+            .field("scopes", &self.scopes)
+            .finish_non_exhaustive()
+    }
 }
 
 /// `[security.mtls]`: a client certificate proves its first URI subject alternative name (a SPIFFE
@@ -146,7 +178,7 @@ pub enum KeySource {
 /// Algorithms a token may be signed with: asymmetric only, so the service holds no secret.
 pub const JWT_ALGORITHMS: &[&str] = &["RS256", "RS384", "PS256", "ES256", "ES384", "EdDSA"];
 
-const SECURITY_KEYS: &[&str] = &["default", "roles", "scopes", "jwt", "api_keys", "cors", "grpc", "mtls"];
+const SECURITY_KEYS: &[&str] = &["default", "roles", "scopes", "jwt", "api_keys", "cors", "grpc", "mtls", "clients"];
 const JWT_KEYS: &[&str] = &[
     "issuer",
     "audiences",
@@ -176,6 +208,7 @@ pub(crate) fn read_security(reader: &mut Reader<'_>, root: &Table<'_>) -> Option
         None => Vec::new(),
     };
     let mtls = reader.table(&table, "mtls").map(|mtls| read_mtls(reader, &mtls, &roles, &scopes));
+    let clients = reader.table(&table, "clients").map_or_else(Vec::new, |clients| read_clients(reader, &clients));
     let configured = reader.has(&table, "jwt") || reader.has(&table, "api_keys") || reader.has(&table, "mtls");
     if !configured && default == Access::Authenticated {
         let origin = reader.origin_of(&table, "default").clone();
@@ -191,7 +224,7 @@ pub(crate) fn read_security(reader: &mut Reader<'_>, root: &Table<'_>) -> Option
             help,
         );
     }
-    Some(SecurityConfig { default, roles, scopes, jwt, api_keys, cors, grpc, mtls })
+    Some(SecurityConfig { default, roles, scopes, jwt, api_keys, cors, grpc, mtls, clients })
 }
 
 /// `[security.grpc]`: `"package.Service/Method" = "public"` or `{ roles = [..], scopes = [..] }`,
@@ -269,6 +302,67 @@ fn read_mtls(reader: &mut Reader<'_>, table: &Table<'_>, roles: &[String], scope
         }
     }
     MtlsConfig { identities, origin: table.origin.clone() }
+}
+
+/// `[security.clients.<name>]`, each a client-credentials grant.
+fn read_clients(reader: &mut Reader<'_>, table: &Table<'_>) -> Vec<ClientCredentialsConfig> {
+    let mut clients = Vec::new();
+    for (name, node) in reader.named_entries(table) {
+        let Some(client) = reader.as_table(node, join(&table.path, name)) else { continue };
+        reader.deny_unknown_keys(&client, &["token_url", "client_id", "client_secret", "scopes", "audience"]);
+        let token_url = required_string(
+            reader,
+            &client,
+            "token_url",
+            "\"https://login.example.com/realms/shop/protocol/openid-connect/token\"",
+        );
+        let client_id = required_string(reader, &client, "client_id", "\"orders\"");
+        // Read before expansion: a secret written in the file itself ends up in version control (one
+        // from a `MARTY__..` variable is fine).
+        let in_file = matches!(reader.origin_of(&client, "client_secret"), crate::Origin::Line(_));
+        let literal = in_file && reader.raw_string(&client, "client_secret").is_some_and(|text| !text.contains("${"));
+        let client_secret = required_string(reader, &client, "client_secret", "\"${ORDERS_CLIENT_SECRET}\"");
+        if literal {
+            let origin = reader.origin_of(&client, "client_secret").clone();
+            let help = Some(format!(
+                "read it from the environment: `client_secret = \"${{{}_CLIENT_SECRET}}\"`",
+                name.to_ascii_uppercase()
+            ));
+            reader.error(
+                &origin,
+                &join(&client.path, "client_secret"),
+                "a secret written in the configuration file",
+                help,
+            );
+            continue;
+        }
+        if let Some(url) = token_url.as_ref().filter(|url| !is_https_or_local(url)) {
+            let origin = reader.origin_of(&client, "token_url").clone();
+            let help =
+                Some("use `https://` (plain `http://` only for an issuer on this machine, in development)".to_owned());
+            reader.error(
+                &origin,
+                &join(&client.path, "token_url"),
+                format!("`{url}` is not HTTPS: the secret would travel in clear"),
+                help,
+            );
+            continue;
+        }
+        let scopes = reader.strings(&client, "scopes", "[\"payments:write\"]").unwrap_or_default();
+        let audience = reader.string(&client, "audience");
+        let (Some(token_url), Some(client_id), Some(client_secret)) = (token_url, client_id, client_secret) else {
+            continue;
+        };
+        clients.push(ClientCredentialsConfig {
+            name: name.clone(),
+            token_url,
+            client_id,
+            client_secret,
+            scopes,
+            audience,
+        });
+    }
+    clients
 }
 
 fn read_cors(reader: &mut Reader<'_>, table: &Table<'_>) -> Option<CorsConfig> {
@@ -569,6 +663,21 @@ mod tests {
         assert!(path.contains("is not a gRPC method"), "{path}");
         let typo = errors(&format!("{base}\"store.Payments/Charge\" = \"pubic\"\n"));
         assert!(typo.contains("unknown requirement"), "{typo}");
+    }
+
+    #[test]
+    fn client_secrets_come_from_the_environment_and_go_over_https() {
+        let client = |secret: &str, url: &str| {
+            format!("[security]\ndefault = \"public\"\n[security.clients.payments]\ntoken_url = \"{url}\"\nclient_id = \"orders\"\nclient_secret = \"{secret}\"\n")
+        };
+        let config = Config::parse(&client("${PAYMENTS_SECRET}", "https://id.example/token"), "m").unwrap();
+        let payments = &config.security.unwrap().clients[0];
+        assert_eq!((payments.name.as_str(), payments.client_id.as_str()), ("payments", "orders"));
+        assert!(!format!("{payments:?}").contains("PAYMENTS_SECRET"), "the secret in Debug");
+        let literal = errors(&client("hunter2", "https://id.example/token"));
+        assert!(literal.contains("client_secret") && literal.contains("${PAYMENTS_CLIENT_SECRET}"), "{literal}");
+        let plain = errors(&client("${PAYMENTS_SECRET}", "http://id.example/token"));
+        assert!(plain.contains("token_url") && plain.contains("not HTTPS"), "{plain}");
     }
 
     #[test]

@@ -569,3 +569,102 @@ async fn refusals_and_audited_routes_are_written_to_the_audit_trail() {
     assert!(invalid.contains("who=anonymous") && invalid.contains("reason=credentials not valid"), "{invalid}");
     assert!(!records.concat().contains(&clerk), "a token in the audit trail");
 }
+
+/// An issuer's token endpoint for the client-credentials grant: the client `orders` with secret
+/// `s3cret` gets a clerk's token signed with `key`, living `lifetime` seconds.
+struct TokenEndpoint {
+    key: SigningKey,
+    lifetime: u64,
+    issued: AtomicUsize,
+}
+
+async fn token(
+    State(endpoint): State<Arc<TokenEndpoint>>,
+    form: String,
+) -> Result<Json<Value>, (StatusCode, Json<Value>)> {
+    let field =
+        |name: &str| form.split('&').find_map(|pair| pair.strip_prefix(name)?.strip_prefix('=')).map(form_decoded);
+    let client = (field("grant_type"), field("client_id"), field("client_secret"));
+    if client != (Some("client_credentials".into()), Some("orders".into()), Some("s3cret".into())) {
+        return Err((StatusCode::UNAUTHORIZED, Json(json!({ "error": "invalid_client" }))));
+    }
+    endpoint.issued.fetch_add(1, Ordering::SeqCst);
+    let mut claims = claims();
+    claims["sub"] = json!("service-orders");
+    claims["scope"] = json!(field("scope").unwrap_or_default());
+    claims["exp"] = json!(now() + endpoint.lifetime);
+    let token = endpoint.key.sign(&claims);
+    Ok(Json(json!({ "access_token": token, "token_type": "Bearer", "expires_in": endpoint.lifetime })))
+}
+
+/// A form value as sent (`+` for spaces, `%XX` escapes).
+fn form_decoded(value: &str) -> String {
+    let bytes = value.replace('+', " ").into_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut index = 0;
+    while index < bytes.len() {
+        let escaped = (bytes[index] == b'%').then(|| std::str::from_utf8(bytes.get(index + 1..index + 3)?).ok());
+        match escaped.flatten().and_then(|hex| u8::from_str_radix(hex, 16).ok()) {
+            Some(byte) => {
+                decoded.push(byte);
+                index += 3;
+            }
+            None => {
+                decoded.push(bytes[index]);
+                index += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// `[security.clients.shop]` against the endpoint at `addr`, its secret from the environment.
+fn token_source(addr: SocketAddr, secret: &str) -> marty::security::TokenSource {
+    let text = format!(
+        "[security]\ndefault = \"public\"\n[security.clients.shop]\ntoken_url = \"http://{addr}/token\"\n\
+         client_id = \"orders\"\nclient_secret = \"${{SHOP_SECRET}}\"\nscopes = [\"orders:write\"]\n"
+    );
+    let env = marty::config::Environment::from_pairs([("SHOP_SECRET", secret)]);
+    let config = Config::parse_at_startup(&text, "marty.toml", &env).unwrap();
+    marty::security::TokenSource::new(config.security.unwrap().clients[0].clone())
+}
+
+#[tokio::test]
+async fn a_client_credentials_token_is_cached_refreshed_before_it_expires_and_accepted() {
+    let issuer = Arc::new(Issuer::default());
+    let key = SigningKey::generate("shop");
+    issuer.keys.lock().unwrap().push(key.jwk.clone());
+    let runtime = runtime(start_issuer(issuer).await);
+    let service = marty::service::server_in(&runtime, Shop).unwrap();
+    let service = service.start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
+    let lifetime = 4;
+    let endpoint = Arc::new(TokenEndpoint { key, lifetime, issued: AtomicUsize::new(0) });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_addr = listener.local_addr().unwrap();
+    let app = Router::new().route("/token", marty::axum::routing::post(token)).with_state(endpoint.clone());
+    tokio::spawn(async move { marty::axum::serve(listener, app).await.unwrap() });
+
+    let source = token_source(token_addr, "s3cret");
+    let fetched_at = std::time::Instant::now();
+    let first = source.authorization().await.unwrap();
+    assert_eq!(source.authorization().await.unwrap(), first, "cached");
+    assert_eq!(endpoint.issued.load(Ordering::SeqCst), 1);
+    // The secured service takes it: a clerk's token with the scope asked for.
+    let bearer = first.to_str().unwrap().strip_prefix("Bearer ").unwrap().to_owned();
+    assert_eq!(send(service.addr(), "POST", "/orders", Some(&bearer)).await.status, 201);
+
+    // Past 80% of its life the token is still served, and the next one fetched in the background.
+    tokio::time::sleep_until((fetched_at + Duration::from_millis(lifetime * 1000 * 85 / 100)).into()).await;
+    assert_eq!(source.authorization().await.unwrap(), first, "the valid token is served while refreshing");
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while endpoint.issued.load(Ordering::SeqCst) < 2 {
+        assert!(std::time::Instant::now() < deadline, "never refreshed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_ne!(source.authorization().await.unwrap(), first, "the new token is served once fetched");
+
+    // A wrong secret: the issuer's error code, never the secret.
+    let error = token_source(token_addr, "wrong-secret").authorization().await.unwrap_err().to_string();
+    assert!(error.contains("401") && error.contains("invalid_client") && !error.contains("wrong-secret"), "{error}");
+    service.shutdown().await.unwrap();
+}

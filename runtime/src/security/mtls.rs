@@ -37,7 +37,7 @@ impl Identities {
 }
 
 /// The first URI subject alternative name of a DER certificate, else its first DNS name.
-fn identity(der: &[u8]) -> Option<String> {
+pub(super) fn identity(der: &[u8]) -> Option<String> {
     let der = CertificateDer::from(der);
     let certificate = webpki::EndEntityCert::try_from(&der).ok()?;
     let identity = certificate.valid_uri_names().next().or_else(|| certificate.valid_dns_names().next());

@@ -6,7 +6,7 @@ use axum::extract::{FromRequestParts, OptionalFromRequestParts};
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use super::Denial;
+use super::authenticator::Denial;
 
 /// The authenticated caller of a request: its subject, roles and scopes, and the token's claims.
 ///

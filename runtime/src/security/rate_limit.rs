@@ -207,7 +207,7 @@ impl IntoResponse for OverLimit {
 
 /// Where a request comes from: the socket's address, or the client a trusted proxy names.
 #[derive(Debug)]
-struct ClientIp {
+pub(super) struct ClientIp {
     trusted: Vec<IpRange>,
     header: ClientIpHeader,
 }
@@ -219,7 +219,7 @@ impl ClientIp {
 
     /// The client's address: walking the forwarding chain from the socket back, the first hop that
     /// is not a trusted proxy (what an untrusted hop claims about the ones before it is ignored).
-    fn of(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+    pub(super) fn of(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
         if !self.is_trusted(peer) {
             return peer;
         }
@@ -250,6 +250,12 @@ impl ClientIp {
         }
         client
     }
+}
+
+/// A client address resolver trusting `10.0.0.0/8`, reading `header`.
+#[cfg(test)]
+pub(super) fn client_ip_for_tests(header: ClientIpHeader) -> ClientIp {
+    ClientIp { trusted: vec![IpRange::parse("10.0.0.0/8").expect("a range")], header }
 }
 
 /// The address in one RFC 7239 element's `for=` (`for=192.0.2.60`, `for="[2001:db8::1]:4711"`).
