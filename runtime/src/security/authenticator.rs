@@ -153,23 +153,37 @@ fn denied(reason: &str) -> Denial {
 /// Bearer tokens checked against `[security.jwt]`.
 struct JwtCheck {
     config: JwtConfig,
-    algorithms: Vec<Algorithm>,
+    /// Each accepted algorithm with its validation rules, made once (they allocate).
+    validations: Vec<(Algorithm, Validation)>,
     keys: Arc<jwks::KeySet>,
 }
 
 impl JwtCheck {
     fn new(config: &JwtConfig) -> Self {
         // The configuration checked the names already.
-        let algorithms = config.algorithms.iter().filter_map(|name| name.parse().ok()).collect();
+        let validations = config
+            .algorithms
+            .iter()
+            .filter_map(|name| name.parse().ok())
+            .map(|algorithm| {
+                let mut validation = Validation::new(algorithm);
+                validation.set_issuer(&[&config.issuer]);
+                validation.set_audience(&config.audiences);
+                validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+                validation.validate_nbf = true;
+                validation.leeway = config.leeway.as_secs();
+                (algorithm, validation)
+            })
+            .collect();
         let keys = jwks::KeySet::new(config.keys.clone(), config.issuer.clone());
-        JwtCheck { config: config.clone(), algorithms, keys }
+        JwtCheck { config: config.clone(), validations, keys }
     }
 
     async fn check(&self, token: &str) -> Result<Principal, Denial> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| denied("a token that is not a JWT"))?;
-        if !self.algorithms.contains(&header.alg) {
+        let Some((_, validation)) = self.validations.iter().find(|(algorithm, _)| *algorithm == header.alg) else {
             return Err(denied("a token signed with an algorithm `[security.jwt] algorithms` does not accept"));
-        }
+        };
         let kid = header.kid.as_deref();
         let key = match self.keys.lookup(kid) {
             jwks::Lookup::Found(key) => key,
@@ -187,13 +201,7 @@ impl JwtCheck {
         if key.algorithm.is_some_and(|pinned| pinned != header.alg) {
             return Err(denied("a token whose algorithm is not the one its key is for"));
         }
-        let mut validation = Validation::new(header.alg);
-        validation.set_issuer(&[&self.config.issuer]);
-        validation.set_audience(&self.config.audiences);
-        validation.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        validation.validate_nbf = true;
-        validation.leeway = self.config.leeway.as_secs();
-        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key.decoding, &validation)
+        let claims = jsonwebtoken::decode::<serde_json::Value>(token, &key.decoding, validation)
             .map_err(|error| denied(&format!("a token that does not validate: {error}")))?
             .claims;
         let subject = claims

@@ -1,7 +1,8 @@
 //! A `#[service]` secured by `[security]`, from a crate with only the `security` feature: a
 //! `#[public]` route answers anyone, an `#[authorize]` route refuses a caller without a token with
 //! 401 and `WWW-Authenticate`, and a token that cannot be checked (the issuer is unreachable and no
-//! key was ever fetched) gets 503, not 401.
+//! key was ever fetched) gets 503, not 401; `[rate_limit]` (which comes with the same feature) answers
+//! the catalog's third call in a minute with 429.
 
 use marty::security::Principal;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -37,8 +38,13 @@ async fn main() {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let running = server.start(listener).unwrap();
     let addr = running.addr();
-    let catalog = send(addr, "GET /catalog HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").await;
-    assert!(catalog.starts_with("HTTP/1.1 200"), "{catalog}");
+    let catalog_request = "GET /catalog HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    for _ in 0..2 {
+        let catalog = send(addr, catalog_request).await;
+        assert!(catalog.starts_with("HTTP/1.1 200") && catalog.to_lowercase().contains("ratelimit:"), "{catalog}");
+    }
+    let limited = send(addr, catalog_request).await;
+    assert!(limited.starts_with("HTTP/1.1 429") && limited.to_lowercase().contains("retry-after"), "{limited}");
     let anonymous = send(addr, "POST /orders HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
     assert!(anonymous.starts_with("HTTP/1.1 401"), "{anonymous}");
     assert!(anonymous.to_lowercase().contains("www-authenticate: bearer"), "{anonymous}");
