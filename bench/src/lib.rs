@@ -1,8 +1,11 @@
-//! Shared by the benchmark binaries: medians, a counting allocator, and the JSON line they print.
+//! Shared by the benchmark binaries: medians, a counting allocator, the JSON line they print, and
+//! the [`server`] processes the server benchmarks measure.
 //! Benchmarks report ratios measured side by side in one run; they are never timed tests.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicU64, Ordering};
+
+pub mod server;
 
 /// Counts allocations so a benchmark can report allocations per call.
 pub struct CountingAllocator;

@@ -10,10 +10,8 @@
 //! own CPU time per request from `/proc/<pid>/schedstat`, in interleaved rounds. Last stdout line:
 //! one JSON object.
 
-use std::io::BufRead;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -27,6 +25,7 @@ use marty::axum::response::{IntoResponse, Response};
 use marty::axum::routing::get;
 use marty::axum::{Json, Router};
 use marty::service::Routes;
+use marty_bench::server::{serve, Server};
 use marty_bench::{json, median, Value};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -134,57 +133,6 @@ async fn serve_axum_tls(listener: tokio::net::TcpListener, app: Router) {
                 .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
         });
-    }
-}
-
-/// Runs `server` on one worker thread on an ephemeral port, printing the port on stdout.
-fn serve<F, Fut>(server: F)
-where
-    F: FnOnce(tokio::net::TcpListener) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("{}", listener.local_addr().unwrap().port());
-        server(listener).await;
-    });
-}
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(mode: &str, env: &[(&str, String)]) -> Server {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .arg(mode)
-            .env("RUST_LOG", "warn")
-            .env_remove("MARTY_CONFIG")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .envs(env.iter().map(|(key, value)| (*key, value)))
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start a server process");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port: u16 = line.trim().parse().expect("the server prints its port");
-        Server { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
-    }
-
-    /// Nanoseconds the server's worker thread has spent on a CPU.
-    fn cpu_ns(&self) -> u64 {
-        let stats = std::fs::read_to_string(format!("/proc/{}/schedstat", self.child.id())).expect("read schedstat");
-        stats.split_whitespace().next().and_then(|ns| ns.parse().ok()).expect("schedstat starts with ns on CPU")
     }
 }
 

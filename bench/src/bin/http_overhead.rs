@@ -7,14 +7,13 @@
 //! request, read from `/proc/<pid>/schedstat` (nanoseconds on CPU of the server's only worker
 //! thread). Last stdout line: one JSON object.
 
-use std::io::BufRead;
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use marty::axum::routing::get;
 use marty::axum::Router;
 use marty::service::Routes;
+use marty_bench::server::{serve, Server};
 use marty_bench::{json, median, Value};
 use marty_examples::proto::orders_client::OrdersClient;
 use marty_examples::proto::orders_server::{self, OrdersServer};
@@ -79,56 +78,6 @@ fn main() {
 /// The HTTP handler as a team would hand-wire it with axum alone.
 fn bare_axum() -> Router {
     Router::new().route("/hello", get(|| async { "hello" }))
-}
-
-/// Runs `server` on one worker thread on an ephemeral port, printing the port on stdout.
-fn serve<F, Fut>(server: F)
-where
-    F: FnOnce(tokio::net::TcpListener) -> Fut,
-    Fut: std::future::Future<Output = ()>,
-{
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        println!("{}", listener.local_addr().unwrap().port());
-        server(listener).await;
-    });
-}
-
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-impl Server {
-    fn start(mode: &str) -> Server {
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .arg(mode)
-            .env("RUST_LOG", "warn")
-            .env_remove("MARTY_CONFIG")
-            .env_remove("OTEL_EXPORTER_OTLP_ENDPOINT")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("start a server process");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
-        let port: u16 = line.trim().parse().expect("the server prints its port");
-        Server { child, addr: SocketAddr::from(([127, 0, 0, 1], port)) }
-    }
-
-    /// Nanoseconds the server's worker thread has spent on a CPU.
-    fn cpu_ns(&self) -> u64 {
-        let stats = std::fs::read_to_string(format!("/proc/{}/schedstat", self.child.id())).expect("read schedstat");
-        stats.split_whitespace().next().and_then(|ns| ns.parse().ok()).expect("schedstat starts with ns on CPU")
-    }
 }
 
 /// One keep-alive HTTP/1.1 connection sending `count` requests in sequence; returns each latency.
@@ -231,7 +180,7 @@ async fn compare(servers: [(&Server, Protocol); 2]) -> [(f64, f64, f64); 2] {
 
 fn run_client() {
     let (axum, tonic, marty) =
-        (Server::start("serve-axum"), Server::start("serve-tonic"), Server::start("serve-marty"));
+        (Server::start("serve-axum", &[]), Server::start("serve-tonic", &[]), Server::start("serve-marty", &[]));
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let ([axum_http, marty_http], [tonic_grpc, marty_grpc]) = runtime.block_on(async {
         let http = compare([(&axum, Protocol::Http), (&marty, Protocol::Http)]).await;
