@@ -57,23 +57,35 @@ impl Service {
     }
 
     /// Runs `command` on a free loopback port (`MARTY__HTTP__ADDR`), logging JSON lines at `info`,
-    /// and returns once it listens.
+    /// and returns once it answers. The port is picked free, then released for the service to bind:
+    /// another test's listener may take it in between, so the service counts as started only when
+    /// `/healthz` answers with a Marty request id, and it is started again on another port if it
+    /// exited (it could not bind).
     pub fn spawn(mut command: Command) -> Service {
-        let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-        let child = command
-            .env("MARTY__HTTP__ADDR", addr.to_string())
-            .env("MARTY__TELEMETRY__LOG_FORMAT", "json")
-            .env("RUST_LOG", "info")
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start the example");
-        let service = Service { child, addr };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "the service did not start listening on {addr}");
-            std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..5 {
+            let addr = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+            let child = command
+                .env("MARTY__HTTP__ADDR", addr.to_string())
+                .env("MARTY__TELEMETRY__LOG_FORMAT", "json")
+                .env("RUST_LOG", "info")
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start the example");
+            let mut service = Service { child, addr };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if service.child.try_wait().unwrap().is_some() {
+                    break; // it exited: the port was taken; try another
+                }
+                let answered = request(addr, "GET", "/healthz", None);
+                if answered.is_ok_and(|health| health.header("x-request-id").is_some()) {
+                    return service;
+                }
+                assert!(Instant::now() < deadline, "the service did not start answering on {addr}");
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
-        service
+        panic!("the service exited at startup five times");
     }
 
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> Response {
