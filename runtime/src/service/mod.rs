@@ -279,6 +279,12 @@ impl From<std::io::Error> for ServeError {
     }
 }
 
+impl From<marty_config::ConfigErrors> for ServeError {
+    fn from(errors: marty_config::ConfigErrors) -> Self {
+        ServeError::Config(crate::Error::Config(Arc::new(errors)))
+    }
+}
+
 /// The server for `service` on the global runtime (see [`server_in`]).
 pub fn server<S: Routes>(service: S) -> Result<Server, ServeError> {
     server_in(Runtime::global(), service)
@@ -297,8 +303,7 @@ fn load_and_start_logging<S: Routes>(runtime: &Runtime) -> Result<Arc<Dependency
     let (path, text) = S::CONFIG;
     let registry = runtime.registry_or_load(path, text).map_err(ServeError::Config)?;
     check_features(registry)?;
-    access::check(&registry.config(), S::ACCESS, S::ROUTE_NAMES)
-        .map_err(|errors| ServeError::Config(crate::Error::Config(Arc::new(errors))))?;
+    access::check(&registry.config(), S::ACCESS, S::ROUTE_NAMES)?;
     if crate::telemetry::init(S::NAME, &registry.config().telemetry) {
         registry.log_provenance();
     }
@@ -318,7 +323,7 @@ fn server_for<S: Routes>(
     #[cfg(feature = "grpc")]
     if let Some(grpc) = service.grpc() {
         let server = server.with_grpc(grpc);
-        server.check_grpc_access().map_err(|errors| ServeError::Config(crate::Error::Config(Arc::new(errors))))?;
+        server.check_grpc_access()?;
         return Ok(server);
     }
     Ok(server)
@@ -371,7 +376,7 @@ fn check_features(registry: &DependencyRegistry) -> Result<(), ServeError> {
         .collect();
     match errors.is_empty() {
         true => Ok(()),
-        false => Err(ServeError::Config(crate::Error::Config(Arc::new(marty_config::ConfigErrors(errors))))),
+        false => Err(marty_config::ConfigErrors(errors).into()),
     }
 }
 
@@ -447,7 +452,7 @@ impl Server {
                 .map(|security| crate::security::Authenticator::from_config(security, &config.file))
             {
                 Some(Ok(authenticator)) => Some(authenticator),
-                Some(Err(errors)) => return Err(ServeError::Config(crate::Error::Config(Arc::new(errors)))),
+                Some(Err(errors)) => return Err(errors.into()),
                 None => None,
             }
         };
@@ -455,10 +460,7 @@ impl Server {
         let rate_limits = registry.config().rate_limit.as_ref().map(crate::security::RateLimits::new);
         #[cfg(feature = "tls")]
         let tls = match &registry.config().http.tls {
-            Some(tls) => Some(
-                listener::Tls::load(tls, &registry.config().file)
-                    .map_err(|errors| ServeError::Config(crate::Error::Config(Arc::new(errors))))?,
-            ),
+            Some(tls) => Some(listener::Tls::load(tls, &registry.config().file)?),
             None => None,
         };
         #[cfg(not(feature = "tls"))]
