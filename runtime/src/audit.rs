@@ -7,7 +7,7 @@
 //!   (`allowed` / `denied`), `reason`, `request_id`, `trace_id` and `time` (RFC 3339). Route the
 //!   target to your audit store with the log pipeline (`RUST_LOG=marty::audit=info`); it never
 //!   holds a token or key.
-//! - **Changes** (features `events` and `postgres` or `sqlite`): [`record`] writes an [`AuditRecord`]
+//! - **Changes** (features `events` and `postgres` or `sqlite`): `record` writes an [`AuditRecord`]
 //!   to the outbox in the transaction of the change it describes, so the record exists exactly when
 //!   the change does, and reaches the broker (topic `marty.audit`) like any event.
 
