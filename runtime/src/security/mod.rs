@@ -116,7 +116,7 @@
 //! the clients the files `[http.tls]` serves (cert-manager issues one pair for both uses when the
 //! certificate has the `client auth` usage):
 //!
-//! ```ignore
+//! ```text
 //! // tonic (its `tls-ring` feature)
 //! let tls = tonic::transport::ClientTlsConfig::new()
 //!     .identity(tonic::transport::Identity::from_pem(std::fs::read(cert)?, std::fs::read(key)?))
