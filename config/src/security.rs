@@ -46,6 +46,21 @@ pub struct ClientCredentialsConfig {
     pub audience: Option<String>,
 }
 
+impl ClientCredentialsConfig {
+    /// A grant made in code rather than read from `[security.clients.<name>]` (a load generator, a
+    /// command-line tool): the same fields, without the file's checks on where the secret comes from.
+    pub fn new(name: &str, token_url: &str, client_id: &str, client_secret: &str) -> Self {
+        ClientCredentialsConfig {
+            name: name.to_owned(),
+            token_url: token_url.to_owned(),
+            client_id: client_id.to_owned(),
+            client_secret: client_secret.to_owned(),
+            scopes: Vec::new(),
+            audience: None,
+        }
+    }
+}
+
 impl std::fmt::Debug for ClientCredentialsConfig {
     /// Without the secret.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

@@ -15,7 +15,7 @@ use marty::axum::extract::State;
 use marty::axum::http::StatusCode;
 use marty::axum::routing::get;
 use marty::axum::{Json, Router};
-use marty::config::Config;
+use marty::config::{ClientCredentialsConfig, Config};
 use marty::security::Principal;
 use marty::service::{RunningServer, Server};
 use marty::{DependencyRegistry, Runtime};
@@ -667,4 +667,63 @@ async fn a_client_credentials_token_is_cached_refreshed_before_it_expires_and_ac
     let error = token_source(token_addr, "wrong-secret").authorization().await.unwrap_err().to_string();
     assert!(error.contains("401") && error.contains("invalid_client") && !error.contains("wrong-secret"), "{error}");
     service.shutdown().await.unwrap();
+}
+
+/// Marty's development issuer, as the store demo uses it: the keys it publishes check the tokens it
+/// mints and grants, with the roles it gives its clients; a wrong secret is `invalid_client`; it
+/// refuses to serve anywhere but on loopback.
+#[tokio::test]
+async fn the_development_issuer_grants_tokens_a_service_accepts_and_serves_only_on_loopback() {
+    use marty::security::DevIssuer;
+    let issuer = DevIssuer::new(ISSUER, "orders").client("till", "s3cret", &["clerk"], &["orders:write"]);
+    let issuer_addr = issuer.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
+    // tests/security.marty.toml, with the issuer's key set and Marty's default roles claim, `roles`.
+    let text = include_str!("../security.marty.toml")
+        .replace("http://127.0.0.1:9/certs", &format!("http://{issuer_addr}/jwks.json"))
+        .replace("roles_claim = \"realm_access.roles\"\n", "");
+    let runtime = Runtime::new(DependencyRegistry::from_config(Config::parse(&text, "security.marty.toml").unwrap()));
+    let service = marty::service::server_in(&runtime, Shop).unwrap();
+    let service = service.start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
+    let token_url = format!("http://{issuer_addr}/token");
+
+    let till = marty::security::TokenSource::new(ClientCredentialsConfig::new("till", &token_url, "till", "s3cret"));
+    let granted = till.authorization().await.unwrap();
+    let bearer = granted.to_str().unwrap().strip_prefix("Bearer ").unwrap().to_owned();
+    assert_eq!(send(service.addr(), "POST", "/orders", Some(&bearer)).await.status, 201, "a clerk with orders:write");
+    let admin_without_scope = issuer.token("alice", &["admin"], &[]);
+    assert_eq!(send(service.addr(), "POST", "/orders", Some(&admin_without_scope)).await.status, 403);
+    assert_eq!(call(service.addr(), "/orders", Some(&admin_without_scope)).await.status, 200);
+
+    let wrong = marty::security::TokenSource::new(ClientCredentialsConfig::new("till", &token_url, "till", "guess"));
+    let error = wrong.authorization().await.unwrap_err().to_string();
+    assert!(error.contains("invalid_client") && !error.contains("guess"), "{error}");
+
+    let everywhere = tokio::net::TcpListener::bind("0.0.0.0:0").await.unwrap();
+    let refused = issuer.serve(everywhere).await.unwrap_err();
+    assert_eq!(refused.kind(), std::io::ErrorKind::InvalidInput, "{refused}");
+    service.shutdown().await.unwrap();
+}
+
+/// A tonic interceptor cannot wait for a token: without one it fails the call as `UNAVAILABLE`
+/// (which retry policies retry) and fetches one in the background, which the next calls carry.
+#[tokio::test]
+async fn the_grpc_interceptor_fetches_a_token_in_the_background_when_it_has_none() {
+    use marty::tonic::service::Interceptor;
+    let issuer = marty::security::DevIssuer::new(ISSUER, "orders").client("till", "s3cret", &["clerk"], &[]);
+    let issuer_addr = issuer.serve(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).await.unwrap();
+    let token_url = format!("http://{issuer_addr}/token");
+    let source = marty::security::TokenSource::new(ClientCredentialsConfig::new("till", &token_url, "till", "s3cret"));
+    let mut interceptor = source.interceptor();
+    let first = interceptor.call(marty::tonic::Request::new(())).unwrap_err();
+    assert_eq!(first.code(), marty::tonic::Code::Unavailable, "{first:?}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let request = loop {
+        if let Ok(request) = interceptor.call(marty::tonic::Request::new(())) {
+            break request;
+        }
+        assert!(std::time::Instant::now() < deadline, "no token was fetched");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let authorization = request.metadata().get("authorization").unwrap().to_str().unwrap().to_owned();
+    assert_eq!(authorization, source.authorization().await.unwrap().to_str().unwrap(), "the cached token");
 }

@@ -72,7 +72,7 @@ impl ApiKeys {
 }
 
 /// Whether `a` and `b` are equal, in a time that depends only on their lengths.
-fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
+pub(super) fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
     if a.len() != b.len() {
         return false;
     }

@@ -14,7 +14,8 @@
 //! let payments = marty::security::TokenSource::named("payments")?;
 //! // HTTP: the header to send.
 //! let authorization = payments.authorization().await?;
-//! // gRPC: `PaymentsClient::with_interceptor(channel, payments.interceptor())` (feature `grpc`).
+//! // gRPC (feature `grpc`): `client.charge(payments.authorize(tonic::Request::new(charge)).await?)`,
+//! // or `PaymentsClient::with_interceptor(channel, payments.interceptor())`.
 //! # Ok(()) }
 //! ```
 //!
@@ -82,7 +83,12 @@ impl TokenSource {
             .registry()
             .cloned()
             .ok_or_else(|| TokenError("the configuration is not loaded yet: start the service first".to_owned()))?;
-        let config = registry.config();
+        Self::configured(&registry.config(), name)
+    }
+
+    /// The source `[security.clients.<name>]` configures in `config` (a service's own, when several
+    /// run in one process).
+    pub fn configured(config: &marty_config::Config, name: &str) -> Result<Self, TokenError> {
         let clients = config.security.as_ref().map(|security| security.clients.as_slice()).unwrap_or_default();
         match clients.iter().find(|client| client.name == name) {
             Some(client) => Ok(Self::new(client.clone())),
@@ -123,28 +129,35 @@ impl TokenSource {
         if now >= cached.expires_at {
             return None;
         }
-        let due = now >= cached.refresh_at;
-        if due && !self.inner.refreshing.swap(true, Ordering::AcqRel) {
-            let source = self.clone();
-            tokio::spawn(async move {
-                let only_fetch = source.inner.fetching.lock().await;
-                let due = source
-                    .inner
-                    .cached
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-                    .as_ref()
-                    .is_none_or(|cached| Instant::now() >= cached.refresh_at);
-                if due {
-                    if let Err(error) = source.fetch().await {
-                        tracing::warn!(target: "marty::security", client = %source.inner.config.name, %error, "refreshing a token failed; the current one is served until it expires");
-                    }
-                }
-                drop(only_fetch);
-                source.inner.refreshing.store(false, Ordering::Release);
-            });
+        if now >= cached.refresh_at {
+            self.fetch_in_background();
         }
         Some(cached.authorization)
+    }
+
+    /// Fetches a new token on a task of its own, unless one is already being fetched that way.
+    fn fetch_in_background(&self) {
+        if self.inner.refreshing.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let source = self.clone();
+        tokio::spawn(async move {
+            let only_fetch = source.inner.fetching.lock().await;
+            let due = source
+                .inner
+                .cached
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .as_ref()
+                .is_none_or(|cached| Instant::now() >= cached.refresh_at);
+            if due {
+                if let Err(error) = source.fetch().await {
+                    tracing::warn!(target: "marty::security", client = %source.inner.config.name, %error, "fetching a token failed; the current one, if any, is served until it expires");
+                }
+            }
+            drop(only_fetch);
+            source.inner.refreshing.store(false, Ordering::Release);
+        });
     }
 
     /// A new token from the token endpoint, cached.
@@ -167,20 +180,37 @@ impl TokenSource {
         Ok(authorization)
     }
 
-    /// A tonic interceptor adding the cached token to each call's metadata (`UNAUTHENTICATED` when
-    /// there is none yet: `authorization().await` once at startup fetches the first).
+    /// `request` with the token in its metadata, waiting for one if there is no valid token (a
+    /// token that cannot be had is `UNAVAILABLE`: transient, so retry policies retry it).
+    #[cfg(feature = "grpc")]
+    pub async fn authorize<T>(&self, mut request: tonic::Request<T>) -> Result<tonic::Request<T>, tonic::Status> {
+        let authorization =
+            self.authorization().await.map_err(|error| tonic::Status::unavailable(error.to_string()))?;
+        request.metadata_mut().insert("authorization", metadata_value(&authorization)?);
+        Ok(request)
+    }
+
+    /// A tonic interceptor adding the cached token to each call's metadata. An interceptor cannot
+    /// wait: without a valid token the call fails `UNAVAILABLE` (transient) while one is fetched in
+    /// the background. Prefer [`authorize`](Self::authorize), which waits, where calls are made.
     #[cfg(feature = "grpc")]
     pub fn interceptor(&self) -> impl tonic::service::Interceptor + Clone {
         let source = self.clone();
         move |mut request: tonic::Request<()>| {
-            let authorization =
-                source.valid_now().ok_or_else(|| tonic::Status::unauthenticated("no token for this call yet"))?;
-            let value = tonic::metadata::MetadataValue::try_from(authorization.as_bytes())
-                .map_err(|_| tonic::Status::internal("the token cannot be metadata"))?;
-            request.metadata_mut().insert("authorization", value);
+            let Some(authorization) = source.valid_now() else {
+                source.fetch_in_background();
+                return Err(tonic::Status::unavailable("no token for this call yet; fetching one"));
+            };
+            request.metadata_mut().insert("authorization", metadata_value(&authorization)?);
             Ok(request)
         }
     }
+}
+
+#[cfg(feature = "grpc")]
+fn metadata_value(authorization: &HeaderValue) -> Result<tonic::metadata::AsciiMetadataValue, tonic::Status> {
+    tonic::metadata::MetadataValue::try_from(authorization.as_bytes())
+        .map_err(|_| tonic::Status::internal("the token cannot be metadata"))
 }
 
 /// POSTs the grant; the token and how long it lives.

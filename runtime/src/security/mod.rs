@@ -112,9 +112,10 @@
 //!
 //! **Calling other secured services.** A [`TokenSource`] gets and caches OAuth2
 //! client-credentials tokens (`[security.clients.<name>]`): `authorization().await` for an HTTP
-//! header, `interceptor()` for a tonic client. To present this service's certificate (mTLS), give
-//! the clients the files `[http.tls]` serves (cert-manager issues one pair for both uses when the
-//! certificate has the `client auth` usage):
+//! header, `authorize(request).await` (or `interceptor()`) for a tonic call. [`DevIssuer`] issues
+//! such tokens on this machine, for development and tests only. To present this service's
+//! certificate (mTLS), give the clients the files `[http.tls]` serves (cert-manager issues one pair
+//! for both uses when the certificate has the `client auth` usage):
 //!
 //! ```text
 //! // tonic (its `tls-ring` feature)
@@ -135,6 +136,7 @@ mod api_keys;
 mod authenticator;
 mod client_credentials;
 pub(crate) mod cors;
+mod dev_issuer;
 #[cfg(test)]
 mod fuzz;
 mod guard;
@@ -145,6 +147,7 @@ mod rate_limit;
 
 pub(crate) use authenticator::Authenticator;
 pub use client_credentials::{TokenError, TokenSource};
+pub use dev_issuer::DevIssuer;
 #[cfg(feature = "grpc")]
 pub(crate) use guard::grpc_guard;
 pub(crate) use guard::{guard, Gate};
