@@ -6,6 +6,8 @@ mod support;
 
 use std::process::Command;
 
+use marty_examples::store::proto::inventory_client::InventoryClient;
+use marty_examples::store::proto::ReserveRequest;
 use support::store::{check_settled_and_balanced, report_of, Databases, Stack, BINARY};
 
 /// Every order settled with balanced books, both paths were taken, and every completed order's
@@ -41,6 +43,66 @@ fn the_services_run_as_separate_processes_on_postgresql_and_nats() {
     let _payments = stack.start("payments");
     let _orders = stack.start("orders");
     check(&report_of(&stack.load(&["--orders", "100", "--concurrency", "8"])), 100);
+}
+
+/// The store is secured by its configuration: a route needs a token from the issuer with the route's
+/// roles, gRPC methods need a token, probes and `#[public]` routes need none, and a token signed by
+/// any other key is refused; with the right tokens an order goes through the saga's secured calls.
+#[test]
+fn the_secured_store_admits_exactly_the_callers_its_routes_name() {
+    let stack = Stack::new(Databases::sqlite("store-secured"), &[]);
+    let _inventory = stack.start("inventory");
+    let _payments = stack.start("payments");
+    let _orders = stack.start("orders");
+    let (customer, service) = (stack.authorization("load"), stack.authorization("orders"));
+    let order = r#"{"item":"book","quantity":1,"amount_cents":1000}"#;
+    let call = |addr, method, path: &str, authorization: Option<&str>| {
+        let headers: Vec<(&str, &str)> = authorization.iter().map(|value| ("authorization", *value)).collect();
+        let body = (method == "POST").then_some(order);
+        support::request_with(addr, method, path, body, &headers).unwrap()
+    };
+
+    let anonymous = call(stack.orders, "POST", "/orders", None);
+    assert_eq!(anonymous.status, 401, "{anonymous:?}");
+    assert!(anonymous.header("www-authenticate").is_some_and(|value| value.starts_with("Bearer")), "{anonymous:?}");
+    assert_eq!(call(stack.orders, "POST", "/orders", Some(&service)).status, 403, "a token without the customer role");
+    assert_eq!(
+        call(stack.payments, "GET", "/payments", Some(&service)).status,
+        403,
+        "a token without the operator role"
+    );
+    assert_eq!(call(stack.inventory, "GET", "/stock/book", None).status, 200, "a #[public] route");
+    assert_eq!(call(stack.orders, "GET", "/readyz", None).status, 200, "probes need no token");
+    // Same issuer name, audience and roles, another key: what an attacker can make.
+    let forged = marty::security::DevIssuer::new("store-dev-issuer", "store").token("mallory", &["operator"], &[]);
+    let forged = call(stack.inventory, "GET", "/reservations", Some(&format!("Bearer {forged}")));
+    assert_eq!(forged.status, 401, "{forged:?}");
+    assert_eq!(call(stack.inventory, "GET", "/reservations", Some(&customer)).status, 200);
+
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let reserve = |authorization: Option<&str>| {
+        let mut request = tonic::Request::new(ReserveRequest {
+            reservation_id: format!("direct-{}", authorization.is_some()),
+            item: "book".into(),
+            quantity: 1,
+        });
+        if let Some(value) = authorization {
+            request.metadata_mut().insert("authorization", value.parse().unwrap());
+        }
+        runtime.block_on(async {
+            let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", stack.inventory)).unwrap();
+            let mut client = InventoryClient::new(channel.connect().await.unwrap());
+            client.reserve(request).await.map(|_| ()).map_err(|status| status.code())
+        })
+    };
+    assert_eq!(reserve(None), Err(tonic::Code::Unauthenticated));
+    assert_eq!(reserve(Some(&service)), Ok(()));
+
+    let placed = call(stack.orders, "POST", "/orders", Some(&customer));
+    assert_eq!(placed.status, 202, "{placed:?}");
+    let id = serde_json::from_str::<serde_json::Value>(&placed.body).unwrap()["id"].as_str().unwrap().to_owned();
+    let outcome = call(stack.orders, "GET", &format!("/orders/{id}/outcome"), Some(&customer));
+    assert!(outcome.body.contains(r#""status":"completed""#), "the saga's calls carry its token: {outcome:?}");
 }
 
 /// The Kubernetes ConfigMaps hold valid configurations: each one parses with the code the service

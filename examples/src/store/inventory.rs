@@ -35,14 +35,16 @@ pub struct Reservation {
 
 #[service(config = "store.toml", grpc(InventoryServer), reflection = proto::FILE_DESCRIPTOR_SET)]
 impl Inventory {
-    /// What is left of `item`.
+    /// What is left of `item`: public, for the shop's pages.
     #[get("/stock/{item}")]
+    #[public]
     async fn stock(&self, Path(item): Path<String>) -> Result<Json<i64>, StoreError> {
         Ok(Json(self.available(&item).await?.ok_or_else(|| StoreError::NotFound(format!("no item `{item}`")))?))
     }
 
     /// What is left of every item.
     #[get("/stock")]
+    #[authorize(roles = ["operator"])]
     async fn all_stock(&self) -> Result<Json<Vec<(String, i64)>>, StoreError> {
         Ok(Json(self.stock_levels().await?))
     }
@@ -50,6 +52,7 @@ impl Inventory {
     /// Every reservation held: with `/stock`, the books the load report checks (stock is conserved,
     /// and held exactly for the orders that completed).
     #[get("/reservations")]
+    #[authorize(roles = ["operator"])]
     async fn reservations(&self) -> Result<Json<Vec<Reservation>>, StoreError> {
         Ok(Json(self.held().await?))
     }

@@ -18,7 +18,9 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use marty::axum::body::Bytes;
-use marty::axum::http::{Method, Request};
+use marty::axum::http::header::AUTHORIZATION;
+use marty::axum::http::{Method, Request, StatusCode};
+use marty::security::TokenSource;
 use serde::Serialize;
 
 use super::inventory::{Reservation, OUT_OF_STOCK, STOCK};
@@ -40,6 +42,8 @@ pub struct LoadOptions {
     pub inventory_url: Option<String>,
     /// Draw a progress bar on stderr.
     pub progress: bool,
+    /// The load generator's token, when the store is secured (`[security]` in `store.toml`).
+    pub tokens: Option<TokenSource>,
 }
 
 /// What the load did.
@@ -143,13 +147,34 @@ impl std::fmt::Display for Report {
     }
 }
 
-type HttpClient = Client<HttpConnector, Full<Bytes>>;
+/// HTTP to the store's services, with the load generator's token when there is one.
+#[derive(Clone)]
+struct HttpClient {
+    client: Client<HttpConnector, Full<Bytes>>,
+    tokens: Option<TokenSource>,
+}
+
+impl HttpClient {
+    /// `request`'s status and body.
+    async fn send(&self, mut request: Request<Full<Bytes>>) -> Result<(StatusCode, Bytes), String> {
+        if let Some(tokens) = &self.tokens {
+            let authorization = tokens.authorization().await.map_err(|error| error.to_string())?;
+            request.headers_mut().insert(AUTHORIZATION, authorization);
+        }
+        let url = request.uri().to_string();
+        let response = self.client.request(request).await.map_err(|error| format!("{url}: {error}"))?;
+        let status = response.status();
+        let bytes = response.into_body().collect().await.map_err(|error| format!("{url}: {error}"))?.to_bytes();
+        Ok((status, bytes))
+    }
+}
 
 /// Runs the load and returns its report.
 pub async fn run(options: LoadOptions) -> Report {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: HttpClient = Client::builder(TokioExecutor::new()).build(connector);
+    let client =
+        HttpClient { client: Client::builder(TokioExecutor::new()).build(connector), tokens: options.tokens.clone() };
     let next = Arc::new(AtomicUsize::new(0));
     let done = Arc::new(AtomicUsize::new(0));
     let outcomes = Arc::new(Mutex::new(Vec::with_capacity(options.orders)));
@@ -342,9 +367,7 @@ async fn request<T: serde::de::DeserializeOwned>(
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .map_err(|error| error.to_string())?;
-    let response = client.request(request).await.map_err(|error| format!("{url}: {error}"))?;
-    let status = response.status();
-    let bytes = response.into_body().collect().await.map_err(|error| error.to_string())?.to_bytes();
+    let (status, bytes) = client.send(request).await?;
     if !status.is_success() {
         return Err(format!("{url}: {status}: {}", String::from_utf8_lossy(&bytes)));
     }
@@ -379,8 +402,10 @@ async fn watch(options: LoadOptions, client: HttpClient, done: Arc<AtomicUsize>,
 
 async fn text(client: &HttpClient, url: &str) -> Result<String, String> {
     let request = Request::get(url).body(Full::new(Bytes::new())).map_err(|error| error.to_string())?;
-    let response = client.request(request).await.map_err(|error| error.to_string())?;
-    let bytes = response.into_body().collect().await.map_err(|error| error.to_string())?.to_bytes();
+    let (status, bytes) = client.send(request).await?;
+    if !status.is_success() {
+        return Err(format!("{url}: {status}"));
+    }
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 

@@ -9,10 +9,12 @@ use std::time::{Duration, UNIX_EPOCH};
 use marty::axum::extract::{Json, Path};
 use marty::axum::http::{HeaderMap, StatusCode};
 use marty::saga::{Orchestrator, StepContext};
+use marty::security::TokenSource;
 use marty::{api_call, database_call, saga, service, DependencyRegistry};
 use serde::{Deserialize, Serialize};
 use sqlx::AnyPool;
 use tonic::transport::Channel;
+use tonic::Request;
 
 use super::proto::inventory_client::InventoryClient;
 use super::proto::payments_client::PaymentsClient;
@@ -32,11 +34,13 @@ pub struct PlaceOrder {
     pub payment: Option<String>,
 }
 
-/// What the saga's steps reach: the other services, and the orders database.
+/// What the saga's steps reach: the other services, with the token they require
+/// (`[security.clients.store]`), and the orders database.
 #[derive(Debug, Clone)]
 pub struct Clients {
     inventory: InventoryClient<Channel>,
     payments: PaymentsClient<Channel>,
+    tokens: TokenSource,
     orders: AnyPool,
 }
 
@@ -91,25 +95,27 @@ impl Clients {
     #[api_call(dependency = "inventory_api", config = "store.toml", operation = "reserve")]
     async fn reserve(&self, key: &str, item: &str, quantity: i64) -> Result<i64, StoreError> {
         let request = ReserveRequest { reservation_id: key.to_owned(), item: item.to_owned(), quantity };
+        let request = self.tokens.authorize(Request::new(request)).await?;
         Ok(self.inventory.clone().reserve(request).await?.into_inner().remaining)
     }
 
     #[api_call(dependency = "inventory_api", config = "store.toml", operation = "release")]
     async fn release(&self, key: &str) -> Result<bool, StoreError> {
-        let request = ReleaseRequest { reservation_id: key.to_owned() };
+        let request = self.tokens.authorize(Request::new(ReleaseRequest { reservation_id: key.to_owned() })).await?;
         Ok(self.inventory.clone().release(request).await?.into_inner().released)
     }
 
     #[api_call(dependency = "payments_api", config = "store.toml", operation = "charge")]
     async fn charge(&self, key: &str, order_id: &str, amount_cents: i64) -> Result<(), StoreError> {
         let request = ChargeRequest { payment_id: key.to_owned(), order_id: order_id.to_owned(), amount_cents };
+        let request = self.tokens.authorize(Request::new(request)).await?;
         self.payments.clone().charge(request).await?;
         Ok(())
     }
 
     #[api_call(dependency = "payments_api", config = "store.toml", operation = "refund")]
     async fn refund(&self, key: &str) -> Result<bool, StoreError> {
-        let request = RefundRequest { payment_id: key.to_owned() };
+        let request = self.tokens.authorize(Request::new(RefundRequest { payment_id: key.to_owned() })).await?;
         Ok(self.payments.clone().refund(request).await?.into_inner().refunded)
     }
 
@@ -188,6 +194,7 @@ impl Orders {
     /// Places an order: starts its saga and answers `202 Accepted` with the order's id at once. An
     /// `Idempotency-Key` header makes a retried request place the order once.
     #[post("/orders")]
+    #[authorize(roles = ["customer"])]
     async fn place(
         &self,
         headers: HeaderMap,
@@ -217,6 +224,7 @@ impl Orders {
 
     /// The order and where its saga is.
     #[get("/orders/{id}")]
+    #[authorize(roles = ["customer", "operator"])]
     async fn order(&self, Path(id): Path<String>) -> Result<Json<OrderView>, StoreError> {
         Ok(Json(self.view(&id).await?))
     }
@@ -224,6 +232,7 @@ impl Orders {
     /// Waits (up to 30 s) until the order is completed, compensated or parked, then answers as
     /// `GET /orders/{id}` does.
     #[get("/orders/{id}/outcome")]
+    #[authorize(roles = ["customer", "operator"])]
     async fn outcome(&self, Path(id): Path<String>) -> Result<Json<OrderView>, StoreError> {
         let _ = tokio::time::timeout(Duration::from_secs(30), self.sagas.wait(&id)).await;
         Ok(Json(self.view(&id).await?))
@@ -231,6 +240,7 @@ impl Orders {
 
     /// Every step and compensation attempt of the order's saga.
     #[get("/orders/{id}/history")]
+    #[authorize(roles = ["customer", "operator"])]
     async fn history(&self, Path(id): Path<String>) -> Result<Json<Vec<HistoryLine>>, StoreError> {
         let lines = self.sagas.history(&id).await?;
         if lines.is_empty() {
@@ -252,12 +262,14 @@ impl Orders {
 
     /// Orders whose compensation kept failing, waiting for an operator.
     #[get("/orders/parked")]
+    #[authorize(roles = ["operator"])]
     async fn parked(&self) -> Result<Json<Vec<OrderView>>, StoreError> {
         Ok(Json(self.sagas.parked().await?.into_iter().map(OrderView::from).collect()))
     }
 
     /// Tries a parked order's compensations again.
     #[post("/orders/{id}/resume")]
+    #[authorize(roles = ["operator"])]
     async fn resume(&self, Path(id): Path<String>) -> Result<StatusCode, StoreError> {
         match self.sagas.resume(&id).await? {
             true => Ok(StatusCode::ACCEPTED),
@@ -284,6 +296,8 @@ impl Orders {
         let clients = Clients {
             inventory: InventoryClient::new(channel(registry, "inventory_api", inventory)?),
             payments: PaymentsClient::new(channel(registry, "payments_api", payments)?),
+            tokens: TokenSource::configured(&registry.config(), "store")
+                .map_err(|error| StoreError::Invalid(error.to_string()))?,
             orders,
         };
         Ok(Orders { sagas: Orchestrator::new(clients).await? })

@@ -41,6 +41,7 @@ pub struct Payment {
 impl Payments {
     /// How many receipts the `OrderConfirmed` consumer recorded.
     #[get("/receipts/count")]
+    #[authorize(roles = ["operator"])]
     async fn receipts(&self) -> Result<Json<i64>, StoreError> {
         Ok(Json(self.count_receipts().await?))
     }
@@ -48,6 +49,7 @@ impl Payments {
     /// Every charge and refund: the books the load report checks (a charge stands exactly for each
     /// order that completed).
     #[get("/payments")]
+    #[authorize(roles = ["operator"])]
     async fn payments(&self) -> Result<Json<Vec<Payment>>, StoreError> {
         Ok(Json(self.ledger().await?))
     }

@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use marty::config::ClientCredentialsConfig;
+use marty::security::TokenSource;
+
 pub const BINARY: &str = env!("CARGO_BIN_EXE_store");
 
 /// Where the three services keep their data.
@@ -51,26 +54,45 @@ impl Databases {
     }
 }
 
-/// The three services' addresses and the environment they all start with.
+/// The three services' addresses, the development issuer their tokens come from, and the
+/// environment they all start with.
 pub struct Stack {
     pub orders: SocketAddr,
     pub inventory: SocketAddr,
     pub payments: SocketAddr,
+    pub issuer: SocketAddr,
     pub databases: Databases,
     pub env: Vec<(String, String)>,
+    _issuer: Process,
 }
 
+/// The secret the development issuer's clients share in the tests.
+pub const CLIENT_SECRET: &str = "test-only-secret";
+
 impl Stack {
-    /// Free ports for the three services, which find each other there, and `env` on top.
+    /// Free ports for the three services, which find each other there, the development issuer
+    /// started, and `env` on top.
     pub fn new(databases: Databases, env: &[(&str, &str)]) -> Stack {
-        let [orders, inventory, payments] = [free_addr(), free_addr(), free_addr()];
-        let mut stack = Stack { orders, inventory, payments, env: Vec::new(), databases };
+        let [orders, inventory, payments, issuer] = [free_addr(), free_addr(), free_addr(), free_addr()];
+        let child = Command::new(BINARY)
+            .args(["dev-issuer", "--addr", &issuer.to_string()])
+            .env("STORE_CLIENT_SECRET", CLIENT_SECRET)
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("start the development issuer");
+        let issuer_process = Process(child);
+        wait_for_listener("the development issuer", issuer);
+        let mut stack =
+            Stack { orders, inventory, payments, issuer, env: Vec::new(), databases, _issuer: issuer_process };
         let defaults = [
             ("MARTY__DEPENDENCIES__ORDERS_DB__URL", stack.databases.url("orders")),
             ("MARTY__DEPENDENCIES__INVENTORY_DB__URL", stack.databases.url("inventory")),
             ("MARTY__DEPENDENCIES__PAYMENTS_DB__URL", stack.databases.url("payments")),
             ("MARTY__DEPENDENCIES__INVENTORY_API__URL", format!("http://{inventory}")),
             ("MARTY__DEPENDENCIES__PAYMENTS_API__URL", format!("http://{payments}")),
+            ("MARTY__SECURITY__JWT__JWKS_URL", format!("http://{issuer}/jwks.json")),
+            ("MARTY__SECURITY__CLIENTS__STORE__TOKEN_URL", format!("http://{issuer}/token")),
+            ("STORE_CLIENT_SECRET", CLIENT_SECRET.to_owned()),
             ("RUST_LOG", "warn".to_owned()),
         ];
         for (key, value) in defaults {
@@ -103,12 +125,9 @@ impl Stack {
             .stdout(Stdio::null())
             .spawn()
             .expect("start a service");
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while TcpStream::connect(addr).is_err() {
-            assert!(Instant::now() < deadline, "{service} did not start listening on {addr}");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        Process(child)
+        let process = Process(child);
+        wait_for_listener(service, addr);
+        process
     }
 
     /// Runs the load generator against the stack, with `args` (`--orders`, `--concurrency`, ..).
@@ -117,10 +136,24 @@ impl Stack {
             .args(["load", "--url", &format!("http://{}", self.orders)])
             .args(["--inventory-url", &format!("http://{}", self.inventory)])
             .args(["--payments-url", &format!("http://{}", self.payments)])
+            .args(["--issuer", &format!("http://{}", self.issuer)])
+            .env("STORE_CLIENT_SECRET", CLIENT_SECRET)
             .args(args)
             .arg("--json")
             .output()
             .expect("run the load")
+    }
+}
+
+impl Stack {
+    /// `Bearer <token>` from the development issuer for its client `client` (`orders`: no roles;
+    /// `load`: a customer's and an operator's), by the client-credentials grant.
+    pub fn authorization(&self, client: &str) -> String {
+        let token_url = format!("http://{}/token", self.issuer);
+        let config = ClientCredentialsConfig::new(client, &token_url, client, CLIENT_SECRET);
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let authorization = runtime.block_on(TokenSource::new(config).authorization()).expect("a token");
+        authorization.to_str().unwrap().to_owned()
     }
 }
 
@@ -138,6 +171,15 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// Waits until `what` listens on `addr` (a minute at most).
+fn wait_for_listener(what: &str, addr: SocketAddr) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start listening on {addr}");
+        std::thread::sleep(Duration::from_millis(20));
     }
 }
 
