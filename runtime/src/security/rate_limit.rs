@@ -178,7 +178,11 @@ impl Limiter {
 
     /// `RateLimit: "<name>";r=<remaining>;t=<seconds until the allowance is whole again>`.
     fn state(&self, remaining: u32, full_in: Duration) -> HeaderValue {
-        HeaderValue::from_str(&format!("{};r={remaining};t={}", self.name, whole_seconds(full_in)))
+        use std::fmt::Write;
+        let mut value = String::with_capacity(self.name.len() + 24);
+        let _ = write!(value, "{};r={remaining};t={}", self.name, whole_seconds(full_in));
+        // Every limited response pays for this: the buffer becomes the header as it is, uncopied.
+        HeaderValue::from_maybe_shared(axum::body::Bytes::from(value))
             .expect("a quoted name and numbers are a valid header value")
     }
 }
