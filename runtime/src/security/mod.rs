@@ -151,5 +151,6 @@ pub use dev_issuer::DevIssuer;
 #[cfg(feature = "grpc")]
 pub(crate) use guard::grpc_guard;
 pub(crate) use guard::{guard, Gate};
+pub(crate) use mtls::identity as mtls_identity;
 pub use principal::Principal;
 pub(crate) use rate_limit::RateLimits;

@@ -29,7 +29,7 @@ impl Identities {
 
     /// The caller `certificate` proves; `None` when it names no URI or DNS identity.
     pub(super) fn caller(&self, certificate: &ClientCertificate) -> Option<Principal> {
-        let identity = identity(certificate.der())?;
+        let identity = certificate.identity()?.to_owned();
         let (roles, scopes) = self.grants.get(&identity).cloned().unwrap_or_default();
         let claims = serde_json::json!({ "client_certificate": identity });
         Some(Principal::new(identity, roles, scopes, claims))
@@ -37,7 +37,7 @@ impl Identities {
 }
 
 /// The first URI subject alternative name of a DER certificate, else its first DNS name.
-pub(super) fn identity(der: &[u8]) -> Option<String> {
+pub(crate) fn identity(der: &[u8]) -> Option<String> {
     let der = CertificateDer::from(der);
     let certificate = webpki::EndEntityCert::try_from(&der).ok()?;
     let identity = certificate.valid_uri_names().next().or_else(|| certificate.valid_dns_names().next());

@@ -386,12 +386,25 @@ fn check_features(registry: &DependencyRegistry) -> Result<(), ServeError> {
 #[derive(Debug, Clone)]
 pub struct ClientCertificate {
     der: Arc<[u8]>,
+    /// The identity `[security.mtls]` reads, parsed once per connection rather than per request.
+    #[cfg(feature = "security")]
+    identity: Option<Arc<str>>,
 }
 
 impl ClientCertificate {
     #[cfg_attr(not(feature = "tls"), allow(dead_code))]
     pub(crate) fn from_der(der: &[u8]) -> Self {
-        ClientCertificate { der: der.into() }
+        ClientCertificate {
+            der: der.into(),
+            #[cfg(feature = "security")]
+            identity: crate::security::mtls_identity(der).map(Arc::from),
+        }
+    }
+
+    /// The certificate's first URI subject alternative name (a SPIFFE id), else its first DNS name.
+    #[cfg(feature = "security")]
+    pub(crate) fn identity(&self) -> Option<&str> {
+        self.identity.as_deref()
     }
 
     /// The leaf certificate, DER-encoded (parse it with an X.509 crate to read more than Marty does).
