@@ -70,10 +70,7 @@ pub fn parse_api_keys(text: &str, file: &str, security: &SecurityConfig) -> Resu
         reader.error(&Origin::Line(1), "keys", "no API key: no client could authenticate with one", help);
     }
     let errors: Vec<ConfigError> = std::mem::take(&mut reader.errors);
-    match errors.is_empty() {
-        true => Ok(entries),
-        false => Err(ConfigErrors(errors)),
-    }
+    ConfigErrors::from_found(errors).map(|()| entries)
 }
 
 fn parse_sha256(hex: &str) -> Option<[u8; 32]> {

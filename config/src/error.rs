@@ -51,6 +51,15 @@ impl fmt::Display for ConfigError {
 pub struct ConfigErrors(pub Vec<ConfigError>);
 
 impl ConfigErrors {
+    /// `Ok` when no check found anything, else the errors found, for checks that collect them all
+    /// before answering.
+    pub fn from_found(errors: Vec<ConfigError>) -> Result<(), ConfigErrors> {
+        match errors.is_empty() {
+            true => Ok(()),
+            false => Err(ConfigErrors(errors)),
+        }
+    }
+
     /// The individual errors, in the order they were found.
     pub fn iter(&self) -> impl Iterator<Item = &ConfigError> {
         self.0.iter()

@@ -200,11 +200,7 @@ fn finish(
     errors.append(&mut reader.errors);
     // Report in reading order: file lines top to bottom, then overriding variables by name.
     errors.sort_by(|a, b| origin_order(&a.origin).cmp(&origin_order(&b.origin)));
-    if errors.is_empty() {
-        Ok(config)
-    } else {
-        Err(ConfigErrors(errors))
-    }
+    ConfigErrors::from_found(errors).map(|()| config)
 }
 
 fn origin_order(origin: &Origin) -> (u8, usize, &str) {

@@ -94,10 +94,7 @@ pub(crate) fn check(config: &Config, routes: &[RouteAccess], served: Option<&[&s
             }),
         });
     }
-    match errors.is_empty() {
-        true => Ok(()),
-        false => Err(ConfigErrors(errors)),
-    }
+    ConfigErrors::from_found(errors)
 }
 
 /// `[security.grpc]` names only methods the service serves: its services are those added (`names`),
@@ -160,8 +157,5 @@ pub(crate) fn check_grpc(config: &Config, names: &[&str], descriptors: &[&[u8]])
             help: Some(help),
         });
     }
-    match errors.is_empty() {
-        true => Ok(()),
-        false => Err(ConfigErrors(errors)),
-    }
+    ConfigErrors::from_found(errors)
 }

@@ -374,10 +374,7 @@ fn check_features(registry: &DependencyRegistry) -> Result<(), ServeError> {
             help: Some(format!("add `features = [\"{feature}\"]` to marty in Cargo.toml")),
         })
         .collect();
-    match errors.is_empty() {
-        true => Ok(()),
-        false => Err(marty_config::ConfigErrors(errors).into()),
-    }
+    Ok(marty_config::ConfigErrors::from_found(errors)?)
 }
 
 /// The certificate the client presented in the TLS handshake (`[http.tls] client_ca`), in the
