@@ -20,6 +20,14 @@ where
     });
 }
 
+/// Serves `service` on `listener` as a user's `main` does: its configuration from `MARTY_CONFIG` (or
+/// `marty.toml`), telemetry initialised.
+pub async fn serve_marty<S: marty::service::Routes>(service: S, listener: tokio::net::TcpListener) {
+    let server = marty::service::server(service).expect("the benchmark's configuration loads");
+    marty::telemetry::init(S::NAME, &marty::DependencyRegistry::global().unwrap().config().telemetry);
+    server.serve_with_shutdown(listener, std::future::pending()).await.unwrap()
+}
+
 /// A server process, killed when dropped.
 pub struct Server {
     child: Child,

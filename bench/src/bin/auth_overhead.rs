@@ -25,8 +25,7 @@ use marty::axum::middleware::Next;
 use marty::axum::response::{IntoResponse, Response};
 use marty::axum::routing::get;
 use marty::axum::{Json, Router};
-use marty::service::Routes;
-use marty_bench::server::{serve, Server};
+use marty_bench::server::{serve, serve_marty, Server};
 use marty_bench::{json, median, Value};
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, KeyPair, ECDSA_P256_SHA256_FIXED_SIGNING};
@@ -64,14 +63,7 @@ fn main() {
     match std::env::args().nth(1).as_deref() {
         Some("serve-axum") => serve(|listener| async move { marty::axum::serve(listener, bare_axum()).await.unwrap() }),
         Some("serve-axum-tls") => serve(|listener| serve_axum_tls(listener, bare_axum())),
-        Some("serve-marty") => serve(|listener| async move {
-            let server = marty::service::server(Secured).expect("the benchmark's configuration loads");
-            marty::telemetry::init(
-                <Secured as Routes>::NAME,
-                &marty::DependencyRegistry::global().unwrap().config().telemetry,
-            );
-            server.serve_with_shutdown(listener, std::future::pending()).await.unwrap()
-        }),
+        Some("serve-marty") => serve(|listener| serve_marty(Secured, listener)),
         _ => run_client(),
     }
 }

@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use marty::axum::routing::get;
 use marty::axum::Router;
-use marty::service::Routes;
-use marty_bench::server::{serve, Server};
+use marty_bench::server::{serve, serve_marty, Server};
 use marty_bench::{json, median, Value};
 use marty_examples::proto::orders_client::OrdersClient;
 use marty_examples::proto::orders_server::{self, OrdersServer};
@@ -63,14 +62,7 @@ fn main() {
                 .await
                 .unwrap()
         }),
-        Some("serve-marty") => serve(|listener| async move {
-            let server = marty::service::server(Hello).expect("bench/marty.toml loads");
-            marty::telemetry::init(
-                <Hello as Routes>::NAME,
-                &marty::DependencyRegistry::global().unwrap().config().telemetry,
-            );
-            server.serve_with_shutdown(listener, std::future::pending()).await.unwrap()
-        }),
+        Some("serve-marty") => serve(|listener| serve_marty(Hello, listener)),
         _ => run_client(),
     }
 }
