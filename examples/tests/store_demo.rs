@@ -111,7 +111,10 @@ fn the_secured_store_admits_exactly_the_callers_its_routes_name() {
 fn the_kubernetes_configs_are_valid_marty_configs() {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/kubernetes/config.yaml");
     let yaml = std::fs::read_to_string(path).unwrap();
-    let env = marty::config::Environment::from_pairs([("DATABASE_URL", "postgres://store@postgres:5432/store")]);
+    let env = marty::config::Environment::from_pairs([
+        ("DATABASE_URL", "postgres://store@postgres:5432/store"),
+        ("STORE_CLIENT_SECRET", "from-the-secret"),
+    ]);
     let mut configs = Vec::new();
     let mut lines = yaml.lines().peekable();
     while let Some(line) = lines.next() {
@@ -136,5 +139,13 @@ fn the_kubernetes_configs_are_valid_marty_configs() {
         }
     }
     assert_eq!(configs[0].outbox.as_ref().map(|outbox| outbox.store.as_str()), Some("orders_db"));
+    // Secured as the routes were checked when they compiled: every role store.toml declares.
+    let checked = marty::config::Config::parse(include_str!("../store.toml"), "store.toml").unwrap();
+    let roles = |config: &marty::config::Config| config.security.as_ref().map(|security| security.roles.clone());
+    for config in &configs {
+        assert_eq!(roles(config), roles(&checked), "{:?}'s [security] roles", config.service.name);
+    }
+    let clients = configs[0].security.as_ref().map(|security| security.clients.len());
+    assert_eq!(clients, Some(1), "the saga's token for inventory and payments");
     assert_eq!(configs[0].dependencies["orders_db"].url.as_deref(), Some("postgres://store@postgres:5432/store"));
 }
