@@ -21,8 +21,10 @@
 //!
 //! A token is reused until 80% of its lifetime has passed; then the next caller fetches a new one
 //! in the background while the current one is still served, so no call waits on the issuer while a
-//! valid token is at hand. Callers without a valid token wait for one fetch together. The secret
-//! and the tokens are never logged.
+//! valid token is at hand. Callers without a valid token wait for one fetch together. A failed
+//! fetch is remembered for a second: meanwhile callers get the same error at once, so an issuer
+//! that is down is not asked again by every call, and its failure is logged once per window rather
+//! than once per call. The secret and the tokens are never logged.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -31,10 +33,14 @@ use std::time::{Duration, Instant};
 use axum::http::HeaderValue;
 use marty_config::ClientCredentialsConfig;
 
+use crate::throttled_log::{Throttle, WINDOW};
+
 /// How long a token request may take.
 const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// A token endpoint's answer is small; a larger one is refused.
 const MAX_ANSWER_BYTES: u64 = 64 * 1024;
+/// How long a failed fetch is answered from memory before the issuer is asked again.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
 /// Bearer tokens from one `[security.clients.<name>]`: clone it freely, the clones share the cache.
 #[derive(Clone)]
@@ -49,6 +55,10 @@ struct Inner {
     fetching: tokio::sync::Mutex<()>,
     /// An early refresh is under way.
     refreshing: AtomicBool,
+    /// The last fetch's failure, while it is recent enough to answer callers without fetching.
+    failed: Mutex<Option<(Instant, TokenError)>>,
+    /// Failed background fetches: one warning a window.
+    failures_logged: Throttle,
 }
 
 #[derive(Clone)]
@@ -104,6 +114,8 @@ impl TokenSource {
                 cached: Mutex::new(None),
                 fetching: tokio::sync::Mutex::new(()),
                 refreshing: AtomicBool::new(false),
+                failed: Mutex::new(None),
+                failures_logged: Throttle::new(WINDOW),
             }),
         }
     }
@@ -115,11 +127,20 @@ impl TokenSource {
             return Ok(valid);
         }
         let _only_fetch = self.inner.fetching.lock().await;
-        // Another caller may have fetched while this one waited.
+        // Another caller may have fetched while this one waited, or failed a moment ago.
         if let Some(valid) = self.valid_now() {
             return Ok(valid);
         }
+        if let Some(error) = self.recent_failure() {
+            return Err(error);
+        }
         self.fetch().await
+    }
+
+    /// The last fetch's error, if it failed less than [`RETRY_AFTER_FAILURE`] ago.
+    fn recent_failure(&self) -> Option<TokenError> {
+        let failed = self.inner.failed.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        failed.as_ref().filter(|(at, _)| at.elapsed() < RETRY_AFTER_FAILURE).map(|(_, error)| error.clone())
     }
 
     /// The cached token if it is valid; starts the early refresh when it is due.
@@ -137,7 +158,7 @@ impl TokenSource {
 
     /// Fetches a new token on a task of its own, unless one is already being fetched that way.
     fn fetch_in_background(&self) {
-        if self.inner.refreshing.swap(true, Ordering::AcqRel) {
+        if self.recent_failure().is_some() || self.inner.refreshing.swap(true, Ordering::AcqRel) {
             return;
         }
         let source = self.clone();
@@ -152,7 +173,9 @@ impl TokenSource {
                 .is_none_or(|cached| Instant::now() >= cached.refresh_at);
             if due {
                 if let Err(error) = source.fetch().await {
-                    tracing::warn!(target: "marty::security", client = %source.inner.config.name, %error, "fetching a token failed; the current one, if any, is served until it expires");
+                    if let Some(times) = source.inner.failures_logged.hit_for(()) {
+                        tracing::warn!(target: "marty::security", client = %source.inner.config.name, %error, times, "fetching a token failed; the current one, if any, is served until it expires");
+                    }
                 }
             }
             drop(only_fetch);
@@ -160,8 +183,15 @@ impl TokenSource {
         });
     }
 
-    /// A new token from the token endpoint, cached.
+    /// A new token from the token endpoint, cached; a failure is remembered.
     async fn fetch(&self) -> Result<HeaderValue, TokenError> {
+        let fetched = self.request_and_cache().await;
+        let failure = fetched.as_ref().err().map(|error| (Instant::now(), error.clone()));
+        *self.inner.failed.lock().unwrap_or_else(|poisoned| poisoned.into_inner()) = failure;
+        fetched
+    }
+
+    async fn request_and_cache(&self) -> Result<HeaderValue, TokenError> {
         let config = self.inner.config.clone();
         let started = Instant::now();
         let (token, lifetime) = tokio::task::spawn_blocking(move || request_token(&config))
@@ -198,6 +228,9 @@ impl TokenSource {
         let source = self.clone();
         move |mut request: tonic::Request<()>| {
             let Some(authorization) = source.valid_now() else {
+                if let Some(error) = source.recent_failure() {
+                    return Err(tonic::Status::unavailable(format!("no token for this call: {error}")));
+                }
                 source.fetch_in_background();
                 return Err(tonic::Status::unavailable("no token for this call yet; fetching one"));
             };
