@@ -727,3 +727,42 @@ async fn the_grpc_interceptor_fetches_a_token_in_the_background_when_it_has_none
     let authorization = request.metadata().get("authorization").unwrap().to_str().unwrap().to_owned();
     assert_eq!(authorization, source.authorization().await.unwrap().to_str().unwrap(), "the cached token");
 }
+
+/// An issuer that is down is not asked again by every call: a failed fetch is answered from memory
+/// for a second, to waiting callers and to the interceptor alike, then tried again.
+#[tokio::test]
+async fn a_token_endpoint_that_fails_is_asked_again_after_a_second_not_by_every_call() {
+    use marty::tonic::service::Interceptor;
+    let attempts = Arc::new(AtomicUsize::new(0));
+    let app = Router::new()
+        .route(
+            "/token",
+            marty::axum::routing::post(|State(attempts): State<Arc<AtomicUsize>>| async move {
+                attempts.fetch_add(1, Ordering::SeqCst);
+                (StatusCode::SERVICE_UNAVAILABLE, Json(json!({ "error": "temporarily_unavailable" })))
+            }),
+        )
+        .with_state(attempts.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let token_url = format!("http://{}/token", listener.local_addr().unwrap());
+    tokio::spawn(async move { marty::axum::serve(listener, app).await.unwrap() });
+    let source = marty::security::TokenSource::new(ClientCredentialsConfig::new("till", &token_url, "till", "s3cret"));
+
+    let failed_at = std::time::Instant::now();
+    for _ in 0..20 {
+        let error = source.authorization().await.unwrap_err().to_string();
+        assert!(error.contains("503") && error.contains("temporarily_unavailable"), "{error}");
+    }
+    let mut interceptor = source.interceptor();
+    for _ in 0..20 {
+        let status = interceptor.call(marty::tonic::Request::new(())).unwrap_err();
+        assert_eq!(status.code(), marty::tonic::Code::Unavailable, "{status:?}");
+    }
+    tokio::time::sleep(Duration::from_millis(50)).await; // a background fetch, had one started
+    assert!(failed_at.elapsed() < Duration::from_secs(1), "the checks above took a second: the test proves nothing");
+    assert_eq!(attempts.load(Ordering::SeqCst), 1, "one fetch for forty calls within the second");
+
+    tokio::time::sleep_until((failed_at + Duration::from_millis(1100)).into()).await;
+    assert!(source.authorization().await.is_err());
+    assert_eq!(attempts.load(Ordering::SeqCst), 2, "asked again once the second had passed");
+}
