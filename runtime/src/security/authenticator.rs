@@ -106,12 +106,15 @@ impl Authenticator {
     }
 
     /// The caller a request proves, if any: by its bearer token or API key, else by the client
-    /// certificate of its connection (a token names the end user a service calls for).
-    pub(super) async fn authenticate(
+    /// certificate of its connection (a token names the end user a service calls for). Answers
+    /// without waiting; a token whose key is not cached asks for [`refetch_keys`](Self::refetch_keys)
+    /// first, unless that was `refetched` already.
+    pub(super) fn authenticate(
         &self,
         headers: &HeaderMap,
         certificate: Option<&ClientCertificate>,
-    ) -> Result<Option<Principal>, Denial> {
+        refetched: bool,
+    ) -> Result<Option<Principal>, Unproven> {
         let api_key = self.api_keys.as_ref().and_then(|keys| Some((keys, headers.get(keys.header())?)));
         let mut values = headers.get_all(header::AUTHORIZATION).iter();
         let Some(value) = values.next() else {
@@ -138,16 +141,37 @@ impl Authenticator {
             _ => return Err(denied("an Authorization header that is not a bearer token")),
         };
         match &self.jwt {
-            Some(jwt) => jwt.check(token).await.map(Some),
+            Some(jwt) => jwt.check(token, refetched).map(Some),
             None => Err(denied("a bearer token, and no `[security.jwt]` to check it with")),
+        }
+    }
+
+    /// Fetches the issuer's keys for a token whose key is not cached (at most once per
+    /// [`jwks::MIN_REFETCH`], however many such tokens arrive).
+    pub(super) async fn refetch_keys(&self) {
+        if let Some(jwt) = &self.jwt {
+            jwt.keys.refetch_for_unknown_key().await;
         }
     }
 }
 
+/// Why [`Authenticator::authenticate`] proved no caller.
+pub(super) enum Unproven {
+    Denied(Denial),
+    /// The token names a key that is not cached: fetch the keys, then authenticate again.
+    KeyNotCached,
+}
+
+impl From<Denial> for Unproven {
+    fn from(denial: Denial) -> Self {
+        Unproven::Denied(denial)
+    }
+}
+
 /// Logs why credentials were refused (never the credentials), and refuses them.
-fn denied(reason: &str) -> Denial {
+fn denied(reason: &str) -> Unproven {
     tracing::debug!(target: "marty::security", reason, "credentials refused");
-    Denial::Invalid
+    Unproven::Denied(Denial::Invalid)
 }
 
 /// Bearer tokens checked against `[security.jwt]`.
@@ -179,24 +203,18 @@ impl JwtCheck {
         JwtCheck { config: config.clone(), validations, keys }
     }
 
-    async fn check(&self, token: &str) -> Result<Principal, Denial> {
+    fn check(&self, token: &str, refetched: bool) -> Result<Principal, Unproven> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| denied("a token that is not a JWT"))?;
         let Some((_, validation)) = self.validations.iter().find(|(algorithm, _)| *algorithm == header.alg) else {
             return Err(denied("a token signed with an algorithm `[security.jwt] algorithms` does not accept"));
         };
-        let kid = header.kid.as_deref();
-        let key = match self.keys.lookup(kid) {
-            jwks::Lookup::Found(key) => key,
-            jwks::Lookup::NotFetched | jwks::Lookup::Unknown => {
-                self.keys.refetch_for_unknown_key().await;
-                match self.keys.lookup(kid) {
-                    jwks::Lookup::Found(key) => key,
-                    jwks::Lookup::Unknown => {
-                        return Err(denied("a token signed with a key the issuer does not publish"))
-                    }
-                    jwks::Lookup::NotFetched => return Err(Denial::Unavailable),
-                }
+        let key = match (self.keys.lookup(header.kid.as_deref()), refetched) {
+            (jwks::Lookup::Found(key), _) => key,
+            (jwks::Lookup::NotFetched | jwks::Lookup::Unknown, false) => return Err(Unproven::KeyNotCached),
+            (jwks::Lookup::Unknown, true) => {
+                return Err(denied("a token signed with a key the issuer does not publish"))
             }
+            (jwks::Lookup::NotFetched, true) => return Err(Unproven::Denied(Denial::Unavailable)),
         };
         if key.algorithm.is_some_and(|pinned| pinned != header.alg) {
             return Err(denied("a token whose algorithm is not the one its key is for"));

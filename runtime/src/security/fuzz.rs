@@ -8,7 +8,8 @@ use std::sync::{Arc, OnceLock};
 use axum::http::{HeaderMap, HeaderValue};
 use proptest::prelude::*;
 
-use super::authenticator::{Authenticator, Denial};
+use super::authenticator::{Authenticator, Denial, Unproven};
+use super::Principal;
 
 /// An authenticator whose issuer is unreachable (its keys never fetched) and whose one API key
 /// (`ord_clerk_5b1e2c`, by its SHA-256) is in a file of the test's.
@@ -28,6 +29,23 @@ fn authenticator() -> &'static Authenticator {
         let _ = std::fs::remove_file(&keys);
         authenticator
     })
+}
+
+/// What the guard makes of `headers`: authenticated at once, or after fetching the keys when the
+/// token's key is not cached.
+fn authenticate(headers: &HeaderMap) -> Result<Option<Principal>, Denial> {
+    let settled = |outcome: Result<Option<Principal>, Unproven>| match outcome {
+        Ok(caller) => Ok(caller),
+        Err(Unproven::Denied(denial)) => Err(denial),
+        Err(Unproven::KeyNotCached) => panic!("asked for the keys again after fetching them"),
+    };
+    match authenticator().authenticate(headers, None, false) {
+        Err(Unproven::KeyNotCached) => {
+            runtime().block_on(authenticator().refetch_keys());
+            settled(authenticator().authenticate(headers, None, true))
+        }
+        outcome => settled(outcome),
+    }
 }
 
 fn runtime() -> &'static tokio::runtime::Runtime {
@@ -52,7 +70,7 @@ proptest! {
         let Ok(value) = HeaderValue::from_bytes(&value) else { return Ok(()) };
         let mut headers = HeaderMap::new();
         headers.insert("authorization", value);
-        let outcome = runtime().block_on(authenticator().authenticate(&headers, None));
+        let outcome = authenticate(&headers);
         prop_assert!(matches!(outcome, Err(Denial::Invalid | Denial::Unavailable)), "{outcome:?}");
     }
 
@@ -61,7 +79,7 @@ proptest! {
         let mut headers = HeaderMap::new();
         let value = HeaderValue::from_str(&format!("Bearer {header}.{claims}.{signature}")).unwrap();
         headers.insert("authorization", value);
-        let outcome = runtime().block_on(authenticator().authenticate(&headers, None));
+        let outcome = authenticate(&headers);
         prop_assert!(outcome.is_err(), "{outcome:?}");
     }
 
@@ -70,7 +88,7 @@ proptest! {
         let Ok(value) = HeaderValue::from_bytes(&key) else { return Ok(()) };
         let mut headers = HeaderMap::new();
         headers.insert("x-api-key", value);
-        let outcome = runtime().block_on(authenticator().authenticate(&headers, None));
+        let outcome = authenticate(&headers);
         prop_assert_eq!(outcome.map(|caller| caller.is_some()), Err(Denial::Invalid));
     }
 

@@ -2,15 +2,20 @@
 //! what the route requires, rate limits, and the audit trail of the decision.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
 
-use axum::extract::{MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request};
 use axum::http::Method;
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use marty_config::{Access, LimitKey};
+use tower_layer::Layer;
+use tower_service::Service;
 
-use super::authenticator::{Authenticator, Denial};
+use super::authenticator::{Authenticator, Denial, Unproven};
 use super::rate_limit::{Allowance, Limiter, OverLimit, RateLimits};
 use super::Principal;
 use crate::service::{Requirement, RouteAccess};
@@ -50,77 +55,252 @@ impl Gate {
     }
 }
 
-/// The middleware on the service's own routes (after routing, so the matched route is known): a
-/// caller proven, allowed and within its rate limit, or refused.
-pub(crate) async fn guard(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
-    let route = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str());
-    let (requirement, audited) =
-        route.and_then(|route| gate.routes.get(&(request.method().clone(), route))).copied().unwrap_or_default();
-    let need = match requirement {
-        Requirement::Default => Need::Default,
-        Requirement::Public => Need::Public,
-        Requirement::Authorize { roles, scopes } => Need::Authorize { roles, scopes },
-    };
-    let limit =
-        gate.rate_limits.as_deref().and_then(|limits| Some((limits, limits.for_route(request.method(), route)?)));
-    let what = |request: &Request| {
-        let route = request.extensions().get::<MatchedPath>().map_or(request.uri().path(), MatchedPath::as_str);
-        format!("{} {route}", request.method())
-    };
-    let admitted = admit(&gate, need, limit, &mut request).await;
-    match &admitted {
-        Ok(_) if audited => audit(&request, what(&request), None),
-        Ok(_) => {}
-        Err(refusal) => audit(&request, what(&request), Some(refusal)),
+/// Which calls a guard stands before: they differ in how a requirement is found and how a refusal
+/// is answered.
+#[derive(Debug, Clone, Copy)]
+enum Calls {
+    /// The service's own routes (after routing, so the matched route is known).
+    Routes,
+    /// gRPC methods, by path (`/store.Payments/Charge`).
+    #[cfg(feature = "grpc")]
+    Grpc,
+}
+
+impl Gate {
+    /// The guard of the service's own routes: a caller proven, allowed and within its rate limit,
+    /// or a problem+json refusal. Applied with `route_layer`.
+    pub(crate) fn for_routes(&self) -> GuardLayer {
+        GuardLayer { gate: self.clone(), calls: Calls::Routes }
     }
-    match admitted {
+
+    /// The same checks for gRPC calls, answered with gRPC statuses: `UNAUTHENTICATED`,
+    /// `PERMISSION_DENIED`, `RESOURCE_EXHAUSTED` (over `[rate_limit] default`), `UNAVAILABLE`.
+    /// Health and reflection stay open, as the HTTP probes do.
+    #[cfg(feature = "grpc")]
+    pub(crate) fn for_grpc(&self) -> GuardLayer {
+        GuardLayer { gate: self.clone(), calls: Calls::Grpc }
+    }
+
+    /// Admits `request` (the rate limit's headers for its response, if any) or answers it. Only a
+    /// token whose key is not cached makes it wait: [`Stop::KeyNotCached`].
+    fn check(&self, calls: Calls, request: &mut Request, attempt: Attempt) -> Result<Option<Allowance>, Stop> {
+        match calls {
+            Calls::Routes => self.check_route(request, attempt),
+            #[cfg(feature = "grpc")]
+            Calls::Grpc => self.check_grpc(request, attempt),
+        }
+    }
+
+    fn check_route(&self, request: &mut Request, attempt: Attempt) -> Result<Option<Allowance>, Stop> {
+        let route = request.extensions().get::<MatchedPath>().map(|matched| matched.as_str());
+        let (requirement, audited) =
+            route.and_then(|route| self.routes.get(&(request.method().clone(), route))).copied().unwrap_or_default();
+        let need = match requirement {
+            Requirement::Default => Need::Default,
+            Requirement::Public => Need::Public,
+            Requirement::Authorize { roles, scopes } => Need::Authorize { roles, scopes },
+        };
+        let limit =
+            self.rate_limits.as_deref().and_then(|limits| Some((limits, limits.for_route(request.method(), route)?)));
+        let what = |request: &Request| {
+            let route = request.extensions().get::<MatchedPath>().map_or(request.uri().path(), MatchedPath::as_str);
+            format!("{} {route}", request.method())
+        };
+        match admit(self, need, limit, request, attempt) {
+            Ok(allowance) => {
+                if audited {
+                    audit(request, what(request), None);
+                }
+                Ok(allowance)
+            }
+            Err(Stop::Refused(refusal)) => {
+                audit(request, what(request), Some(&refusal));
+                Err(Stop::Refused(refusal))
+            }
+            Err(wait) => Err(wait),
+        }
+    }
+
+    #[cfg(feature = "grpc")]
+    fn check_grpc(&self, request: &mut Request, attempt: Attempt) -> Result<Option<Allowance>, Stop> {
+        let path = request.uri().path();
+        let method = path.strip_prefix('/').unwrap_or(path);
+        if method.starts_with("grpc.health.v1.Health/") || method.starts_with("grpc.reflection.") {
+            return Ok(None);
+        }
+        let need = match self.grpc.get(method) {
+            None => Need::Default,
+            Some(None) => Need::Public,
+            Some(Some((roles, scopes))) => Need::Authorize { roles: roles.as_slice(), scopes: scopes.as_slice() },
+        };
+        let limit =
+            self.rate_limits.as_deref().and_then(|limits| Some((limits, limits.for_route(&Method::POST, None)?)));
+        let refusal = match admit(self, need, limit, request, attempt) {
+            // gRPC answers carry no rate-limit headers.
+            Ok(_) => return Ok(None),
+            Err(Stop::Refused(refusal)) => refusal,
+            Err(wait) => return Err(wait),
+        };
+        audit(request, request.uri().path().trim_start_matches('/').to_owned(), Some(&refusal));
+        Err(Stop::Refused(refusal))
+    }
+}
+
+impl Calls {
+    /// The answer to a request `refusal` turned away.
+    fn answer(self, refusal: Refusal) -> Response {
+        match (self, refusal) {
+            (Calls::Routes, Refusal::Denied(denial)) => denial.into_response(),
+            (Calls::Routes, Refusal::OverLimit(over)) => over.into_response(),
+            #[cfg(feature = "grpc")]
+            (Calls::Grpc, refusal) => grpc_status(refusal).into_http(),
+        }
+    }
+}
+
+#[cfg(feature = "grpc")]
+fn grpc_status(refusal: Refusal) -> tonic::Status {
+    match refusal {
+        Refusal::Denied(Denial::Missing) => tonic::Status::unauthenticated(
+            "this call needs credentials: a bearer token (`authorization: Bearer <token>` metadata) or an API key",
+        ),
+        Refusal::Denied(Denial::Invalid) => tonic::Status::unauthenticated("the credentials are not valid"),
+        Refusal::Denied(Denial::Forbidden) => tonic::Status::permission_denied(
+            "the caller may not do this: a role or scope the method requires is missing",
+        ),
+        Refusal::Denied(Denial::Unavailable) => {
+            tonic::Status::unavailable("the service cannot check credentials now; try again later")
+        }
+        Refusal::OverLimit(_) => tonic::Status::resource_exhausted("too many requests: slow down and retry later"),
+    }
+}
+
+/// Why [`Gate::check`] (and [`admit`]) did not admit a request.
+enum Stop {
+    /// Turned away (and audited).
+    Refused(Refusal),
+    /// The token's key is not cached: fetch the keys, then check again with what was counted.
+    KeyNotCached(Counted),
+}
+
+/// What the first check of a request counted against the rate limit by address before it had to
+/// wait for the issuer's keys, so the second check does not count the request twice.
+type Counted = Option<Allowance>;
+
+/// Which check of a request this is.
+#[derive(Debug)]
+enum Attempt {
+    First,
+    /// After the keys were fetched for its token.
+    AfterKeyFetch(Counted),
+}
+
+/// The layer of a [`Gate`] over routes or gRPC methods.
+#[derive(Debug, Clone)]
+pub(crate) struct GuardLayer {
+    gate: Gate,
+    calls: Calls,
+}
+
+impl<S> Layer<S> for GuardLayer {
+    type Service = Guard<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Guard { inner, gate: self.gate.clone(), calls: self.calls }
+    }
+}
+
+/// The service of a [`GuardLayer`]: a tower service with a named future rather than
+/// `axum::middleware::from_fn`, which clones the inner service and boxes a future per request
+/// (about a microsecond a request in `bench/auth_overhead`). Only a request that must wait for the
+/// issuer's keys is boxed.
+#[derive(Debug, Clone)]
+pub(crate) struct Guard<S> {
+    inner: S,
+    gate: Gate,
+    calls: Calls,
+}
+
+impl<S> Service<Request> for Guard<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = GuardFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request) -> Self::Future {
+        match self.gate.check(self.calls, &mut request, Attempt::First) {
+            Ok(allowance) => GuardFuture::Admitted { inner: self.inner.call(request), allowance },
+            Err(Stop::Refused(refusal)) => GuardFuture::Answered { response: Some(self.calls.answer(refusal)) },
+            Err(Stop::KeyNotCached(counted)) => {
+                // The service that was made ready goes with the request; this one keeps a clone.
+                let clone = self.inner.clone();
+                let ready = std::mem::replace(&mut self.inner, clone);
+                let (gate, calls) = (self.gate.clone(), self.calls);
+                GuardFuture::FetchingKeys { future: Box::pin(after_key_fetch(gate, calls, ready, request, counted)) }
+            }
+        }
+    }
+}
+
+/// Checks `request` again once the issuer's keys are fetched, and calls `inner` if it is admitted.
+async fn after_key_fetch<S>(gate: Gate, calls: Calls, mut inner: S, mut request: Request, counted: Counted) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    if let Some(authenticator) = &gate.authenticator {
+        authenticator.refetch_keys().await;
+    }
+    match gate.check(calls, &mut request, Attempt::AfterKeyFetch(counted)) {
         Ok(allowance) => {
-            let mut response = next.run(request).await;
+            let Ok(mut response) = inner.call(request).await;
             if let Some(allowance) = allowance {
                 allowance.add_to(&mut response);
             }
             response
         }
-        Err(Refusal::Denied(denial)) => denial.into_response(),
-        Err(Refusal::OverLimit(over)) => over.into_response(),
+        Err(Stop::Refused(refusal)) => calls.answer(refusal),
+        Err(Stop::KeyNotCached(_)) => unreachable!("a check after the key fetch settles"),
     }
 }
 
-/// The same checks for gRPC calls, by method (`/store.Payments/Charge`) and answered with gRPC
-/// statuses: `UNAUTHENTICATED`, `PERMISSION_DENIED`, `RESOURCE_EXHAUSTED` (over `[rate_limit]
-/// default`), `UNAVAILABLE`. Health and reflection stay open, as the HTTP probes do.
-#[cfg(feature = "grpc")]
-pub(crate) async fn grpc_guard(State(gate): State<Gate>, mut request: Request, next: Next) -> Response {
-    let path = request.uri().path();
-    let method = path.strip_prefix('/').unwrap_or(path);
-    if method.starts_with("grpc.health.v1.Health/") || method.starts_with("grpc.reflection.") {
-        return next.run(request).await;
+pin_project_lite::pin_project! {
+    /// The future of [`Guard`].
+    #[project = GuardProjection]
+    pub(crate) enum GuardFuture<F> {
+        Admitted { #[pin] inner: F, allowance: Option<Allowance> },
+        Answered { response: Option<Response> },
+        FetchingKeys { future: Pin<Box<dyn Future<Output = Response> + Send>> },
     }
-    let need = match gate.grpc.get(method) {
-        None => Need::Default,
-        Some(None) => Need::Public,
-        Some(Some((roles, scopes))) => Need::Authorize { roles: roles.as_slice(), scopes: scopes.as_slice() },
-    };
-    let limit = gate.rate_limits.as_deref().and_then(|limits| Some((limits, limits.for_route(&Method::POST, None)?)));
-    let admitted = admit(&gate, need, limit, &mut request).await;
-    if let Err(refusal) = &admitted {
-        audit(&request, request.uri().path().trim_start_matches('/').to_owned(), Some(refusal));
-    }
-    let status = match admitted {
-        Ok(_) => return next.run(request).await,
-        Err(Refusal::Denied(Denial::Missing)) => tonic::Status::unauthenticated(
-            "this call needs credentials: a bearer token (`authorization: Bearer <token>` metadata) or an API key",
-        ),
-        Err(Refusal::Denied(Denial::Invalid)) => tonic::Status::unauthenticated("the credentials are not valid"),
-        Err(Refusal::Denied(Denial::Forbidden)) => tonic::Status::permission_denied(
-            "the caller may not do this: a role or scope the method requires is missing",
-        ),
-        Err(Refusal::Denied(Denial::Unavailable)) => {
-            tonic::Status::unavailable("the service cannot check credentials now; try again later")
+}
+
+impl<F> Future for GuardFuture<F>
+where
+    F: Future<Output = Result<Response, Infallible>>,
+{
+    type Output = Result<Response, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.project() {
+            GuardProjection::Admitted { inner, allowance } => {
+                let Ok(mut response) = ready!(inner.poll(cx));
+                if let Some(allowance) = allowance.take() {
+                    allowance.add_to(&mut response);
+                }
+                Poll::Ready(Ok(response))
+            }
+            GuardProjection::Answered { response } => {
+                Poll::Ready(Ok(response.take().expect("GuardFuture polled after completion")))
+            }
+            GuardProjection::FetchingKeys { future } => future.as_mut().poll(cx).map(Ok),
         }
-        Err(Refusal::OverLimit(_)) => tonic::Status::resource_exhausted("too many requests: slow down and retry later"),
-    };
-    status.into_http()
+    }
 }
 
 /// What a route or method requires, with the names it lists.
@@ -182,31 +362,46 @@ impl From<OverLimit> for Refusal {
     }
 }
 
+impl<T: Into<Refusal>> From<T> for Stop {
+    fn from(refusal: T) -> Self {
+        Stop::Refused(refusal.into())
+    }
+}
+
 /// Checks `request` in the order that costs an abuser most: limits by address before credentials
 /// (a flood of forged tokens costs no signature check), failed credentials counted against the
 /// address (guessing keys is limited too), limits by caller once the caller is known. Puts the
 /// caller in the request for [`Principal`].
-async fn admit<Name: AsRef<str>>(
+fn admit<Name: AsRef<str>>(
     gate: &Gate,
     need: Need<'_, Name>,
     limit: Option<(&RateLimits, &Limiter)>,
     request: &mut Request,
-) -> Result<Option<Allowance>, Refusal> {
-    let mut allowance = match limit {
-        Some((limits, limiter)) if limiter.key() == LimitKey::Ip => Some(limits.check(limiter, None, request)?),
-        _ => None,
+    attempt: Attempt,
+) -> Result<Option<Allowance>, Stop> {
+    let (mut allowance, refetched) = match attempt {
+        Attempt::AfterKeyFetch(counted) => (counted, true),
+        Attempt::First => match limit {
+            Some((limits, limiter)) if limiter.key() == LimitKey::Ip => {
+                (Some(limits.check(limiter, None, request)?), false)
+            }
+            _ => (None, false),
+        },
     };
     let caller = match &gate.authenticator {
         None => None,
-        Some(authenticator) => match authenticator.authenticate(request.headers(), request.extensions().get()).await {
-            Ok(caller) => caller,
-            Err(denial) => {
-                if let (None, Some((limits, limiter))) = (&allowance, limit) {
-                    limits.check(limiter, None, request)?;
+        Some(authenticator) => {
+            match authenticator.authenticate(request.headers(), request.extensions().get(), refetched) {
+                Ok(caller) => caller,
+                Err(Unproven::KeyNotCached) => return Err(Stop::KeyNotCached(allowance)),
+                Err(Unproven::Denied(denial)) => {
+                    if let (None, Some((limits, limiter))) = (&allowance, limit) {
+                        limits.check(limiter, None, request)?;
+                    }
+                    return Err(denial.into());
                 }
-                return Err(denial.into());
             }
-        },
+        }
     };
     // In the request from here on: for the handler's `Principal`, and the audit trail of a refusal.
     if let Some(caller) = &caller {

@@ -148,9 +148,7 @@ mod rate_limit;
 pub(crate) use authenticator::Authenticator;
 pub use client_credentials::{TokenError, TokenSource};
 pub use dev_issuer::DevIssuer;
-#[cfg(feature = "grpc")]
-pub(crate) use guard::grpc_guard;
-pub(crate) use guard::{guard, Gate};
+pub(crate) use guard::Gate;
 pub(crate) use mtls::identity as mtls_identity;
 pub use principal::Principal;
 pub(crate) use rate_limit::RateLimits;

@@ -570,8 +570,7 @@ impl Server {
     fn guarded_routes(&self) -> Router {
         #[cfg(feature = "security")]
         if let Some(gate) = self.gate() {
-            let guard = axum::middleware::from_fn_with_state(gate, crate::security::guard);
-            return self.routes.clone().route_layer(guard);
+            return self.routes.clone().route_layer(gate.for_routes());
         }
         self.routes.clone()
     }
@@ -598,7 +597,7 @@ impl Server {
     fn guarded_grpc(&self, grpc: Router) -> Router {
         #[cfg(feature = "security")]
         if let Some(gate) = self.gate() {
-            return grpc.layer(axum::middleware::from_fn_with_state(gate, crate::security::grpc_guard));
+            return grpc.layer(gate.for_grpc());
         }
         grpc
     }
