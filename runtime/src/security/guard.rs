@@ -403,16 +403,22 @@ fn admit<Name: AsRef<str>>(
             }
         }
     };
-    // In the request from here on: for the handler's `Principal`, and the audit trail of a refusal.
-    if let Some(caller) = &caller {
-        request.extensions_mut().insert(caller.clone());
-    }
     let default = gate.authenticator.as_ref().map_or(Access::Public, |authenticator| authenticator.default);
-    authorize(default, need, caller.as_ref())?;
-    if let (None, Some((limits, limiter))) = (&allowance, limit) {
-        allowance = Some(limits.check(limiter, caller.as_ref(), request)?);
+    let checked = match authorize(default, need, caller.as_ref()) {
+        Err(denial) => Err(denial.into()),
+        Ok(()) => match (&allowance, limit) {
+            (None, Some((limits, limiter))) => {
+                limits.check(limiter, caller.as_ref(), request).map(Some).map_err(Into::into)
+            }
+            _ => Ok(allowance.take()),
+        },
+    };
+    // In the request from here on (moved, not cloned: the claims can be large): for the handler's
+    // `Principal`, and the audit trail of a refusal.
+    if let Some(caller) = caller {
+        request.extensions_mut().insert(caller);
     }
-    Ok(allowance)
+    checked
 }
 
 /// Whether `caller` may call what `need`s this (`Need::Default`: what `default` says).
