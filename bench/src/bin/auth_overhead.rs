@@ -1,9 +1,11 @@
 //! The CPU an authenticated request costs on a `#[service]` with `[security.jwt]` and
 //! `#[authorize(roles = ["clerk"])]`, next to the same check hand-written on bare axum with
 //! `jsonwebtoken` (ES256, the key already in hand); then with a rate limit that is never reached;
-//! then both over TLS, on keep-alive connections and with a handshake per request. The rate limit
-//! and TLS rounds call a `#[public]` route, so their own costs are not lost in the variance of a
-//! signature check (~100 µs of the ~110 µs a request costs).
+//! then both over TLS, on keep-alive connections and with a handshake per request. The TLS goal
+//! (`tls_cpu_ratio`) is the authorized request over TLS keep-alive, as the issue states it; the
+//! same on a `#[public]` route (`open_tls_cpu_ratio`) shows the framework's own per-request path,
+//! which the ~100 µs of a signature check otherwise hide. The rate limit's rounds call the
+//! `#[public]` route too, so its cost is not lost in a signature check's variance.
 //!
 //! As `http_overhead`: each server runs in its own process on one worker thread, this process is
 //! the client (and the token issuer, serving its JWKS), and the figure that counts is the server's
@@ -375,12 +377,13 @@ fn run_client() {
         let plain = compare([&axum, &marty], &Transport::Plain, Route::Authorized, &token).await;
         // The open route: the limit's cost is not lost in a signature check's variance.
         let limits = compare([&marty, &limited], &Transport::Plain, Route::Open, &token).await;
-        let keep_alive =
-            compare([&axum_tls, &marty_tls], &Transport::TlsKeepAlive(tls.clone()), Route::Open, &token).await;
+        let keep_alive = Transport::TlsKeepAlive(tls.clone());
+        let jwt_tls = compare([&axum_tls, &marty_tls], &keep_alive, Route::Authorized, &token).await;
+        let open_tls = compare([&axum_tls, &marty_tls], &keep_alive, Route::Open, &token).await;
         let handshakes = compare([&axum_tls, &marty_tls], &Transport::TlsPerRequest(tls), Route::Open, &token).await;
-        [plain, limits, keep_alive, handshakes]
+        [plain, limits, jwt_tls, open_tls, handshakes]
     });
-    let [[axum_jwt, marty_jwt], [unlimited, limited], [axum_tls, marty_tls], [axum_handshake, marty_handshake]] =
+    let [[axum_jwt, marty_jwt], [unlimited, limited], [axum_jwt_tls, marty_jwt_tls], [axum_open_tls, marty_open_tls], [axum_handshake, marty_handshake]] =
         results;
     println!(
         "{ROUNDS} interleaved rounds of {REQUESTS_PER_ROUND} requests ({HANDSHAKES_PER_ROUND} with a handshake each) over {CONNECTIONS} connections; medians"
@@ -398,9 +401,12 @@ fn run_client() {
             ("marty_open_in_process_cpu_us_per_req", Value::Number(in_process_unlimited)),
             ("marty_open_ratelimited_in_process_cpu_us_per_req", Value::Number(in_process_limited)),
             ("ratelimit_added_over_sockets_us", Value::Number(limited.0 - unlimited.0)),
-            ("axum_tls_cpu_us_per_req", Value::Number(axum_tls.0)),
-            ("marty_tls_cpu_us_per_req", Value::Number(marty_tls.0)),
-            ("tls_cpu_ratio", Value::Number(marty_tls.0 / axum_tls.0)),
+            ("axum_jwt_tls_cpu_us_per_req", Value::Number(axum_jwt_tls.0)),
+            ("marty_jwt_tls_cpu_us_per_req", Value::Number(marty_jwt_tls.0)),
+            ("tls_cpu_ratio", Value::Number(marty_jwt_tls.0 / axum_jwt_tls.0)),
+            ("axum_open_tls_cpu_us_per_req", Value::Number(axum_open_tls.0)),
+            ("marty_open_tls_cpu_us_per_req", Value::Number(marty_open_tls.0)),
+            ("open_tls_cpu_ratio", Value::Number(marty_open_tls.0 / axum_open_tls.0)),
             ("axum_tls_handshake_cpu_us", Value::Number(axum_handshake.0)),
             ("marty_tls_handshake_cpu_us", Value::Number(marty_handshake.0)),
             ("tls_handshake_cpu_ratio", Value::Number(marty_handshake.0 / axum_handshake.0)),
