@@ -211,9 +211,8 @@ impl<S> Layer<S> for GuardLayer {
 }
 
 /// The service of a [`GuardLayer`]: a tower service with a named future rather than
-/// `axum::middleware::from_fn`, which clones the inner service and boxes a future per request
-/// (about a microsecond a request in `bench/auth_overhead`). Only a request that must wait for the
-/// issuer's keys is boxed.
+/// `axum::middleware::from_fn`, which clones the inner service and boxes a future per request.
+/// Only a request that must wait for the issuer's keys is boxed.
 #[derive(Debug, Clone)]
 pub(crate) struct Guard<S> {
     inner: S,
