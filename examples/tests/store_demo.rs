@@ -32,6 +32,49 @@ fn the_demo_runs_in_one_process_to_its_report() {
     check(&report_of(&output), 120);
 }
 
+/// `--help` is an answer, not a mistake; a mistake names itself and exits 2, as command lines do.
+#[test]
+fn the_binary_explains_itself_and_refuses_unknown_arguments() {
+    let help = Command::new(BINARY).arg("--help").output().expect("run the binary");
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success(), "`--help` exits 0: {help:?}");
+    for command in ["dev-issuer", "orders", "inventory", "payments", "load", "--concurrency", "--json"] {
+        assert!(text.contains(command), "`--help` names `{command}`:\n{text}");
+    }
+    let load_help = Command::new(BINARY).args(["load", "--help"]).output().expect("run the binary");
+    assert!(load_help.status.success() && String::from_utf8_lossy(&load_help.stdout).contains("--issuer"));
+
+    let wrong = Command::new(BINARY).arg("--orderz").arg("5").output().expect("run the binary");
+    let error = String::from_utf8_lossy(&wrong.stderr);
+    assert_eq!(wrong.status.code(), Some(2), "{error}");
+    assert!(
+        error.contains("--orderz") && error.contains("--orders"),
+        "names the argument and the nearest one: {error}"
+    );
+    let missing = Command::new(BINARY).arg("load").output().expect("run the binary");
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&missing.stderr).contains("--url"));
+}
+
+/// Off a terminal (a CI log, a pipe) the report is plain text and the progress bar is not drawn:
+/// no carriage-return frames in the log.
+#[test]
+fn off_a_terminal_the_demo_draws_no_progress_frames() {
+    let dir = std::env::temp_dir().join(format!("marty-store-plain-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let output = Command::new(BINARY)
+        .args(["--orders", "30", "--concurrency", "4"])
+        .current_dir(&dir)
+        .env_remove("MARTY_CONFIG")
+        .output()
+        .expect("run the demo");
+    let (stdout, stderr) = (String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    assert!(output.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("orders placed      30"), "the text report: {stdout}");
+    assert!(!stderr.contains('\r') && !stdout.contains('\r'), "no progress frames off a terminal: {stderr:?}");
+    assert!(stderr.contains("placing 30 orders"), "the demo still says what it does: {stderr}");
+}
+
 #[test]
 #[ignore = "needs MARTY_TEST_POSTGRES_URL and MARTY_TEST_NATS_URL"]
 fn the_services_run_as_separate_processes_on_postgresql_and_nats() {

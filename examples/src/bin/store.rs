@@ -16,8 +16,11 @@
 //! orders service's saga, the load generator) share the secret in `STORE_CLIENT_SECRET`. The
 //! development issuer is for development only: in production the configuration names a real one.
 
+use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
+use clap::{Args, Parser, Subcommand};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use marty::config::ClientCredentialsConfig;
 use marty::security::{DevIssuer, TokenSource};
 use marty::service::{RunningServer, ServeError, Server};
@@ -26,11 +29,73 @@ use marty_examples::store::load::{self, LoadOptions};
 use marty_examples::store::orders::Orders;
 use marty_examples::store::payments::Payments;
 use tokio::net::TcpListener;
+use tracing_subscriber::fmt::MakeWriter;
 
-const USAGE: &str = "usage: store [--orders N] [--concurrency N] [--json]
-       store dev-issuer [--addr ADDR]
-       store orders|inventory|payments
-       store load --url URL [--inventory-url URL] [--payments-url URL] [--issuer URL] [--orders N] [--concurrency N] [--json]";
+/// The store demo: orders (REST), inventory (gRPC) and payments (gRPC) placing orders through a
+/// saga. Without a command, all three run in this process on SQLite under built-in load, secured by
+/// a development issuer of their own, and the books are checked at the end.
+#[derive(Parser)]
+#[command(name = "store")]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    load: LoadArgs,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// The development issuer alone (DEVELOPMENT ONLY), for the services run as separate processes;
+    /// its clients share the secret in STORE_CLIENT_SECRET.
+    DevIssuer {
+        /// Where to listen: where `store.toml` looks for it unless MARTY__SECURITY__JWT__JWKS_URL says otherwise.
+        #[arg(long, default_value = ISSUER_ADDR)]
+        addr: String,
+    },
+    /// The orders service alone (REST); the others are at `[dependencies.*_api] url`. Configure it
+    /// with MARTY__... variables.
+    Orders,
+    /// The inventory service alone (gRPC).
+    Inventory,
+    /// The payments service alone (gRPC).
+    Payments,
+    /// The load generator against running services, and the report (with the books checked when
+    /// the inventory and payments services are given).
+    Load {
+        /// The orders service, e.g. http://127.0.0.1:8080.
+        #[arg(long, value_parser = without_trailing_slash)]
+        url: String,
+        /// The inventory service, to check the books.
+        #[arg(long, value_parser = without_trailing_slash)]
+        inventory_url: Option<String>,
+        /// The payments service, to wait for its receipts and check the books.
+        #[arg(long, value_parser = without_trailing_slash)]
+        payments_url: Option<String>,
+        /// The development issuer, when the services are secured (with STORE_CLIENT_SECRET).
+        #[arg(long, value_parser = without_trailing_slash)]
+        issuer: Option<String>,
+        #[command(flatten)]
+        load: LoadArgs,
+    },
+}
+
+/// How much load, and how to report it.
+#[derive(Args, Clone)]
+struct LoadArgs {
+    /// Orders to place.
+    #[arg(long, default_value_t = 2000)]
+    orders: usize,
+    /// Orders in flight at once.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Print the report as one JSON line (and draw no progress bar).
+    #[arg(long)]
+    json: bool,
+}
+
+fn without_trailing_slash(url: &str) -> Result<String, String> {
+    Ok(url.trim_end_matches('/').to_owned())
+}
 
 /// The development issuer's name and the services' audience, as `[security.jwt]` in `store.toml` says.
 const ISSUER: &str = "store-dev-issuer";
@@ -41,14 +106,10 @@ const ISSUER_ADDR: &str = "127.0.0.1:8079";
 const SECRET_VARIABLE: &str = "STORE_CLIENT_SECRET";
 
 fn main() -> ExitCode {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    let command = args.first().filter(|arg| !arg.starts_with("--")).cloned();
-    let Some(options) = Options::parse(&args[usize::from(command.is_some())..]) else {
-        eprintln!("{USAGE}");
-        return ExitCode::FAILURE;
-    };
-    let issuer_listener = match command {
-        None => match embedded_defaults() {
+    let cli = Cli::parse();
+    let progress = progress_bar();
+    let issuer_listener = match cli.command {
+        None => match embedded_defaults(&progress) {
             Ok(listener) => Some(listener),
             Err(error) => {
                 eprintln!("store: {error}");
@@ -59,26 +120,25 @@ fn main() -> ExitCode {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("a tokio runtime");
     runtime.block_on(async move {
-        let result = match command.as_deref() {
-            None => demo(options, issuer_listener).await,
-            Some("dev-issuer") => dev_issuer(&options).await,
-            // The orders service alone: the other services are at `[dependencies.*_api] url`.
-            Some("orders") => {
+        let result = match cli.command {
+            None => demo(cli.load, progress, issuer_listener).await,
+            Some(Command::DevIssuer { addr }) => dev_issuer(&addr).await,
+            Some(Command::Orders) => {
                 serve(marty::service::server_with(|registry| Orders::open(registry, None, None)).await).await
             }
-            Some("inventory") => serve(marty::service::server_with(Inventory::open).await).await,
-            Some("payments") => serve(marty::service::server_with(Payments::open).await).await,
-            Some("load") => match options.url.clone() {
-                Some(url) => match options.load(url) {
-                    Ok(load) => {
-                        report(&options, load::run(load).await);
+            Some(Command::Inventory) => serve(marty::service::server_with(Inventory::open).await).await,
+            Some(Command::Payments) => serve(marty::service::server_with(Payments::open).await).await,
+            Some(Command::Load { url, inventory_url, payments_url, issuer, load }) => {
+                let targets = Targets { orders: url, inventory: inventory_url, payments: payments_url, issuer };
+                draw_progress(&progress, &load);
+                match targets.load(&load, progress) {
+                    Ok(options) => {
+                        report(&load, load::run(options).await);
                         Ok(())
                     }
                     Err(error) => Err(error),
-                },
-                None => Err("`load` needs `--url http://host:port` of the orders service".into()),
-            },
-            Some(other) => Err(format!("unknown command `{other}`\n{USAGE}")),
+                }
+            }
         };
         match result {
             Ok(()) => ExitCode::SUCCESS,
@@ -90,48 +150,76 @@ fn main() -> ExitCode {
     })
 }
 
-struct Options {
-    orders: usize,
-    concurrency: usize,
-    url: Option<String>,
-    inventory_url: Option<String>,
-    payments_url: Option<String>,
-    issuer: Option<String>,
-    addr: Option<String>,
-    json: bool,
+/// The load's progress bar, hidden until [`draw_progress`] shows it.
+fn progress_bar() -> ProgressBar {
+    let style = ProgressStyle::with_template("[{bar:40}] {pos}/{len} orders  {rate}  {elapsed}")
+        .expect("a valid progress template")
+        .with_key("rate", |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+            let _ = write!(out, "{:.0} orders/s", state.per_sec());
+        })
+        .progress_chars("#>.");
+    let bar = ProgressBar::hidden();
+    bar.set_style(style);
+    bar
 }
 
-impl Options {
-    fn parse(args: &[String]) -> Option<Options> {
-        let mut options = Options {
-            orders: 2000,
-            concurrency: 32,
-            url: None,
-            inventory_url: None,
-            payments_url: None,
-            issuer: None,
-            addr: None,
-            json: false,
-        };
-        let mut args = args.iter();
-        while let Some(arg) = args.next() {
-            match arg.as_str() {
-                "--orders" => options.orders = args.next()?.parse().ok()?,
-                "--concurrency" => options.concurrency = args.next()?.parse().ok()?,
-                "--url" => options.url = Some(args.next()?.trim_end_matches('/').to_owned()),
-                "--inventory-url" => options.inventory_url = Some(args.next()?.trim_end_matches('/').to_owned()),
-                "--payments-url" => options.payments_url = Some(args.next()?.trim_end_matches('/').to_owned()),
-                "--issuer" => options.issuer = Some(args.next()?.trim_end_matches('/').to_owned()),
-                "--addr" => options.addr = Some(args.next()?.to_owned()),
-                "--json" => options.json = true,
-                _ => return None,
-            }
-        }
-        Some(options)
+/// Draws the bar on stderr from now on when it is a terminal and the report is not JSON; off a
+/// terminal (a CI log, a pipe) it stays hidden and no frame is written.
+fn draw_progress(bar: &ProgressBar, load: &LoadArgs) {
+    if !load.json && std::io::stderr().is_terminal() {
+        bar.set_draw_target(ProgressDrawTarget::stderr());
+    }
+}
+
+/// Log lines go above the progress bar, never through it: each line is written with the bar
+/// cleared and the bar drawn again after it.
+#[derive(Clone)]
+struct AboveTheBar(ProgressBar);
+
+impl<'a> MakeWriter<'a> for AboveTheBar {
+    type Writer = LogLine;
+
+    fn make_writer(&'a self) -> LogLine {
+        LogLine { bar: self.0.clone(), line: Vec::new() }
+    }
+}
+
+/// One log line, held until the formatter is done with it.
+struct LogLine {
+    bar: ProgressBar,
+    line: Vec<u8>,
+}
+
+impl Write for LogLine {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.line.extend_from_slice(bytes);
+        Ok(bytes.len())
     }
 
-    /// The load against `orders_url`, with a token from `--issuer` when given.
-    fn load(&self, orders_url: String) -> Result<LoadOptions, String> {
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LogLine {
+    fn drop(&mut self) {
+        self.bar.suspend(|| {
+            let _ = std::io::stderr().write_all(&self.line);
+        });
+    }
+}
+
+/// Where the load goes, and the issuer of its tokens.
+struct Targets {
+    orders: String,
+    inventory: Option<String>,
+    payments: Option<String>,
+    issuer: Option<String>,
+}
+
+impl Targets {
+    /// The load against these services, with a token from the issuer when there is one.
+    fn load(self, load: &LoadArgs, progress: ProgressBar) -> Result<LoadOptions, String> {
         let tokens = match &self.issuer {
             Some(issuer) => {
                 let token_url = format!("{issuer}/token");
@@ -140,12 +228,12 @@ impl Options {
             None => None,
         };
         Ok(LoadOptions {
-            orders_url,
-            payments_url: self.payments_url.clone(),
-            inventory_url: self.inventory_url.clone(),
-            orders: self.orders,
-            concurrency: self.concurrency,
-            progress: !self.json,
+            orders_url: self.orders,
+            payments_url: self.payments,
+            inventory_url: self.inventory,
+            orders: load.orders,
+            concurrency: load.concurrency,
+            progress,
             tokens,
         })
     }
@@ -168,8 +256,7 @@ fn store_issuer(secret: &str) -> DevIssuer {
 }
 
 /// The development issuer alone, for the services run as separate processes, until killed.
-async fn dev_issuer(options: &Options) -> Result<(), String> {
-    let addr = options.addr.as_deref().unwrap_or(ISSUER_ADDR);
+async fn dev_issuer(addr: &str) -> Result<(), String> {
     let listener = TcpListener::bind(addr).await.map_err(|error| format!("{addr}: {error}"))?;
     let addr = store_issuer(&client_secret()?).serve(listener).await.map_err(|error| error.to_string())?;
     eprintln!("store: development issuer on http://{addr} (development only)");
@@ -178,8 +265,8 @@ async fn dev_issuer(options: &Options) -> Result<(), String> {
 
 /// One process, nothing to install: the three databases are SQLite files in a fresh directory (unless
 /// the environment says otherwise), the development issuer on a port of its own with a fresh secret,
-/// and logs stay quiet under the progress bar. Answers the issuer's listener.
-fn embedded_defaults() -> Result<std::net::TcpListener, String> {
+/// and the services' logs quiet (warnings only) and above the progress bar. Answers the issuer's listener.
+fn embedded_defaults(progress: &ProgressBar) -> Result<std::net::TcpListener, String> {
     let dir = std::env::temp_dir().join(format!("marty-store-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a directory for the demo's databases");
     for service in ["orders", "inventory", "payments"] {
@@ -200,12 +287,18 @@ fn embedded_defaults() -> Result<std::net::TcpListener, String> {
     if std::env::var_os("RUST_LOG").is_none() {
         std::env::set_var("RUST_LOG", "warn");
     }
+    // Installed before the services start, so they log through it rather than install their own.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(AboveTheBar(progress.clone()))
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
     Ok(issuer)
 }
 
 /// The development issuer and the three services on ports of their own, the load against the
 /// orders service, the report.
-async fn demo(options: Options, issuer: Option<std::net::TcpListener>) -> Result<(), String> {
+async fn demo(load: LoadArgs, progress: ProgressBar, issuer: Option<std::net::TcpListener>) -> Result<(), String> {
     let issuer = issuer.ok_or("no listener for the development issuer")?;
     issuer.set_nonblocking(true).map_err(|error| error.to_string())?;
     let issuer = TcpListener::from_std(issuer).map_err(|error| error.to_string())?;
@@ -219,22 +312,23 @@ async fn demo(options: Options, issuer: Option<std::net::TcpListener>) -> Result
     .await;
     let orders = start(orders).await?;
     let url = format!("http://{}", orders.addr());
-    if !options.json {
+    if !load.json {
         eprintln!(
             "store: orders (REST) on {url}, inventory (gRPC) on {}, payments (gRPC) on {}",
             inventory.addr(),
             payments.addr()
         );
         eprintln!("store: secured by the development issuer on http://{issuer_addr} (development only)");
-        eprintln!("store: placing {} orders, {} at a time", options.orders, options.concurrency);
+        eprintln!("store: placing {} orders, {} at a time", load.orders, load.concurrency);
     }
-    let options = Options {
-        inventory_url: Some(format!("http://{}", inventory.addr())),
-        payments_url: Some(format!("http://{}", payments.addr())),
+    let targets = Targets {
+        orders: url,
+        inventory: Some(format!("http://{}", inventory.addr())),
+        payments: Some(format!("http://{}", payments.addr())),
         issuer: Some(format!("http://{issuer_addr}")),
-        ..options
     };
-    report(&options, load::run(options.load(url)?).await);
+    draw_progress(&progress, &load);
+    report(&load, load::run(targets.load(&load, progress)?).await);
     for server in [orders, payments, inventory] {
         server.shutdown().await.map_err(|error| error.to_string())?;
     }
@@ -253,8 +347,8 @@ async fn serve(server: Result<Server, ServeError>) -> Result<(), String> {
     server.serve().await.map_err(|error| error.to_string())
 }
 
-fn report(options: &Options, report: load::Report) {
-    if options.json {
+fn report(load: &LoadArgs, report: load::Report) {
+    if load.json {
         println!("{}", serde_json::to_string(&report).expect("a report is JSON"));
     } else {
         println!("{report}");

@@ -8,7 +8,6 @@
 //! is conserved.
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -17,6 +16,7 @@ use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use indicatif::ProgressBar;
 use marty::axum::body::Bytes;
 use marty::axum::http::header::AUTHORIZATION;
 use marty::axum::http::{Method, Request, StatusCode};
@@ -40,8 +40,8 @@ pub struct LoadOptions {
     pub payments_url: Option<String>,
     /// The inventory service: with `payments_url`, the report checks the books.
     pub inventory_url: Option<String>,
-    /// Draw a progress bar on stderr.
-    pub progress: bool,
+    /// The progress bar (`ProgressBar::hidden()` for none); its length is set to `orders`.
+    pub progress: ProgressBar,
     /// The load generator's token, when the store is secured (`[security]` in `store.toml`).
     pub tokens: Option<TokenSource>,
 }
@@ -205,9 +205,7 @@ pub async fn run(options: LoadOptions) -> Report {
     let seconds = started.elapsed().as_secs_f64();
     let settled_at = Instant::now();
     watcher.abort();
-    if options.progress {
-        eprintln!();
-    }
+    options.progress.finish();
     let outcomes = std::mem::take(&mut *outcomes.lock().unwrap());
     let count = |status: &str| outcomes.iter().filter(|(outcome, _)| outcome_is(outcome, status)).count();
     // Every completed order's event reaches payments through outbox, relay, broker and inbox.
@@ -374,28 +372,16 @@ async fn request<T: serde::de::DeserializeOwned>(
     serde_json::from_slice(&bytes).map_err(|error| format!("{url}: {error}"))
 }
 
-/// Draws the progress bar and samples the outbox lag from `/metrics`, until aborted.
+/// Moves the progress bar and samples the outbox lag from `/metrics`, until aborted.
 async fn watch(options: LoadOptions, client: HttpClient, done: Arc<AtomicUsize>, max_lag_micros: Arc<AtomicU64>) {
-    let started = Instant::now();
+    options.progress.set_length(options.orders as u64);
     loop {
         if let Ok(metrics) = text(&client, &format!("{}/metrics", options.orders_url)).await {
             if let Some(lag) = gauge(&metrics, "marty_outbox_lag_seconds") {
                 max_lag_micros.fetch_max((lag * 1e6) as u64, Ordering::Relaxed);
             }
         }
-        if options.progress {
-            let finished = done.load(Ordering::Relaxed);
-            let width = 40;
-            let filled = finished * width / options.orders.max(1);
-            let rate = finished as f64 / started.elapsed().as_secs_f64().max(0.001);
-            eprint!(
-                "\r[{}{}] {finished}/{} orders  {rate:.0}/s ",
-                "#".repeat(filled),
-                ".".repeat(width - filled),
-                options.orders
-            );
-            let _ = std::io::stderr().flush();
-        }
+        options.progress.set_position(done.load(Ordering::Relaxed) as u64);
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
