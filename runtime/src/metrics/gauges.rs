@@ -1,4 +1,4 @@
-//! Gauges read from the live policies when scraped (breaker state, free bulkhead permits), so the
+//! Gauges read from the live policies when scraped (breaker state, free and total bulkhead permits), so the
 //! call path never updates them.
 
 use std::fmt;
@@ -52,6 +52,14 @@ impl Collector for PolicyGauges {
         for (name, _, bulkhead) in &live {
             let labels = DependencyLabels { dependency: name.clone() };
             ConstGauge::new(bulkhead.available() as i64).encode(family.encode_family(&labels)?)?;
+        }
+        // With the capacity beside it, bulkhead use is `1 - available / capacity` in any dashboard,
+        // and stays right when a reload changes the capacity.
+        let help = "Bulkhead permits in all (max_concurrent)";
+        let mut family = encoder.encode_descriptor("marty_bulkhead_capacity", help, None, MetricType::Gauge)?;
+        for (name, _, bulkhead) in &live {
+            let labels = DependencyLabels { dependency: name.clone() };
+            ConstGauge::new(bulkhead.max_concurrent() as i64).encode(family.encode_family(&labels)?)?;
         }
         Ok(())
     }

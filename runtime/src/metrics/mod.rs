@@ -7,8 +7,9 @@
 //! - `marty_retries_total{dependency,operation}`.
 //! - `http_server_request_duration_seconds{http_request_method,http_route,http_response_status_code}`
 //!   and `rpc_server_call_duration_seconds{rpc_service,rpc_method,rpc_grpc_status_code}` (gRPC).
-//! - `marty_circuit_state{dependency}` (0 closed, 1 open, 2 half-open) and
-//!   `marty_bulkhead_available{dependency}`: read from the live policies at scrape time.
+//! - `marty_circuit_state{dependency}` (0 closed, 1 open, 2 half-open),
+//!   `marty_bulkhead_available{dependency}` and `marty_bulkhead_capacity{dependency}`: read from the
+//!   live policies at scrape time.
 //! - `marty_events_consumed_total{topic,group,outcome}` (`handled`, `duplicate`, `retried`,
 //!   `dead_lettered`) and `marty_event_handler_duration_seconds{topic,group}`.
 //! - `marty_outbox_published_total`, `marty_outbox_failed_total` (publish attempts the broker did

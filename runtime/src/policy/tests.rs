@@ -212,6 +212,7 @@ async fn configuration_from_a_file_really_installs_every_layer() {
     assert!(text.contains(r#"marty_calls_total{dependency="db",operation="op",outcome="rejected"} 1"#), "{text}");
     assert!(text.contains(r#"marty_circuit_state{dependency="db"} 0"#), "{text}");
     assert!(text.contains(r#"marty_bulkhead_available{dependency="db"} 2"#), "{text}");
+    assert!(text.contains(r#"marty_bulkhead_capacity{dependency="db"} 2"#), "{text}");
     assert!(text.contains(r#"marty_call_duration_seconds_count{dependency="db",operation="op"}"#), "{text}");
 }
 
