@@ -69,7 +69,7 @@
 //!
 //! Durations are one whole number and a unit: `ns`, `us`, `ms`, `s`, `m`, `h`, `d`. The other
 //! tables, `[service]`, `[http]`, `[grpc]`, `[management]`, `[telemetry]`, `[events]`, `[outbox]`,
-//! `[storage]` and `[sagas]`, are validated the same way; [`Config`]'s fields document each key.
+//! `[storage]`, `[sagas]` and `[openapi]`, are validated the same way; [`Config`]'s fields document each key.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
 
@@ -95,7 +95,8 @@ pub use rate_limit::{ClientIpHeader, IpRange, Limit, LimitKey, RateLimitConfig, 
 pub use schema::{
     is_replica_name, Backoff, Broker, CircuitBreakerConfig, Config, DependencyConfig, DependencyKind,
     DependencyReadiness, EventsConfig, HttpConfig, KafkaConfig, ListenerConfig, LogFormat, NatsConfig, NatsStorage,
-    OutboxConfig, QueueType, RabbitMqConfig, RetryConfig, SagasConfig, ServiceConfig, StorageConfig, TelemetryConfig,
+    OpenApiConfig, OutboxConfig, QueueType, RabbitMqConfig, RetryConfig, SagasConfig, ServiceConfig, StorageConfig,
+    TelemetryConfig,
 };
 pub use security::{
     Access, ApiKeysConfig, ApiKeysSource, ClientCredentialsConfig, CorsConfig, GrpcMethodAccess, JwtConfig, KeySource,

@@ -46,8 +46,32 @@ pub struct Config {
     pub security: Option<SecurityConfig>,
     /// `[rate_limit]`: how many requests a caller may make (none when absent).
     pub rate_limit: Option<RateLimitConfig>,
+    /// `[openapi]`: the routes' OpenAPI description, served at its `path` (none when absent).
+    pub openapi: Option<OpenApiConfig>,
     /// `[app]`: the application's own settings; read them with `config.app.get::<YourSettings>()`.
     pub app: AppSettings,
+}
+
+/// `[openapi]`: the service describes its routes (OpenAPI 3.1, built from `#[service]` when it
+/// compiles) and serves the description.
+#[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
+pub struct OpenApiConfig {
+    /// Where the description is served (default `/openapi.json`), without authentication.
+    pub path: String,
+    /// The description's title (default: the service's name).
+    pub title: Option<String>,
+    /// The description's summary of the API.
+    pub description: Option<String>,
+    /// Where a browsable page of the description is served (e.g. `/docs`; needs marty's
+    /// `openapi-ui` feature); none when absent.
+    pub ui: Option<String>,
+}
+
+impl Default for OpenApiConfig {
+    fn default() -> Self {
+        OpenApiConfig { path: "/openapi.json".to_owned(), title: None, description: None, ui: None }
+    }
 }
 
 /// `[service]`.
@@ -601,6 +625,7 @@ const ROOT_KEYS: &[&str] = &[
     "storage",
     "security",
     "rate_limit",
+    "openapi",
     "app",
 ];
 const HTTP_KEYS: &[&str] = &[
@@ -719,6 +744,7 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         reader.error(&mtls.origin, "security.mtls", "client certificates as identities, and none are asked for", help);
     }
     let rate_limit = read_rate_limit(reader, root);
+    let openapi = read_openapi(reader, root);
     let app = AppSettings::new(file, reader.free_form(root, "app"));
     Config {
         file: file.to_owned(),
@@ -734,8 +760,39 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         storage,
         security,
         rate_limit,
+        openapi,
         app,
     }
+}
+
+fn read_openapi(reader: &mut Reader<'_>, root: &Table<'_>) -> Option<OpenApiConfig> {
+    let table = reader.table(root, "openapi")?;
+    reader.deny_unknown_keys(&table, &["path", "title", "description", "ui"]);
+    let defaults = OpenApiConfig::default();
+    let route = |reader: &mut Reader<'_>, key: &str| {
+        let path = reader.string(&table, key)?;
+        if path.starts_with('/') && !path.contains(['{', '}', '*', '?', '#']) && !path.chars().any(char::is_whitespace)
+        {
+            return Some(path);
+        }
+        let origin = reader.origin_of(&table, key).clone();
+        let help = Some(format!("write a literal path that starts with `/`, e.g. `{key} = \"/openapi.json\"`"));
+        reader.error(&origin, &join(&table.path, key), format!("`{path}` is not a route path"), help);
+        None
+    };
+    let path = route(reader, "path").unwrap_or(defaults.path);
+    let ui = route(reader, "ui");
+    if ui.as_deref() == Some(path.as_str()) {
+        let origin = reader.origin_of(&table, "ui").clone();
+        let help = Some("serve the page elsewhere, e.g. `ui = \"/docs\"`".to_owned());
+        reader.error(&origin, &join(&table.path, "ui"), "the page and the description share a path", help);
+    }
+    Some(OpenApiConfig {
+        path,
+        title: reader.string(&table, "title"),
+        description: reader.string(&table, "description"),
+        ui,
+    })
 }
 
 fn read_nats(reader: &mut Reader<'_>, events: &Table<'_>) -> NatsConfig {

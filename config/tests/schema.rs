@@ -408,3 +408,36 @@ fn histogram_buckets_are_increasing_seconds() {
         assert!(errors.contains(problem), "{value}: {errors}");
     }
 }
+
+#[test]
+fn openapi_is_off_unless_asked_for_and_its_paths_are_literal_routes() {
+    assert_eq!(Config::parse("", "marty.toml").unwrap().openapi, None);
+    let config = Config::parse("[openapi]\n", "marty.toml").unwrap();
+    let openapi = config.openapi.expect("[openapi] alone turns it on");
+    assert_eq!((openapi.path.as_str(), openapi.title, openapi.ui), ("/openapi.json", None, None));
+    let config = Config::parse(
+        "[openapi]\npath = \"/api/openapi.json\"\ntitle = \"Orders\"\ndescription = \"Places orders\"\nui = \"/docs\"\n",
+        "marty.toml",
+    )
+    .unwrap();
+    let openapi = config.openapi.unwrap();
+    assert_eq!(openapi.path, "/api/openapi.json");
+    assert_eq!((openapi.title.as_deref(), openapi.ui.as_deref()), (Some("Orders"), Some("/docs")));
+    assert_eq!(openapi.description.as_deref(), Some("Places orders"));
+
+    let errors = errors_of("[openapi]\npath = \"openapi.json\"\nui = \"/docs/{page}\"\nformat = \"yaml\"\n");
+    assert_eq!(errors.len(), 3, "{errors:#?}");
+    assert!(
+        errors.iter().any(|error| error.starts_with("marty.toml:4: key `openapi.format`: unknown key")),
+        "{errors:#?}"
+    );
+    assert!(errors.contains(&"marty.toml:2: key `openapi.path`: `openapi.json` is not a route path\n  help: write a literal path that starts with `/`, e.g. `path = \"/openapi.json\"`".to_owned()), "{errors:#?}");
+    assert!(
+        errors
+            .iter()
+            .any(|error| error.starts_with("marty.toml:3: key `openapi.ui`: `/docs/{page}` is not a route path")),
+        "{errors:#?}"
+    );
+    let errors = errors_of("[openapi]\nui = \"/openapi.json\"\n");
+    assert_eq!(errors, ["marty.toml:2: key `openapi.ui`: the page and the description share a path\n  help: serve the page elsewhere, e.g. `ui = \"/docs\"`"]);
+}
