@@ -192,6 +192,11 @@ pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
 /// `#[audit]` writes the route's allowed requests to the audit trail too (refusals always are);
 /// see `marty::audit`.
 ///
+/// With `[openapi]` in `marty.toml` (feature `openapi`), every route is described when it compiles
+/// (its arguments, answer, caller and doc comment) and the description is served at
+/// `GET /openapi.json`; a type that cannot be described is a compile error at the type, and a route
+/// marked `#[undescribed]` appears with a free-form body and answers. See `marty::openapi`.
+///
 /// # Examples
 ///
 /// ```no_run
@@ -241,13 +246,25 @@ pub fn cache_call(args: TokenStream, item: TokenStream) -> TokenStream {
 /// does not take `&self`; a reference argument; a generic or trait impl; a missing or invalid
 /// `marty.toml`; a role or scope `[security]` does not declare (the nearest is suggested);
 /// `#[authorize]` without `[security]` or without a way to authenticate, or with `#[public]`;
-/// `#[audit]` with arguments or off a route; `[rate_limit.routes]` naming a route the service does
-/// not have.
+/// `#[audit]` or `#[undescribed]` with arguments or off a route; `[rate_limit.routes]` naming a
+/// route the service does not have; with `[openapi]`, an argument or answer that cannot be described,
+/// an `impl Trait` answer on a described route, or a route at the description's path.
 #[proc_macro_attribute]
 pub fn service(args: TokenStream, item: TokenStream) -> TokenStream {
     if !cfg!(feature = "http") {
-        let inner =
-            &["get", "post", "put", "patch", "delete", "health_check", "event_handler", "public", "authorize", "audit"];
+        let inner = &[
+            "get",
+            "post",
+            "put",
+            "patch",
+            "delete",
+            "health_check",
+            "event_handler",
+            "public",
+            "authorize",
+            "audit",
+            "undescribed",
+        ];
         return feature_missing(item, "#[service]", "`http` feature (on by default)", "marty = \"0.1\"", inner);
     }
     service::expand(args.into(), item.into()).into()
@@ -378,6 +395,7 @@ route_attribute! {
     health_check => "Marks a method of a `#[service]` impl block as a readiness probe, `async fn ..(&self) -> Result<T, E>`: `/readyz` runs it on every probe, 2s at most, and reports 503 while it fails (gRPC health follows the same rule); see `service`.",
     public => "Lets anyone call a route of a `#[service]` impl block, whatever `[security] default` says; see `service`.",
     authorize => "Requires an authenticated caller on a route of a `#[service]` impl block: `#[authorize(roles = [\"admin\", \"clerk\"], scopes = [\"orders:write\"])]` admits a caller with any of the roles and all of the scopes (bare `#[authorize]`: any authenticated caller); the names must be declared under `[security]` in `marty.toml`. Others get 401 (no or bad credentials) or 403; see `service`.",
+    undescribed => "Leaves a route of a `#[service]` impl block out of the OpenAPI description's type checks: it is described with a free-form body and answers (for a handler answering `impl IntoResponse`, streaming, or reading any body); see `marty::openapi`.",
     audit => "Writes every allowed request to a route of a `#[service]` impl block to the audit trail (refused requests always are): one event on the `marty::audit` tracing target with who, what, decision, request id, trace id and time; see `marty::audit`.",
     event_handler => "Marks a method of a `#[service]` impl block as the consumer of one topic, `async fn ..(&self, event: E) -> Result<(), Err>`, optionally taking the inbox transaction third: `#[event_handler(topic = \"orders.placed\")]`, with `group`, `inbox`, `max_attempts`, `concurrency`, `backoff` and `ack_wait` as `service` lists them; see `service`.",
 }

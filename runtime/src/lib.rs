@@ -53,6 +53,9 @@ pub mod fallback;
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod inbox;
 pub mod metrics;
+#[cfg(feature = "openapi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "openapi")))]
+pub mod openapi;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod outbox;
@@ -101,7 +104,7 @@ pub use events::Event;
 #[doc(inline)]
 pub use marty_macros::{
     api_call, audit, authorize, cache_call, database_call, delete, event_handler, get, health_check, patch, post,
-    public, put, saga, saga_step, service, Event,
+    public, put, saga, saga_step, service, undescribed, Event,
 };
 
 #[cfg(feature = "http")]

@@ -339,3 +339,9 @@ pub mod saga_support {
         Err(StepError::permanent(format!("saga `{saga}` has no step {index} with this role")))
     }
 }
+
+/// What `#[service]` expands to with `[openapi]`: each route's description.
+#[cfg(feature = "openapi")]
+pub mod openapi_support {
+    pub use crate::openapi::{DescribeArgument, DescribeResponse, Operation, Operations};
+}

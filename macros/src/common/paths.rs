@@ -51,6 +51,11 @@ runtime_items! {
     GRPC_SERVICES = service_support::GrpcServices;
     ROUTE_ACCESS = service_support::RouteAccess;
     REQUIREMENT = service_support::Requirement;
+    // #[service] with [openapi]
+    OPERATION = openapi_support::Operation;
+    OPERATIONS = openapi_support::Operations;
+    DESCRIBE_ARGUMENT = openapi_support::DescribeArgument;
+    DESCRIBE_RESPONSE = openapi_support::DescribeResponse;
     // #[event_handler]
     BOX = service_support::Box;
     RESULT = service_support::Result;

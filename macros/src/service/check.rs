@@ -21,9 +21,11 @@ pub(super) fn validate(
     let Marked { routed, probes, handlers } = marked;
     check_not_generic(&item, errors);
     let config = config_file::load(args.config.as_ref().map(|arg| arg.value.as_str()));
-    let config_ok = config.require(args.config.as_ref().map_or(Span::call_site(), |arg| arg.span), errors);
+    let config_span = args.config.as_ref().map_or(Span::call_site(), |arg| arg.span);
+    let config_ok = config.require(config_span, errors);
     let routes = check_routes(routed, &config, errors);
-    check_rate_limited_routes(&routes, &config, args.config.as_ref().map_or(Span::call_site(), |arg| arg.span), errors);
+    let described = check_described(&routes, &config, config_span, errors);
+    check_rate_limited_routes(&routes, &config, config_span, errors);
     let name = args.name.map(|arg| arg.value).or_else(|| config.valid().and_then(|valid| valid.service.name.clone()));
     let name = name.unwrap_or_else(|| std::env::var("CARGO_PKG_NAME").unwrap_or_else(|_| "service".to_owned()));
     let (grpc, reflection) = check_grpc(args.grpc, args.reflection, errors);
@@ -43,7 +45,39 @@ pub(super) fn validate(
         reflection,
         probes,
         handlers,
+        described,
     })
+}
+
+/// With `[openapi]`, the routes are described: marty's `openapi` feature is on, the description's
+/// path is not a route, and each route's answer is a type (`impl IntoResponse` is not one; such a
+/// route is marked `#[undescribed]`).
+fn check_described(routes: &[Route], config: &ConfigFile, span: Span, errors: &mut Accumulator) -> bool {
+    let Some(openapi) = config.valid().and_then(|valid| valid.openapi.as_ref()) else { return false };
+    if !cfg!(feature = "openapi") {
+        let help = "in Cargo.toml: `marty = { version = \"0.1\", features = [\"openapi\"] }`";
+        errors.push(error(span, format!("`[openapi]` in {} needs marty's `openapi` feature", config.display), help));
+        return false;
+    }
+    for path in std::iter::once(&openapi.path).chain(&openapi.ui) {
+        if let Some(route) = routes.iter().find(|route| route.method == super::HttpMethod::Get && route.path == *path) {
+            let problem = format!(
+                "`GET {path}` is a route here and where `[openapi]` in {} serves the description",
+                config.display
+            );
+            let help = format!("serve the description elsewhere, e.g. `path = \"/api-docs{path}\"` under `[openapi]`");
+            errors.push(error(route.handler.span(), problem, help));
+        }
+    }
+    for route in routes.iter().filter(|route| !route.undescribed) {
+        if let Some(syn::Type::ImplTrait(answer)) = &route.output {
+            let problem = "an `impl Trait` answer cannot be described in the OpenAPI description";
+            let help =
+                "return a type (`Json<Order>`, `Result<Json<Order>, StoreError>`), or mark the route `#[undescribed]`";
+            errors.push(error(answer.span(), problem, help));
+        }
+    }
+    true
 }
 
 /// Each route's path and handler, and no route twice (axum would panic at startup).
@@ -96,6 +130,8 @@ fn check_routes(routed: Vec<RoutedMethod>, config: &ConfigFile, errors: &mut Acc
                     cfgs: method.cfgs.clone(),
                     requirement: requirement.clone(),
                     audit,
+                    undescribed: method.undescribed.is_some(),
+                    docs: method.docs.clone(),
                 });
             }
         }

@@ -24,6 +24,7 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
     let probes = emit_probes(model, &paths);
     let handlers = super::event_handler::emit(&model.handlers, name, &paths);
     let access = emit_access(model, &paths);
+    let description = emit_description(model, &paths);
     // axum merges the method routers of one path, so each route is added on its own.
     let routes = model.routes.iter().map(|route| {
         let path = &route.path;
@@ -43,6 +44,7 @@ pub(super) fn emit(model: &ServiceModel) -> TokenStream {
                 const NAME: &'static str = #name;
                 const CONFIG: (&'static str, &'static str) = (#config_path, #embedded);
                 #access
+                #description
 
                 fn routes(self: #arc<Self>) -> #router {
                     let #local_router = #router::new();
@@ -125,6 +127,52 @@ fn emit_access(model: &ServiceModel, paths: &Paths) -> TokenStream {
     quote! {
         const ACCESS: &'static [#route_access] = &[#(#entries),*];
         #route_names
+    }
+}
+
+/// With `[openapi]`: `fn describe(..)`, each route's operation from its arguments' and answer's
+/// types, each bound checked at the type's span (what to derive is reported there).
+fn emit_description(model: &ServiceModel, paths: &Paths) -> TokenStream {
+    if !model.described {
+        return TokenStream::new();
+    }
+    let (operation_type, operations_type) = (paths.get(rt::OPERATION), paths.get(rt::OPERATIONS));
+    let (describe_argument, describe_response) = (paths.get(rt::DESCRIBE_ARGUMENT), paths.get(rt::DESCRIBE_RESPONSE));
+    let operations = format_ident!("__marty_operations", span = Span::mixed_site());
+    let operation = format_ident!("__marty_operation", span = Span::mixed_site());
+    let each = model.routes.iter().map(|route| {
+        let (method, path, docs, cfgs) = (route.method.as_str().to_uppercase(), &route.path, &route.docs, &route.cfgs);
+        let id = route.handler.to_string();
+        let described = match route.undescribed {
+            true => quote!(#operation.free_form();),
+            false => {
+                let arguments = route
+                    .extractors
+                    .iter()
+                    .map(|ty| quote_spanned!(ty.span()=> <#ty as #describe_argument>::describe(&mut #operation);));
+                let answer = match &route.output {
+                    Some(ty) => quote_spanned!(ty.span()=> <#ty as #describe_response>::describe(&mut #operation);),
+                    None => quote!(<() as #describe_response>::describe(&mut #operation);),
+                };
+                quote!(#(#arguments)* #answer)
+            }
+        };
+        quote! {
+            #(#cfgs)*
+            {
+                let mut #operation = #operation_type::new(#method, #path, #id, #docs);
+                #described
+                #operations.push(#operation);
+            }
+        }
+    });
+    quote! {
+        const DESCRIBED: bool = true;
+        const VERSION: &'static str = ::core::env!("CARGO_PKG_VERSION");
+
+        fn describe(#operations: &mut #operations_type) {
+            #(#each)*
+        }
     }
 }
 

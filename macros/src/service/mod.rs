@@ -32,6 +32,8 @@ pub(crate) struct ServiceModel {
     pub(crate) probes: Vec<(syn::Ident, Vec<syn::Attribute>)>,
     /// `#[event_handler]` methods.
     pub(crate) handlers: Vec<event_handler::Handler>,
+    /// `[openapi]` is configured: the routes are described.
+    pub(crate) described: bool,
 }
 
 /// One method served over HTTP.
@@ -49,6 +51,10 @@ pub(crate) struct Route {
     pub(crate) requirement: Requirement,
     /// `#[audit]`: allowed requests go to the audit trail too.
     pub(crate) audit: bool,
+    /// `#[undescribed]`: described with a free-form body and answers.
+    pub(crate) undescribed: bool,
+    /// The method's doc comment.
+    pub(crate) docs: String,
 }
 
 /// What a route requires of its caller, checked against `[security]`.

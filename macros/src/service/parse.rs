@@ -66,6 +66,10 @@ pub(crate) struct RoutedMethod {
     pub(crate) access: Vec<AccessAttr>,
     /// `#[audit]`, where it is.
     pub(crate) audit: Option<Span>,
+    /// `#[undescribed]`, where it is: the OpenAPI description does not read its types.
+    pub(crate) undescribed: Option<Span>,
+    /// Its doc comment, the operation's summary and description.
+    pub(crate) docs: String,
 }
 
 /// What a route's attributes say it requires of its caller.
@@ -98,23 +102,58 @@ const AUTHORIZE_ARGS: &[(&str, Shape)] = &[
     ("scopes", Shape::Value("scopes = [\"orders:write\"]")),
 ];
 
-fn is_audit(attr: &syn::Attribute) -> bool {
-    attr.path().segments.last().is_some_and(|segment| segment.ident == "audit")
+/// The bare markers a route may carry: `#[audit]` and `#[undescribed]`.
+const AUDIT: &str = "audit";
+const UNDESCRIBED: &str = "undescribed";
+
+fn is_marker(attr: &syn::Attribute, name: &str) -> bool {
+    attr.path().segments.last().is_some_and(|segment| segment.ident == name)
 }
 
-/// `#[audit]`, bare.
-fn parse_audit(attr: &syn::Attribute, errors: &mut darling::error::Accumulator) -> Option<Span> {
+/// `#[audit]` or `#[undescribed]`, bare: where it is.
+fn parse_marker(attr: &syn::Attribute, name: &str, errors: &mut darling::error::Accumulator) -> Option<Span> {
+    let (problem, help) = (format!("`#[{name}]` takes no arguments"), format!("write it bare: `#[{name}]`"));
     match &attr.meta {
         syn::Meta::Path(path) => Some(path.segments.last().map_or_else(|| path.span(), |segment| segment.ident.span())),
         syn::Meta::List(list) => {
-            errors.push(error(list.tokens.span(), "`#[audit]` takes no arguments", "write it bare: `#[audit]`"));
+            errors.push(error(list.tokens.span(), problem, help));
             None
         }
         syn::Meta::NameValue(value) => {
-            errors.push(error(value.eq_token.span(), "`#[audit]` takes no arguments", "write it bare: `#[audit]`"));
+            errors.push(error(value.eq_token.span(), problem, help));
             None
         }
     }
+}
+
+/// Removes the `#[name]` markers from `attrs` and answers where the first was.
+fn take_marker(attrs: &mut Vec<syn::Attribute>, name: &str, errors: &mut darling::error::Accumulator) -> Option<Span> {
+    let mut found = None;
+    attrs.retain(|attr| {
+        if !is_marker(attr, name) {
+            return true;
+        }
+        found = found.or(parse_marker(attr, name, errors));
+        false
+    });
+    found
+}
+
+/// The method's doc comment, its lines joined.
+fn doc_comment(attrs: &[syn::Attribute]) -> String {
+    let lines: Vec<String> = attrs
+        .iter()
+        .filter(|attr| attr.path().is_ident("doc"))
+        .filter_map(|attr| match &attr.meta {
+            syn::Meta::NameValue(syn::MetaNameValue {
+                value: syn::Expr::Lit(syn::ExprLit { lit: syn::Lit::Str(text), .. }),
+                ..
+            }) => Some(text.value()),
+            _ => None,
+        })
+        .collect();
+    let lines: Vec<&str> = lines.iter().map(|line| line.strip_prefix(' ').unwrap_or(line).trim_end()).collect();
+    lines.join("\n").trim().to_owned()
 }
 
 fn access_kind(attr: &syn::Attribute) -> Option<&'static str> {
@@ -186,14 +225,8 @@ pub(crate) fn take_routes(
             access.extend(parse_access(attr, errors));
             false
         });
-        let mut audit = None;
-        method.attrs.retain(|attr| {
-            if !is_audit(attr) {
-                return true;
-            }
-            audit = audit.or(parse_audit(attr, errors));
-            false
-        });
+        let audit = take_marker(&mut method.attrs, AUDIT, errors);
+        let undescribed = take_marker(&mut method.attrs, UNDESCRIBED, errors);
         let mut routes = Vec::new();
         method.attrs.retain(|attr| {
             let Some(http_method) = route_method(attr) else { return true };
@@ -211,9 +244,13 @@ pub(crate) fn take_routes(
             if let Some(span) = audit {
                 errors.push(error(span, "only a route handler's requests can be audited", help));
             }
+            if let Some(span) = undescribed {
+                errors.push(error(span, "only a route handler is described", help));
+            }
         } else {
             let cfgs = cfg_attributes(&method.attrs);
-            routed.push(RoutedMethod { routes, sig: method.sig.clone(), cfgs, access, audit });
+            let docs = doc_comment(&method.attrs);
+            routed.push(RoutedMethod { routes, sig: method.sig.clone(), cfgs, access, audit, undescribed, docs });
         }
     }
     (item, Marked { routed, probes, handlers })
@@ -243,7 +280,8 @@ pub(crate) fn strip_route_attributes(item: TokenStream) -> TokenStream {
                             && !is_probe(attr)
                             && !is_event_handler(attr)
                             && access_kind(attr).is_none()
-                            && !is_audit(attr)
+                            && !is_marker(attr, AUDIT)
+                            && !is_marker(attr, UNDESCRIBED)
                     });
                 }
             }

@@ -215,6 +215,23 @@ pub trait Routes: Send + Sync + 'static {
     fn grpc(self: Arc<Self>) -> Option<GrpcServices> {
         None
     }
+
+    /// Whether the routes were described (`[openapi]` in the configuration they compiled with).
+    #[cfg(feature = "openapi")]
+    #[doc(hidden)]
+    const DESCRIBED: bool = false;
+
+    /// The crate's version, the description's.
+    #[cfg(feature = "openapi")]
+    #[doc(hidden)]
+    const VERSION: &'static str = "0.0.0";
+
+    /// The routes' OpenAPI operations (see [`crate::openapi`]).
+    #[cfg(feature = "openapi")]
+    #[doc(hidden)]
+    fn describe(operations: &mut crate::openapi::Operations) {
+        let _ = operations;
+    }
 }
 
 /// Why a service could not start or stopped with an error.
@@ -315,9 +332,13 @@ fn server_for<S: Routes>(
     runtime: &Runtime,
     registry: Arc<DependencyRegistry>,
 ) -> Result<Server, ServeError> {
+    #[cfg(feature = "openapi")]
+    let description = describe::<S>(&registry)?;
     let server = Server::with_registry(service.clone().routes(), runtime.clone(), registry)?
         .with_route_access(S::ACCESS)
         .with_health_checks(service.clone().health_checks());
+    #[cfg(feature = "openapi")]
+    let server = Server { description, ..server };
     #[cfg(feature = "events")]
     let server = server.with_event_handlers(service.clone().event_handlers());
     #[cfg(feature = "grpc")]
@@ -356,12 +377,70 @@ pub async fn serve<S: Routes>(service: S) -> Result<(), ServeError> {
 /// Refuses a configuration that needs a feature this build of marty lacks: a service must not
 /// serve unprotected, unlimited or plain-text routes because `[security]`, `[rate_limit]` or
 /// `[http.tls]` was silently ignored.
+/// `[openapi]`: the routes `S` described when it compiled, served at `path` (and the page at `ui`).
+#[cfg(feature = "openapi")]
+fn describe<S: Routes>(registry: &DependencyRegistry) -> Result<Router, ServeError> {
+    let config = registry.config();
+    let Some(openapi) = &config.openapi else { return Ok(Router::new()) };
+    if !S::DESCRIBED {
+        let (compiled_with, _) = S::CONFIG;
+        marty_config::ConfigErrors::from_found(vec![marty_config::ConfigError {
+            file: config.file.clone(),
+            origin: marty_config::Origin::Missing,
+            key: "openapi".to_owned(),
+            problem: "`[openapi]` is configured, and the routes were not described when they compiled".to_owned(),
+            help: Some(format!("add `[openapi]` to {compiled_with}, the configuration the macros read")),
+        }])?;
+    }
+    let mut operations = crate::openapi::Operations::default();
+    S::describe(&mut operations);
+    let json = crate::openapi::document(&config, openapi, S::NAME, S::VERSION, &operations, S::ACCESS)?;
+    let json = bytes::Bytes::from(json);
+    let description = Router::new().route(
+        &openapi.path,
+        get(move || {
+            let json = json.clone();
+            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], json) }
+        }),
+    );
+    #[cfg(feature = "openapi-ui")]
+    if let Some(ui) = &openapi.ui {
+        let title = openapi.title.clone().unwrap_or_else(|| S::NAME.to_owned());
+        let page = crate::openapi::ui_page(&title, &openapi.path);
+        let policy = "default-src 'self'; script-src 'self' https://cdn.jsdelivr.net; \
+                      style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.scalar.com; \
+                      font-src 'self' data: https://cdn.jsdelivr.net https://fonts.scalar.com; img-src 'self' data: https:; \
+                      connect-src 'self'; frame-ancestors 'none'";
+        return Ok(description.route(
+            ui,
+            get(move || {
+                let page = page.clone();
+                async move {
+                    let headers = [
+                        (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
+                        (axum::http::header::CONTENT_SECURITY_POLICY, policy),
+                    ];
+                    (headers, page)
+                }
+            }),
+        ));
+    }
+    Ok(description)
+}
+
 fn check_features(registry: &DependencyRegistry) -> Result<(), ServeError> {
     let config = registry.config();
     let unprotected = [
         ("security", "security", config.security.is_some(), cfg!(feature = "security")),
         ("rate_limit", "security", config.rate_limit.is_some(), cfg!(feature = "security")),
         ("http.tls", "tls", config.http.tls.is_some(), cfg!(feature = "tls")),
+        ("openapi", "openapi", config.openapi.is_some(), cfg!(feature = "openapi")),
+        (
+            "openapi.ui",
+            "openapi-ui",
+            config.openapi.as_ref().is_some_and(|openapi| openapi.ui.is_some()),
+            cfg!(feature = "openapi-ui"),
+        ),
     ];
     let errors: Vec<_> = unprotected
         .iter()
@@ -429,6 +508,8 @@ pub struct Server {
     tls: Option<Arc<listener::Tls>>,
     /// The routes' `#[public]` and `#[authorize]`.
     access: &'static [RouteAccess],
+    /// `[openapi]`: the description of the routes and its page, open like the probes.
+    description: Router,
     readiness: Arc<Readiness>,
     checks: Vec<HealthCheck>,
     #[cfg(feature = "grpc")]
@@ -485,6 +566,7 @@ impl Server {
             rate_limits,
             tls,
             access: &[],
+            description: Router::new(),
             readiness: Arc::new(Readiness::default()),
             checks: Vec::new(),
             #[cfg(feature = "grpc")]
@@ -562,7 +644,12 @@ impl Server {
 
     /// User routes and built-in endpoints, before the layer every request passes.
     fn http_routes(&self) -> Router {
-        self.guarded_routes().merge(self.operations_routes()).fallback(errors::not_found)
+        self.api_routes().merge(self.operations_routes()).fallback(errors::not_found)
+    }
+
+    /// The service's own routes and their description.
+    fn api_routes(&self) -> Router {
+        self.guarded_routes().merge(self.description.clone())
     }
 
     /// The service's own routes, behind `[security]` when it is configured (the built-in endpoints
@@ -627,7 +714,7 @@ impl Server {
     fn connection_services(mut self, management: bool) -> ConnectionServices {
         let observe = self.http_layer();
         let api_routes = match management {
-            true => self.guarded_routes().fallback(errors::not_found),
+            true => self.api_routes().fallback(errors::not_found),
             false => self.http_routes(),
         };
         let http = self.cors(api_routes).layer(observe.clone());
