@@ -26,11 +26,18 @@ pub struct Inventory {
 }
 
 /// Stock held for an order: `id` is the reserving step's idempotency key (`<order>/reserve_stock`).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Reservation {
     pub id: String,
     pub item: String,
     pub quantity: i64,
+}
+
+/// What is left of an item.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct StockLevel {
+    pub item: String,
+    pub available: i64,
 }
 
 #[service(config = "store.toml", grpc(InventoryServer), reflection = proto::FILE_DESCRIPTOR_SET)]
@@ -45,7 +52,7 @@ impl Inventory {
     /// What is left of every item.
     #[get("/stock")]
     #[authorize(roles = ["operator"])]
-    async fn all_stock(&self) -> Result<Json<Vec<(String, i64)>>, StoreError> {
+    async fn all_stock(&self) -> Result<Json<Vec<StockLevel>>, StoreError> {
         Ok(Json(self.stock_levels().await?))
     }
 
@@ -81,8 +88,10 @@ impl Inventory {
     }
 
     #[database_call(dependency = "inventory_db", config = "store.toml")]
-    async fn stock_levels(&self) -> Result<Vec<(String, i64)>, StoreError> {
-        Ok(sqlx::query_as("select item, available from inventory_stock order by item").fetch_all(&self.pool).await?)
+    async fn stock_levels(&self) -> Result<Vec<StockLevel>, StoreError> {
+        let rows: Vec<(String, i64)> =
+            sqlx::query_as("select item, available from inventory_stock order by item").fetch_all(&self.pool).await?;
+        Ok(rows.into_iter().map(|(item, available)| StockLevel { item, available }).collect())
     }
 
     #[database_call(dependency = "inventory_db", config = "store.toml")]

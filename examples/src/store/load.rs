@@ -23,7 +23,7 @@ use marty::axum::http::{Method, Request, StatusCode};
 use marty::security::TokenSource;
 use serde::Serialize;
 
-use super::inventory::{Reservation, OUT_OF_STOCK, STOCK};
+use super::inventory::{Reservation, StockLevel, OUT_OF_STOCK, STOCK};
 use super::orders::OrderView;
 use super::payments::{Payment, DECLINED};
 
@@ -310,7 +310,7 @@ async fn wait_for_receipts(client: &HttpClient, payments: &str, completed: usize
 async fn books(client: &HttpClient, inventory: &str, payments: &str, orders: &[&OrderView]) -> Result<Books, String> {
     let ledger: Vec<Payment> = request(client, Method::GET, &format!("{payments}/payments"), None).await?;
     let held: Vec<Reservation> = request(client, Method::GET, &format!("{inventory}/reservations"), None).await?;
-    let stock: Vec<(String, i64)> = request(client, Method::GET, &format!("{inventory}/stock"), None).await?;
+    let stock: Vec<StockLevel> = request(client, Method::GET, &format!("{inventory}/stock"), None).await?;
     let with_status = |status: &str| -> HashSet<&str> {
         ledger.iter().filter(|payment| payment.status == status).map(|payment| payment.order_id.as_str()).collect()
     };
@@ -328,7 +328,7 @@ async fn books(client: &HttpClient, inventory: &str, payments: &str, orders: &[&
         completed_without_charge: 0,
         completed_without_stock: 0,
         units_unaccounted: STOCK.iter().map(|(_, units)| units).sum::<i64>()
-            - stock.iter().map(|(_, available)| available).sum::<i64>()
+            - stock.iter().map(|level| level.available).sum::<i64>()
             - held.iter().map(|reservation| reservation.quantity).sum::<i64>(),
         units_sold: 0,
         refunds: 0,

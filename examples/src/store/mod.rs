@@ -151,6 +151,12 @@ impl From<StoreError> for tonic::Status {
     }
 }
 
+/// The statuses `into_response` answers with, for the OpenAPI description (the resilience errors
+/// are 503 and 504, which every route lists).
+impl marty::openapi::DescribeProblems for StoreError {
+    const STATUSES: &'static [u16] = &[404, 409, 422, 503];
+}
+
 impl IntoResponse for StoreError {
     fn into_response(self) -> Response {
         match self {

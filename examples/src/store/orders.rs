@@ -137,15 +137,32 @@ impl Clients {
 }
 
 /// What a client sends to place an order.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 pub struct NewOrder {
+    #[schema(min_length = 1)]
     pub item: String,
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole_number")]
     pub quantity: i64,
+    #[schema(minimum = 1)]
+    #[serde(deserialize_with = "whole_number")]
     pub amount_cents: i64,
 }
 
+/// An integer as JSON Schema reads `integer` (what the description promises): `2` or `2.0`, where
+/// serde alone refuses `2.0`.
+fn whole_number<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<i64, D::Error> {
+    let number = serde_json::Number::deserialize(deserializer)?;
+    number
+        .as_i64()
+        .or_else(|| {
+            number.as_f64().filter(|float| float.fract() == 0.0 && float.abs() < 9.0e15).map(|float| float as i64)
+        })
+        .ok_or_else(|| serde::de::Error::custom(format!("expected an integer, found {number}")))
+}
+
 /// An order as the API shows it.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct OrderView {
     pub id: String,
     /// `running`, `compensating`, `completed`, `compensated` or `parked`.
@@ -176,7 +193,7 @@ impl From<marty::saga::SagaStatus<PlaceOrder>> for OrderView {
 }
 
 /// A line of an order's history.
-#[derive(Debug, Serialize)]
+#[derive(Debug, Serialize, utoipa::ToSchema)]
 pub struct HistoryLine {
     pub at_ms: u64,
     pub step: Option<String>,
@@ -267,14 +284,15 @@ impl Orders {
         Ok(Json(self.sagas.parked().await?.into_iter().map(OrderView::from).collect()))
     }
 
-    /// Tries a parked order's compensations again.
+    /// Tries a parked order's compensations again: `202`, or `409` when the order is not parked.
     #[post("/orders/{id}/resume")]
     #[authorize(roles = ["operator"])]
     async fn resume(&self, Path(id): Path<String>) -> Result<StatusCode, StoreError> {
-        match self.sagas.resume(&id).await? {
-            true => Ok(StatusCode::ACCEPTED),
-            false => Err(StoreError::NotFound(format!("no parked order `{id}`"))),
+        if self.sagas.resume(&id).await? {
+            return Ok(StatusCode::ACCEPTED);
         }
+        let order = self.view(&id).await?;
+        Err(StoreError::Rejected(format!("order `{id}` is {}, not parked", order.status)))
     }
 }
 

@@ -29,7 +29,7 @@ pub struct Payments {
 
 /// A charge: `id` is the charging step's idempotency key (`<order>/charge_payment`); `status` is
 /// `charged` or `refunded`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Payment {
     pub id: String,
     pub order_id: String,
