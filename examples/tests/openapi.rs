@@ -113,10 +113,14 @@ fn schemathesis_finds_nothing_wrong_with_the_orders_service() {
     let _payments = stack.start("payments");
     let _orders = stack.start("orders");
     let authorization = format!("Authorization: {}", stack.authorization("load"));
+    // Its working files (reports, an examples database) go to a directory of the test's, not the repository.
+    let work = std::env::temp_dir().join(format!("marty-schemathesis-{}", std::process::id()));
+    std::fs::create_dir_all(&work).unwrap();
     let output = Command::new(schemathesis)
+        .current_dir(&work)
         .args(["run", &format!("http://{}/openapi.json", stack.orders)])
         .args(["--checks", "all", "--max-examples", "100", "--seed", "1", "--no-color", "--workers", "2"])
-        .args(["--header", &authorization])
+        .args(["--header", &authorization, "--generation-database", "none"])
         .output()
         .expect("run schemathesis");
     let report = String::from_utf8_lossy(&output.stdout);
@@ -125,4 +129,23 @@ fn schemathesis_finds_nothing_wrong_with_the_orders_service() {
         "schemathesis found problems:\n{report}\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
+}
+
+/// `MARTY_OPENAPI_OUT` (what `cargo marty openapi` sets): the service writes its description and
+/// exits once its configuration is loaded, before it opens a database or a port.
+#[test]
+fn a_service_asked_for_its_description_writes_it_without_its_database() {
+    let out = std::env::temp_dir().join(format!("marty-orders-openapi-{}.json", std::process::id()));
+    let _ = std::fs::remove_file(&out);
+    let output = Command::new(support::store::BINARY)
+        .arg("orders")
+        .env_remove("MARTY_CONFIG")
+        .env("MARTY__DEPENDENCIES__ORDERS_DB__URL", "postgres://nobody@127.0.0.1:9/nothing")
+        .env("STORE_CLIENT_SECRET", "unused")
+        .env(marty::openapi::OUT_VARIABLE, &out)
+        .output()
+        .expect("run the orders service");
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let description: serde_json::Value = serde_json::from_slice(&std::fs::read(&out).unwrap()).unwrap();
+    assert!(description["paths"]["/orders"]["post"].is_object(), "{description}");
 }
