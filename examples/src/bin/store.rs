@@ -109,7 +109,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let progress = progress_bar();
     let issuer_listener = match cli.command {
-        None => match embedded_defaults(&progress) {
+        None => match embedded_defaults() {
             Ok(listener) => Some(listener),
             Err(error) => {
                 eprintln!("store: {error}");
@@ -265,8 +265,8 @@ async fn dev_issuer(addr: &str) -> Result<(), String> {
 
 /// One process, nothing to install: the three databases are SQLite files in a fresh directory (unless
 /// the environment says otherwise), the development issuer on a port of its own with a fresh secret,
-/// and the services' logs quiet (warnings only) and above the progress bar. Answers the issuer's listener.
-fn embedded_defaults(progress: &ProgressBar) -> Result<std::net::TcpListener, String> {
+/// and the services' logs quiet (warnings only). Answers the issuer's listener.
+fn embedded_defaults() -> Result<std::net::TcpListener, String> {
     let dir = std::env::temp_dir().join(format!("marty-store-{}", std::process::id()));
     std::fs::create_dir_all(&dir).expect("a directory for the demo's databases");
     for service in ["orders", "inventory", "payments"] {
@@ -287,18 +287,18 @@ fn embedded_defaults(progress: &ProgressBar) -> Result<std::net::TcpListener, St
     if std::env::var_os("RUST_LOG").is_none() {
         std::env::set_var("RUST_LOG", "warn");
     }
-    // Installed before the services start, so they log through it rather than install their own.
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
-        .with_writer(AboveTheBar(progress.clone()))
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
     Ok(issuer)
 }
 
 /// The development issuer and the three services on ports of their own, the load against the
 /// orders service, the report.
 async fn demo(load: LoadArgs, progress: ProgressBar, issuer: Option<std::net::TcpListener>) -> Result<(), String> {
+    // Marty's telemetry (traces and metrics over OTLP too, when asked for) with the log lines above
+    // the bar, installed on the runtime (its exporters need one) before the services start, so
+    // that they keep it.
+    let mut telemetry = marty::config::TelemetryConfig::default();
+    telemetry.log_format = marty::config::LogFormat::Pretty;
+    marty::telemetry::init_writing_to("store", &telemetry, AboveTheBar(progress.clone()));
     let issuer = issuer.ok_or("no listener for the development issuer")?;
     issuer.set_nonblocking(true).map_err(|error| error.to_string())?;
     let issuer = TcpListener::from_std(issuer).map_err(|error| error.to_string())?;

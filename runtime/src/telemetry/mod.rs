@@ -51,9 +51,19 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::EnvFilter;
 
-/// Installs the global subscriber for `service`. Returns `false` (and changes nothing) when the
-/// application installed its own first.
+/// Installs the global subscriber for `service`, logging to standard output. Returns `false` (and
+/// changes nothing) when the application installed its own first.
 pub fn init(service: &str, config: &TelemetryConfig) -> bool {
+    init_writing_to(service, config, std::io::stdout)
+}
+
+/// As [`init`], with the log lines written by `writer` rather than to standard output: a program
+/// that draws on the terminal (a progress bar) writes them where they do not break it, and keeps
+/// the trace and metrics export [`init`] sets up.
+pub fn init_writing_to<W>(service: &str, config: &TelemetryConfig, writer: W) -> bool
+where
+    W: for<'writer> tracing_subscriber::fmt::MakeWriter<'writer> + Send + Sync + 'static,
+{
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let endpoint = std::env::var("OTEL_EXPORTER_OTLP_ENDPOINT")
         .ok()
@@ -64,10 +74,16 @@ pub fn init(service: &str, config: &TelemetryConfig) -> bool {
     let registry = tracing_subscriber::registry().with(filter).with(traces);
     let installed = match config.log_format {
         LogFormat::Json => registry
-            .with(tracing_subscriber::fmt::layer().json().with_current_span(true).with_span_list(true))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .json()
+                    .with_current_span(true)
+                    .with_span_list(true)
+                    .with_writer(writer),
+            )
             .try_init()
             .is_ok(),
-        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer()).try_init().is_ok(),
+        LogFormat::Pretty => registry.with(tracing_subscriber::fmt::layer().with_writer(writer)).try_init().is_ok(),
     };
     if installed {
         log_panics();
