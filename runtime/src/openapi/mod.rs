@@ -34,10 +34,18 @@
 //! describes nothing), an error type lists its statuses with [`DescribeProblems`]. A route that
 //! should not be described (it answers with `impl IntoResponse`, streams, or takes any body) is
 //! marked `#[undescribed]` and appears with a free-form body and answers.
+//!
+//! For client generators in CI, `cargo marty openapi` (or [`OUT_VARIABLE`] set by hand) has the
+//! service write its description to a file and exit instead of serving.
 
 mod document;
 #[cfg(feature = "openapi-ui")]
 mod ui;
+
+/// The environment variable that asks a service for its description instead of serving: the file
+/// to write (`-`: standard output). The service writes it once its configuration is loaded, before
+/// it builds its state (no database is needed), and exits; `cargo marty openapi` sets it.
+pub const OUT_VARIABLE: &str = "MARTY_OPENAPI_OUT";
 
 pub(crate) use document::document;
 #[cfg(feature = "openapi-ui")]

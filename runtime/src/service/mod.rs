@@ -143,6 +143,8 @@
 //! the log says so. `DependencyRegistry::reload(config)` does the same from code.
 
 mod access;
+#[cfg(feature = "openapi")]
+mod description;
 mod dispatch;
 mod errors;
 #[cfg(feature = "events")]
@@ -321,6 +323,8 @@ fn load_and_start_logging<S: Routes>(runtime: &Runtime) -> Result<Arc<Dependency
     let registry = runtime.registry_or_load(path, text).map_err(ServeError::Config)?;
     check_features(registry)?;
     access::check(&registry.config(), S::ACCESS, S::ROUTE_NAMES)?;
+    #[cfg(feature = "openapi")]
+    description::write_if_asked::<S>(&registry.config())?;
     if crate::telemetry::init(S::NAME, &registry.config().telemetry) {
         registry.log_provenance();
     }
@@ -333,7 +337,7 @@ fn server_for<S: Routes>(
     registry: Arc<DependencyRegistry>,
 ) -> Result<Server, ServeError> {
     #[cfg(feature = "openapi")]
-    let description = describe::<S>(&registry)?;
+    let description = description::routes::<S>(&registry.config())?;
     let server = Server::with_registry(service.clone().routes(), runtime.clone(), registry)?
         .with_route_access(S::ACCESS)
         .with_health_checks(service.clone().health_checks());
@@ -377,57 +381,6 @@ pub async fn serve<S: Routes>(service: S) -> Result<(), ServeError> {
 /// Refuses a configuration that needs a feature this build of marty lacks: a service must not
 /// serve unprotected, unlimited or plain-text routes because `[security]`, `[rate_limit]` or
 /// `[http.tls]` was silently ignored.
-/// `[openapi]`: the routes `S` described when it compiled, served at `path` (and the page at `ui`).
-#[cfg(feature = "openapi")]
-fn describe<S: Routes>(registry: &DependencyRegistry) -> Result<Router, ServeError> {
-    let config = registry.config();
-    let Some(openapi) = &config.openapi else { return Ok(Router::new()) };
-    if !S::DESCRIBED {
-        let (compiled_with, _) = S::CONFIG;
-        marty_config::ConfigErrors::from_found(vec![marty_config::ConfigError {
-            file: config.file.clone(),
-            origin: marty_config::Origin::Missing,
-            key: "openapi".to_owned(),
-            problem: "`[openapi]` is configured, and the routes were not described when they compiled".to_owned(),
-            help: Some(format!("add `[openapi]` to {compiled_with}, the configuration the macros read")),
-        }])?;
-    }
-    let mut operations = crate::openapi::Operations::default();
-    S::describe(&mut operations);
-    let json = crate::openapi::document(&config, openapi, S::NAME, S::VERSION, &operations, S::ACCESS)?;
-    let json = bytes::Bytes::from(json);
-    let description = Router::new().route(
-        &openapi.path,
-        get(move || {
-            let json = json.clone();
-            async move { ([(axum::http::header::CONTENT_TYPE, "application/json")], json) }
-        }),
-    );
-    #[cfg(feature = "openapi-ui")]
-    if let Some(ui) = &openapi.ui {
-        let title = openapi.title.clone().unwrap_or_else(|| S::NAME.to_owned());
-        let page = crate::openapi::ui_page(&title, &openapi.path);
-        let policy = "default-src 'self'; script-src 'self' https://cdn.jsdelivr.net; \
-                      style-src 'self' 'unsafe-inline' https://cdn.jsdelivr.net https://fonts.scalar.com; \
-                      font-src 'self' data: https://cdn.jsdelivr.net https://fonts.scalar.com; img-src 'self' data: https:; \
-                      connect-src 'self'; frame-ancestors 'none'";
-        return Ok(description.route(
-            ui,
-            get(move || {
-                let page = page.clone();
-                async move {
-                    let headers = [
-                        (axum::http::header::CONTENT_TYPE, "text/html; charset=utf-8"),
-                        (axum::http::header::CONTENT_SECURITY_POLICY, policy),
-                    ];
-                    (headers, page)
-                }
-            }),
-        ));
-    }
-    Ok(description)
-}
-
 fn check_features(registry: &DependencyRegistry) -> Result<(), ServeError> {
     let config = registry.config();
     let unprotected = [
