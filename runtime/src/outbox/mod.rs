@@ -185,9 +185,9 @@ where
     tx.insert_outbox_row(&message).instrument(span).await
 }
 
-/// An outbox row the relay gave up on.
+/// An outbox row waiting to be published, or one the relay gave up on.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParkedEvent {
+pub struct OutboxEntry {
     /// The row's id, for [`replay`].
     pub id: i64,
     /// The event's id.
@@ -202,27 +202,44 @@ pub struct ParkedEvent {
     pub last_error: Option<String>,
 }
 
-impl fmt::Display for ParkedEvent {
+/// A row the relay gave up on, as [`parked`] lists them.
+pub type ParkedEvent = OutboxEntry;
+
+impl fmt::Display for OutboxEntry {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "outbox row {} (event {} on `{}`)", self.id, self.event_id, self.topic)?;
-        write!(f, " parked after {} attempts: {}", self.attempts, self.last_error.as_deref().unwrap_or("no reason"))
+        match &self.last_error {
+            Some(error) => write!(f, " after {} attempts: {error}", self.attempts),
+            None => Ok(()),
+        }
     }
 }
 
 /// Every parked row, oldest first.
 pub async fn parked(store: &Store) -> Result<Vec<ParkedEvent>, sqlx::Error> {
-    const PARKED: &str =
-        "select id, event_id, topic, key, attempts, last_error from marty_outbox where state = 2 order by id";
-    type ParkedRow = (i64, String, String, Option<String>, i32, Option<String>);
-    let rows: Vec<ParkedRow> = match store {
+    entries(store, 2, i64::MAX).await
+}
+
+/// The oldest `limit` rows waiting to be published (a broker that is down, a relay that is not
+/// running, or one catching up), oldest first.
+pub async fn pending(store: &Store, limit: u32) -> Result<Vec<OutboxEntry>, sqlx::Error> {
+    entries(store, 0, i64::from(limit)).await
+}
+
+/// Up to `limit` rows in `state` (0 pending, 2 parked), oldest first.
+async fn entries(store: &Store, state: i16, limit: i64) -> Result<Vec<OutboxEntry>, sqlx::Error> {
+    const ENTRIES: &str = "select id, event_id, topic, key, attempts, last_error from marty_outbox
+        where state = $1 order by id limit $2";
+    type Row = (i64, String, String, Option<String>, i32, Option<String>);
+    let rows: Vec<Row> = match store {
         #[cfg(feature = "postgres")]
-        Store::Postgres(pool) => sqlx::query_as(PARKED).fetch_all(pool).await?,
+        Store::Postgres(pool) => sqlx::query_as(ENTRIES).bind(state).bind(limit).fetch_all(pool).await?,
         #[cfg(feature = "sqlite")]
-        Store::Sqlite(pool) => sqlx::query_as(PARKED).fetch_all(pool).await?,
+        Store::Sqlite(pool) => sqlx::query_as(ENTRIES).bind(state).bind(limit).fetch_all(pool).await?,
     };
     Ok(rows
         .into_iter()
-        .map(|(id, event_id, topic, key, attempts, last_error)| ParkedEvent {
+        .map(|(id, event_id, topic, key, attempts, last_error)| OutboxEntry {
             id,
             event_id,
             topic,

@@ -98,6 +98,7 @@
 //! Steps are numbered by their order in the database: adding, removing or reordering steps changes
 //! the meaning of sagas in flight, so finish them (or give the new version a new `name`) first.
 
+pub mod operator;
 mod orchestrator;
 mod record;
 

@@ -230,6 +230,20 @@ pub(super) async fn load(store: &Store, name: &str, id: &str) -> Result<Option<S
     })
 }
 
+/// Saga `id`, whatever its type.
+pub(super) async fn load_any(store: &Store, id: &str) -> Result<Option<SagaRow>, sqlx::Error> {
+    let sql = format!("select {COLUMNS} from marty_saga where id = $1");
+    on_store!(store, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(id).fetch_optional(pool).await)
+}
+
+/// Up to `limit` sagas of any type, with `status` when given, newest first.
+pub(super) async fn list(store: &Store, status: Option<&str>, limit: i64) -> Result<Vec<SagaRow>, sqlx::Error> {
+    let sql = format!(
+        "select {COLUMNS} from marty_saga where ($1 is null or status = $1) order by created_at desc, id limit $2"
+    );
+    on_store!(store, pool => sqlx::query_as(sqlx::AssertSqlSafe(sql)).bind(status).bind(limit).fetch_all(pool).await)
+}
+
 /// The next history sequence number of saga `id`.
 pub(super) async fn next_seq(store: &Store, id: &str) -> Result<i32, sqlx::Error> {
     on_store!(store, pool => sqlx::query_scalar(NEXT_SEQ).bind(id).fetch_one(pool).await)

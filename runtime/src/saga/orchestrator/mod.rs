@@ -112,6 +112,12 @@ pub struct HistoryEntry {
     pub detail: Option<String>,
 }
 
+impl From<record::EntryRow> for HistoryEntry {
+    fn from((_, at, step, kind, attempt, detail): record::EntryRow) -> Self {
+        HistoryEntry { at: time_of(at), step, kind, attempt: attempt.max(0) as u32, detail }
+    }
+}
+
 /// What went wrong talking to the saga store.
 #[derive(Debug)]
 #[non_exhaustive]
@@ -354,17 +360,7 @@ impl<S: Saga> Orchestrator<S> {
 
     /// Saga `id`'s history, oldest first (empty when there is no such saga).
     pub async fn history(&self, id: &str) -> Result<Vec<HistoryEntry>, SagaError> {
-        let rows = record::history(&self.inner.store, id).await?;
-        Ok(rows
-            .into_iter()
-            .map(|(_, at, step, kind, attempt, detail)| HistoryEntry {
-                at: time_of(at),
-                step,
-                kind,
-                attempt: attempt.max(0) as u32,
-                detail,
-            })
-            .collect())
+        Ok(record::history(&self.inner.store, id).await?.into_iter().map(HistoryEntry::from).collect())
     }
 
     /// The sagas of this type parked for an operator, oldest first.
@@ -460,7 +456,7 @@ fn millis(duration: Duration) -> i64 {
     i64::try_from(duration.as_millis()).unwrap_or(i64::MAX / 2)
 }
 
-fn time_of(millis: i64) -> SystemTime {
+pub(super) fn time_of(millis: i64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(millis.max(0) as u64)
 }
 
