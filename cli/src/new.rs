@@ -104,9 +104,11 @@ fn files(name: &str, grpc: bool, marty: &str) -> Vec<(String, String)> {
         ("src/main.rs", MAIN_RS),
         ("tests/service.rs", TEST_RS),
     ];
+    let grpc_manifest =
+        CARGO_TOML.replace(r#"features = ["openapi"]"#, r#"features = ["openapi", "grpc"]"#) + CARGO_TOML_GRPC;
     match grpc {
         true => files.extend([
-            ("Cargo.toml", CARGO_TOML_GRPC),
+            ("Cargo.toml", grpc_manifest.as_str()),
             ("build.rs", BUILD_RS),
             ("proto/__CRATE__.proto", PROTO),
             ("src/lib.rs", LIB_RS_GRPC),
@@ -131,19 +133,8 @@ serde = { version = "1", features = ["derive"] }
 utoipa = "5"
 "#;
 
-const CARGO_TOML_GRPC: &str = r#"[package]
-name = "__NAME__"
-version = "0.1.0"
-edition = "2021"
-publish = false
-
-[dependencies]
-marty = { __MARTY__, features = ["openapi", "grpc"] }
-tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
-serde = { version = "1", features = ["derive"] }
-# The schemas of the routes' bodies and answers in the OpenAPI description.
-utoipa = "5"
-# The code generated from proto/.
+/// What `--grpc` adds to `CARGO_TOML`, whose last table is `[dependencies]`.
+const CARGO_TOML_GRPC: &str = r#"# The code generated from proto/.
 tonic = { version = "0.14", default-features = false, features = ["codegen"] }
 tonic-prost = "0.14"
 prost = "0.14"

@@ -97,8 +97,9 @@ where
     crate::outbox::publish(tx, record).await
 }
 
+/// A time as audit records (and `cargo marty`) write it: RFC 3339 in UTC, to the millisecond,
 /// `2026-12-03T08:05:09.123Z`.
-fn rfc3339(time: SystemTime) -> String {
+pub fn rfc3339(time: SystemTime) -> String {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let seconds = since_epoch.as_secs();
     let (days, of_day) = ((seconds / 86_400) as i64, seconds % 86_400);

@@ -20,7 +20,7 @@
 //! | `Path<T>` | the path's `{parameters}` in order: `T` one value or a tuple of them |
 //! | `Query<T>` | `T`'s fields as query parameters (`T: IntoParams`) |
 //! | `String` / `Bytes` argument | a `text/plain` / `application/octet-stream` body |
-//! | `HeaderMap`, `Method`, `Uri`, `Principal` | nothing |
+//! | `HeaderMap`, `Method`, `Uri`, `Extension<T>`, `Principal` | nothing |
 //! | returns `Json<T>` | `200` with `T`'s schema; `String`: `text/plain`; `()`: empty |
 //! | returns `(StatusCode, R)` or `StatusCode` | `2XX`: the status is chosen at run time |
 //! | returns `Result<R, E>` | `R`'s answer, and the statuses `E` declares ([`DescribeProblems`]) |
@@ -259,6 +259,9 @@ impl DescribeArgument for bytes::Bytes {
 impl DescribeArgument for HeaderMap {}
 impl DescribeArgument for Method {}
 impl DescribeArgument for Uri {}
+/// What a layer put in the request (e.g. a `ClientCertificate`): nothing the client sends.
+impl<T> DescribeArgument for axum::Extension<T> {}
+impl<T> DescribeArgument for Option<axum::Extension<T>> {}
 #[cfg(feature = "security")]
 impl DescribeArgument for crate::security::Principal {}
 #[cfg(feature = "security")]
