@@ -51,7 +51,8 @@ enum Command {
         database: operator::DatabaseArgs,
     },
     /// Writes a service's OpenAPI description to a file, for client generators: runs the service
-    /// binary, which writes it once its configuration is loaded and exits (no database needed).
+    /// binary, which writes it once its configuration is loaded (set or default its `${VAR}`s) and
+    /// exits before `server_with` builds its state (no database needed there).
     Openapi(openapi::OpenapiArgs),
 }
 

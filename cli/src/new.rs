@@ -15,10 +15,11 @@ pub(crate) struct NewArgs {
     /// Add a gRPC service (tonic, from `proto/`) beside the HTTP routes, on the same port.
     #[arg(long)]
     grpc: bool,
-    /// Publish and consume events through the transactional outbox, on this broker.
+    /// Publish and consume events through the transactional outbox, on this broker (not
+    /// available yet: it says so).
     #[arg(long, value_name = "BROKER", value_parser = ["memory", "nats", "rabbitmq", "kafka"])]
     events: Option<String>,
-    /// Add a persisted saga with a compensation.
+    /// Add a persisted saga with a compensation (not available yet: it says so).
     #[arg(long)]
     saga: bool,
     /// Depend on Marty at this path (a checkout's `runtime/`) rather than on the version from

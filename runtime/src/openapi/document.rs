@@ -95,7 +95,11 @@ fn describe(operation: &Operation, config: &Config, requirement: Requirement) ->
     if operation.body.is_some() && !operation.free_form {
         marty("415", "Unsupported Media Type: the body's content type is not the one the route reads");
     }
-    if config.rate_limit.is_some() {
+    let limited = config.rate_limit.as_ref().is_some_and(|limits| {
+        limits.default.is_some()
+            || limits.routes.iter().any(|route| route.method == operation.method && route.path == operation.path)
+    });
+    if limited {
         marty("429", "Too Many Requests: over the caller's rate limit; see `Retry-After` and `RateLimit`");
     }
     if let Some(security) = &config.security {

@@ -2,13 +2,14 @@
 //!
 //! With `[openapi]` in the `marty.toml` the macros read, `#[service]` describes every route when it
 //! compiles: its method and path, the path and query parameters, the JSON body, the responses, the
-//! caller it requires (`[security]`, `#[authorize]`) and the method's doc comment (first line the
-//! summary, all of it the description). Schemas come from the types themselves through
+//! caller it requires (`[security]`, `#[authorize]`) and the method's doc comment (its first
+//! paragraph the summary, all of it the description). Schemas come from the types themselves through
 //! [utoipa](https://docs.rs/utoipa): derive `utoipa::ToSchema` on bodies and answers and
 //! `utoipa::IntoParams` on query structs (with `utoipa = "5"` in your `Cargo.toml`).
 //!
 //! ```toml
-//! [openapi]                    # serve GET /openapi.json
+//! [openapi]
+//! path = "/openapi.json"       # the default
 //! title = "Orders"             # default: the service's name; the version is the crate's
 //! description = "Places and follows orders"
 //! ui = "/docs"                 # a browsable page (feature `openapi-ui`)
@@ -17,17 +18,17 @@
 //! | in the method | in the description |
 //! |---|---|
 //! | `Json<T>` argument | a required `application/json` body of `T`'s schema |
-//! | `Path<T>` | the path's `{parameters}` in order: `T` one value or a tuple of them |
+//! | `Path<T>` | the path's `{parameters}` in order: `T` a `String`, `bool`, integer or float, or a tuple of up to 4 of them (your own type: `impl PathParameter`); a `{parameter}` no `Path` reads is a string |
 //! | `Query<T>` | `T`'s fields as query parameters (`T: IntoParams`) |
 //! | `String` / `Bytes` argument | a `text/plain` / `application/octet-stream` body |
-//! | `HeaderMap`, `Method`, `Uri`, `Extension<T>`, `Principal` | nothing |
+//! | `HeaderMap`, `Method`, `Uri`, `Extension<T>`, `ConnectInfo<T>`, `Principal` | nothing |
 //! | returns `Json<T>` | `200` with `T`'s schema; `String`: `text/plain`; `()`: empty |
 //! | returns `(StatusCode, R)` or `StatusCode` | `2XX`: the status is chosen at run time |
 //! | returns `Result<R, E>` | `R`'s answer, and the statuses `E` declares ([`DescribeProblems`]) |
 //!
 //! Every operation also lists the `application/problem+json` answers Marty itself gives: 400
 //! (unreadable path, query or body), 413, 422, 500, 503, 504; 415 with a body; 401 (and 403 with
-//! roles or scopes) where a caller is required; 429 under `[rate_limit]`.
+//! roles or scopes) where a caller is required; 429 where `[rate_limit]` limits the route.
 //!
 //! A type Marty cannot describe is a compile error at the type saying what to derive or implement.
 //! Your own extractor describes itself with an impl of [`DescribeArgument`] (an empty one
@@ -36,7 +37,8 @@
 //! marked `#[undescribed]` and appears with a free-form body and answers.
 //!
 //! For client generators in CI, `cargo marty openapi` (or [`OUT_VARIABLE`] set by hand) has the
-//! service write its description to a file and exit instead of serving.
+//! service write its description to a file and exit instead of serving: once its configuration is
+//! loaded (so `${VAR}`s without a default must be set) and before `server_with` builds its state.
 
 mod document;
 #[cfg(feature = "openapi-ui")]
@@ -103,6 +105,12 @@ impl Operation {
         self.free_form = true;
         self.body = Some(json!({ "content": { "*/*": { "schema": {} } } }));
         self.responses.insert("default".into(), json!({ "description": "Not described (`#[undescribed]`)" }));
+    }
+
+    /// A parameter object (`{"name", "in": "header" | "query" | "cookie", "schema", ..}`), for an
+    /// extractor of your own that reads one.
+    pub fn parameter(&mut self, parameter: Value) {
+        self.parameters.push(parameter);
     }
 
     /// The next `{name}` of the path, with this schema.
@@ -262,6 +270,8 @@ impl DescribeArgument for Uri {}
 /// What a layer put in the request (e.g. a `ClientCertificate`): nothing the client sends.
 impl<T> DescribeArgument for axum::Extension<T> {}
 impl<T> DescribeArgument for Option<axum::Extension<T>> {}
+/// The peer's address: nothing the client sends.
+impl<T> DescribeArgument for axum::extract::ConnectInfo<T> {}
 #[cfg(feature = "security")]
 impl DescribeArgument for crate::security::Principal {}
 #[cfg(feature = "security")]
@@ -329,8 +339,30 @@ impl DescribeProblems for crate::service::Problem {
 pub struct Operations(pub(crate) Vec<Operation>);
 
 impl Operations {
+    /// Adds a described operation; a `{name}` of its path that no `Path<T>` read is a string (the
+    /// description must declare every parameter its path template has).
     #[doc(hidden)]
-    pub fn push(&mut self, operation: Operation) {
+    pub fn push(&mut self, mut operation: Operation) {
+        for _ in 0..operation.unnamed.len() {
+            operation.path_parameter(json!({ "type": "string" }));
+        }
         self.0.push(operation);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_parameter_of_the_path_is_declared_read_or_not() {
+        let mut operations = Operations::default();
+        let mut operation = Operation::new("GET", "/orders/{id}/lines/{line}", "line", "");
+        <Path<u32> as DescribeArgument>::describe(&mut operation);
+        operations.push(operation);
+        let parameters = &operations.0[0].parameters;
+        assert_eq!(parameters.len(), 2, "{parameters:?}");
+        assert_eq!((&parameters[0]["name"], &parameters[0]["schema"]["type"]), (&json!("id"), &json!("integer")));
+        assert_eq!((&parameters[1]["name"], &parameters[1]["schema"]["type"]), (&json!("line"), &json!("string")));
     }
 }
