@@ -28,6 +28,9 @@ fn var(name: &str) -> String {
 
 #[tokio::main]
 async fn main() {
+    // Warnings (a broker lost, a consumer resubscribing) to stderr, which the tests pass through:
+    // a run that stalls then says what the workers saw.
+    marty::telemetry::init_writing_to("events_worker", &Default::default(), std::io::stderr);
     let mode = std::env::args().nth(1).expect("relay or consume");
     let pool = marty_tests::pool_in_schema(&var("WORKER_PG_URL"), &var("WORKER_SCHEMA"), 6)
         .await
