@@ -94,9 +94,9 @@ pub use error::{ConfigError, ConfigErrors, Origin};
 pub use rate_limit::{ClientIpHeader, IpRange, Limit, LimitKey, RateLimitConfig, RouteLimit};
 pub use schema::{
     is_replica_name, Backoff, Broker, CircuitBreakerConfig, Config, DependencyConfig, DependencyKind,
-    DependencyReadiness, EventsConfig, HttpConfig, KafkaConfig, ListenerConfig, LogFormat, NatsConfig, NatsStorage,
-    OpenApiConfig, OutboxConfig, QueueType, RabbitMqConfig, RetryConfig, SagasConfig, ServiceConfig, StorageConfig,
-    TelemetryConfig,
+    DependencyReadiness, EventsConfig, FaultConfig, FaultsConfig, HttpConfig, KafkaConfig, ListenerConfig, LogFormat,
+    NatsConfig, NatsStorage, OpenApiConfig, OutboxConfig, QueueType, RabbitMqConfig, RetryConfig, SagasConfig,
+    ServiceConfig, StorageConfig, TelemetryConfig, MIN_FAULTS_TOKEN_LEN,
 };
 pub use security::{
     Access, ApiKeysConfig, ApiKeysSource, ClientCredentialsConfig, CorsConfig, GrpcMethodAccess, JwtConfig, KeySource,

@@ -48,6 +48,9 @@ pub struct Config {
     pub rate_limit: Option<RateLimitConfig>,
     /// `[openapi]`: the routes' OpenAPI description, served at its `path` (none when absent).
     pub openapi: Option<OpenApiConfig>,
+    /// `[faults]`: whether the faults under `[dependencies.<name>.fault]` are injected (never
+    /// unless `enabled = true` here and marty's `faults` feature is on).
+    pub faults: FaultsConfig,
     /// `[app]`: the application's own settings; read them with `config.app.get::<YourSettings>()`.
     pub app: AppSettings,
 }
@@ -73,6 +76,71 @@ impl Default for OpenApiConfig {
         OpenApiConfig { path: "/openapi.json".to_owned(), title: None, description: None, ui: None }
     }
 }
+
+/// `[faults]`: the switch for injected faults, and how the management endpoint that changes them
+/// is authenticated.
+#[derive(Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct FaultsConfig {
+    /// `enabled = true`: inject the faults under `[dependencies.<name>.fault]` (needs marty's
+    /// `faults` feature; a service built without it refuses to start rather than run without them).
+    pub enabled: bool,
+    /// The bearer token `PUT`/`DELETE /faults/<dependency>` must present; without one the endpoint
+    /// is not served and only the file (reloaded) changes faults. Never printed by `Debug`.
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for FaultsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FaultsConfig")
+            .field("enabled", &self.enabled)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
+/// `[dependencies.<name>.fault]`: what is done to each attempt of a call to the dependency while
+/// faults are enabled, as if the dependency misbehaved: the bulkhead, timeout, retry and breaker
+/// see it as they would a real one.
+#[derive(Debug, Clone, PartialEq, Default)]
+#[non_exhaustive]
+pub struct FaultConfig {
+    /// Added before every attempt, counted against the attempt's `timeout`.
+    pub latency: Duration,
+    /// The share of attempts that fail with a transient error (0 to 1).
+    pub error_rate: f64,
+    /// The share of attempts that never answer, so they end at the attempt's `timeout` (0 to 1;
+    /// with `error_rate`, at most 1 in all).
+    pub timeout_rate: f64,
+}
+
+impl FaultConfig {
+    /// Adds `latency` before every attempt.
+    pub fn with_latency(mut self, latency: Duration) -> Self {
+        self.latency = latency;
+        self
+    }
+
+    /// Fails this share of attempts (0 to 1).
+    pub fn with_error_rate(mut self, rate: f64) -> Self {
+        self.error_rate = rate.clamp(0.0, 1.0);
+        self
+    }
+
+    /// Hangs this share of attempts until their timeout (0 to 1).
+    pub fn with_timeout_rate(mut self, rate: f64) -> Self {
+        self.timeout_rate = rate.clamp(0.0, 1.0);
+        self
+    }
+
+    /// A fault that does something.
+    pub fn is_active(&self) -> bool {
+        !self.latency.is_zero() || self.error_rate > 0.0 || self.timeout_rate > 0.0
+    }
+}
+
+/// The shortest `[faults] token` accepted: a guessable token would let anyone break the service.
+pub const MIN_FAULTS_TOKEN_LEN: usize = 16;
 
 /// `[service]`.
 #[derive(Debug, Clone, PartialEq)]
@@ -263,6 +331,8 @@ pub struct DependencyConfig {
     pub retry: RetryConfig,
     /// `readiness`: whether this dependency's open breaker makes the service unready.
     pub readiness: DependencyReadiness,
+    /// `[dependencies.<name>.fault]`: faults injected into its calls while `[faults] enabled`.
+    pub fault: Option<FaultConfig>,
 }
 
 /// What a dependency's state does to the service's readiness (`readiness = ..`).
@@ -300,6 +370,7 @@ impl fmt::Debug for DependencyConfig {
             .field("circuit_breaker", &self.circuit_breaker)
             .field("retry", &self.retry)
             .field("readiness", &self.readiness)
+            .field("fault", &self.fault)
             .finish()
     }
 }
@@ -319,6 +390,7 @@ impl DependencyConfig {
             circuit_breaker: CircuitBreakerConfig::defaults_for(timeout),
             retry: RetryConfig::default(),
             readiness: DependencyReadiness::Reported,
+            fault: None,
         }
     }
 }
@@ -626,6 +698,7 @@ const ROOT_KEYS: &[&str] = &[
     "security",
     "rate_limit",
     "openapi",
+    "faults",
     "app",
 ];
 const HTTP_KEYS: &[&str] = &[
@@ -650,7 +723,7 @@ const SAGAS_KEYS: &[&str] = &[
 ];
 const DEFAULT_COMPENSATION_DEADLINE: Duration = Duration::from_secs(300);
 const DEPENDENCY_KEYS: &[&str] =
-    &["kind", "url", "max_concurrent", "max_wait", "timeout", "circuit_breaker", "retry", "readiness"];
+    &["kind", "url", "max_concurrent", "max_wait", "timeout", "circuit_breaker", "retry", "readiness", "fault"];
 const BREAKER_KEYS: &[&str] = &[
     "enabled",
     "failure_rate",
@@ -745,6 +818,7 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
     }
     let rate_limit = read_rate_limit(reader, root);
     let openapi = read_openapi(reader, root);
+    let faults = read_faults(reader, root);
     let app = AppSettings::new(file, reader.free_form(root, "app"));
     Config {
         file: file.to_owned(),
@@ -761,8 +835,45 @@ pub(crate) fn read_config(reader: &mut Reader<'_>, root: &Table<'_>, file: &str)
         security,
         rate_limit,
         openapi,
+        faults,
         app,
     }
+}
+
+fn read_faults(reader: &mut Reader<'_>, root: &Table<'_>) -> FaultsConfig {
+    let Some(table) = reader.table(root, "faults") else { return FaultsConfig::default() };
+    reader.deny_unknown_keys(&table, &["enabled", "token"]);
+    let token = reader.string(&table, "token");
+    // When compiling, `${VAR}` is not expanded: the token is only known at startup.
+    let known = token.as_deref() != reader.raw_string(&table, "token").filter(|raw| raw.contains("${"));
+    if let Some(token) = token.as_deref().filter(|token| known && token.len() < MIN_FAULTS_TOKEN_LEN) {
+        let origin = reader.origin_of(&table, "token").clone();
+        let problem = format!("is {} characters; a token this short can be guessed", token.len());
+        let help = Some(format!(
+            "use at least {MIN_FAULTS_TOKEN_LEN} random characters from a secret, e.g. `token = \"${{MARTY_FAULTS_TOKEN}}\"`"
+        ));
+        reader.error(&origin, "faults.token", problem, help);
+    }
+    FaultsConfig { enabled: reader.boolean(&table, "enabled").unwrap_or(false), token }
+}
+
+fn read_fault(reader: &mut Reader<'_>, table: &Table<'_>) -> FaultConfig {
+    reader.deny_unknown_keys(table, &["latency", "error_rate", "timeout_rate"]);
+    let fault = FaultConfig {
+        latency: reader.duration(table, "latency").unwrap_or_default(),
+        error_rate: reader.rate(table, "error_rate", true).unwrap_or(0.0),
+        timeout_rate: reader.rate(table, "timeout_rate", true).unwrap_or(0.0),
+    };
+    if fault.error_rate + fault.timeout_rate > 1.0 {
+        let origin = reader.origin_of(table, "timeout_rate").clone();
+        let problem = format!(
+            "`error_rate` ({}) and `timeout_rate` ({}) add up to more than 1",
+            fault.error_rate, fault.timeout_rate
+        );
+        let help = Some("they are shares of the same attempts: keep their sum at most 1".to_owned());
+        reader.error(&origin, &join(&table.path, "timeout_rate"), problem, help);
+    }
+    fault
 }
 
 fn read_openapi(reader: &mut Reader<'_>, root: &Table<'_>) -> Option<OpenApiConfig> {
@@ -1069,6 +1180,7 @@ fn read_dependency(reader: &mut Reader<'_>, table: &Table<'_>, name: &str) -> Op
         config.readiness =
             if readiness == "required" { DependencyReadiness::Required } else { DependencyReadiness::Reported };
     }
+    config.fault = reader.table(table, "fault").map(|fault| read_fault(reader, &fault));
     Some(config)
 }
 

@@ -68,7 +68,7 @@ fn an_unknown_key_names_file_line_key_and_the_nearest_valid_key() {
     let errors = errors_of("[dependencies.orders_db]\nkind = \"database\"\nmax_concurent = 5\n");
     assert_eq!(
         errors,
-        ["marty.toml:3: key `dependencies.orders_db.max_concurent`: unknown key\n  help: did you mean `max_concurrent`? valid keys here: `kind`, `url`, `max_concurrent`, `max_wait`, `timeout`, `circuit_breaker`, `retry`, `readiness`"]
+        ["marty.toml:3: key `dependencies.orders_db.max_concurent`: unknown key\n  help: did you mean `max_concurrent`? valid keys here: `kind`, `url`, `max_concurrent`, `max_wait`, `timeout`, `circuit_breaker`, `retry`, `readiness`, `fault`"]
     );
 }
 
@@ -185,7 +185,7 @@ fn a_bad_override_names_the_variable() {
     assert_eq!(errors[1].problem, "invalid duration `soon`: it must start with a whole number");
     assert_eq!(
         errors[0].to_string(),
-        "environment variable `MARTY__DEPENDENCIES__ORDERS_DB__MAX_CONCURENT` (overriding marty.toml): key `dependencies.orders_db.max_concurent`: unknown key\n  help: did you mean `max_concurrent`? valid keys here: `kind`, `url`, `max_concurrent`, `max_wait`, `timeout`, `circuit_breaker`, `retry`, `readiness`"
+        "environment variable `MARTY__DEPENDENCIES__ORDERS_DB__MAX_CONCURENT` (overriding marty.toml): key `dependencies.orders_db.max_concurent`: unknown key\n  help: did you mean `max_concurrent`? valid keys here: `kind`, `url`, `max_concurrent`, `max_wait`, `timeout`, `circuit_breaker`, `retry`, `readiness`, `fault`"
     );
 }
 
@@ -440,4 +440,35 @@ fn openapi_is_off_unless_asked_for_and_its_paths_are_literal_routes() {
     );
     let errors = errors_of("[openapi]\nui = \"/openapi.json\"\n");
     assert_eq!(errors, ["marty.toml:2: key `openapi.ui`: the page and the description share a path\n  help: serve the page elsewhere, e.g. `ui = \"/docs\"`"]);
+}
+
+#[test]
+fn faults_are_read_per_dependency_and_stay_off_unless_enabled() {
+    let text = "[dependencies.payments]\nkind = \"api\"\n\n[dependencies.payments.fault]\nlatency = \"200ms\"\nerror_rate = 0.25\n";
+    let config = Config::parse(text, "marty.toml").unwrap();
+    let fault = config.dependency("payments").unwrap().fault.clone().unwrap();
+    assert_eq!((fault.latency, fault.error_rate, fault.timeout_rate), (Duration::from_millis(200), 0.25, 0.0));
+    assert!(fault.is_active());
+    assert!(!config.faults.enabled, "a fault table alone enables nothing");
+
+    let env = Environment::from_pairs([("MARTY__FAULTS__ENABLED", "true"), ("FAULTS_TOKEN", "0123456789abcdef")]);
+    let text = format!("{text}\n[faults]\ntoken = \"${{FAULTS_TOKEN}}\"\n");
+    let config = Config::parse_at_startup(&text, "marty.toml", &env).unwrap();
+    assert!(config.faults.enabled);
+    assert_eq!(config.faults.token.as_deref(), Some("0123456789abcdef"));
+    assert!(!format!("{:?}", config.faults).contains("0123"), "the token is never printed");
+}
+
+#[test]
+fn a_fault_that_cannot_be_and_a_guessable_token_are_errors() {
+    let text = "[dependencies.payments]\nkind = \"api\"\nfault = { error_rate = 0.7, timeout_rate = 0.5 }\n\n[faults]\nenabled = true\ntoken = \"short\"\n";
+    assert_eq!(
+        errors_of(text),
+        [
+            "marty.toml:3: key `dependencies.payments.fault.timeout_rate`: `error_rate` (0.7) and `timeout_rate` (0.5) add up to more than 1\n  help: they are shares of the same attempts: keep their sum at most 1",
+            "marty.toml:7: key `faults.token`: is 5 characters; a token this short can be guessed\n  help: use at least 16 random characters from a secret, e.g. `token = \"${MARTY_FAULTS_TOKEN}\"`",
+        ]
+    );
+    // When compiling, a token from a variable is only known at startup.
+    assert!(Config::parse("[faults]\ntoken = \"${T}\"\n", "marty.toml").is_ok());
 }

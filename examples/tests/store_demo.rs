@@ -5,6 +5,7 @@
 mod support;
 
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use marty_examples::store::proto::inventory_client::InventoryClient;
 use marty_examples::store::proto::ReserveRequest;
@@ -191,4 +192,71 @@ fn the_kubernetes_configs_are_valid_marty_configs() {
     let clients = configs[0].security.as_ref().map(|security| security.clients.len());
     assert_eq!(clients, Some(1), "the saga's token for inventory and payments");
     assert_eq!(configs[0].dependencies["orders_db"].url.as_deref(), Some("postgres://store@postgres:5432/store"));
+}
+
+/// Faults injected into the orders service's calls to payments through the management endpoint:
+/// the payment steps fail, the breaker opens (shown on `/readyz` and `/metrics`), and once the fault
+/// is cleared the breaker closes again and orders complete. What the README's section runs by hand.
+#[test]
+fn a_fault_injected_into_payments_opens_its_breaker_and_the_store_recovers_once_it_is_cleared() {
+    const FAULTS_TOKEN: &str = "faults-token-for-tests-only";
+    let stack = Stack::new(
+        Databases::sqlite("store-faults"),
+        &[
+            ("MARTY__FAULTS__ENABLED", "true"),
+            ("MARTY__FAULTS__TOKEN", FAULTS_TOKEN),
+            ("MARTY__DEPENDENCIES__PAYMENTS_API__CIRCUIT_BREAKER__OPEN_FOR", "2s"),
+        ],
+    );
+    let _inventory = stack.start("inventory");
+    let _payments = stack.start("payments");
+    let _orders = stack.start("orders");
+    let customer = stack.authorization("load");
+    let operator = format!("Bearer {FAULTS_TOKEN}");
+    let send = |method, path: &str, body: Option<&str>, authorization: &str| {
+        support::request_with(stack.orders, method, path, body, &[("authorization", authorization)]).unwrap()
+    };
+    let place = || {
+        let placed = send("POST", "/orders", Some(r#"{"item":"book","quantity":1,"amount_cents":1000}"#), &customer);
+        assert_eq!(placed.status, 202, "{placed:?}");
+        serde_json::from_str::<serde_json::Value>(&placed.body).unwrap()["id"].as_str().unwrap().to_owned()
+    };
+    let payments_api = || {
+        let ready = support::request(stack.orders, "GET", "/readyz", None).unwrap();
+        assert_eq!(ready.status, 200, "a reported dependency's breaker never makes the service unready: {ready:?}");
+        serde_json::from_str::<serde_json::Value>(&ready.body).unwrap()["dependencies"]["payments_api"].clone()
+    };
+    let wait_for_circuit = |state: &str| {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let dependency = payments_api();
+            if dependency["circuit"] == state {
+                return dependency;
+            }
+            assert!(Instant::now() < deadline, "the payments breaker never became {state}: {dependency}");
+            place();
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    let fault = r#"{"error_rate": 1.0}"#;
+    let refused = send("PUT", "/faults/payments_api", Some(fault), &customer);
+    assert_eq!(refused.status, 401, "a customer's token is not the faults token: {refused:?}");
+    assert!(payments_api().get("fault").is_none(), "no fault before one is set");
+
+    let injected = send("PUT", "/faults/payments_api", Some(fault), &operator);
+    assert_eq!(injected.status, 200, "{injected:?}");
+    let open = wait_for_circuit("open");
+    assert_eq!(open["fault"]["error_rate"], 1.0, "{open}");
+    assert_eq!(open["fault"]["set_by"], "endpoint", "{open}");
+    let metrics = support::request(stack.orders, "GET", "/metrics", None).unwrap().body;
+    assert!(metrics.contains(r#"marty_fault_active{dependency="payments_api"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"marty_circuit_state{dependency="payments_api"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"marty_faults_injected_total{dependency="payments_api",fault="error"}"#), "{metrics}");
+
+    assert_eq!(send("DELETE", "/faults/payments_api", None, &operator).status, 204);
+    let closed = wait_for_circuit("closed");
+    assert!(closed.get("fault").is_none(), "{closed}");
+    let id = place();
+    let outcome = send("GET", &format!("/orders/{id}/outcome"), None, &customer);
+    assert!(outcome.body.contains(r#""status":"completed""#), "orders complete again: {outcome:?}");
 }

@@ -154,7 +154,8 @@ pub trait Classify {
 impl Classify for Error {
     fn classify(&self) -> ErrorClass {
         match self {
-            Error::Timeout { .. } => ErrorClass::Transient,
+            // An injected fault stands for a dependency's transient failure: retried, counted by the breaker.
+            Error::Timeout { .. } | Error::InjectedFault { .. } => ErrorClass::Transient,
             Error::Rejected { .. } | Error::CircuitOpen { .. } => {
                 ErrorClass::TurnedAway { retry_after: self.retry_after().unwrap_or(Duration::from_secs(1)) }
             }

@@ -34,6 +34,12 @@ pub enum Error {
         /// How long until the breaker lets trial calls through.
         retry_after: Duration,
     },
+    /// A fault injected under `[dependencies.<name>.fault]` (`error_rate`): the call was not made,
+    /// and the attempt failed as a transient error of the dependency would.
+    InjectedFault {
+        /// The dependency's name in `marty.toml`.
+        dependency: Arc<str>,
+    },
     /// The configuration could not be loaded or does not declare the dependency.
     Config(Arc<ConfigErrors>),
 }
@@ -44,7 +50,8 @@ impl Error {
         match self {
             Error::Rejected { dependency, .. }
             | Error::Timeout { dependency, .. }
-            | Error::CircuitOpen { dependency, .. } => Some(dependency),
+            | Error::CircuitOpen { dependency, .. }
+            | Error::InjectedFault { dependency } => Some(dependency),
             Error::Config(_) => None,
         }
     }
@@ -58,10 +65,11 @@ impl Error {
         }
     }
 
-    /// The HTTP status this error maps to: 503 for shed load, 504 for a timeout, 500 for configuration.
+    /// The HTTP status this error maps to: 503 for shed load and injected faults, 504 for a
+    /// timeout, 500 for configuration.
     pub fn http_status(&self) -> u16 {
         match self {
-            Error::Rejected { .. } | Error::CircuitOpen { .. } => 503,
+            Error::Rejected { .. } | Error::CircuitOpen { .. } | Error::InjectedFault { .. } => 503,
             Error::Timeout { .. } => 504,
             Error::Config(_) => 500,
         }
@@ -82,6 +90,9 @@ impl fmt::Display for Error {
                     f,
                     "call to `{dependency}` short-circuited: the circuit breaker is open (trial calls in {retry_after:.1?})"
                 )
+            }
+            Error::InjectedFault { dependency } => {
+                write!(f, "call to `{dependency}` failed by an injected fault (`[dependencies.{dependency}.fault]`)")
             }
             Error::Config(errors) => write!(f, "invalid Marty configuration:\n{errors}"),
         }
@@ -116,6 +127,11 @@ impl Error {
                 latest = %self,
                 "{count} calls to `{dependency}` timed out in the last {window}"
             ),
+            Error::InjectedFault { dependency } => tracing::warn!(
+                dependency = &**dependency,
+                count,
+                "{count} calls to `{dependency}` failed by injected faults in the last {window}"
+            ),
         }
     }
 }
@@ -128,7 +144,7 @@ impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {
         error.log_for_operators();
         match &error {
-            Error::Rejected { .. } | Error::CircuitOpen { .. } => {
+            Error::Rejected { .. } | Error::CircuitOpen { .. } | Error::InjectedFault { .. } => {
                 tonic::Status::unavailable("the service cannot take this call now; try again later")
             }
             Error::Timeout { .. } => tonic::Status::deadline_exceeded("the call did not complete in time"),

@@ -49,6 +49,9 @@ mod error;
 #[cfg_attr(docsrs, doc(cfg(feature = "events")))]
 pub mod events;
 pub mod fallback;
+#[cfg(feature = "faults")]
+#[cfg_attr(docsrs, doc(cfg(feature = "faults")))]
+pub mod fault;
 #[cfg(any(feature = "postgres", feature = "sqlite"))]
 #[cfg_attr(docsrs, doc(cfg(any(feature = "postgres", feature = "sqlite"))))]
 pub mod inbox;

@@ -73,18 +73,23 @@ impl CallSite {
         CallSite { dependency, kind, operation, timeout, retry, config_path, config_text, policy: OnceLock::new() }
     }
 
-    /// The call site's policy, resolved from the global registry on first use and kept.
+    /// The call site's policy: in the runtime in scope when it is not the global one (a test's,
+    /// a second service's), else the global registry's, resolved on first use and kept.
     #[inline]
-    pub fn policy(&'static self) -> Result<&'static CallPolicy, Error> {
-        if let Some(policy) = self.policy.get() {
-            return Ok(policy);
+    pub fn policy(&'static self) -> Result<SitePolicy, Error> {
+        if let Some(runtime) = crate::Runtime::scoped_other() {
+            let site = std::ptr::from_ref(self) as usize;
+            return runtime.call_site_policy(site, |registry| self.resolve(registry)).map(SitePolicy::InRuntime);
         }
-        let policy = self.resolve()?;
-        Ok(self.policy.get_or_init(|| policy))
+        if let Some(policy) = self.policy.get() {
+            return Ok(SitePolicy::Global(policy));
+        }
+        let registry = DependencyRegistry::global_or_load(self.config_path, self.config_text)?;
+        let policy = self.resolve(registry)?;
+        Ok(SitePolicy::Global(self.policy.get_or_init(|| policy)))
     }
 
-    fn resolve(&self) -> Result<CallPolicy, Error> {
-        let registry = DependencyRegistry::global_or_load(self.config_path, self.config_text)?;
+    fn resolve(&self, registry: &DependencyRegistry) -> Result<CallPolicy, Error> {
         let mut policy = registry.call_policy_of_kind(self.dependency, self.kind, self.operation)?;
         if let Some(timeout) = self.timeout {
             policy = policy.with_timeout(timeout);
@@ -107,6 +112,27 @@ impl CallSite {
             Some(retry) => policy.with_retry(retry),
             None => policy,
         })
+    }
+}
+
+/// A call site's policy: its own for the global runtime, or the one of the runtime in scope.
+#[derive(Debug)]
+pub enum SitePolicy {
+    /// Kept by the call site.
+    Global(&'static CallPolicy),
+    /// Kept by the runtime in scope.
+    InRuntime(std::sync::Arc<CallPolicy>),
+}
+
+impl std::ops::Deref for SitePolicy {
+    type Target = CallPolicy;
+
+    #[inline]
+    fn deref(&self) -> &CallPolicy {
+        match self {
+            SitePolicy::Global(policy) => policy,
+            SitePolicy::InRuntime(policy) => policy,
+        }
     }
 }
 

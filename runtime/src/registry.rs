@@ -52,6 +52,11 @@ impl DependencyRegistry {
             .map(|dependency_config| {
                 let dependency = Arc::new(Dependency::new(dependency_config.clone()));
                 metrics.watch_policies(dependency.name().clone(), dependency.circuit_breaker(), dependency.bulkhead());
+                #[cfg(feature = "faults")]
+                {
+                    dependency.faults().count_into(metrics.fault_metrics(dependency.name()));
+                    dependency.faults().configure(config.faults.enabled, dependency_config.fault.as_ref());
+                }
                 (dependency_config.name.clone(), dependency)
             })
             .collect();
@@ -113,6 +118,8 @@ impl DependencyRegistry {
                     if let Err(why) = dependency.reconfigure(dependency_config.clone()) {
                         needs_restart.push(why);
                     }
+                    #[cfg(feature = "faults")]
+                    dependency.faults().configure(config.faults.enabled, dependency_config.fault.as_ref());
                 }
                 None => needs_restart.push(format!("new dependency `{name}` is used after a restart")),
             }
@@ -130,6 +137,10 @@ impl DependencyRegistry {
             needs_restart.push(
                 "[service], [http], [telemetry], [security] and [rate_limit] changes apply after a restart".to_owned(),
             );
+        }
+        if previous.faults.token != config.faults.token {
+            needs_restart
+                .push("[faults] token (whether the fault endpoint is served) applies after a restart".to_owned());
         }
         *self.config.write().unwrap_or_else(|poison| poison.into_inner()) = Arc::new(config);
         for warning in &needs_restart {

@@ -18,12 +18,14 @@
 //! poll), the calibration of the timeout clock, throttling of repeated log lines, and per-thread
 //! caches of labels.
 
-#[cfg(feature = "events")]
+use std::collections::HashMap;
 use std::future::Future;
-use std::sync::{Arc, LazyLock, Mutex, OnceLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, RwLock};
 use std::time::{Duration, Instant};
 
 use crate::error::Error;
+use crate::policy::CallPolicy;
 use crate::registry::DependencyRegistry;
 
 /// One service's Marty state; cloning it is cheap and shares it.
@@ -43,7 +45,14 @@ pub(crate) struct Shared {
     pub(crate) sagas: crate::saga::Running,
     #[cfg(feature = "events")]
     memory_broker: OnceLock<Arc<crate::events::MemoryBroker>>,
+    /// The policies of the wrapped calls made in this runtime, by call site (its address): a call
+    /// site keeps the global runtime's itself.
+    call_sites: RwLock<HashMap<usize, Arc<CallPolicy>>>,
 }
+
+/// Set once a runtime other than the global one is put in scope: until then, a wrapped call finds
+/// its runtime with one load.
+static OTHER_RUNTIMES_SCOPED: AtomicBool = AtomicBool::new(false);
 
 /// A failed load is not kept for the life of the process (the file may be fixed, a variable set),
 /// but calls made meanwhile re-read it at most once per this long.
@@ -76,10 +85,46 @@ impl Runtime {
         CURRENT.try_with(Runtime::clone).unwrap_or_else(|_| GLOBAL.clone())
     }
 
-    /// Runs `future` with `self` as [`Runtime::current`].
-    #[cfg(feature = "events")]
-    pub(crate) fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+    /// Runs `future` with `self` as [`Runtime::current`]: the wrapped calls it makes use this
+    /// runtime's dependencies and metrics. Servers, consumers and saga orchestrators of a runtime
+    /// run their handlers, steps and requests in it; a test scopes its own calls with this.
+    pub fn scope<F: Future>(self, future: F) -> impl Future<Output = F::Output> {
+        if !self.is_global() {
+            OTHER_RUNTIMES_SCOPED.store(true, Ordering::Relaxed);
+        }
         CURRENT.scope(self, future)
+    }
+
+    /// Whether this is the global runtime.
+    pub fn is_global(&self) -> bool {
+        Arc::ptr_eq(&self.shared, &GLOBAL.shared)
+    }
+
+    /// The runtime in scope, when it is not the global one.
+    #[inline]
+    pub(crate) fn scoped_other() -> Option<Runtime> {
+        if !OTHER_RUNTIMES_SCOPED.load(Ordering::Relaxed) {
+            return None;
+        }
+        CURRENT.try_with(|runtime| (!runtime.is_global()).then(|| runtime.clone())).ok().flatten()
+    }
+
+    /// The policy of the call site at `site` in this runtime, resolved by `resolve` once.
+    pub(crate) fn call_site_policy(
+        &self,
+        site: usize,
+        resolve: impl FnOnce(&DependencyRegistry) -> Result<CallPolicy, Error>,
+    ) -> Result<Arc<CallPolicy>, Error> {
+        let read = |sites: &RwLock<HashMap<usize, Arc<CallPolicy>>>| {
+            sites.read().unwrap_or_else(|poison| poison.into_inner()).get(&site).cloned()
+        };
+        if let Some(policy) = read(&self.shared.call_sites) {
+            return Ok(policy);
+        }
+        let registry = self.registry().ok_or_else(|| no_configuration_in(self))?;
+        let policy = Arc::new(resolve(registry)?);
+        let mut sites = self.shared.call_sites.write().unwrap_or_else(|poison| poison.into_inner());
+        Ok(sites.entry(site).or_insert(policy).clone())
     }
 
     /// The configuration and dependencies, once loaded (always, for a runtime made with [`Runtime::new`]).
@@ -164,4 +209,15 @@ impl WeakRuntime {
     pub(crate) fn upgrade(&self) -> Option<Runtime> {
         self.0.upgrade().map(|shared| Runtime { shared })
     }
+}
+
+/// A runtime in scope without a configuration: only the global one loads its own.
+fn no_configuration_in(_: &Runtime) -> Error {
+    Error::Config(Arc::new(marty_config::ConfigErrors(vec![marty_config::ConfigError {
+        file: String::new(),
+        origin: marty_config::Origin::Missing,
+        key: String::new(),
+        problem: "a wrapped call ran in a runtime that has no configuration".to_owned(),
+        help: Some("make the runtime with `Runtime::new(registry)`".to_owned()),
+    }])))
 }

@@ -153,6 +153,8 @@ pub struct Metrics {
     #[cfg(feature = "http")]
     rpc_methods: RpcMethods,
     policies: Arc<PolicyGauges>,
+    #[cfg(feature = "faults")]
+    faults: FaultFamilies,
     events: EventMetrics,
     sagas: SagaMetrics,
     /// The service's own metrics ([`Metrics::register`]), encoded after Marty's.
@@ -160,6 +162,57 @@ pub struct Metrics {
     /// When counting began: the start of every cumulative series exported over OTLP.
     #[cfg_attr(not(feature = "otel"), allow(dead_code))]
     pub(crate) created: std::time::SystemTime,
+}
+
+/// `marty_fault_active` and `marty_faults_injected_total`.
+#[cfg(feature = "faults")]
+#[derive(Debug)]
+struct FaultFamilies {
+    active: Family<DependencyLabel, prometheus_client::metrics::gauge::Gauge>,
+    injected: Family<FaultLabels, Counter>,
+}
+
+#[cfg(feature = "faults")]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct DependencyLabel {
+    dependency: Arc<str>,
+}
+
+#[cfg(feature = "faults")]
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct FaultLabels {
+    dependency: Arc<str>,
+    /// `latency`, `error` or `timeout`.
+    fault: &'static str,
+}
+
+#[cfg(feature = "faults")]
+impl FaultFamilies {
+    fn register(registry: &mut Registry) -> Self {
+        let families = FaultFamilies { active: Family::default(), injected: Family::default() };
+        registry.register(
+            "marty_fault_active",
+            "Whether a fault is injected into a dependency's calls: 1 yes, 0 no",
+            families.active.clone(),
+        );
+        registry.register(
+            "marty_faults_injected",
+            "Faults injected into attempts to call a dependency, by fault",
+            families.injected.clone(),
+        );
+        families
+    }
+
+    fn of(&self, dependency: &Arc<str>) -> crate::fault::FaultMetrics {
+        let injected =
+            |fault| self.injected.get_or_create(&FaultLabels { dependency: dependency.clone(), fault }).clone();
+        crate::fault::FaultMetrics {
+            active: self.active.get_or_create(&DependencyLabel { dependency: dependency.clone() }).clone(),
+            latency: injected("latency"),
+            error: injected("error"),
+            timeout: injected("timeout"),
+        }
+    }
 }
 
 /// Labels of `http_server_request_duration_seconds`, named after the OpenTelemetry semantic
@@ -223,6 +276,8 @@ impl Metrics {
             rpc_calls.clone(),
         );
         registry.register_collector(Box::new(policies.clone()));
+        #[cfg(feature = "faults")]
+        let faults = FaultFamilies::register(&mut registry);
         let events = EventMetrics::with_buckets(&buckets);
         events.register(&mut registry);
         let sagas = SagaMetrics::with_buckets(&buckets);
@@ -239,6 +294,8 @@ impl Metrics {
             #[cfg(feature = "http")]
             rpc_methods: RpcMethods::default(),
             policies,
+            #[cfg(feature = "faults")]
+            faults,
             events,
             sagas,
             own,
@@ -283,6 +340,12 @@ impl Metrics {
         let labels =
             RpcLabels { rpc_service: service.clone(), rpc_method: method.clone(), rpc_grpc_status_code: status };
         self.rpc_calls.get_or_create(&labels).observe(elapsed);
+    }
+
+    /// The handles one dependency's injected faults count into.
+    #[cfg(feature = "faults")]
+    pub(crate) fn fault_metrics(&self, dependency: &Arc<str>) -> crate::fault::FaultMetrics {
+        self.faults.of(dependency)
     }
 
     /// Reports a dependency's breaker state and free bulkhead permits at every scrape, while they live.

@@ -110,6 +110,9 @@ pub struct Dependency {
     pool_size: std::sync::atomic::AtomicUsize,
     /// OpenTelemetry's `db.system` of a database or cache, from its URL's scheme.
     db_system: Option<&'static str>,
+    /// `[dependencies.<name>.fault]`, while `[faults] enabled`.
+    #[cfg(feature = "faults")]
+    faults: crate::fault::Faults,
 }
 
 /// OpenTelemetry's `db.system` for a database or cache dependency whose URL names a known one.
@@ -141,6 +144,8 @@ impl Dependency {
             budget: RetryBudget::new(config.retry.budget),
             pool_size: std::sync::atomic::AtomicUsize::new(0),
             db_system: db_system(&config),
+            #[cfg(feature = "faults")]
+            faults: crate::fault::Faults::default(),
             name,
             config: RwLock::new(config),
         }
@@ -224,6 +229,13 @@ impl Dependency {
     /// Its retry budget.
     pub fn retry_budget(&self) -> &RetryBudget {
         &self.budget
+    }
+
+    /// Its injected fault (feature `faults`).
+    #[cfg(feature = "faults")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "faults")))]
+    pub fn faults(&self) -> &crate::fault::Faults {
+        &self.faults
     }
 }
 
@@ -389,7 +401,10 @@ impl Call<'_> {
                 }
             }
         };
-        let (result, stopwatch) = Timed::new(future.instrument(self.span.clone()), timeout, stopwatch).await;
+        let future = future.instrument(self.span.clone());
+        #[cfg(feature = "faults")]
+        let future = crate::fault::WithFault::new(future, dependency.faults.roll(&dependency.name), convert);
+        let (result, stopwatch) = Timed::new(future, timeout, stopwatch).await;
         drop(bulkhead_permit);
         let elapsed = stopwatch.elapsed();
         let (outcome, class, result) = match result {

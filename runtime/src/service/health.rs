@@ -180,16 +180,20 @@ pub(crate) async fn readyz(State(state): State<HealthState>) -> Response {
     // A BTreeMap: the dependencies come out sorted, so the JSON is stable.
     for (name, declared) in &config.dependencies {
         let Some(dependency) = state.registry.dependency(name) else { continue };
-        dependencies.insert(
-            name.to_owned(),
-            serde_json::json!({
-                "kind": dependency.kind().as_str(),
-                "readiness": declared.readiness.as_str(),
-                "circuit": dependency.circuit_breaker().state().to_string(),
-                "bulkhead_available": dependency.bulkhead().available(),
-                "max_concurrent": dependency.bulkhead().max_concurrent(),
-            }),
-        );
+        #[cfg_attr(not(feature = "faults"), allow(unused_mut))]
+        let mut entry = serde_json::json!({
+            "kind": dependency.kind().as_str(),
+            "readiness": declared.readiness.as_str(),
+            "circuit": dependency.circuit_breaker().state().to_string(),
+            "bulkhead_available": dependency.bulkhead().available(),
+            "max_concurrent": dependency.bulkhead().max_concurrent(),
+        });
+        // Shown, never counted: an injected fault is meant to be seen through the policies.
+        #[cfg(feature = "faults")]
+        if let Some(current) = dependency.faults().current() {
+            entry["fault"] = crate::fault::endpoint::describe(Some(current));
+        }
+        dependencies.insert(name.to_owned(), entry);
     }
     let down = required_down(&state.registry);
     let mut checks = serde_json::Map::new();

@@ -323,6 +323,8 @@ fn load_and_start_logging<S: Routes>(runtime: &Runtime) -> Result<Arc<Dependency
     let registry = runtime.registry_or_load(path, text).map_err(ServeError::Config)?;
     check_features(registry)?;
     access::check(&registry.config(), S::ACCESS, S::ROUTE_NAMES)?;
+    #[cfg(feature = "faults")]
+    crate::fault::endpoint::check_paths(&registry.config(), S::ACCESS)?;
     #[cfg(feature = "openapi")]
     description::write_if_asked::<S>(&registry.config())?;
     if crate::telemetry::init(S::NAME, &registry.config().telemetry) {
@@ -380,7 +382,7 @@ pub async fn serve<S: Routes>(service: S) -> Result<(), ServeError> {
 
 /// Refuses a configuration that needs a feature this build of marty lacks: a service must not
 /// serve unprotected, unlimited or plain-text routes because `[security]`, `[rate_limit]` or
-/// `[http.tls]` was silently ignored.
+/// `[http.tls]` was silently ignored (nor run a chaos test that injects nothing: `[faults]`).
 fn check_features(registry: &DependencyRegistry) -> Result<(), ServeError> {
     let config = registry.config();
     let unprotected = [
@@ -388,6 +390,7 @@ fn check_features(registry: &DependencyRegistry) -> Result<(), ServeError> {
         ("rate_limit", "security", config.rate_limit.is_some(), cfg!(feature = "security")),
         ("http.tls", "tls", config.http.tls.is_some(), cfg!(feature = "tls")),
         ("openapi", "openapi", config.openapi.is_some(), cfg!(feature = "openapi")),
+        ("faults", "faults", config.faults.enabled, cfg!(feature = "faults")),
         (
             "openapi.ui",
             "openapi-ui",
@@ -600,6 +603,18 @@ impl Server {
         self.api_routes().merge(self.operations_routes()).fallback(errors::not_found)
     }
 
+    /// Requests to a server of a runtime other than the global one (a test's, a second service's)
+    /// run in it, so the wrapped calls their handlers make use its dependencies and metrics.
+    fn in_runtime(&self, routes: Router) -> Router {
+        if self.runtime.is_global() {
+            return routes;
+        }
+        let runtime = self.runtime.clone();
+        routes.layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+            runtime.clone().scope(next.run(request))
+        }))
+    }
+
     /// The service's own routes and their description.
     fn api_routes(&self) -> Router {
         self.guarded_routes().merge(self.description.clone())
@@ -645,11 +660,16 @@ impl Server {
     /// The built-in endpoints: liveness, readiness and metrics.
     fn operations_routes(&self) -> Router {
         let health = self.health_state();
-        Router::new()
+        let routes = Router::new()
             .route("/healthz", get(health::healthz))
             .route("/readyz", get(health::readyz))
             .with_state(health)
-            .route("/metrics", get(render_metrics).with_state(self.registry.metrics().clone()))
+            .route("/metrics", get(render_metrics).with_state(self.registry.metrics().clone()));
+        #[cfg(feature = "faults")]
+        if let Some(faults) = crate::fault::endpoint::routes(&self.registry) {
+            return routes.merge(faults);
+        }
+        routes
     }
 
     /// Serves these gRPC services on the same port (requests with an `application/grpc` content type).
@@ -670,14 +690,15 @@ impl Server {
             true => self.api_routes().fallback(errors::not_found),
             false => self.http_routes(),
         };
-        let http = self.cors(api_routes).layer(observe.clone());
+        let http = self.cors(self.in_runtime(api_routes)).layer(observe.clone());
         let management_http =
             management.then(|| self.operations_routes().fallback(errors::not_found).layer(observe.clone()));
         #[cfg(feature = "grpc")]
         if let Some(services) = self.grpc.take() {
             let names = services.names().to_vec();
             let (grpc, management_grpc, reporter) = services.into_routers(management);
-            let grpc = self.guarded_grpc(grpc).layer(axum::middleware::map_response(grpc::spec_status_codes));
+            let grpc =
+                self.in_runtime(self.guarded_grpc(grpc)).layer(axum::middleware::map_response(grpc::spec_status_codes));
             let health = tokio::spawn(grpc::follow_readiness(reporter, names, self.health_state()));
             let api = dispatch::Dispatch::hybrid(http, grpc.layer(observe.clone()));
             let management = management_http.map(|http| match management_grpc {

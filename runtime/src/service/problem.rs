@@ -243,7 +243,7 @@ pub(crate) struct PendingInstance(pub(crate) Problem);
 impl From<&Error> for Problem {
     fn from(error: &Error) -> Self {
         let (status, kind, detail) = match error {
-            Error::Rejected { .. } | Error::CircuitOpen { .. } => (
+            Error::Rejected { .. } | Error::CircuitOpen { .. } | Error::InjectedFault { .. } => (
                 StatusCode::SERVICE_UNAVAILABLE,
                 ProblemType::Unavailable,
                 "the service cannot take this request now; try again later",

@@ -48,7 +48,29 @@ pub(crate) fn unix_seconds() -> f64 {
 }
 
 fn unix_time() -> std::time::Duration {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default()
+    let system = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let skew = clock_skew_nanos();
+    let nanos = i128::try_from(system.as_nanos()).unwrap_or(i128::MAX) + skew;
+    std::time::Duration::from_nanos(u64::try_from(nanos.max(0)).unwrap_or(u64::MAX))
+}
+
+/// How far tokio's clock is from the system's, in nanoseconds: a few nanoseconds in a running
+/// service; under a paused clock (`#[tokio::test(start_paused = true)]`), the time advanced
+/// less the time really passed. Added to the system clock, it makes the saga and outbox times move
+/// as tokio's timers do, so a test's paused clock passes a saga's backoff or an outbox retry at once.
+fn clock_skew_nanos() -> i128 {
+    let tokio_now = tokio::time::Instant::now().into_std();
+    let std_now = std::time::Instant::now();
+    match tokio_now.checked_duration_since(std_now) {
+        Some(ahead) => i128::try_from(ahead.as_nanos()).unwrap_or(i128::MAX),
+        None => -i128::try_from(std_now.duration_since(tokio_now).as_nanos()).unwrap_or(i128::MAX),
+    }
+}
+
+/// [`clock_skew_nanos`] in seconds, for SQL that reads the database's `now()`.
+#[cfg(feature = "postgres")]
+pub(crate) fn clock_skew_seconds() -> f64 {
+    clock_skew_nanos() as f64 / 1e9
 }
 
 /// A database holding Marty's tables.

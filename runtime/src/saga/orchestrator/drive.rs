@@ -23,13 +23,16 @@ pub(super) fn spawn_drive<S: Saga>(inner: Arc<Inner<S>>, run: Run<S>) {
     }
     let span = tracing::info_span!("saga", saga = S::DEFINITION.name, saga.id = %id);
     continue_trace(&span, run.row.traceparent.as_deref(), None);
-    tokio::spawn(
-        async move {
-            drive(&inner, run).await;
-            lock(&inner.driving).remove(&id);
-        }
-        .instrument(span),
-    );
+    let runtime = inner.runtime.upgrade().filter(|runtime| !runtime.is_global());
+    let task = async move {
+        drive(&inner, run).await;
+        lock(&inner.driving).remove(&id);
+    }
+    .instrument(span);
+    match runtime {
+        Some(runtime) => drop(tokio::spawn(runtime.scope(task))),
+        None => drop(tokio::spawn(task)),
+    }
 }
 
 /// Drives one saga until it settles, this replica stops, or another replica owns it. A failure to

@@ -204,6 +204,8 @@ struct Inner<S: Saga> {
     /// Callers of [`Orchestrator::wait`], told when the saga settles here.
     waiters: Mutex<HashMap<Arc<str>, Vec<oneshot::Sender<Status>>>>,
     background: Mutex<Vec<JoinHandle<()>>>,
+    /// Where steps run: their wrapped calls use this runtime's dependencies.
+    runtime: crate::runtime::WeakRuntime,
 }
 
 /// A saga this replica drives: the row as last committed, and the live state.
@@ -291,6 +293,7 @@ impl<S: Saga> Orchestrator<S> {
             driving: Mutex::default(),
             waiters: Mutex::default(),
             background: Mutex::default(),
+            runtime: runtime.downgrade(),
         });
         let poller = tokio::spawn(take_over(inner.clone()));
         let leases = tokio::spawn(renew_leases(inner.clone()));
