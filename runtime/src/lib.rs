@@ -30,9 +30,10 @@
 //! - [`metrics`] and `telemetry`: Prometheus, logs, OpenTelemetry traces and metrics;
 //! - [`Runtime`]: what a service keeps while it runs, and a runtime of your own for a test.
 //!
-//! Testing timing: the call policies read tokio's clock when they wait, so under
-//! `#[tokio::test(start_paused = true)]` timeouts, retry backoffs and a breaker's `open_for` pass at
-//! once and in order. (The relay and sagas read the system clock.)
+//! Testing: `marty::testing` (feature `testing`) serves a `#[service]` in a test, in a runtime of
+//! its own, with a client, the events it publishes and control of its dependencies. The policies,
+//! sagas and the outbox read tokio's clock, so under `#[tokio::test(start_paused = true)]`
+//! timeouts, retry backoffs, a breaker's `open_for` and saga backoffs pass at once and in order.
 #![forbid(unsafe_code)]
 // docs.rs builds with every feature and `--cfg docsrs`: each feature-gated item says which feature it needs.
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -82,6 +83,9 @@ mod stripe;
 #[cfg(feature = "http")]
 #[cfg_attr(docsrs, doc(cfg(feature = "http")))]
 pub mod telemetry;
+#[cfg(feature = "testing")]
+#[cfg_attr(docsrs, doc(cfg(feature = "testing")))]
+pub mod testing;
 #[cfg(any(feature = "http", feature = "tonic"))]
 mod throttled_log;
 pub mod timeout;

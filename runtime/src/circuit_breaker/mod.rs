@@ -242,6 +242,25 @@ impl CircuitBreaker {
         inner.config = config;
     }
 
+    /// Opens the breaker now, as if its window had filled with failures (for tests and drills): it
+    /// turns calls away for `open_for`, then lets trial calls through as usual.
+    pub fn force_open(&self) {
+        let transition = {
+            let mut inner = self.lock();
+            (inner.state != CircuitState::Open).then(|| self.set_state(&mut inner, CircuitState::Open, (1.0, 0.0)))
+        };
+        self.notify(transition);
+    }
+
+    /// Closes the breaker now, with an empty window.
+    pub fn force_closed(&self) {
+        let transition = {
+            let mut inner = self.lock();
+            (inner.state != CircuitState::Closed).then(|| self.set_state(&mut inner, CircuitState::Closed, (0.0, 0.0)))
+        };
+        self.notify(transition);
+    }
+
     /// Calls `listener` on every state change (after the change, outside the breaker's lock).
     pub fn on_transition(&self, listener: impl Fn(&Transition) + Send + Sync + 'static) {
         self.listeners.write().unwrap_or_else(|poison| poison.into_inner()).push(Arc::new(listener));

@@ -42,6 +42,8 @@ pub enum FaultSource {
     Config,
     /// The management endpoint, `PUT /faults/<dependency>`.
     Endpoint,
+    /// Code: the testing kit's `DependencyControl`.
+    Code,
 }
 
 impl FaultSource {
@@ -50,6 +52,7 @@ impl FaultSource {
         match self {
             FaultSource::Config => "config",
             FaultSource::Endpoint => "endpoint",
+            FaultSource::Code => "code",
         }
     }
 }

@@ -321,16 +321,32 @@ pub fn server_in<S: Routes>(runtime: &Runtime, service: S) -> Result<Server, Ser
 fn load_and_start_logging<S: Routes>(runtime: &Runtime) -> Result<Arc<DependencyRegistry>, ServeError> {
     let (path, text) = S::CONFIG;
     let registry = runtime.registry_or_load(path, text).map_err(ServeError::Config)?;
-    check_features(registry)?;
-    access::check(&registry.config(), S::ACCESS, S::ROUTE_NAMES)?;
-    #[cfg(feature = "faults")]
-    crate::fault::endpoint::check_paths(&registry.config(), S::ACCESS)?;
+    check_service::<S>(registry)?;
     #[cfg(feature = "openapi")]
     description::write_if_asked::<S>(&registry.config())?;
     if crate::telemetry::init(S::NAME, &registry.config().telemetry) {
         registry.log_provenance();
     }
     Ok(registry.clone())
+}
+
+/// What a service's routes need of its configuration: the features it uses, the roles and scopes
+/// they name, the paths the built-in endpoints take.
+fn check_service<S: Routes>(registry: &DependencyRegistry) -> Result<(), ServeError> {
+    check_features(registry)?;
+    access::check(&registry.config(), S::ACCESS, S::ROUTE_NAMES)?;
+    #[cfg(feature = "faults")]
+    crate::fault::endpoint::check_paths(&registry.config(), S::ACCESS)?;
+    Ok(())
+}
+
+/// The server for `service` in a test's runtime (`marty::testing`): checked as at startup, without
+/// starting logging (the test's own) or writing a description.
+#[cfg(feature = "testing")]
+pub(crate) fn server_for_tests<S: Routes>(runtime: &Runtime, service: S) -> Result<Server, ServeError> {
+    let registry = runtime.registry().cloned().ok_or_else(|| ServeError::Startup("no configuration".into()))?;
+    check_service::<S>(&registry)?;
+    server_for(Arc::new(service), runtime, registry)
 }
 
 fn server_for<S: Routes>(
@@ -570,7 +586,7 @@ impl Server {
 
     /// The complete application: user routes, built-in endpoints, and the layers every request passes.
     pub fn app(&self) -> Router {
-        self.cors(self.http_routes()).layer(self.http_layer())
+        self.cors(self.in_runtime(self.http_routes())).layer(self.http_layer())
     }
 
     /// `[security.cors]` around `routes`, outside authentication: a browser's preflight carries no

@@ -21,6 +21,26 @@ use crate::events::Message;
 pub struct MemoryBroker {
     topics: Arc<Mutex<HashMap<String, Topic>>>,
     dead_letters: Arc<Mutex<Vec<DeadLetter>>>,
+    /// What was published, once recording is on (the testing kit's); nothing is kept otherwise.
+    recorded: Recorded,
+}
+
+#[derive(Debug)]
+struct Recorded {
+    on: std::sync::atomic::AtomicBool,
+    messages: Mutex<Vec<Message>>,
+    /// How many messages were recorded, for those waiting for one.
+    count: tokio::sync::watch::Sender<usize>,
+}
+
+impl Default for Recorded {
+    fn default() -> Self {
+        Recorded {
+            on: std::sync::atomic::AtomicBool::new(false),
+            messages: Mutex::default(),
+            count: tokio::sync::watch::Sender::new(0),
+        }
+    }
 }
 
 /// A message a consumer group gave up on.
@@ -120,6 +140,31 @@ impl MemoryBroker {
     pub fn dead_letters(&self) -> Vec<DeadLetter> {
         lock(&self.dead_letters).clone()
     }
+
+    /// Keeps every message accepted from now on, for [`Self::published`] (tests: a service's broker
+    /// keeps nothing).
+    pub fn record_published(&self) {
+        self.recorded.on.store(true, Ordering::Release);
+    }
+
+    /// The messages accepted since [`Self::record_published`], oldest first; one the outbox
+    /// published again (its first publish failed) appears again.
+    pub fn published(&self) -> Vec<Message> {
+        lock(&self.recorded.messages).clone()
+    }
+
+    /// Changes when a message is recorded.
+    pub fn published_changes(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.recorded.count.subscribe()
+    }
+
+    fn record(&self, message: &Message) {
+        if self.recorded.on.load(Ordering::Acquire) {
+            let mut messages = lock(&self.recorded.messages);
+            messages.push(message.clone());
+            self.recorded.count.send_replace(messages.len());
+        }
+    }
 }
 
 impl super::Broker for MemoryBroker {
@@ -133,10 +178,12 @@ impl super::Broker for MemoryBroker {
                     Err(BrokerError::Unavailable(format!("no consumer of `{}` is running", message.topic)))
                 } else {
                     topic.kept.push(message.clone());
+                    self.record(message);
                     Ok(())
                 }));
                 continue;
             }
+            self.record(message);
             let (publisher, outcome) = oneshot::channel();
             let receipt = Receipt::new(topic.groups.len(), Some(publisher));
             for group in topic.groups.values() {
