@@ -279,3 +279,29 @@ pub(crate) fn unsupported(backend: &str) -> sqlx::Error {
 fn config_error(problem: String) -> sqlx::Error {
     sqlx::Error::Configuration(problem.into())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    /// Saga deadlines and backoffs, and the outbox's retries, are computed from `unix_millis`: under
+    /// a test's paused clock it moves exactly as tokio's timers do, not with the system clock.
+    #[tokio::test(start_paused = true)]
+    async fn saga_and_outbox_time_follows_a_paused_tokio_clock() {
+        let before = super::unix_millis();
+        tokio::time::advance(Duration::from_secs(3600)).await;
+        assert_eq!(super::unix_millis() - before, 3_600_000, "an hour of tokio's time is an hour of Marty's");
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(super::unix_millis() - before, 3_600_000, "real time passing under a paused clock moves nothing");
+        tokio::time::sleep(Duration::from_secs(600)).await;
+        assert_eq!(super::unix_millis() - before, 4_200_000);
+    }
+
+    /// Running normally, it is the system's time.
+    #[tokio::test]
+    async fn running_normally_it_is_the_system_clock() {
+        let system = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+        let (before, marty, after) = (system(), super::unix_millis(), system());
+        assert!(before - 1 <= marty && marty <= after + 1, "{marty} outside {before}..={after}");
+    }
+}
