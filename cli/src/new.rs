@@ -1,6 +1,8 @@
 //! `cargo marty new <name>`: a service crate that builds, passes its own tests and serves
 //! `/healthz` and its OpenAPI description on first run; `--grpc` adds a gRPC service on the same
-//! port.
+//! port; `--events <broker>` an event written with its row through the outbox and a consumer that
+//! records it through the inbox; `--saga` a persisted saga with a compensation (both on SQLite).
+//! Its tests use `marty::testing`.
 
 use std::path::{Path, PathBuf};
 
@@ -15,11 +17,13 @@ pub(crate) struct NewArgs {
     /// Add a gRPC service (tonic, from `proto/`) beside the HTTP routes, on the same port.
     #[arg(long)]
     grpc: bool,
-    /// Publish and consume events through the transactional outbox, on this broker (not
-    /// available yet: it says so).
+    /// Publish an event with each greeting through the transactional outbox, and consume it
+    /// through the inbox, on this broker (SQLite holds the outbox; the tests run on the
+    /// in-process broker).
     #[arg(long, value_name = "BROKER", value_parser = ["memory", "nats", "rabbitmq", "kafka"])]
     events: Option<String>,
-    /// Add a persisted saga with a compensation (not available yet: it says so).
+    /// Add a persisted saga (reserve, then charge; a declined charge releases the reservation), on
+    /// SQLite.
     #[arg(long)]
     saga: bool,
     /// Depend on Marty at this path (a checkout's `runtime/`) rather than on the version from
@@ -30,10 +34,10 @@ pub(crate) struct NewArgs {
 
 pub(crate) fn run(args: &NewArgs) -> Result<Outcome, String> {
     check_name(&args.name)?;
-    if args.events.is_some() || args.saga {
+    if args.grpc && (args.events.is_some() || args.saga) {
         // Said plainly rather than generating a crate that does less than asked.
-        return Err("`--events` and `--saga` are not available yet: generate the service, then add them as \
-                    README.md's \"Adding Marty to your crate\" shows"
+        return Err("`--grpc` is not generated together with `--events` or `--saga`: generate one, then add the \
+                    other as README.md's \"Adding Marty to your crate\" shows"
             .to_owned());
     }
     let dir = PathBuf::from(&args.name);
@@ -41,7 +45,8 @@ pub(crate) fn run(args: &NewArgs) -> Result<Outcome, String> {
         return Err(format!("{} already exists", shown(&dir)));
     }
     let marty = marty_dependency(args.marty_path.as_deref())?;
-    let files = files(&args.name, args.grpc, &marty);
+    let shape = Shape { grpc: args.grpc, events: args.events.as_deref(), saga: args.saga };
+    let files = files(&args.name, &shape, &marty);
     for (path, text) in &files {
         let path = dir.join(path);
         if let Some(parent) = path.parent() {
@@ -90,8 +95,16 @@ fn type_name(name: &str) -> String {
         .collect()
 }
 
+/// What the generated service does beside its route.
+struct Shape<'a> {
+    grpc: bool,
+    /// The broker of `--events`.
+    events: Option<&'a str>,
+    saga: bool,
+}
+
 /// The crate's files, by path.
-fn files(name: &str, grpc: bool, marty: &str) -> Vec<(String, String)> {
+fn files(name: &str, shape: &Shape<'_>, marty: &str) -> Vec<(String, String)> {
     let fill = |template: &str| {
         template
             .replace("__NAME__", name)
@@ -99,25 +112,86 @@ fn files(name: &str, grpc: bool, marty: &str) -> Vec<(String, String)> {
             .replace("__TYPE__", &type_name(name))
             .replace("__MARTY__", marty)
     };
-    let mut files = vec![
-        (".gitignore", "/target\n"),
-        ("marty.toml", MARTY_TOML),
-        ("src/main.rs", MAIN_RS),
-        ("tests/service.rs", TEST_RS),
-    ];
-    let grpc_manifest =
-        CARGO_TOML.replace(r#"features = ["openapi"]"#, r#"features = ["openapi", "grpc"]"#) + CARGO_TOML_GRPC;
-    match grpc {
-        true => files.extend([
-            ("Cargo.toml", grpc_manifest.as_str()),
-            ("build.rs", BUILD_RS),
-            ("proto/__CRATE__.proto", PROTO),
-            ("src/lib.rs", LIB_RS_GRPC),
-            ("tests/grpc.rs", TEST_GRPC_RS),
-        ]),
-        false => files.extend([("Cargo.toml", CARGO_TOML), ("src/lib.rs", LIB_RS)]),
+    let mut files: Vec<(&str, String)> =
+        vec![(".gitignore", "/target\n".to_owned()), ("src/main.rs", MAIN_RS.to_owned())];
+    if shape.events.is_some() || shape.saga {
+        let keep = |block: &str| match block {
+            "events" => shape.events.is_some(),
+            "saga" => shape.saga,
+            _ => true,
+        };
+        let broker = shape.events.unwrap_or("memory");
+        let features = match broker {
+            "memory" => r#"["openapi", "sqlite"]"#.to_owned(),
+            broker => format!(r#"["openapi", "sqlite", "{broker}"]"#),
+        };
+        let broker_url = match broker {
+            "nats" => "\nurl = \"nats://127.0.0.1:4222\"                    # MARTY__EVENTS__URL",
+            "rabbitmq" => "\nurl = \"amqp://guest:guest@127.0.0.1:5672/%2f\"  # MARTY__EVENTS__URL",
+            "kafka" => "\nurl = \"127.0.0.1:9092\"                           # MARTY__EVENTS__URL",
+            _ => "",
+        };
+        files.extend([
+            ("Cargo.toml", CARGO_TOML.replace(r#"["openapi"]"#, &features)),
+            (
+                "marty.toml",
+                blocks(&MARTY_TOML_DATA.replace("__BROKER__", broker).replace("__BROKER_URL__", broker_url), keep),
+            ),
+            ("src/lib.rs", blocks(LIB_RS_DATA, keep)),
+            ("src/main.rs", MAIN_RS_DATA.to_owned()),
+            ("tests/service.rs", blocks(TEST_RS_DATA, keep)),
+        ]);
+    } else if shape.grpc {
+        let manifest = CARGO_TOML
+            .replace(r#"features = ["openapi"]"#, r#"features = ["openapi", "grpc"]"#)
+            .replace("\n[dev-dependencies]\n", &format!("{CARGO_TOML_GRPC_DEPENDENCIES}\n[dev-dependencies]\n"))
+            + CARGO_TOML_GRPC;
+        files.extend([
+            ("Cargo.toml", manifest),
+            ("marty.toml", MARTY_TOML.to_owned()),
+            ("build.rs", BUILD_RS.to_owned()),
+            ("proto/__CRATE__.proto", PROTO.to_owned()),
+            ("src/lib.rs", LIB_RS_GRPC.to_owned()),
+            ("tests/service.rs", TEST_RS.to_owned()),
+            ("tests/grpc.rs", TEST_GRPC_RS.to_owned()),
+        ]);
+    } else {
+        files.extend([
+            ("Cargo.toml", CARGO_TOML.to_owned()),
+            ("marty.toml", MARTY_TOML.to_owned()),
+            ("src/lib.rs", LIB_RS.to_owned()),
+            ("tests/service.rs", TEST_RS.to_owned()),
+        ]);
     }
-    files.into_iter().map(|(path, text)| (fill(path), fill(text))).collect()
+    // A later entry for a path replaces an earlier one (`src/main.rs` of a service with state).
+    let mut by_path = std::collections::BTreeMap::new();
+    for (path, text) in files {
+        by_path.insert(fill(path), fill(&text));
+    }
+    by_path.into_iter().collect()
+}
+
+/// `template` without the blocks `keep` refuses: a block is the lines between `//@<name>{` (or
+/// `#@<name>{`) and `//@}` (`#@}`), marker lines dropped.
+fn blocks(template: &str, keep: impl Fn(&str) -> bool) -> String {
+    let mut kept = String::new();
+    let mut inside: Option<bool> = None;
+    for line in template.lines() {
+        let marker = line.trim().trim_start_matches("//").trim_start_matches('#');
+        if let Some(name) = marker.strip_prefix('@').and_then(|rest| rest.strip_suffix('{')) {
+            inside = Some(keep(name));
+            continue;
+        }
+        if marker == "@}" {
+            inside = None;
+            continue;
+        }
+        if inside != Some(false) {
+            kept.push_str(line);
+            kept.push('\n');
+        }
+    }
+    kept
 }
 
 const CARGO_TOML: &str = r#"[package]
@@ -132,16 +206,21 @@ tokio = { version = "1", features = ["macros", "rt-multi-thread"] }
 serde = { version = "1", features = ["derive"] }
 # The schemas of the routes' bodies and answers in the OpenAPI description.
 utoipa = "5"
+
+[dev-dependencies]
+# `marty::testing`: the tests serve the service in-process and call its routes.
+marty = { __MARTY__, features = ["testing"] }
 "#;
 
-/// What `--grpc` adds to `CARGO_TOML`, whose last table is `[dependencies]`.
-const CARGO_TOML_GRPC: &str = r#"# The code generated from proto/.
+/// What `--grpc` adds to `CARGO_TOML`'s `[dependencies]`.
+const CARGO_TOML_GRPC_DEPENDENCIES: &str = r#"# The code generated from proto/.
 tonic = { version = "0.14", default-features = false, features = ["codegen"] }
 tonic-prost = "0.14"
 prost = "0.14"
+"#;
 
-[dev-dependencies]
-# The tests call the service as a gRPC client.
+/// What `--grpc` adds after `CARGO_TOML`, whose last table is `[dev-dependencies]`.
+const CARGO_TOML_GRPC: &str = r#"# The tests call the service as a gRPC client.
 tonic = { version = "0.14", default-features = false, features = ["codegen", "channel"] }
 
 [build-dependencies]
@@ -246,39 +325,24 @@ async fn main() -> Result<(), marty::service::ServeError> {
 }
 "#;
 
-const TEST_RS: &str = r##"//! The service in this process, on a free port, called over HTTP as its clients call it.
+const TEST_RS: &str = r##"//! The service served in this test, on a port of its own, called over HTTP as its clients call
+//! it (`marty::testing`).
 
-use std::net::SocketAddr;
-
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// `GET path`: the status and the body.
-async fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
-    let request = format!("GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).await.expect("read");
-    let status = response.get(9..12).and_then(|code| code.parse().ok()).unwrap_or(0);
-    let body = response.split_once("\r\n\r\n").map(|(_, body)| body.to_owned()).unwrap_or_default();
-    (status, body)
-}
+use marty::testing::TestService;
 
 #[tokio::test]
 async fn it_is_alive_answers_its_route_and_describes_it() {
-    let server = marty::service::server(__CRATE__::__TYPE__).expect("marty.toml loads");
-    let running = server.start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
-    let addr = running.addr();
+    let service = TestService::start(__CRATE__::__TYPE__).await;
 
-    assert_eq!(get(addr, "/healthz").await.0, 200);
-    let (status, body) = get(addr, "/hello/world").await;
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains("Hello, world!"), "{body}");
-    let (status, description) = get(addr, "/openapi.json").await;
-    assert_eq!(status, 200);
-    assert!(description.contains(r#""/hello/{name}""#), "{description}");
+    assert_eq!(service.client().get("/healthz").send().await.status(), 200);
+    let hello = service.client().get("/hello/world").send().await;
+    assert_eq!(hello.status(), 200, "{}", hello.text());
+    assert_eq!(hello.json::<__CRATE__::Greeting>().message, "Hello, world!");
+    let description = service.client().get("/openapi.json").send().await;
+    assert_eq!(description.status(), 200);
+    assert!(description.text().contains(r#""/hello/{name}""#), "{}", description.text());
 
-    running.shutdown().await.unwrap();
+    service.stop().await;
 }
 "##;
 
@@ -320,9 +384,8 @@ use __CRATE__::proto::GreetRequest;
 
 #[tokio::test]
 async fn it_greets_over_grpc_and_refuses_an_empty_name() {
-    let server = marty::service::server(__CRATE__::__TYPE__).expect("marty.toml loads");
-    let running = server.start(tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap()).unwrap();
-    let channel = tonic::transport::Channel::from_shared(format!("http://{}", running.addr()))
+    let service = marty::testing::TestService::start(__CRATE__::__TYPE__).await;
+    let channel = tonic::transport::Channel::from_shared(format!("http://{}", service.addr()))
         .unwrap()
         .connect()
         .await
@@ -334,6 +397,349 @@ async fn it_greets_over_grpc_and_refuses_an_empty_name() {
     let refused = client.greet(GreetRequest { name: String::new() }).await.unwrap_err();
     assert_eq!(refused.code(), tonic::Code::InvalidArgument);
 
-    running.shutdown().await.unwrap();
+    service.stop().await;
 }
 "#;
+
+const MARTY_TOML_DATA: &str = r#"# Checked when the service compiles, and again at startup (with MARTY__... overrides from the
+# environment): a mistake is an error naming file, line and key. `cargo marty check` runs the same.
+[service]
+name = "__NAME__"
+
+[http]
+addr = "127.0.0.1:8080"
+
+# The routes' OpenAPI description at GET /openapi.json.
+[openapi]
+
+# The service's database, created on first start; Marty's tables (outbox, inbox, sagas) live there too.
+[dependencies.db]
+kind = "database"
+url = "sqlite://__NAME__.db?mode=rwc"            # MARTY__DEPENDENCIES__DB__URL
+#@events{
+
+[events]
+broker = "__BROKER__"__BROKER_URL__
+
+# Events written in a transaction with their rows are relayed from this database's outbox.
+[outbox]
+store = "db"
+poll_interval = "100ms"
+#@}
+"#;
+
+const LIB_RS_DATA: &str = r#"//! The __NAME__ service: its routes, described at `GET /openapi.json`, on its SQLite database.
+//@events{
+//! A greeting is written with its `Greeted` event in one transaction (the outbox); a consumer
+//! tallies greetings through the inbox, so a redelivered event counts once.
+//@}
+//@saga{
+//! An order runs a saga: reserve, then charge; a declined charge releases the reservation.
+//@}
+
+use marty::axum::extract::{Json, Path};
+use marty::axum::http::StatusCode;
+use marty::service::Problem;
+use marty::sqlx::{self, SqlitePool};
+//@saga{
+use marty::saga::{Orchestrator, StepContext, StepError};
+//@}
+
+/// What `GET /hello/{name}` answers.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Greeting {
+    pub message: String,
+}
+//@events{
+
+/// Published with each greeting.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, marty::Event)]
+#[event(topic = "__CRATE__.greeted")]
+pub struct Greeted {
+    #[event(key)]
+    pub name: String,
+}
+
+/// How often someone was greeted, as the consumer counted.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Tally {
+    pub name: String,
+    pub greetings: i64,
+}
+//@}
+//@saga{
+
+/// An order's saga: its state is saved after every step.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub struct PlaceOrder {
+    pub order_id: i64,
+    pub amount_cents: i64,
+}
+
+#[marty::saga(store = "db", timeout = "30s")]
+impl PlaceOrder {
+    #[saga_step(compensate = release)]
+    async fn reserve(&mut self, ctx: &mut StepContext<SqlitePool>) -> Result<(), StepError> {
+        record(ctx.env(), self.order_id, "reserved").await
+    }
+
+    async fn release(&mut self, ctx: &mut StepContext<SqlitePool>) -> Result<(), StepError> {
+        record(ctx.env(), self.order_id, "released").await
+    }
+
+    #[saga_step]
+    async fn charge(&mut self, ctx: &mut StepContext<SqlitePool>) -> Result<(), StepError> {
+        if self.amount_cents > 10_000 {
+            return Err(StepError::permanent("card declined"));
+        }
+        record(ctx.env(), self.order_id, "charged").await
+    }
+}
+
+async fn record(pool: &SqlitePool, order_id: i64, what: &str) -> Result<(), StepError> {
+    sqlx::query("insert into order_log (order_id, what) values (?, ?)")
+        .bind(order_id)
+        .bind(what)
+        .execute(pool)
+        .await
+        .map(drop)
+        .map_err(|error| StepError::transient(error.to_string()))
+}
+
+/// An order to place.
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct NewOrder {
+    pub amount_cents: i64,
+}
+
+/// Where an order's saga is: `running`, `completed`, `compensated`, ...
+#[derive(Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct OrderStatus {
+    pub saga: String,
+    pub status: String,
+}
+//@}
+
+/// The service's state: what its handlers share.
+pub struct __TYPE__ {
+//@events{
+    pool: SqlitePool,
+//@}
+//@saga{
+    sagas: Orchestrator<PlaceOrder>,
+//@}
+}
+
+/// The service's own tables.
+const SCHEMA: &str = "
+//@events{
+    create table if not exists greetings (id integer primary key, name text not null);
+    create table if not exists tally (name text primary key, greetings integer not null);
+//@}
+//@saga{
+    create table if not exists order_log (order_id integer not null, what text not null);
+//@}
+";
+
+impl __TYPE__ {
+    /// Opens `[dependencies.db]`, creates the tables, and hands the database to Marty (its outbox,
+    /// inbox and saga tables).
+    pub async fn open(registry: &marty::DependencyRegistry) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
+        let url = registry.dependency("db").and_then(|db| db.config().url).ok_or("[dependencies.db] has no url")?;
+        let pool = SqlitePool::connect(&url).await?;
+        sqlx::raw_sql(SCHEMA).execute(&pool).await?;
+        marty::store::register("db", pool.clone()).await?;
+        Ok(__TYPE__ {
+//@saga{
+            sagas: Orchestrator::new(pool.clone()).await?,
+//@}
+//@events{
+            pool,
+//@}
+        })
+    }
+}
+
+//@events{
+impl __TYPE__ {
+    /// A call to the database under `[dependencies.db]`'s policies: bulkhead, breaker, timeout,
+    /// retry, its span and metrics.
+    #[marty::database_call(dependency = "db")]
+    async fn greetings_of(&self, name: &str) -> Result<Option<i64>, marty::CallError<sqlx::Error>> {
+        sqlx::query_scalar("select greetings from tally where name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(marty::CallError::Inner)
+    }
+}
+
+//@}
+fn failed(error: impl std::fmt::Display) -> Problem {
+    Problem::new(StatusCode::INTERNAL_SERVER_ERROR, error.to_string())
+}
+
+#[marty::service]
+impl __TYPE__ {
+    /// Greets `name`.
+    #[get("/hello/{name}")]
+    async fn hello(&self, Path(name): Path<String>) -> Json<Greeting> {
+        Json(Greeting { message: format!("Hello, {name}!") })
+    }
+//@events{
+
+    /// Greets `name`, and announces it: the row and the event commit together.
+    #[post("/greetings/{name}")]
+    async fn greet(&self, Path(name): Path<String>) -> Result<(StatusCode, Json<Greeting>), Problem> {
+        let mut tx = self.pool.begin().await.map_err(failed)?;
+        sqlx::query("insert into greetings (name) values (?)").bind(&name).execute(&mut *tx).await.map_err(failed)?;
+        marty::outbox::publish(&mut tx, &Greeted { name: name.clone() }).await.map_err(failed)?;
+        tx.commit().await.map_err(failed)?;
+        Ok((StatusCode::CREATED, Json(Greeting { message: format!("Hello, {name}!") })))
+    }
+
+    /// How often `name` was greeted, as the consumer counted.
+    #[get("/greetings/{name}")]
+    async fn tally(&self, Path(name): Path<String>) -> Result<Json<Tally>, Problem> {
+        let greetings = self.greetings_of(&name).await?;
+        Ok(Json(Tally { name, greetings: greetings.unwrap_or(0) }))
+    }
+
+    /// Counts a greeting, once per event (the inbox records it in the same transaction).
+    #[event_handler(group = "tally", inbox = "db")]
+    async fn count(&self, event: Greeted, tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), sqlx::Error> {
+        sqlx::query(
+            "insert into tally (name, greetings) values (?, 1)
+             on conflict (name) do update set greetings = tally.greetings + 1",
+        )
+        .bind(&event.name)
+        .execute(&mut **tx)
+        .await
+        .map(drop)
+    }
+//@}
+//@saga{
+
+    /// Places order `id`: its saga runs in the background; the answer names it.
+    #[post("/orders/{id}")]
+    async fn place(&self, Path(id): Path<i64>, Json(order): Json<NewOrder>) -> Result<(StatusCode, Json<OrderStatus>), Problem> {
+        let saga = self.sagas.start(PlaceOrder { order_id: id, amount_cents: order.amount_cents }).await.map_err(failed)?;
+        Ok((StatusCode::ACCEPTED, Json(OrderStatus { saga, status: "running".to_owned() })))
+    }
+
+    /// Where the saga `saga` is.
+    #[get("/sagas/{saga}")]
+    async fn order_status(&self, Path(saga): Path<String>) -> Result<Json<OrderStatus>, Problem> {
+        let status = self.sagas.status(&saga).await.map_err(failed)?;
+        let status = status.ok_or_else(|| Problem::new(StatusCode::NOT_FOUND, format!("no saga `{saga}`")))?;
+        Ok(Json(OrderStatus { saga, status: status.status.to_string() }))
+    }
+//@}
+}
+"#;
+
+const MAIN_RS_DATA: &str = r#"//! `cargo run`, then:
+//!
+//! ```sh
+//! curl -s localhost:8080/hello/world
+//! curl -s localhost:8080/openapi.json
+//! curl -s localhost:8080/healthz
+//! ```
+
+#[tokio::main]
+async fn main() -> Result<(), marty::service::ServeError> {
+    let server = marty::service::server_with(__CRATE__::__TYPE__::open).await?;
+    server.serve().await.map_err(marty::service::ServeError::Io)
+}
+"#;
+
+const TEST_RS_DATA: &str = r##"//! The service served in this test on a database of its own, on a port of its own and the
+//! in-process broker, called over HTTP as its clients call it (`marty::testing`).
+
+use std::time::Duration;
+
+use marty::testing::TestService;
+use __CRATE__::__TYPE__;
+
+async fn service(test: &str) -> TestService {
+    let file = std::env::temp_dir().join(format!("__NAME__-{test}-{}.db", std::process::id()));
+    let _ = std::fs::remove_file(&file);
+    TestService::builder::<__TYPE__>()
+        .env("MARTY__DEPENDENCIES__DB__URL", format!("sqlite://{}?mode=rwc", file.display()))
+        .start_with(|registry| async move { __TYPE__::open(&registry).await })
+        .await
+}
+
+#[tokio::test]
+async fn it_is_alive_answers_its_route_and_describes_it() {
+    let service = service("alive").await;
+    assert_eq!(service.client().get("/healthz").send().await.status(), 200);
+    let hello = service.client().get("/hello/world").send().await;
+    assert_eq!(hello.json::<__CRATE__::Greeting>().message, "Hello, world!");
+    let description = service.client().get("/openapi.json").send().await.text();
+    assert!(description.contains(r#""/hello/{name}""#), "{description}");
+    service.stop().await;
+}
+//@events{
+
+#[tokio::test]
+async fn a_greeting_is_announced_and_counted_once() {
+    let service = service("greeted").await;
+    let greeted = service.client().post("/greetings/ada").send().await;
+    assert_eq!(greeted.status(), 201, "{}", greeted.text());
+    let event = service.expect_event::<__CRATE__::Greeted>(|event| event.name == "ada").within(Duration::from_secs(10)).await;
+    assert_eq!(event.name, "ada");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let tally = service.client().get("/greetings/ada").send().await.json::<__CRATE__::Tally>();
+        if tally.greetings == 1 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the consumer never counted the greeting: {tally:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+
+    // The database fails every attempt: retried, then answered 503; healed, it answers again.
+    service.dependency("db").fail(1.0);
+    assert_eq!(service.client().get("/greetings/ada").send().await.status(), 503);
+    service.dependency("db").heal();
+    assert_eq!(service.client().get("/greetings/ada").send().await.status(), 200);
+    // Its breaker open: turned away at once.
+    service.dependency("db").open_breaker();
+    assert_eq!(service.client().get("/greetings/ada").send().await.status(), 503);
+    service.stop().await;
+}
+//@}
+//@saga{
+
+async fn settled(service: &TestService, saga: &str) -> String {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = service.client().get(&format!("/sagas/{saga}")).send().await.json::<__CRATE__::OrderStatus>();
+        if status.status != "running" {
+            return status.status;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "saga {saga} never settled");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_order_completes_and_a_declined_one_is_compensated() {
+    let service = service("orders").await;
+    let place = |id: i64, amount_cents: i64| {
+        let request = service.client().post(&format!("/orders/{id}")).json(&__CRATE__::NewOrder { amount_cents });
+        async move {
+            let placed = request.send().await;
+            assert_eq!(placed.status(), 202, "{}", placed.text());
+            placed.json::<__CRATE__::OrderStatus>().saga
+        }
+    };
+    let completed = place(1, 500).await;
+    let declined = place(2, 50_000).await;
+    assert_eq!(settled(&service, &completed).await, "completed");
+    assert_eq!(settled(&service, &declined).await, "compensated");
+    service.stop().await;
+}
+//@}
+"##;

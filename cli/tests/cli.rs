@@ -178,3 +178,48 @@ fn an_operator_lists_replays_and_resumes_what_is_parked() {
     assert_eq!(no_url.status.code(), Some(2));
     assert!(text(&no_url).contains("--database-url"), "{}", text(&no_url));
 }
+
+#[test]
+fn new_generates_what_each_flag_asks_and_refuses_what_it_does_not_generate() {
+    let dir = temp_dir("new");
+    let new = |name: &str, flags: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cargo-marty"))
+            .current_dir(&dir)
+            .args(["marty", "new", name])
+            .args(flags)
+            .output()
+            .expect("run cargo-marty")
+    };
+    let shop = new("shop", &["--events", "nats", "--saga"]);
+    assert!(shop.status.success(), "{}", text(&shop));
+    let read = |path: &str| std::fs::read_to_string(dir.join(path)).unwrap();
+    assert!(
+        read("shop/Cargo.toml").contains(r#"features = ["openapi", "sqlite", "nats"]"#),
+        "{}",
+        read("shop/Cargo.toml")
+    );
+    let config = read("shop/marty.toml");
+    assert!(
+        config.contains("broker = \"nats\"\nurl = \"nats://127.0.0.1:4222\"") && config.contains("[outbox]"),
+        "{config}"
+    );
+    let lib = read("shop/src/lib.rs");
+    assert!(lib.contains("#[event_handler(") && lib.contains("#[marty::saga(") && !lib.contains("@events"), "{lib}");
+
+    let orders = new("orders", &["--saga"]);
+    assert!(orders.status.success(), "{}", text(&orders));
+    let lib = read("orders/src/lib.rs");
+    assert!(
+        lib.contains("#[marty::saga(") && !lib.contains("Greeted") && !read("orders/marty.toml").contains("[events]"),
+        "{lib}"
+    );
+
+    let refused = new("both", &["--grpc", "--events", "memory"]);
+    assert_eq!(refused.status.code(), Some(2), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("`--grpc` is not generated together with `--events` or `--saga`"),
+        "{}",
+        text(&refused)
+    );
+    assert!(!dir.join("both").exists(), "nothing is written");
+}
