@@ -135,7 +135,11 @@ fn files(name: &str, shape: &Shape<'_>, marty: &str) -> Vec<(String, String)> {
             ("Cargo.toml", CARGO_TOML.replace(r#"["openapi"]"#, &features)),
             (
                 "marty.toml",
-                blocks(&MARTY_TOML_DATA.replace("__BROKER__", broker).replace("__BROKER_URL__", broker_url), keep),
+                MARTY_TOML.to_owned()
+                    + &blocks(
+                        &MARTY_TOML_DATA.replace("__BROKER__", broker).replace("__BROKER_URL__", broker_url),
+                        keep,
+                    ),
             ),
             ("src/lib.rs", blocks(LIB_RS_DATA, keep)),
             ("src/main.rs", MAIN_RS_DATA.to_owned()),
@@ -401,17 +405,8 @@ async fn it_greets_over_grpc_and_refuses_an_empty_name() {
 }
 "#;
 
-const MARTY_TOML_DATA: &str = r#"# Checked when the service compiles, and again at startup (with MARTY__... overrides from the
-# environment): a mistake is an error naming file, line and key. `cargo marty check` runs the same.
-[service]
-name = "__NAME__"
-
-[http]
-addr = "127.0.0.1:8080"
-
-# The routes' OpenAPI description at GET /openapi.json.
-[openapi]
-
+/// What `--events` and `--saga` add after `MARTY_TOML`.
+const MARTY_TOML_DATA: &str = r#"
 # The service's database, created on first start; Marty's tables (outbox, inbox, sagas) live there too.
 [dependencies.db]
 kind = "database"

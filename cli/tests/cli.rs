@@ -200,6 +200,10 @@ fn new_generates_what_each_flag_asks_and_refuses_what_it_does_not_generate() {
     );
     let config = read("shop/marty.toml");
     assert!(
+        config.starts_with("# Checked when the service compiles") && config.contains("[service]\nname = \"shop\""),
+        "{config}"
+    );
+    assert!(
         config.contains("broker = \"nats\"\nurl = \"nats://127.0.0.1:4222\"") && config.contains("[outbox]"),
         "{config}"
     );

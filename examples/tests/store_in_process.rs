@@ -5,10 +5,12 @@
 
 mod support;
 
+use std::net::SocketAddr;
 use std::time::Duration;
 
 use marty::security::DevIssuer;
-use marty::testing::TestService;
+use marty::service::Routes;
+use marty::testing::{TestService, TestServiceBuilder};
 use marty_examples::store::inventory::Inventory;
 use marty_examples::store::orders::Orders;
 use marty_examples::store::payments::Payments;
@@ -24,31 +26,29 @@ struct Store {
     issuer: DevIssuer,
 }
 
+/// A service of the store, set to find the development issuer at `issuer`, as the `MARTY__`
+/// variables of a deployment would say it.
+fn with_issuer<S: Routes>(issuer: SocketAddr) -> TestServiceBuilder<S> {
+    TestService::builder::<S>()
+        .env("MARTY__SECURITY__JWT__JWKS_URL", format!("http://{issuer}/jwks.json"))
+        .env("MARTY__SECURITY__CLIENTS__STORE__TOKEN_URL", format!("http://{issuer}/token"))
+        .env("STORE_CLIENT_SECRET", SECRET)
+}
+
 async fn store(test: &str) -> Store {
     let issuer = DevIssuer::new("store-dev-issuer", "store").client("orders", SECRET, &[], &[]);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let issuer_addr = issuer.serve(listener).await.unwrap();
     let databases = Databases::sqlite(test);
-    let common = [
-        ("MARTY__SECURITY__JWT__JWKS_URL", format!("http://{issuer_addr}/jwks.json")),
-        ("MARTY__SECURITY__CLIENTS__STORE__TOKEN_URL", format!("http://{issuer_addr}/token")),
-        ("STORE_CLIENT_SECRET", SECRET.to_owned()),
-    ];
-    let builder =
-        || common.iter().fold(TestService::builder::<Inventory>(), |builder, (key, value)| builder.env(*key, value));
-    let inventory = builder()
+    let inventory = with_issuer::<Inventory>(issuer_addr)
         .env("MARTY__DEPENDENCIES__INVENTORY_DB__URL", databases.url("inventory"))
         .start_with(|registry| async move { Inventory::open(&registry).await })
         .await;
-    let payments = common
-        .iter()
-        .fold(TestService::builder::<Payments>(), |builder, (key, value)| builder.env(*key, value))
+    let payments = with_issuer::<Payments>(issuer_addr)
         .env("MARTY__DEPENDENCIES__PAYMENTS_DB__URL", databases.url("payments"))
         .start_with(|registry| async move { Payments::open(&registry).await })
         .await;
-    let orders = common
-        .iter()
-        .fold(TestService::builder::<Orders>(), |builder, (key, value)| builder.env(*key, value))
+    let orders = with_issuer::<Orders>(issuer_addr)
         .env("MARTY__DEPENDENCIES__ORDERS_DB__URL", databases.url("orders"))
         .env("MARTY__DEPENDENCIES__INVENTORY_API__URL", format!("http://{}", inventory.addr()))
         .env("MARTY__DEPENDENCIES__PAYMENTS_API__URL", format!("http://{}", payments.addr()))
