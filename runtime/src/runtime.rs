@@ -121,7 +121,7 @@ impl Runtime {
         if let Some(policy) = read(&self.shared.call_sites) {
             return Ok(policy);
         }
-        let registry = self.registry().ok_or_else(|| no_configuration_in(self))?;
+        let registry = self.registry().ok_or_else(no_configuration)?;
         let policy = Arc::new(resolve(registry)?);
         let mut sites = self.shared.call_sites.write().unwrap_or_else(|poison| poison.into_inner());
         Ok(sites.entry(site).or_insert(policy).clone())
@@ -212,7 +212,7 @@ impl WeakRuntime {
 }
 
 /// A runtime in scope without a configuration: only the global one loads its own.
-fn no_configuration_in(_: &Runtime) -> Error {
+fn no_configuration() -> Error {
     Error::Config(Arc::new(marty_config::ConfigErrors(vec![marty_config::ConfigError {
         file: String::new(),
         origin: marty_config::Origin::Missing,

@@ -101,6 +101,11 @@ async fn put(State(state): State<FaultsState>, Path(name): Path<String>, headers
         return refused;
     }
     let Some(dependency) = state.registry.dependency(&name) else { return unknown(&state, &name) };
+    if !state.registry.config().faults.enabled {
+        // A reload turned faults off after the endpoint was served: it injects nothing more.
+        let detail = "faults are disabled: `[faults] enabled` is not `true` in the configuration in force";
+        return Problem::new(StatusCode::CONFLICT, detail).into_response();
+    }
     let fault = match read_fault(&body) {
         Ok(fault) => fault,
         Err(problem) => return problem.into_response(),

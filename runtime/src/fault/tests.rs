@@ -187,6 +187,16 @@ mod endpoint {
         assert!(registry.dependency("payments").unwrap().faults().current().is_none());
     }
 
+    #[tokio::test]
+    async fn once_a_reload_disables_faults_the_endpoint_sets_none() {
+        let (registry, routes) = routes();
+        registry.reload(Config::parse(PAYMENTS, "marty.toml").unwrap());
+        let (status, body) = send(&routes, "PUT", "/faults/payments", Some(TOKEN), r#"{"error_rate": 1.0}"#).await;
+        assert_eq!(status, StatusCode::CONFLICT, "{body}");
+        assert!(body.contains("faults are disabled"), "{body}");
+        assert!(registry.dependency("payments").unwrap().faults().current().is_none());
+    }
+
     #[test]
     fn the_endpoint_is_not_served_without_a_token_or_with_faults_disabled() {
         for extra in ["[faults]\nenabled = true\n", "[faults]\ntoken = \"a-token-of-twenty-chars\"\n"] {

@@ -707,8 +707,8 @@ impl Server {
             false => self.http_routes(),
         };
         let http = self.cors(self.in_runtime(api_routes)).layer(observe.clone());
-        let management_http =
-            management.then(|| self.operations_routes().fallback(errors::not_found).layer(observe.clone()));
+        let management_http = management
+            .then(|| self.in_runtime(self.operations_routes()).fallback(errors::not_found).layer(observe.clone()));
         #[cfg(feature = "grpc")]
         if let Some(services) = self.grpc.take() {
             let names = services.names().to_vec();

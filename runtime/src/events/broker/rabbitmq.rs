@@ -36,6 +36,9 @@ pub const DEAD_LETTER_EXCHANGE: &str = "marty.dead_letter";
 /// The queue that keeps every dead letter.
 pub const DEAD_LETTER_QUEUE: &str = "marty.dead_letter";
 
+/// How often a consumer that receives nothing checks that its connection and channel are alive.
+const LIVENESS_CHECK: Duration = Duration::from_secs(2);
+
 /// A RabbitMQ connection for publishing; each subscription opens its own.
 #[derive(Debug)]
 pub struct RabbitMqBroker {
@@ -251,8 +254,20 @@ impl super::Broker for RabbitMqBroker {
                         },
                     };
                     retry_in = Duration::from_millis(100);
-                    while let Some(next) = consumer.next().await {
-                        let Ok(raw) = next else { break };
+                    loop {
+                        // A consumer whose connection or channel went away does not always end its
+                        // stream (a broker restarted under SIGKILLed peers left one waiting for good):
+                        // while no delivery comes, the connection is checked, and a dead one is left.
+                        let next = tokio::select! {
+                            next = consumer.next() => next,
+                            () = tokio::time::sleep(LIVENESS_CHECK) => {
+                                if connection.status().connected() && channel.status().connected() {
+                                    continue;
+                                }
+                                None
+                            }
+                        };
+                        let Some(Ok(raw)) = next else { break };
                         let message = message_of(&raw, &topic);
                         let delivered = if raw.redelivered { 2 } else { 1 };
                         let settle = AmqpSettle { raw, channel: channel.clone() };
