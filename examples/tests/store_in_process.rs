@@ -132,3 +132,25 @@ async fn a_dependency_controlled_by_the_test_answers_as_it_would_in_production()
         "closed"
     );
 }
+
+/// `[openapi] ui` (feature `openapi-ui`): the page is served as HTML with its own content security
+/// policy (the API's `default-src 'none'` would stop Scalar's script), pointed at the description.
+/// Not checked: that Scalar's script, from its CDN, renders it in a browser.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_description_has_a_browsable_page_when_asked() {
+    let databases = Databases::sqlite("kit-docs");
+    let inventory = with_issuer::<Inventory>("127.0.0.1:9".parse().unwrap())
+        .env("MARTY__DEPENDENCIES__INVENTORY_DB__URL", databases.url("inventory"))
+        .env("MARTY__OPENAPI__UI", "/docs")
+        .start_with(|registry| async move { Inventory::open(&registry).await })
+        .await;
+    let page = inventory.client().get("/docs").send().await;
+    assert_eq!(page.status(), 200, "{}", page.text());
+    assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
+    let policy = page.header("content-security-policy").unwrap_or_default();
+    assert!(policy.contains("script-src 'self' https://cdn.jsdelivr.net"), "{policy}");
+    assert!(page.text().contains(r#"data-url="/openapi.json""#), "{}", page.text());
+    assert!(page.text().contains(r#"<script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference">"#));
+    let description = inventory.client().get("/openapi.json").send().await;
+    assert_eq!(description.json::<serde_json::Value>()["openapi"], "3.1.0");
+}
