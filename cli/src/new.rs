@@ -112,8 +112,7 @@ fn files(name: &str, shape: &Shape<'_>, marty: &str) -> Vec<(String, String)> {
             .replace("__TYPE__", &type_name(name))
             .replace("__MARTY__", marty)
     };
-    let mut files: Vec<(&str, String)> =
-        vec![(".gitignore", "/target\n".to_owned()), ("src/main.rs", MAIN_RS.to_owned())];
+    let mut files: Vec<(&str, String)> = vec![(".gitignore", "/target\n".to_owned())];
     if shape.events.is_some() || shape.saga {
         let keep = |block: &str| match block {
             "events" => shape.events.is_some(),
@@ -156,6 +155,7 @@ fn files(name: &str, shape: &Shape<'_>, marty: &str) -> Vec<(String, String)> {
             ("build.rs", BUILD_RS.to_owned()),
             ("proto/__CRATE__.proto", PROTO.to_owned()),
             ("src/lib.rs", LIB_RS_GRPC.to_owned()),
+            ("src/main.rs", MAIN_RS.to_owned()),
             ("tests/service.rs", TEST_RS.to_owned()),
             ("tests/grpc.rs", TEST_GRPC_RS.to_owned()),
         ]);
@@ -164,15 +164,11 @@ fn files(name: &str, shape: &Shape<'_>, marty: &str) -> Vec<(String, String)> {
             ("Cargo.toml", CARGO_TOML.to_owned()),
             ("marty.toml", MARTY_TOML.to_owned()),
             ("src/lib.rs", LIB_RS.to_owned()),
+            ("src/main.rs", MAIN_RS.to_owned()),
             ("tests/service.rs", TEST_RS.to_owned()),
         ]);
     }
-    // A later entry for a path replaces an earlier one (`src/main.rs` of a service with state).
-    let mut by_path = std::collections::BTreeMap::new();
-    for (path, text) in files {
-        by_path.insert(fill(path), fill(&text));
-    }
-    by_path.into_iter().collect()
+    files.into_iter().map(|(path, text)| (fill(path), fill(&text))).collect()
 }
 
 /// `template` without the blocks `keep` refuses: a block is the lines between `//@<name>{` (or

@@ -11,8 +11,10 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
+use axum::extract::Request;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -21,24 +23,30 @@ use serde::Deserialize;
 
 use super::FaultSource;
 use crate::registry::DependencyRegistry;
+use crate::service::health::json;
 use crate::service::{Problem, ProblemType, RouteAccess};
 
-/// The routes, when the configuration serves them.
+/// The endpoint's token, when the configuration serves it: faults enabled, and a token set.
+fn served_token(config: &marty_config::Config) -> Option<&str> {
+    config.faults.token.as_deref().filter(|_| config.faults.enabled)
+}
+
+/// The routes, when the configuration serves them; every request shows the token first.
 pub(crate) fn routes(registry: &Arc<DependencyRegistry>) -> Option<Router> {
-    let config = registry.config();
-    let token: Arc<str> = config.faults.token.as_deref().filter(|_| config.faults.enabled)?.into();
+    let token: Arc<str> = served_token(&registry.config())?.into();
     let state = FaultsState { registry: registry.clone(), token };
     Some(
         Router::new()
             .route("/faults", get(list))
             .route("/faults/{dependency}", get(show).put(put).delete(delete))
+            .route_layer(axum::middleware::from_fn_with_state(state.clone(), authenticate))
             .with_state(state),
     )
 }
 
 /// The service's own routes leave `/faults` to the endpoint when it is served.
 pub(crate) fn check_paths(config: &marty_config::Config, routes: &[RouteAccess]) -> Result<(), ConfigErrors> {
-    if !config.faults.enabled || config.faults.token.is_none() {
+    if served_token(config).is_none() {
         return Ok(());
     }
     let errors = routes
@@ -73,10 +81,7 @@ struct FaultBody {
     timeout_rate: Option<f64>,
 }
 
-async fn list(State(state): State<FaultsState>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refusal(&state, &headers) {
-        return refused;
-    }
+async fn list(State(state): State<FaultsState>) -> Response {
     let config = state.registry.config();
     let faults: serde_json::Map<String, serde_json::Value> = config
         .dependencies
@@ -86,20 +91,14 @@ async fn list(State(state): State<FaultsState>, headers: HeaderMap) -> Response 
     json(StatusCode::OK, serde_json::Value::Object(faults))
 }
 
-async fn show(State(state): State<FaultsState>, Path(name): Path<String>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refusal(&state, &headers) {
-        return refused;
-    }
+async fn show(State(state): State<FaultsState>, Path(name): Path<String>) -> Response {
     match state.registry.dependency(&name) {
         Some(dependency) => json(StatusCode::OK, describe(dependency.faults().current())),
         None => unknown(&state, &name),
     }
 }
 
-async fn put(State(state): State<FaultsState>, Path(name): Path<String>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(refused) = refusal(&state, &headers) {
-        return refused;
-    }
+async fn put(State(state): State<FaultsState>, Path(name): Path<String>, body: Bytes) -> Response {
     let Some(dependency) = state.registry.dependency(&name) else { return unknown(&state, &name) };
     if !state.registry.config().faults.enabled {
         // A reload turned faults off after the endpoint was served: it injects nothing more.
@@ -115,10 +114,7 @@ async fn put(State(state): State<FaultsState>, Path(name): Path<String>, headers
     json(StatusCode::OK, describe(dependency.faults().current()))
 }
 
-async fn delete(State(state): State<FaultsState>, Path(name): Path<String>, headers: HeaderMap) -> Response {
-    if let Some(refused) = refusal(&state, &headers) {
-        return refused;
-    }
+async fn delete(State(state): State<FaultsState>, Path(name): Path<String>) -> Response {
     let Some(dependency) = state.registry.dependency(&name) else { return unknown(&state, &name) };
     tracing::warn!(dependency = %name, "fault injection cleared by the management endpoint");
     dependency.faults().set(None, FaultSource::Endpoint);
@@ -172,25 +168,25 @@ pub(crate) fn describe(current: Option<(FaultConfig, FaultSource)>) -> serde_jso
     }
 }
 
-/// The 401 for a request without the bearer token, compared in constant time so its bytes cannot
-/// be guessed one by one from response times.
-fn refusal(state: &FaultsState, headers: &HeaderMap) -> Option<Response> {
-    let presented = headers
+/// Lets a request through only with the bearer token, compared in constant time so its bytes
+/// cannot be guessed one by one from response times; else a 401 problem.
+async fn authenticate(State(state): State<FaultsState>, request: Request, next: Next) -> Response {
+    let presented = request
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.strip_prefix("Bearer "))
         .map(str::trim);
-    let accepted = presented.is_some_and(|presented| constant_time_eq(presented.as_bytes(), state.token.as_bytes()));
-    if accepted {
-        return None;
-    }
     let detail = match presented {
-        None => "changing faults needs `Authorization: Bearer <[faults] token>`",
+        Some(presented) if constant_time_eq(presented.as_bytes(), state.token.as_bytes()) => {
+            return next.run(request).await
+        }
         Some(_) => "the token is not the one `[faults] token` sets",
+        None => "changing faults needs `Authorization: Bearer <[faults] token>`",
     };
     let mut response = Problem::marty(StatusCode::UNAUTHORIZED, ProblemType::Unauthorized, detail).into_response();
     response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"marty-faults\""));
-    Some(response)
+    response
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -202,8 +198,4 @@ fn unknown(state: &FaultsState, name: &str) -> Response {
     let declared = marty_config::suggest::list(config.dependencies.keys().map(String::as_str));
     let detail = format!("no dependency `{name}`; declared: {declared}");
     Problem::marty(StatusCode::NOT_FOUND, ProblemType::NotFound, detail).into_response()
-}
-
-fn json(status: StatusCode, body: serde_json::Value) -> Response {
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }

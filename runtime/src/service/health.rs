@@ -220,6 +220,7 @@ pub(crate) async fn readyz(State(state): State<HealthState>) -> Response {
     )
 }
 
-fn json(status: StatusCode, body: serde_json::Value) -> Response {
+/// `body` as `application/json` with `status`.
+pub(crate) fn json(status: StatusCode, body: serde_json::Value) -> Response {
     (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
 }

@@ -151,7 +151,7 @@ mod errors;
 mod events;
 #[cfg(feature = "grpc")]
 mod grpc;
-mod health;
+pub(crate) mod health;
 mod layer;
 mod listener;
 mod problem;

@@ -126,7 +126,8 @@ impl TestService {
         match self.registry().dependency(name) {
             Some(dependency) => DependencyControl { dependency: dependency.clone() },
             None => {
-                let declared = self.registry().config().dependencies.keys().cloned().collect::<Vec<_>>().join(", ");
+                let config = self.registry().config();
+                let declared = marty_config::suggest::list(config.dependencies.keys().map(String::as_str));
                 panic!("no dependency `{name}` in the service's configuration; declared: {declared}")
             }
         }

@@ -65,7 +65,7 @@ impl Relay {
             .bind(attempts)
             .bind(if *park { 2i16 } else { 0 })
             .bind(problem)
-            .bind(Self::retry_delay(*attempts).as_secs_f64() + clock_skew_seconds())
+            .bind(Self::retry_delay(*attempts).as_secs_f64() + skew)
             .execute(&mut *tx)
             .await?;
         }
